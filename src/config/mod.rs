@@ -1,0 +1,610 @@
+//! Configuration: the TOML file and the `serve` flags, both turned into one validated
+//! [`Settings`]. Every error names the field (or flag) and the value that is wrong.
+
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::routing::spec::{normalize_weights, DeploymentSpec, EnvironmentSpec, ModelSpec};
+use crate::routing::RoutingSpec;
+
+/// A configuration problem, naming where it is.
+#[derive(Debug, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct ConfigError {
+    pub field: String,
+    pub message: String,
+}
+
+fn err(field: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError { field: field.into(), message: message.into() }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// How the proxy talks to replicas.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UpstreamSettings {
+    pub connect_timeout: Duration,
+    /// Budget from request sent to response headers; `None` waits forever.
+    pub response_header_timeout: Option<Duration>,
+    /// Longest silence allowed between two body chunks of a response; `None` waits forever.
+    pub body_idle_timeout: Option<Duration>,
+    /// Idle upstream connections older than this are closed.
+    pub pool_idle_timeout: Duration,
+    /// Idle connections kept per replica on each worker.
+    pub pool_max_idle_per_replica: usize,
+    /// Replicas tried for one request when connecting fails (never after bytes were sent).
+    pub max_connect_attempts: u32,
+    /// Consecutive connect failures that eject a replica.
+    pub eject_after_failures: u32,
+    pub eject_duration: Duration,
+}
+
+impl Default for UpstreamSettings {
+    fn default() -> Self {
+        UpstreamSettings {
+            connect_timeout: Duration::from_secs(2),
+            response_header_timeout: Some(Duration::from_secs(300)),
+            body_idle_timeout: Some(Duration::from_secs(300)),
+            pool_idle_timeout: Duration::from_secs(30),
+            pool_max_idle_per_replica: 256,
+            max_connect_attempts: 3,
+            eject_after_failures: 3,
+            eject_duration: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Everything `switchyard serve` needs, validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings {
+    pub listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    /// Data-plane worker threads, each with its own runtime, listener and upstream pool.
+    pub workers: usize,
+    pub tls: Option<TlsFiles>,
+    /// Send `x-switchyard-deployment` on every proxied response.
+    pub deployment_header: bool,
+    /// How long in-flight requests may run after SIGTERM before the process exits.
+    pub shutdown_grace: Duration,
+    pub upstream: UpstreamSettings,
+    pub routing: RoutingSpec,
+}
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9090";
+
+impl Settings {
+    /// Defaults for everything but routing.
+    pub fn with_routing(routing: RoutingSpec) -> Self {
+        Settings {
+            listen: parse_listen(DEFAULT_LISTEN),
+            admin_listen: parse_listen(DEFAULT_ADMIN_LISTEN),
+            workers: default_workers(),
+            tls: None,
+            deployment_header: true,
+            shutdown_grace: Duration::from_secs(30),
+            upstream: UpstreamSettings::default(),
+            routing,
+        }
+    }
+}
+
+fn parse_listen(s: &str) -> SocketAddr {
+    s.parse().unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)))
+}
+
+pub fn default_workers() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+// ---------------------------------------------------------------------------------------------
+// The file.
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    #[serde(default)]
+    server: ServerSection,
+    #[serde(default)]
+    upstream: UpstreamSection,
+    #[serde(default)]
+    models: Vec<ModelSection>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ServerSection {
+    listen: Option<String>,
+    admin_listen: Option<String>,
+    workers: Option<usize>,
+    deployment_header: Option<bool>,
+    shutdown_grace_seconds: Option<f64>,
+    tls: Option<TlsSection>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TlsSection {
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct UpstreamSection {
+    connect_timeout_seconds: Option<f64>,
+    response_header_timeout_seconds: Option<f64>,
+    body_idle_timeout_seconds: Option<f64>,
+    pool_idle_timeout_seconds: Option<f64>,
+    pool_max_idle_per_replica: Option<usize>,
+    max_connect_attempts: Option<u32>,
+    eject_after_failures: Option<u32>,
+    eject_seconds: Option<f64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ModelSection {
+    id: String,
+    #[serde(default)]
+    hosts: Vec<String>,
+    #[serde(default)]
+    deployments: Vec<DeploymentSection>,
+    #[serde(default)]
+    environments: Vec<EnvironmentSection>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeploymentSection {
+    id: String,
+    #[serde(default)]
+    replicas: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EnvironmentSection {
+    name: String,
+    #[serde(default)]
+    hosts: Vec<String>,
+    current: Option<String>,
+    weights: Option<BTreeMap<String, f64>>,
+}
+
+/// Reads and validates a config file.
+pub fn load_file(path: &Path) -> Result<Settings, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| err(path.display().to_string(), format!("cannot read the config file: {e}")))?;
+    parse_str(&text).map_err(|e| ConfigError {
+        field: format!("{}: {}", path.display(), e.field),
+        message: e.message,
+    })
+}
+
+/// Parses and validates config text.
+pub fn parse_str(text: &str) -> Result<Settings, ConfigError> {
+    let file: FileConfig = toml::from_str(text).map_err(|e| {
+        let span = e.span().map(|s| line_of(text, s.start)).unwrap_or_default();
+        err(format!("config{span}"), e.message().to_owned())
+    })?;
+    from_file(file)
+}
+
+fn line_of(text: &str, offset: usize) -> String {
+    let line = text[..offset.min(text.len())].matches('\n').count() + 1;
+    format!(" line {line}")
+}
+
+fn from_file(f: FileConfig) -> Result<Settings, ConfigError> {
+    let mut s = Settings::with_routing(RoutingSpec::default());
+    if let Some(v) = &f.server.listen {
+        s.listen = parse_addr("server.listen", v)?;
+    }
+    if let Some(v) = &f.server.admin_listen {
+        s.admin_listen = parse_addr("server.admin_listen", v)?;
+    }
+    if let Some(w) = f.server.workers {
+        s.workers = check_workers("server.workers", w)?;
+    }
+    if let Some(v) = f.server.deployment_header {
+        s.deployment_header = v;
+    }
+    if let Some(v) = f.server.shutdown_grace_seconds {
+        s.shutdown_grace = seconds("server.shutdown_grace_seconds", v, 0.0, 86_400.0)?;
+    }
+    if let Some(t) = f.server.tls {
+        s.tls = Some(TlsFiles { cert: t.cert, key: t.key });
+    }
+    let u = &f.upstream;
+    let d = &mut s.upstream;
+    if let Some(v) = u.connect_timeout_seconds {
+        d.connect_timeout = seconds("upstream.connect_timeout_seconds", v, 0.001, 600.0)?;
+    }
+    if let Some(v) = u.response_header_timeout_seconds {
+        d.response_header_timeout =
+            optional_seconds("upstream.response_header_timeout_seconds", v)?;
+    }
+    if let Some(v) = u.body_idle_timeout_seconds {
+        d.body_idle_timeout = optional_seconds("upstream.body_idle_timeout_seconds", v)?;
+    }
+    if let Some(v) = u.pool_idle_timeout_seconds {
+        d.pool_idle_timeout = seconds("upstream.pool_idle_timeout_seconds", v, 0.0, 86_400.0)?;
+    }
+    if let Some(v) = u.pool_max_idle_per_replica {
+        d.pool_max_idle_per_replica = v;
+    }
+    if let Some(v) = u.max_connect_attempts {
+        if !(1..=16).contains(&v) {
+            return Err(err("upstream.max_connect_attempts", format!("{v} is out of range 1..=16")));
+        }
+        d.max_connect_attempts = v;
+    }
+    if let Some(v) = u.eject_after_failures {
+        d.eject_after_failures = v;
+    }
+    if let Some(v) = u.eject_seconds {
+        d.eject_duration = seconds("upstream.eject_seconds", v, 0.0, 86_400.0)?;
+    }
+
+    for (mi, m) in f.models.into_iter().enumerate() {
+        let at = format!("models[{mi}]");
+        check_id(&format!("{at}.id"), &m.id)?;
+        let mut deployments = Vec::new();
+        for (di, d) in m.deployments.into_iter().enumerate() {
+            let dat = format!("{at}.deployments[{di}]");
+            check_id(&format!("{dat}.id"), &d.id)?;
+            if deployments.iter().any(|x: &DeploymentSpec| x.id == d.id) {
+                return Err(err(format!("{dat}.id"), format!("deployment {:?} is declared twice", d.id)));
+            }
+            let replicas = d
+                .replicas
+                .iter()
+                .enumerate()
+                .map(|(ri, r)| resolve_endpoint(&format!("{dat}.replicas[{ri}]"), r))
+                .collect::<Result<_, _>>()?;
+            deployments.push(DeploymentSpec { id: d.id, replicas });
+        }
+        if m.environments.is_empty() {
+            return Err(err(format!("{at}.environments"), "declare at least one environment (e.g. name = \"production\")"));
+        }
+        let mut environments = Vec::new();
+        for (ei, e) in m.environments.into_iter().enumerate() {
+            let eat = format!("{at}.environments[{ei}]");
+            check_id(&format!("{eat}.name"), &e.name)?;
+            let raw = match (e.current, e.weights) {
+                (Some(c), None) => [(c, 1.0)].into_iter().collect(),
+                (None, Some(w)) => w,
+                (Some(_), Some(_)) => {
+                    return Err(err(eat, "set either `current` or `weights`, not both"))
+                }
+                (None, None) => {
+                    return Err(err(eat, "set `current = \"<deployment>\"` or `weights = { <deployment> = <n>, ... }`"))
+                }
+            };
+            let weights = check_weights(&eat, &raw, &deployments)?;
+            environments.push(EnvironmentSpec { name: e.name, hosts: e.hosts, weights });
+        }
+        s.routing.models.push(ModelSpec { id: m.id, hosts: m.hosts, deployments, environments });
+    }
+    if s.routing.models.is_empty() {
+        return Err(err("models", "declare at least one model with [[models]]"));
+    }
+    check_routing(&s.routing)?;
+    Ok(s)
+}
+
+fn check_weights(
+    at: &str,
+    raw: &BTreeMap<String, f64>,
+    deployments: &[DeploymentSpec],
+) -> Result<BTreeMap<String, u32>, ConfigError> {
+    for (dep, w) in raw {
+        if !deployments.iter().any(|d| &d.id == dep) {
+            let known: Vec<&str> = deployments.iter().map(|d| d.id.as_str()).collect();
+            return Err(err(
+                format!("{at}.weights.{dep}"),
+                format!("deployment {dep:?} is not declared (declared: {})", known.join(", ")),
+            ));
+        }
+        if !w.is_finite() || *w < 0.0 {
+            return Err(err(format!("{at}.weights.{dep}"), format!("{w} is not a non-negative number")));
+        }
+    }
+    if raw.values().sum::<f64>() <= 0.0 {
+        return Err(err(format!("{at}.weights"), "at least one weight must be above zero"));
+    }
+    Ok(normalize_weights(raw))
+}
+
+fn check_routing(spec: &RoutingSpec) -> Result<(), ConfigError> {
+    // The router validates again; this maps its messages onto config wording.
+    crate::routing::Router::new(crate::metrics::Metrics::new())
+        .apply(spec)
+        .map(|_| ())
+        .map_err(|e| err("models", e.to_string()))
+}
+
+fn check_id(field: &str, id: &str) -> Result<(), ConfigError> {
+    let ok = !id.is_empty()
+        && id.len() <= 128
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(err(field, format!("{id:?} must be 1-128 characters of letters, digits, '-', '_' or '.'")))
+    }
+}
+
+fn check_workers(field: &str, w: usize) -> Result<usize, ConfigError> {
+    match w {
+        0 => Ok(default_workers()),
+        1..=256 => Ok(w),
+        _ => Err(err(field, format!("{w} is out of range 0..=256 (0 = one per core)"))),
+    }
+}
+
+fn parse_addr(field: &str, v: &str) -> Result<SocketAddr, ConfigError> {
+    v.parse()
+        .map_err(|_| err(field, format!("{v:?} is not an IP:port address (e.g. 127.0.0.1:8080)")))
+}
+
+/// `HOST:PORT` where HOST may be a name; resolved once, at start.
+fn resolve_endpoint(field: &str, v: &str) -> Result<SocketAddr, ConfigError> {
+    if let Ok(a) = v.parse() {
+        return Ok(a);
+    }
+    let bad = || err(field, format!("{v:?} is not a HOST:PORT replica address"));
+    if !v.contains(':') {
+        return Err(bad());
+    }
+    v.to_socket_addrs().map_err(|_| bad())?.next().ok_or_else(bad)
+}
+
+fn seconds(field: &str, v: f64, min: f64, max: f64) -> Result<Duration, ConfigError> {
+    if v.is_finite() && v >= min && v <= max {
+        Ok(Duration::from_secs_f64(v))
+    } else {
+        Err(err(field, format!("{v} is out of range {min}..={max} seconds")))
+    }
+}
+
+/// 0 disables the timeout.
+fn optional_seconds(field: &str, v: f64) -> Result<Option<Duration>, ConfigError> {
+    if v == 0.0 {
+        return Ok(None);
+    }
+    seconds(field, v, 0.001, 86_400.0).map(Some)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Flags.
+
+/// The `serve` flags that describe routing and the listeners; `None` = not given.
+#[derive(Debug, Clone, Default)]
+pub struct ServeFlags {
+    pub config: Option<PathBuf>,
+    pub listen: Option<String>,
+    pub admin_listen: Option<String>,
+    pub workers: Option<usize>,
+    pub model: Option<String>,
+    pub environment: Option<String>,
+    pub upstreams: Vec<String>,
+    pub current: Option<String>,
+    pub weights: Vec<String>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub no_deployment_header: bool,
+    pub shutdown_grace_seconds: Option<f64>,
+}
+
+impl ServeFlags {
+    /// Builds settings: from the file when `--config` is given (listener and TLS flags
+    /// override it), otherwise from the flags alone.
+    pub fn into_settings(self) -> Result<Settings, ConfigError> {
+        let mut s = match &self.config {
+            Some(path) => {
+                for (given, flag) in [
+                    (!self.upstreams.is_empty(), "--upstream"),
+                    (self.current.is_some(), "--current"),
+                    (!self.weights.is_empty(), "--weight"),
+                    (self.model.is_some(), "--model"),
+                    (self.environment.is_some(), "--environment"),
+                ] {
+                    if given {
+                        return Err(err(flag, "cannot be combined with --config: declare models in the file"));
+                    }
+                }
+                load_file(path)?
+            }
+            None => Settings::with_routing(self.routing_from_flags()?),
+        };
+        if let Some(v) = &self.listen {
+            s.listen = parse_addr("--listen", v)?;
+        }
+        if let Some(v) = &self.admin_listen {
+            s.admin_listen = parse_addr("--admin-listen", v)?;
+        }
+        if let Some(w) = self.workers {
+            s.workers = check_workers("--workers", w)?;
+        }
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => s.tls = Some(TlsFiles { cert: cert.clone(), key: key.clone() }),
+            (Some(_), None) => return Err(err("--tls-key", "is required with --tls-cert")),
+            (None, Some(_)) => return Err(err("--tls-cert", "is required with --tls-key")),
+            (None, None) => {}
+        }
+        if self.no_deployment_header {
+            s.deployment_header = false;
+        }
+        if let Some(v) = self.shutdown_grace_seconds {
+            s.shutdown_grace = seconds("--shutdown-grace-seconds", v, 0.0, 86_400.0)?;
+        }
+        if s.listen == s.admin_listen && s.listen.port() != 0 {
+            return Err(err("--admin-listen", format!("{} is also the proxy listener", s.admin_listen)));
+        }
+        Ok(s)
+    }
+
+    fn routing_from_flags(&self) -> Result<RoutingSpec, ConfigError> {
+        let model = self.model.clone().unwrap_or_else(|| "default".into());
+        let environment = self.environment.clone().unwrap_or_else(|| "production".into());
+        check_id("--model", &model)?;
+        check_id("--environment", &environment)?;
+        if self.upstreams.is_empty() {
+            return Err(err("--upstream", "give at least one --upstream DEPLOYMENT=HOST:PORT[,HOST:PORT...] (or --config FILE)"));
+        }
+        let mut deployments: Vec<DeploymentSpec> = Vec::new();
+        for u in &self.upstreams {
+            let (id, addrs) = u.split_once('=').ok_or_else(|| {
+                err("--upstream", format!("{u:?} is not DEPLOYMENT=HOST:PORT[,HOST:PORT...]"))
+            })?;
+            check_id("--upstream", id)?;
+            if deployments.iter().any(|d| d.id == id) {
+                return Err(err("--upstream", format!("deployment {id:?} is given twice")));
+            }
+            let replicas = addrs
+                .split(',')
+                .filter(|a| !a.trim().is_empty())
+                .map(|a| resolve_endpoint("--upstream", a.trim()))
+                .collect::<Result<Vec<_>, _>>()?;
+            deployments.push(DeploymentSpec { id: id.to_owned(), replicas });
+        }
+        let raw: BTreeMap<String, f64> = match (&self.current, self.weights.is_empty()) {
+            (Some(_), false) => return Err(err("--current", "give either --current or --weight, not both")),
+            (Some(c), true) => [(c.clone(), 1.0)].into_iter().collect(),
+            (None, false) => {
+                let mut raw = BTreeMap::new();
+                for w in &self.weights {
+                    let (dep, n) = w
+                        .split_once('=')
+                        .ok_or_else(|| err("--weight", format!("{w:?} is not DEPLOYMENT=N")))?;
+                    let n: f64 = n
+                        .trim()
+                        .parse()
+                        .map_err(|_| err("--weight", format!("{n:?} in {w:?} is not a number")))?;
+                    raw.insert(dep.to_owned(), n);
+                }
+                raw
+            }
+            (None, true) if deployments.len() == 1 => {
+                [(deployments[0].id.clone(), 1.0)].into_iter().collect()
+            }
+            (None, true) => {
+                return Err(err("--current", "several --upstream deployments: say which gets traffic with --current or --weight"))
+            }
+        };
+        let weights = check_weights("--weight", &raw, &deployments).map_err(|e| {
+            if e.field.starts_with("--weight") { err("--weight", e.message) } else { e }
+        })?;
+        let spec = RoutingSpec {
+            models: vec![ModelSpec {
+                id: model,
+                hosts: vec![],
+                deployments,
+                environments: vec![EnvironmentSpec { name: environment, hosts: vec![], weights }],
+            }],
+        };
+        check_routing(&spec)?;
+        Ok(spec)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flags(upstreams: &[&str], weights: &[&str]) -> ServeFlags {
+        ServeFlags {
+            upstreams: upstreams.iter().map(|s| s.to_string()).collect(),
+            weights: weights.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn flags_build_a_weighted_split() {
+        let s = flags(&["v1=127.0.0.1:1,127.0.0.1:2", "v2=127.0.0.1:3"], &["v1=90", "v2=10"])
+            .into_settings()
+            .unwrap();
+        let m = &s.routing.models[0];
+        assert_eq!(m.id, "default");
+        assert_eq!(m.environments[0].name, "production");
+        assert_eq!(m.deployments[0].replicas.len(), 2);
+        assert_eq!(m.environments[0].weights["v1"], 900_000);
+        assert_eq!(s.listen.to_string(), DEFAULT_LISTEN);
+    }
+
+    #[test]
+    fn flag_errors_name_the_flag_and_value() {
+        let e = flags(&["v1=127.0.0.1:1"], &["v2=10"]).into_settings().unwrap_err();
+        assert_eq!(e.field, "--weight");
+        assert!(e.message.contains("\"v2\""), "{e}");
+        let e = flags(&["v1=nonsense"], &[]).into_settings().unwrap_err();
+        assert!(e.to_string().contains("\"nonsense\""), "{e}");
+        let e = flags(&["v1=127.0.0.1:1"], &["v1=x"]).into_settings().unwrap_err();
+        assert!(e.to_string().contains("\"x\""), "{e}");
+        let e = flags(&["v1=127.0.0.1:1", "v2=127.0.0.1:2"], &[]).into_settings().unwrap_err();
+        assert_eq!(e.field, "--current");
+        let mut f = flags(&["v1=127.0.0.1:1"], &[]);
+        f.listen = Some("localhost".into());
+        let e = f.into_settings().unwrap_err();
+        assert_eq!(e.field, "--listen");
+    }
+
+    #[test]
+    fn file_parses_and_validates() {
+        let s = parse_str(
+            r#"
+            [server]
+            listen = "127.0.0.1:0"
+            [upstream]
+            body_idle_timeout_seconds = 0
+            [[models]]
+            id = "llama"
+            hosts = ["llama.local"]
+            [[models.deployments]]
+            id = "v1"
+            replicas = ["127.0.0.1:9001"]
+            [[models.deployments]]
+            id = "v2"
+            replicas = ["localhost:9002"]
+            [[models.environments]]
+            name = "production"
+            weights = { v1 = 3, v2 = 1 }
+            [[models.environments]]
+            name = "staging"
+            current = "v2"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(s.upstream.body_idle_timeout, None);
+        assert_eq!(s.routing.models[0].environments[0].weights["v2"], 250_000);
+    }
+
+    #[test]
+    fn file_errors_name_the_field() {
+        let e = parse_str("[server]\nlisten = \"nope\"\n").unwrap_err();
+        assert_eq!(e.field, "server.listen");
+        let e = parse_str("[server]\nlisen = \"x\"\n").unwrap_err();
+        assert!(e.to_string().contains("lisen") && e.to_string().contains("line 2"), "{e}");
+        let e = parse_str(
+            "[[models]]\nid = \"m\"\n[[models.deployments]]\nid = \"v1\"\n[[models.environments]]\nname = \"production\"\nweights = { v1 = 1, v9 = 1 }\n",
+        )
+        .unwrap_err();
+        assert_eq!(e.field, "models[0].environments[0].weights.v9");
+        let e = parse_str("[upstream]\nconnect_timeout_seconds = -1\n").unwrap_err();
+        assert_eq!(e.field, "upstream.connect_timeout_seconds");
+        let e = parse_str("[[models]]\nid = \"bad id\"\n").unwrap_err();
+        assert_eq!(e.field, "models[0].id");
+    }
+}

@@ -1,0 +1,151 @@
+//! The `switchyard` command line. Everything it runs lives in the library.
+#![forbid(unsafe_code)]
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use switchyard::config::ServeFlags;
+
+#[derive(Parser)]
+#[command(name = "switchyard", version, about = "Traffic-splitting reverse proxy for model-inference replicas")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the proxy and its admin listener.
+    Serve(ServeArgs),
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// TOML config file (see config/switchyard.example.toml). Without it, flags describe one
+    /// model and environment.
+    #[arg(long, env = "SWITCHYARD_CONFIG")]
+    config: Option<PathBuf>,
+    /// Proxy listener address [default: 127.0.0.1:8080].
+    #[arg(long, env = "SWITCHYARD_LISTEN")]
+    listen: Option<String>,
+    /// Admin listener (/metrics, /livez, /readyz) [default: 127.0.0.1:9090].
+    #[arg(long, env = "SWITCHYARD_ADMIN_LISTEN")]
+    admin_listen: Option<String>,
+    /// Data-plane worker threads; 0 = one per core [default: 0].
+    #[arg(long, env = "SWITCHYARD_WORKERS")]
+    workers: Option<usize>,
+    /// Model id [default: default].
+    #[arg(long, env = "SWITCHYARD_MODEL")]
+    model: Option<String>,
+    /// Environment name [default: production].
+    #[arg(long, env = "SWITCHYARD_ENVIRONMENT")]
+    environment: Option<String>,
+    /// A deployment and its replicas: DEPLOYMENT=HOST:PORT[,HOST:PORT...]. Repeatable; in the
+    /// environment variable, separate deployments with ';'.
+    #[arg(long = "upstream", env = "SWITCHYARD_UPSTREAM", value_delimiter = ';')]
+    upstreams: Vec<String>,
+    /// The deployment that gets all traffic.
+    #[arg(long, env = "SWITCHYARD_CURRENT")]
+    current: Option<String>,
+    /// A static split, DEPLOYMENT=N (relative weights), e.g. --weight v1=90 --weight v2=10.
+    #[arg(long = "weight", env = "SWITCHYARD_WEIGHT", value_delimiter = ',')]
+    weights: Vec<String>,
+    /// PEM certificate chain: terminate TLS (ALPN h2 and http/1.1).
+    #[arg(long, env = "SWITCHYARD_TLS_CERT")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key for --tls-cert.
+    #[arg(long, env = "SWITCHYARD_TLS_KEY")]
+    tls_key: Option<PathBuf>,
+    /// Do not add x-switchyard-deployment to responses.
+    #[arg(long, env = "SWITCHYARD_NO_DEPLOYMENT_HEADER")]
+    no_deployment_header: bool,
+    /// Seconds in-flight requests may run after SIGTERM/SIGINT [default: 30].
+    #[arg(long, env = "SWITCHYARD_SHUTDOWN_GRACE_SECONDS")]
+    shutdown_grace_seconds: Option<f64>,
+}
+
+impl From<ServeArgs> for ServeFlags {
+    fn from(a: ServeArgs) -> Self {
+        ServeFlags {
+            config: a.config,
+            listen: a.listen,
+            admin_listen: a.admin_listen,
+            workers: a.workers,
+            model: a.model,
+            environment: a.environment,
+            upstreams: a.upstreams,
+            current: a.current,
+            weights: a.weights,
+            tls_cert: a.tls_cert,
+            tls_key: a.tls_key,
+            no_deployment_header: a.no_deployment_header,
+            shutdown_grace_seconds: a.shutdown_grace_seconds,
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    match Cli::parse().command {
+        Command::Serve(args) => serve(args.into()),
+    }
+}
+
+fn serve(flags: ServeFlags) -> ExitCode {
+    let settings = match flags.into_settings() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("switchyard: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let proxy = match switchyard::server::start(settings) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("switchyard: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    eprintln!(
+        "switchyard: proxy on http://{}  admin on http://{} (/metrics /livez /readyz)",
+        proxy.listen_addr, proxy.admin_addr
+    );
+    if let Err(e) = wait_for_signal() {
+        eprintln!("switchyard: cannot wait for signals: {e}");
+    }
+    tracing::info!("shutting down: no new connections, draining in-flight requests");
+    proxy.begin_shutdown();
+    // A second signal while draining ends the process at once.
+    std::thread::spawn(|| {
+        if wait_for_signal().is_ok() {
+            eprintln!("switchyard: second signal, exiting without waiting");
+            std::process::exit(130);
+        }
+    });
+    proxy.wait();
+    tracing::info!("stopped");
+    ExitCode::SUCCESS
+}
+
+/// Blocks until SIGTERM or SIGINT.
+fn wait_for_signal() -> std::io::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(async {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        Ok(())
+    })
+}

@@ -1,0 +1,201 @@
+//! Response bodies sent to clients.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use tokio::time::Sleep;
+
+use super::upstream::{self, Sender};
+use crate::metrics::UpstreamErrorKind;
+use crate::routing::{Pool, Replica};
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// One request counted against a replica and its pool, from the moment it is sent until the
+/// response body ends or is dropped (not until the headers: inference streams last minutes).
+pub struct InFlight {
+    pub replica: Arc<Replica>,
+    pub pool: Arc<Pool>,
+    started: Instant,
+}
+
+impl InFlight {
+    pub fn begin(replica: Arc<Replica>, pool: Arc<Pool>, started: Instant) -> Self {
+        replica.begin_request();
+        pool.metrics.in_flight.inc();
+        InFlight { replica, pool, started }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.replica.end_request();
+        let m = &self.pool.metrics;
+        m.in_flight.dec();
+        m.duration.observe(self.started.elapsed().as_secs_f64());
+    }
+}
+
+/// A body streamed from a replica. When it ends cleanly its connection goes back to the
+/// worker's pool; when it is dropped early (the client went away) the connection is closed,
+/// which is what tells an inference server to stop generating.
+pub struct UpstreamBody {
+    inner: Incoming,
+    in_flight: InFlight,
+    conn: Option<Sender>,
+    max_idle_per_replica: usize,
+    idle_timeout: Option<Duration>,
+    /// Armed only once the body has to wait, so quick responses allocate no timer.
+    idle: Option<Pin<Box<Sleep>>>,
+}
+
+impl UpstreamBody {
+    pub fn new(
+        inner: Incoming,
+        in_flight: InFlight,
+        conn: Sender,
+        max_idle_per_replica: usize,
+        idle_timeout: Option<Duration>,
+    ) -> Self {
+        UpstreamBody {
+            inner,
+            in_flight,
+            conn: Some(conn),
+            max_idle_per_replica,
+            idle_timeout,
+            idle: None,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("no data from replica {replica} of deployment {deployment:?} for {after:?}; stream cut")]
+pub struct BodyIdleTimeout {
+    deployment: String,
+    replica: std::net::SocketAddr,
+    after: Duration,
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let (Some(sleep), Some(t)) = (this.idle.as_mut(), this.idle_timeout) {
+                    sleep.as_mut().reset(tokio::time::Instant::now() + t);
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                this.in_flight.pool.metrics.count_error(UpstreamErrorKind::Protocol);
+                tracing::warn!(
+                    deployment = %this.in_flight.pool.deployment,
+                    replica = %this.in_flight.replica.addr,
+                    error = %e,
+                    "response body from replica broke off"
+                );
+                Poll::Ready(Some(Err(e.into())))
+            }
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => {
+                let Some(t) = this.idle_timeout else {
+                    return Poll::Pending;
+                };
+                let sleep = this
+                    .idle
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(t)));
+                match sleep.as_mut().poll(cx) {
+                    Poll::Pending => Poll::Pending,
+                    Poll::Ready(()) => {
+                        let p = &this.in_flight.pool;
+                        p.metrics.count_error(UpstreamErrorKind::BodyIdleTimeout);
+                        let e = BodyIdleTimeout {
+                            deployment: p.deployment.to_string(),
+                            replica: this.in_flight.replica.addr,
+                            after: t,
+                        };
+                        tracing::warn!("{e}");
+                        // Never reuse this connection: the response is unfinished.
+                        this.conn = None;
+                        Poll::Ready(Some(Err(e.into())))
+                    }
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for UpstreamBody {
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            if self.inner.is_end_stream() {
+                upstream::checkin(self.in_flight.replica.id, conn, self.max_idle_per_replica);
+            }
+        }
+    }
+}
+
+/// What the proxy answers with: a replica's stream, or a short message of its own.
+pub enum ProxyBody {
+    Upstream(UpstreamBody),
+    Local(Option<Bytes>),
+}
+
+impl ProxyBody {
+    pub fn empty() -> Self {
+        ProxyBody::Local(None)
+    }
+
+    pub fn text(s: impl Into<Bytes>) -> Self {
+        ProxyBody::Local(Some(s.into()))
+    }
+}
+
+impl Body for ProxyBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            ProxyBody::Upstream(b) => Pin::new(b).poll_frame(cx),
+            ProxyBody::Local(b) => Poll::Ready(b.take().map(|d| Ok(Frame::data(d)))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ProxyBody::Upstream(b) => b.is_end_stream(),
+            ProxyBody::Local(b) => b.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ProxyBody::Upstream(b) => b.size_hint(),
+            ProxyBody::Local(b) => SizeHint::with_exact(b.as_ref().map_or(0, |d| d.len() as u64)),
+        }
+    }
+}

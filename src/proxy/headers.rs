@@ -1,0 +1,143 @@
+//! Header rewriting between client and replica (RFC 9110 section 7.6.1).
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+/// Headers that describe one connection, never forwarded (besides those `Connection` lists).
+static HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    HeaderName::from_static("keep-alive"),
+];
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+pub static X_SWITCHYARD_DEPLOYMENT: HeaderName = HeaderName::from_static("x-switchyard-deployment");
+
+/// True when the message asks to switch protocols (`Connection: upgrade` plus `Upgrade`).
+pub fn is_upgrade(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::UPGRADE) && connection_lists(headers, "upgrade")
+}
+
+fn connection_lists(headers: &HeaderMap, token: &str) -> bool {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+/// Removes hop-by-hop headers: every name listed on any `Connection` line, then the fixed set.
+/// With `keep_upgrade`, `Upgrade` is kept and `Connection` is reduced to `upgrade`, so a
+/// protocol switch can pass through.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    if headers.contains_key(header::CONNECTION) {
+        // Collect first: `get_all` borrows the map, and every line counts, not only the first.
+        let listed: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+            .collect();
+        for name in listed {
+            if !(keep_upgrade && name == header::UPGRADE) {
+                headers.remove(&name);
+            }
+        }
+    }
+    for name in &HOP_BY_HOP {
+        if keep_upgrade && name == header::UPGRADE {
+            continue;
+        }
+        headers.remove(name);
+    }
+    headers.remove(&PROXY_CONNECTION);
+    if keep_upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+}
+
+/// Appends the client address to `X-Forwarded-For` and sets `X-Forwarded-Proto` and
+/// `X-Forwarded-Host` (the Host the client asked for).
+pub fn add_forwarded(
+    headers: &mut HeaderMap,
+    peer: &HeaderValue,
+    proto: &'static str,
+    host: Option<HeaderValue>,
+) {
+    let chained = headers.get(&X_FORWARDED_FOR).and_then(|prev| {
+        let mut v = Vec::with_capacity(prev.len() + 2 + peer.len());
+        v.extend_from_slice(prev.as_bytes());
+        v.extend_from_slice(b", ");
+        v.extend_from_slice(peer.as_bytes());
+        HeaderValue::from_bytes(&v).ok()
+    });
+    headers.insert(&X_FORWARDED_FOR, chained.unwrap_or_else(|| peer.clone()));
+    headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(proto));
+    if let Some(h) = host {
+        headers.insert(&X_FORWARDED_HOST, h);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut m = HeaderMap::new();
+        for (k, v) in pairs {
+            m.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
+        }
+        m
+    }
+
+    #[test]
+    fn strips_every_connection_line_and_the_names_it_lists() {
+        let mut h = map(&[
+            ("connection", "keep-alive, X-Secret"),
+            ("Connection", "x-other"),
+            ("x-secret", "1"),
+            ("x-other", "2"),
+            ("keep-alive", "timeout=5"),
+            ("proxy-connection", "keep-alive"),
+            ("te", "gzip"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "websocket"),
+            ("x-kept", "3"),
+        ]);
+        strip_hop_by_hop(&mut h, false);
+        let names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, vec!["x-kept"]);
+    }
+
+    #[test]
+    fn upgrade_requests_keep_upgrade() {
+        let mut h = map(&[("connection", "Upgrade, x-a"), ("upgrade", "websocket"), ("x-a", "1")]);
+        assert!(is_upgrade(&h));
+        strip_hop_by_hop(&mut h, true);
+        assert_eq!(h.get("upgrade").unwrap(), "websocket");
+        assert_eq!(h.get("connection").unwrap(), "upgrade");
+        assert!(h.get("x-a").is_none());
+        assert!(!is_upgrade(&map(&[("upgrade", "websocket")])));
+    }
+
+    #[test]
+    fn forwarded_for_is_appended() {
+        let peer = HeaderValue::from_static("10.1.1.1");
+        let mut h = map(&[("x-forwarded-for", "1.2.3.4")]);
+        add_forwarded(&mut h, &peer, "https", Some(HeaderValue::from_static("a.example")));
+        assert_eq!(h.get("x-forwarded-for").unwrap(), "1.2.3.4, 10.1.1.1");
+        assert_eq!(h.get("x-forwarded-proto").unwrap(), "https");
+        assert_eq!(h.get("x-forwarded-host").unwrap(), "a.example");
+        let mut h = HeaderMap::new();
+        add_forwarded(&mut h, &peer, "http", None);
+        assert_eq!(h.get("x-forwarded-for").unwrap(), "10.1.1.1");
+    }
+}

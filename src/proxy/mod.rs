@@ -1,0 +1,15 @@
+//! The request path: route, pick, forward, stream back.
+//!
+//! - [`forward`]: one request from routing to response, with connect retries and timeouts.
+//! - [`headers`]: hop-by-hop stripping and forwarding headers.
+//! - [`body`]: the response body wrapper that counts a request in flight until its body ends.
+//! - [`upstream`]: per-worker pools of HTTP/1.1 connections to replicas.
+//! - [`tls`]: rustls server config from PEM files.
+
+pub mod body;
+pub mod forward;
+pub mod headers;
+pub mod tls;
+pub mod upstream;
+
+pub use forward::{ConnInfo, ProxyContext};

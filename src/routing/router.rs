@@ -1,0 +1,369 @@
+//! The one place routing snapshots are built and swapped in.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
+use http::HeaderValue;
+
+use super::snapshot::{Environment, Model, Pool, Replica, Snapshot};
+use super::spec::{RoutingSpec, WEIGHT_SCALE};
+use crate::metrics::{Metrics, PoolMetrics};
+
+/// Holds the current [`Snapshot`] for the data plane and builds new ones for the control plane.
+///
+/// Readers call [`Router::load`] (lock free). Writers call [`Router::apply`], which takes a mutex
+/// that only writers contend on.
+pub struct Router {
+    current: ArcSwap<Snapshot>,
+    metrics: Metrics,
+    build: Mutex<BuildState>,
+}
+
+#[derive(Default)]
+struct BuildState {
+    next_replica_id: u64,
+    version: u64,
+    replicas: HashMap<(String, String, SocketAddr), Arc<Replica>>,
+    pools: HashMap<(String, String, String), Arc<PoolMetrics>>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SpecError {
+    #[error("model {0:?} is declared twice")]
+    DuplicateModel(String),
+    #[error("model {model:?}: deployment {deployment:?} is declared twice")]
+    DuplicateDeployment { model: String, deployment: String },
+    #[error("model {model:?}: environment {environment:?} is declared twice")]
+    DuplicateEnvironment { model: String, environment: String },
+    #[error("model {model:?}, environment {environment:?}: weight names deployment {deployment:?}, which the model does not declare")]
+    UnknownDeployment { model: String, environment: String, deployment: String },
+    #[error("model {model:?}, environment {environment:?}: weights add up to more than {WEIGHT_SCALE}")]
+    WeightOverflow { model: String, environment: String },
+    #[error("model {model:?} has no environment")]
+    NoEnvironment { model: String },
+    #[error("host {host:?} is claimed twice")]
+    DuplicateHost { host: String },
+    #[error("deployment id {0:?} cannot be sent as a header value")]
+    BadDeploymentId(String),
+}
+
+impl Router {
+    pub fn new(metrics: Metrics) -> Self {
+        Router {
+            current: ArcSwap::from_pointee(Snapshot::default()),
+            metrics,
+            build: Mutex::new(BuildState::default()),
+        }
+    }
+
+    /// The current snapshot. Hold the guard briefly: clone the `Arc`s you need instead.
+    #[inline]
+    pub fn load(&self) -> arc_swap::Guard<Arc<Snapshot>> {
+        self.current.load()
+    }
+
+    pub fn load_full(&self) -> Arc<Snapshot> {
+        self.current.load_full()
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Validates `spec`, builds a snapshot from it and swaps it in. Replicas and metric handles
+    /// that the previous snapshot had are reused; series of pools that are gone are removed.
+    /// A rejected spec leaves the current snapshot untouched. Returns the new version.
+    pub fn apply(&self, spec: &RoutingSpec) -> Result<u64, SpecError> {
+        validate(spec)?;
+        let mut guard = self.build.lock().unwrap_or_else(|e| e.into_inner());
+        let st = &mut *guard;
+        let mut replicas = HashMap::new();
+        let mut pools = HashMap::new();
+        let mut hosts = HashMap::new();
+        let mut models = Vec::with_capacity(spec.models.len());
+
+        for (mi, m) in spec.models.iter().enumerate() {
+            let model_id: Arc<str> = m.id.as_str().into();
+            // Replica objects of each deployment, shared by every environment that routes to it.
+            let mut deployment_replicas: HashMap<&str, Box<[Arc<Replica>]>> = HashMap::new();
+            for d in &m.deployments {
+                let dep: Arc<str> = d.id.as_str().into();
+                let list = d
+                    .replicas
+                    .iter()
+                    .map(|addr| {
+                        let key = (m.id.clone(), d.id.clone(), *addr);
+                        let r = st.replicas.get(&key).cloned().unwrap_or_else(|| {
+                            st.next_replica_id += 1;
+                            Arc::new(Replica::new(st.next_replica_id, *addr, dep.clone()))
+                        });
+                        replicas.insert(key, r.clone());
+                        r
+                    })
+                    .collect();
+                deployment_replicas.insert(d.id.as_str(), list);
+            }
+            let mut make_pool = |env: &str, dep: &str| -> Result<Arc<Pool>, SpecError> {
+                let key = (m.id.clone(), env.to_owned(), dep.to_owned());
+                let metrics = st
+                    .pools
+                    .get(&key)
+                    .cloned()
+                    .unwrap_or_else(|| self.metrics.pool(&m.id, env, dep));
+                pools.insert(key, metrics.clone());
+                let replicas = deployment_replicas.get(dep).cloned().unwrap_or_default();
+                metrics.ready_replicas.set(replicas.len() as i64);
+                Ok(Arc::new(Pool {
+                    model: model_id.clone(),
+                    environment: env.into(),
+                    deployment: dep.into(),
+                    header_value: HeaderValue::from_str(dep)
+                        .map_err(|_| SpecError::BadDeploymentId(dep.to_owned()))?,
+                    replicas,
+                    metrics,
+                }))
+            };
+            let mut environments = Vec::with_capacity(m.environments.len());
+            let mut in_env = HashSet::new();
+            for (ei, e) in m.environments.iter().enumerate() {
+                let mut sum = 0u32;
+                let mut env_pools = Vec::with_capacity(e.weights.len());
+                let mut cumulative = Vec::with_capacity(e.weights.len());
+                for (dep, w) in &e.weights {
+                    sum += w;
+                    env_pools.push(make_pool(&e.name, dep)?);
+                    cumulative.push(sum);
+                    in_env.insert(dep.as_str());
+                }
+                for h in &e.hosts {
+                    hosts.insert(h.to_ascii_lowercase().into_boxed_str(), (mi, ei));
+                }
+                let env = Environment {
+                    name: e.name.as_str().into(),
+                    pools: env_pools.into(),
+                    cumulative: cumulative.into(),
+                };
+                for (i, p) in env.pools.iter().enumerate() {
+                    p.metrics.weight.set(env.share(i));
+                }
+                environments.push(env);
+            }
+            let unassigned = m
+                .deployments
+                .iter()
+                .filter(|d| !in_env.contains(d.id.as_str()))
+                .map(|d| make_pool("", &d.id))
+                .collect::<Result<Vec<_>, _>>()?;
+            let default_environment = m.default_environment();
+            for h in &m.hosts {
+                hosts.insert(h.to_ascii_lowercase().into_boxed_str(), (mi, default_environment));
+            }
+            models.push(Model {
+                id: model_id,
+                environments: environments.into(),
+                default_environment,
+                unassigned: unassigned.into(),
+            });
+        }
+
+        for (key, metrics) in &st.pools {
+            if !pools.contains_key(key) {
+                metrics.remove();
+            }
+        }
+        st.pools = pools;
+        st.replicas = replicas;
+        st.version += 1;
+        let version = st.version;
+        self.current.store(Arc::new(Snapshot {
+            models: models.into(),
+            hosts,
+            version,
+        }));
+        Ok(version)
+    }
+}
+
+fn validate(spec: &RoutingSpec) -> Result<(), SpecError> {
+    let mut model_ids = HashSet::new();
+    let mut hosts = HashSet::new();
+    for m in &spec.models {
+        if !model_ids.insert(&m.id) {
+            return Err(SpecError::DuplicateModel(m.id.clone()));
+        }
+        if m.environments.is_empty() {
+            return Err(SpecError::NoEnvironment { model: m.id.clone() });
+        }
+        let mut deps = HashSet::new();
+        for d in &m.deployments {
+            if !deps.insert(d.id.as_str()) {
+                return Err(SpecError::DuplicateDeployment {
+                    model: m.id.clone(),
+                    deployment: d.id.clone(),
+                });
+            }
+        }
+        let mut envs = HashSet::new();
+        for e in &m.environments {
+            if !envs.insert(e.name.as_str()) {
+                return Err(SpecError::DuplicateEnvironment {
+                    model: m.id.clone(),
+                    environment: e.name.clone(),
+                });
+            }
+            let mut sum: u64 = 0;
+            for (dep, w) in &e.weights {
+                if !deps.contains(dep.as_str()) {
+                    return Err(SpecError::UnknownDeployment {
+                        model: m.id.clone(),
+                        environment: e.name.clone(),
+                        deployment: dep.clone(),
+                    });
+                }
+                sum += u64::from(*w);
+            }
+            if sum > u64::from(WEIGHT_SCALE) {
+                return Err(SpecError::WeightOverflow {
+                    model: m.id.clone(),
+                    environment: e.name.clone(),
+                });
+            }
+            for h in &e.hosts {
+                if !hosts.insert(h.to_ascii_lowercase()) {
+                    return Err(SpecError::DuplicateHost { host: h.clone() });
+                }
+            }
+        }
+        for h in &m.hosts {
+            if !hosts.insert(h.to_ascii_lowercase()) {
+                return Err(SpecError::DuplicateHost { host: h.clone() });
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::routing::snapshot::Route;
+    use crate::routing::spec::{DeploymentSpec, EnvironmentSpec, ModelSpec};
+
+    fn spec(v2_weight: u32, v2_replicas: &[&str]) -> RoutingSpec {
+        RoutingSpec {
+            models: vec![ModelSpec {
+                id: "m".into(),
+                hosts: vec!["m.example".into()],
+                deployments: vec![
+                    DeploymentSpec { id: "v1".into(), replicas: vec!["127.0.0.1:1001".parse().unwrap()] },
+                    DeploymentSpec {
+                        id: "v2".into(),
+                        replicas: v2_replicas.iter().map(|a| a.parse().unwrap()).collect(),
+                    },
+                    DeploymentSpec { id: "v3".into(), replicas: vec![] },
+                ],
+                environments: vec![
+                    EnvironmentSpec {
+                        name: "staging".into(),
+                        hosts: vec!["staging.example".into()],
+                        weights: [("v2".to_string(), WEIGHT_SCALE)].into_iter().collect(),
+                    },
+                    EnvironmentSpec {
+                        name: "production".into(),
+                        hosts: vec![],
+                        weights: [
+                            ("v1".to_string(), WEIGHT_SCALE - v2_weight),
+                            ("v2".to_string(), v2_weight),
+                        ]
+                        .into_iter()
+                        .collect(),
+                    },
+                ],
+            }],
+        }
+    }
+
+    #[test]
+    fn replicas_keep_their_counters_across_swaps() {
+        let r = Router::new(Metrics::new());
+        r.apply(&spec(0, &["127.0.0.1:2001"])).unwrap();
+        let s1 = r.load_full();
+        let before = s1.models[0].environments[1].pools[1].replicas[0].clone();
+        before.begin_request();
+        r.apply(&spec(500_000, &["127.0.0.1:2001", "127.0.0.1:2002"])).unwrap();
+        let s2 = r.load_full();
+        let after = &s2.models[0].environments[1].pools[1].replicas;
+        assert_eq!(after.len(), 2);
+        assert!(Arc::ptr_eq(&before, &after[0]));
+        assert_eq!(after[0].outstanding(), 1);
+        assert_eq!(s2.version, s1.version + 1);
+    }
+
+    #[test]
+    fn resolves_hosts_environments_and_pins() {
+        let r = Router::new(Metrics::new());
+        r.apply(&spec(0, &["127.0.0.1:2001"])).unwrap();
+        let s = r.load();
+        // Default environment is production even though staging is declared first.
+        let res = s.resolve(None, "/predict").unwrap();
+        assert_eq!(&*res.environment.name, "production");
+        assert_eq!(res.strip, 0);
+        let res = s.resolve(Some("STAGING.example:8080"), "/x").unwrap();
+        assert_eq!(&*res.environment.name, "staging");
+        let res = s.resolve(None, "/environments/staging/v1/chat").unwrap();
+        assert_eq!(&*res.environment.name, "staging");
+        assert_eq!(res.strip, "/environments/staging".len());
+        let res = s.resolve(None, "/deployment/v2/predict").unwrap();
+        match res.route {
+            Route::Pinned(p) => {
+                assert_eq!(&*p.deployment, "v2");
+                assert_eq!(&*p.environment, "production");
+            }
+            Route::Split(_) => panic!("expected a pinned route"),
+        }
+        let res = s.resolve(None, "/deployment/v3/predict").unwrap();
+        match res.route {
+            Route::Pinned(p) => assert_eq!(&*p.environment, ""),
+            Route::Split(_) => panic!("expected a pinned route"),
+        }
+        assert_eq!(
+            s.resolve(None, "/deployment/nope/x").err(),
+            Some(crate::routing::snapshot::RouteError::UnknownDeployment {
+                model: "m".into(),
+                deployment: "nope".into()
+            })
+        );
+        assert!(s.resolve(None, "/environments/dev/x").is_err());
+    }
+
+    #[test]
+    fn bad_specs_are_rejected_and_change_nothing() {
+        let r = Router::new(Metrics::new());
+        let v = r.apply(&spec(0, &[])).unwrap();
+        let mut bad = spec(0, &[]);
+        bad.models[0].environments[1].weights.insert("v9".into(), 1);
+        let err = r.apply(&bad).unwrap_err();
+        assert!(err.to_string().contains("\"v9\""), "{err}");
+        let mut bad = spec(0, &[]);
+        bad.models[0].environments[1].weights.insert("v3".into(), 1);
+        assert!(matches!(r.apply(&bad), Err(SpecError::WeightOverflow { .. })));
+        assert_eq!(r.load().version, v);
+    }
+
+    #[test]
+    fn series_of_removed_pools_disappear() {
+        let metrics = Metrics::new();
+        let r = Router::new(metrics.clone());
+        r.apply(&spec(100_000, &["127.0.0.1:2001"])).unwrap();
+        let text = String::from_utf8(metrics.encode()).unwrap();
+        assert!(text.contains("switchyard_traffic_weight{deployment=\"v2\",environment=\"production\",model=\"m\"} 0.1"), "{text}");
+        let mut s = spec(0, &[]);
+        s.models[0].environments[1].weights.remove("v2");
+        r.apply(&s).unwrap();
+        let text = String::from_utf8(metrics.encode()).unwrap();
+        assert!(!text.contains("deployment=\"v2\",environment=\"production\""), "{text}");
+        assert!(text.contains("deployment=\"v2\",environment=\"staging\""), "{text}");
+    }
+}

@@ -1,0 +1,296 @@
+//! Starting and stopping `switchyard serve`: the data-plane workers and the admin listener.
+//!
+//! Each data-plane worker is an OS thread running a current-thread tokio runtime with its own
+//! `SO_REUSEPORT` listener and its own upstream connection pool; the kernel spreads incoming
+//! connections across them. Nothing on the request path is shared between workers except the
+//! routing snapshot (read through `arc-swap`) and atomic counters.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use http::HeaderValue;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio::sync::{oneshot, watch};
+
+use crate::admin;
+use crate::config::{ConfigError, Settings};
+use crate::metrics::Metrics;
+use crate::proxy::{forward, tls, ConnInfo, ProxyContext};
+use crate::routing::Router;
+
+/// Process-wide state the admin listener reports on.
+#[derive(Default)]
+pub struct Health {
+    shutting_down: AtomicBool,
+}
+
+impl Health {
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::Relaxed)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("cannot start a worker thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// A started proxy. Dropping it without [`RunningProxy::shutdown`] leaves the threads running.
+pub struct RunningProxy {
+    pub listen_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    router: Arc<Router>,
+    health: Arc<Health>,
+    stop: watch::Sender<bool>,
+    workers: Vec<JoinHandle<()>>,
+    admin: Option<JoinHandle<()>>,
+    admin_stop: Option<oneshot::Sender<()>>,
+}
+
+impl RunningProxy {
+    pub fn router(&self) -> &Arc<Router> {
+        &self.router
+    }
+
+    /// Stops accepting, turns `/readyz` to 503 and lets in-flight requests finish.
+    pub fn begin_shutdown(&self) {
+        self.health.shutting_down.store(true, Ordering::Relaxed);
+        let _ = self.stop.send(true);
+    }
+
+    /// Blocks until every worker has drained (or its grace period ran out).
+    pub fn wait(mut self) {
+        for w in self.workers.drain(..) {
+            let _ = w.join();
+        }
+        drop(self.admin_stop.take());
+        if let Some(a) = self.admin.take() {
+            let _ = a.join();
+        }
+    }
+
+    /// Graceful shutdown from async code: [`Self::begin_shutdown`] then wait on a blocking thread.
+    pub async fn shutdown(self) {
+        self.begin_shutdown();
+        let _ = tokio::task::spawn_blocking(move || self.wait()).await;
+    }
+}
+
+/// Binds every listener (so errors surface before anything runs), installs the routing from
+/// `settings` and starts the workers and the admin listener.
+pub fn start(settings: Settings) -> Result<RunningProxy, StartError> {
+    let tls = settings.tls.as_ref().map(tls::server_config).transpose()?;
+    let metrics = Metrics::new();
+    let router = Arc::new(Router::new(metrics.clone()));
+    router.apply(&settings.routing).map_err(|e| ConfigError {
+        field: "models".into(),
+        message: e.to_string(),
+    })?;
+
+    let listeners = bind_reuseport(settings.listen, settings.workers)?;
+    let listen_addr = listeners[0]
+        .local_addr()
+        .map_err(|source| StartError::Bind { addr: settings.listen, source })?;
+    let admin_listener = std::net::TcpListener::bind(settings.admin_listen)
+        .map_err(|source| StartError::Bind { addr: settings.admin_listen, source })?;
+    admin_listener
+        .set_nonblocking(true)
+        .map_err(|source| StartError::Bind { addr: settings.admin_listen, source })?;
+    let admin_addr = admin_listener
+        .local_addr()
+        .map_err(|source| StartError::Bind { addr: settings.admin_listen, source })?;
+
+    let ctx = Arc::new(ProxyContext {
+        router: router.clone(),
+        upstream: settings.upstream.clone(),
+        deployment_header: settings.deployment_header,
+    });
+    let health = Arc::new(Health::default());
+    let (stop, stop_rx) = watch::channel(false);
+    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
+
+    let mut workers = Vec::with_capacity(listeners.len());
+    for (i, listener) in listeners.into_iter().enumerate() {
+        let worker = Worker {
+            ctx: ctx.clone(),
+            tls: acceptor.clone(),
+            stop: stop_rx.clone(),
+            grace: settings.shutdown_grace,
+        };
+        let handle = std::thread::Builder::new()
+            .name(format!("switchyard-worker-{i}"))
+            .spawn(move || worker.run(listener))
+            .map_err(StartError::Thread)?;
+        workers.push(handle);
+    }
+    let admin_state = admin::AdminState { metrics, health: health.clone() };
+    let (admin_stop, admin_stop_rx) = oneshot::channel();
+    let admin = std::thread::Builder::new()
+        .name("switchyard-admin".into())
+        .spawn(move || admin::run(admin_listener, admin_state, admin_stop_rx))
+        .map_err(StartError::Thread)?;
+
+    tracing::info!(%listen_addr, %admin_addr, workers = workers.len(), tls = acceptor.is_some(), "switchyard is serving");
+    Ok(RunningProxy {
+        listen_addr,
+        admin_addr,
+        router,
+        health,
+        stop,
+        workers,
+        admin: Some(admin),
+        admin_stop: Some(admin_stop),
+    })
+}
+
+/// One listener per worker on the same address; with port 0 the first picks the port.
+fn bind_reuseport(addr: SocketAddr, n: usize) -> Result<Vec<std::net::TcpListener>, StartError> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let mut out = Vec::with_capacity(n);
+    let mut bound = addr;
+    for _ in 0..n.max(1) {
+        let err = |source| StartError::Bind { addr, source };
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP)).map_err(err)?;
+        socket.set_reuse_address(true).map_err(err)?;
+        socket.set_reuse_port(true).map_err(err)?;
+        socket.set_nodelay(true).map_err(err)?;
+        socket.bind(&bound.into()).map_err(err)?;
+        socket.listen(4096).map_err(err)?;
+        socket.set_nonblocking(true).map_err(err)?;
+        let l: std::net::TcpListener = socket.into();
+        bound = l.local_addr().map_err(err)?;
+        out.push(l);
+    }
+    Ok(out)
+}
+
+struct Worker {
+    ctx: Arc<ProxyContext>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    stop: watch::Receiver<bool>,
+    grace: Duration,
+}
+
+impl Worker {
+    fn run(self, listener: std::net::TcpListener) {
+        let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            Ok(rt) => rt,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot build a worker runtime");
+                return;
+            }
+        };
+        rt.block_on(self.serve(listener));
+        // Dropping the runtime cancels what is left: upgraded tunnels, idle upstream connections.
+    }
+
+    async fn serve(mut self, listener: std::net::TcpListener) {
+        let listener = match TcpListener::from_std(listener) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot register the listener");
+                return;
+            }
+        };
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(Duration::from_secs(30));
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(1024)
+            .keep_alive_interval(Some(Duration::from_secs(30)));
+        let builder = Arc::new(builder);
+        let graceful = GracefulShutdown::new();
+        let idle = self.ctx.upstream.pool_idle_timeout;
+        let sweeper = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(5).min(idle.max(Duration::from_millis(100))));
+            loop {
+                tick.tick().await;
+                crate::proxy::upstream::sweep(idle);
+            }
+        });
+
+        loop {
+            tokio::select! {
+                biased;
+                _ = self.stop.wait_for(|s| *s) => break,
+                accepted = listener.accept() => {
+                    let (stream, peer) = match accepted {
+                        Ok(a) => a,
+                        Err(e) => {
+                            // Out of descriptors and the like: back off instead of spinning.
+                            tracing::warn!(error = %e, "accept failed");
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                            continue;
+                        }
+                    };
+                    let _ = stream.set_nodelay(true);
+                    let info = Arc::new(ConnInfo {
+                        peer_ip: HeaderValue::from_str(&peer.ip().to_string())
+                            .unwrap_or_else(|_| HeaderValue::from_static("unknown")),
+                        proto: if self.tls.is_some() { "https" } else { "http" },
+                    });
+                    let ctx = self.ctx.clone();
+                    let builder = builder.clone();
+                    let watcher = graceful.watcher();
+                    let tls = self.tls.clone();
+                    tokio::spawn(async move {
+                        let service = service_fn(move |req| {
+                            let ctx = ctx.clone();
+                            let info = info.clone();
+                            async move { Ok::<_, std::convert::Infallible>(forward::proxy(&ctx, &info, req).await) }
+                        });
+                        let result = match tls {
+                            None => {
+                                let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                                watcher.watch(conn.into_owned()).await
+                            }
+                            Some(acceptor) => {
+                                let tls_stream = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await {
+                                    Ok(Ok(s)) => s,
+                                    Ok(Err(e)) => {
+                                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                                        return;
+                                    }
+                                    Err(_) => {
+                                        tracing::debug!(%peer, "TLS handshake timed out");
+                                        return;
+                                    }
+                                };
+                                let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls_stream), service);
+                                watcher.watch(conn.into_owned()).await
+                            }
+                        };
+                        if let Err(e) = result {
+                            tracing::debug!(%peer, error = %e, "client connection ended with an error");
+                        }
+                    });
+                }
+            }
+        }
+        drop(listener);
+        sweeper.abort();
+        let open = graceful.count();
+        if open > 0 {
+            tracing::info!(open, grace = ?self.grace, "draining client connections");
+        }
+        if tokio::time::timeout(self.grace, graceful.shutdown()).await.is_err() {
+            tracing::warn!(grace = ?self.grace, "grace period over; cutting the remaining connections");
+        }
+    }
+}
