@@ -73,6 +73,7 @@ pub async fn proxy(
         tracing::warn!(deployment = %pool.deployment, "no ready replica");
         return pool_error(
             &pool,
+            ctx.deployment_header,
             StatusCode::SERVICE_UNAVAILABLE,
             format!("deployment {:?} has no ready replica", pool.deployment),
         );
@@ -102,8 +103,8 @@ pub async fn proxy(
                 }
                 Err(e) => {
                     pool.metrics.count_error(UpstreamErrorKind::Connect);
-                    let ejected =
-                        replica.record_connect_failure(cfg.eject_after_failures, cfg.eject_duration);
+                    let ejected = replica
+                        .record_connect_failure(cfg.eject_after_failures, cfg.eject_duration);
                     tracing::warn!(
                         deployment = %pool.deployment,
                         replica = %replica.addr,
@@ -114,7 +115,10 @@ pub async fn proxy(
                     tried[attempts] = replica.id;
                     attempts += 1;
                     let next = (attempts < cfg.max_connect_attempts as usize)
-                        .then(|| pool.pick_replica(&mut rand::rng(), &tried[..attempts]).cloned())
+                        .then(|| {
+                            pool.pick_replica(&mut rand::rng(), &tried[..attempts])
+                                .cloned()
+                        })
                         .flatten();
                     match next {
                         Some(r) => {
@@ -123,7 +127,8 @@ pub async fn proxy(
                         }
                         None => {
                             return pool_error(
-                                &pool,
+        &pool,
+        ctx.deployment_header,
                                 StatusCode::BAD_GATEWAY,
                                 format!(
                                     "no replica of deployment {:?} could be reached (last tried {}: {e})",
@@ -154,6 +159,7 @@ pub async fn proxy(
                     );
                     return pool_error(
                         &pool,
+                        ctx.deployment_header,
                         StatusCode::GATEWAY_TIMEOUT,
                         format!(
                             "deployment {:?} replica {} sent no response headers within {t:?}",
@@ -184,6 +190,7 @@ pub async fn proxy(
                     );
                     return pool_error(
                         &pool,
+                        ctx.deployment_header,
                         StatusCode::BAD_GATEWAY,
                         format!(
                             "deployment {:?} replica {} failed the request: {e}",
@@ -227,10 +234,11 @@ pub async fn proxy(
 
 /// The Host the client addressed: the `Host` header (HTTP/1.1) or the URI authority (HTTP/2).
 fn request_host(req: &Request<Incoming>) -> Option<&str> {
-    req.uri()
-        .authority()
-        .map(|a| a.as_str())
-        .or_else(|| req.headers().get(header::HOST).and_then(|h| h.to_str().ok()))
+    req.uri().authority().map(|a| a.as_str()).or_else(|| {
+        req.headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+    })
 }
 
 /// Makes the request fit for an HTTP/1.1 replica: origin-form URI without the routing prefix,
@@ -312,11 +320,12 @@ pub fn local(status: StatusCode, message: impl Into<String>) -> Response<ProxyBo
 }
 
 /// An error response on behalf of a deployment: counted in its metrics, and tagged with it.
-fn pool_error(pool: &Pool, status: StatusCode, message: String) -> Response<ProxyBody> {
+fn pool_error(pool: &Pool, tag: bool, status: StatusCode, message: String) -> Response<ProxyBody> {
     pool.metrics.count_response(status);
     let mut resp = local(status, message);
-    resp.headers_mut()
-        .insert(&headers::X_SWITCHYARD_DEPLOYMENT, pool.header_value.clone());
+    if tag {
+        resp.headers_mut()
+            .insert(&headers::X_SWITCHYARD_DEPLOYMENT, pool.header_value.clone());
+    }
     resp
 }
-

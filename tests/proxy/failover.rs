@@ -1,0 +1,200 @@
+//! What clients see when replicas are down, slow or broken; retries only when nothing was sent.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::Response;
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpListener;
+
+use crate::support::*;
+
+const CONNECT_ERRORS: &str = "switchyard_upstream_errors_total{deployment=\"v1\",environment=\"production\",kind=\"connect\",model=\"m\"}";
+
+#[tokio::test]
+async fn connect_failures_retry_on_another_replica_and_eject_the_dead_one() {
+    let live = named("live").await;
+    let dead = dead_addr().await;
+    let mut s = settings(spec(&[("v1", vec![dead, live.addr], 100)]));
+    s.upstream.eject_after_failures = 2;
+    s.upstream.eject_duration = Duration::from_secs(60);
+    let proxy = start(s);
+    for _ in 0..60 {
+        let got = get(proxy.listen_addr, "/").await;
+        assert_eq!(got.status, 200, "{}", got.text());
+        assert_eq!(got.text(), "live");
+    }
+    let (_, metrics) = admin(proxy.admin_addr, "/metrics").await;
+    // Two failures eject the dead replica; it is not tried again within the eject period.
+    assert_eq!(sample(&metrics, CONNECT_ERRORS), Some(2.0), "{metrics}");
+    assert_eq!(live.requests.load(Ordering::SeqCst), 60);
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_ejected_replica_gets_traffic_again_after_the_back_off() {
+    let dead = dead_addr().await;
+    let live = named("live").await;
+    let mut s = settings(spec(&[("v1", vec![dead, live.addr], 100)]));
+    s.upstream.eject_after_failures = 1;
+    s.upstream.eject_duration = Duration::from_millis(300);
+    let proxy = start(s);
+    for _ in 0..20 {
+        assert_eq!(get(proxy.listen_addr, "/").await.status, 200);
+    }
+    let (_, m) = admin(proxy.admin_addr, "/metrics").await;
+    let before = sample(&m, CONNECT_ERRORS).unwrap();
+    assert_eq!(before, 1.0);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    for _ in 0..20 {
+        assert_eq!(get(proxy.listen_addr, "/").await.status, 200);
+    }
+    let (_, m) = admin(proxy.admin_addr, "/metrics").await;
+    assert_eq!(
+        sample(&m, CONNECT_ERRORS),
+        Some(2.0),
+        "the replica is probed again after its back-off"
+    );
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn no_reachable_replica_is_a_502_naming_deployment_and_replica() {
+    let dead = dead_addr().await;
+    let proxy = start(settings(spec(&[("v1", vec![dead], 100)])));
+    let got = get(proxy.listen_addr, "/").await;
+    assert_eq!(got.status, 502);
+    assert!(
+        got.text().contains("\"v1\"") && got.text().contains(&dead.to_string()),
+        "{}",
+        got.text()
+    );
+    assert_eq!(got.deployment(), Some("v1"));
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_deployment_without_ready_replicas_is_a_503() {
+    let v1 = named("v1").await;
+    let proxy = start(settings(spec(&[
+        ("v1", vec![v1.addr], 0),
+        ("v2", vec![], 100),
+    ])));
+    let got = get(proxy.listen_addr, "/").await;
+    assert_eq!(got.status, 503);
+    assert!(
+        got.text().contains("\"v2\" has no ready replica"),
+        "{}",
+        got.text()
+    );
+    let (_, m) = admin(proxy.admin_addr, "/metrics").await;
+    assert_eq!(
+        sample(&m, "switchyard_requests_total{code=\"503\",deployment=\"v2\",environment=\"production\",model=\"m\"}"),
+        Some(1.0)
+    );
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn slow_response_headers_are_a_504() {
+    let slow = upstream(|_req| async {
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        Response::new(empty())
+    })
+    .await;
+    let mut s = settings(spec(&[("v1", vec![slow.addr], 100)]));
+    s.upstream.response_header_timeout = Some(Duration::from_millis(200));
+    let proxy = start(s);
+    let started = std::time::Instant::now();
+    let got = get(proxy.listen_addr, "/").await;
+    assert_eq!(got.status, 504);
+    assert!(started.elapsed() < Duration::from_secs(2));
+    assert!(got.text().contains("no response headers"), "{}", got.text());
+    proxy.shutdown().await;
+}
+
+/// A raw upstream that reads a request and closes the connection without answering.
+async fn hang_up_upstream() -> (std::net::SocketAddr, Arc<AtomicUsize>) {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let seen = Arc::new(AtomicUsize::new(0));
+    let s = seen.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut sock, _)) = l.accept().await else {
+                return;
+            };
+            let s = s.clone();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                if let Ok(n) = sock.read(&mut buf).await {
+                    if n > 0 {
+                        s.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+                drop(sock);
+            });
+        }
+    });
+    (addr, seen)
+}
+
+#[tokio::test]
+async fn a_request_that_reached_a_replica_is_never_retried() {
+    let (a, seen_a) = hang_up_upstream().await;
+    let (b, seen_b) = hang_up_upstream().await;
+    let proxy = start(settings(spec(&[("v1", vec![a, b], 100)])));
+    let got = send(
+        proxy.listen_addr,
+        http::Request::post("/v1/completions")
+            .header("host", "x")
+            .body(full("{\"prompt\":\"hi\"}"))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(got.status, 502);
+    assert!(got.text().contains("failed the request"), "{}", got.text());
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        seen_a.load(Ordering::SeqCst) + seen_b.load(Ordering::SeqCst),
+        1,
+        "the request was sent twice"
+    );
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn idle_upstream_connections_closed_by_the_replica_are_not_used() {
+    // hyper's server closes each connection after one response here (keep-alive off), so the
+    // pooled connection is dead by the second request; the proxy must notice, not fail.
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((s, _)) = l.accept().await else { return };
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(|_req| async {
+                    Ok::<_, std::convert::Infallible>(Response::new(full("once")))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .keep_alive(false)
+                    .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
+                    .await;
+            });
+        }
+    });
+    let proxy = start(settings(spec(&[("v1", vec![addr], 100)])));
+    let mut c = h1(proxy.listen_addr).await;
+    for _ in 0..20 {
+        let got = collect(
+            c.send_request(http::Request::get("/").body(empty()).unwrap())
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(got.status, 200, "{}", got.text());
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    proxy.shutdown().await;
+}

@@ -1,0 +1,13 @@
+//! Data-plane integration tests: real upstream servers, the real proxy and real clients on
+//! 127.0.0.1 ephemeral ports. Suites are named by the property they guard.
+
+mod support;
+
+mod failover;
+mod protocols;
+mod routes;
+mod shutdown;
+mod split;
+mod streaming;
+mod telemetry;
+mod transparency;

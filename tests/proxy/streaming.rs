@@ -1,0 +1,237 @@
+//! Streams pass through as they are produced, and a client that leaves cancels the upstream.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::Response;
+use http_body_util::BodyExt;
+use tokio::sync::{mpsc, Notify};
+
+use crate::support::*;
+
+/// An SSE upstream: 10 events, 100 ms apart.
+async fn sse_upstream() -> Upstream {
+    upstream(|_req| async {
+        let (tx, body) = channel_body();
+        tokio::spawn(async move {
+            for i in 0..10 {
+                if tx
+                    .send(Bytes::from(format!("data: {i}\n\n")))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        });
+        Response::builder()
+            .header("content-type", "text/event-stream")
+            .body(body)
+            .unwrap()
+    })
+    .await
+}
+
+#[tokio::test]
+async fn sse_events_arrive_as_the_upstream_sends_them() {
+    let up = sse_upstream().await;
+    let proxy = start(settings(spec(&[("v1", vec![up.addr], 100)])));
+    let mut c = h1(proxy.listen_addr).await;
+    let resp = c
+        .send_request(http::Request::get("/stream").body(empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(resp.headers()["content-type"], "text/event-stream");
+    let mut body = resp.into_body();
+    let mut arrivals = Vec::new();
+    let mut text = String::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.unwrap();
+        if let Ok(data) = frame.into_data() {
+            // One event may be split across frames; time each complete event.
+            text.push_str(std::str::from_utf8(&data).unwrap());
+            while let Some(end) = text.find("\n\n") {
+                text.drain(..end + 2);
+                arrivals.push(Instant::now());
+            }
+        }
+    }
+    assert_eq!(arrivals.len(), 10);
+    let gaps: Vec<u128> = arrivals
+        .windows(2)
+        .map(|w| (w[1] - w[0]).as_millis())
+        .collect();
+    // Buffering would bunch events together (gaps near 0) or hold them to the end.
+    for g in &gaps {
+        assert!((50..=250).contains(g), "gaps between events (ms): {gaps:?}");
+    }
+    proxy.shutdown().await;
+}
+
+/// An upstream whose response never ends; `gone` fires when switchyard closes the connection.
+async fn endless_upstream(delay_headers: Duration) -> (Upstream, Arc<Notify>) {
+    let gone = Arc::new(Notify::new());
+    let g = gone.clone();
+    let up = upstream(move |_req| {
+        let gone = g.clone();
+        async move {
+            // Fires when hyper drops the handler future: the connection went away.
+            struct OnDrop(Arc<Notify>);
+            impl Drop for OnDrop {
+                fn drop(&mut self) {
+                    self.0.notify_one();
+                }
+            }
+            let guard = OnDrop(gone.clone());
+            tokio::time::sleep(delay_headers).await;
+            std::mem::forget(guard);
+            let (tx, body) = channel_body();
+            tokio::spawn(async move {
+                loop {
+                    if tx
+                        .send(Bytes::from_static(b"data: token\n\n"))
+                        .await
+                        .is_err()
+                    {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                gone.notify_one();
+            });
+            Response::new(body)
+        }
+    })
+    .await;
+    (up, gone)
+}
+
+#[tokio::test]
+async fn a_client_that_leaves_mid_stream_cancels_the_upstream_request() {
+    let (up, gone) = endless_upstream(Duration::ZERO).await;
+    let proxy = start(settings(spec(&[("v1", vec![up.addr], 100)])));
+    let mut c = h1(proxy.listen_addr).await;
+    let resp = c
+        .send_request(http::Request::get("/generate").body(empty()).unwrap())
+        .await
+        .unwrap();
+    let mut body = resp.into_body();
+    body.frame().await.unwrap().unwrap();
+    let left = Instant::now();
+    drop(body);
+    drop(c);
+    tokio::time::timeout(Duration::from_secs(2), gone.notified())
+        .await
+        .expect("upstream stream still running 2 s after the client left");
+    assert!(
+        left.elapsed() < Duration::from_secs(1),
+        "took {:?}",
+        left.elapsed()
+    );
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_client_that_leaves_before_headers_cancels_the_upstream_request() {
+    let (up, gone) = endless_upstream(Duration::from_secs(30)).await;
+    let proxy = start(settings(spec(&[("v1", vec![up.addr], 100)])));
+    let mut c = h1(proxy.listen_addr).await;
+    let pending = tokio::spawn(async move {
+        let _ = c
+            .send_request(http::Request::get("/slow").body(empty()).unwrap())
+            .await;
+    });
+    assert!(
+        eventually(Duration::from_secs(2), || up
+            .requests
+            .load(std::sync::atomic::Ordering::SeqCst)
+            == 1)
+        .await
+    );
+    pending.abort();
+    tokio::time::timeout(Duration::from_secs(2), gone.notified())
+        .await
+        .expect("upstream handler still running 2 s after the client left");
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn request_bodies_stream_to_the_upstream_before_they_end() {
+    // The upstream answers as soon as it sees the first request chunk; the client only sends
+    // the rest after it got the response headers. A buffering proxy would deadlock here.
+    let up = upstream(|req| async move {
+        let mut body = req.into_body();
+        let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+        let (tx, out) = channel_body();
+        tokio::spawn(async move {
+            tx.send(first).await.unwrap();
+            while let Some(Ok(f)) = body.frame().await {
+                if let Ok(d) = f.into_data() {
+                    let _ = tx.send(d).await;
+                }
+            }
+        });
+        Response::new(out)
+    })
+    .await;
+    let proxy = start(settings(spec(&[("v1", vec![up.addr], 100)])));
+    let mut c = h1(proxy.listen_addr).await;
+    let (tx, rx) = mpsc::channel::<Bytes>(4);
+    let req = http::Request::post("/echo")
+        .body(ChanBody(rx).boxed())
+        .unwrap();
+    tx.send(Bytes::from_static(b"hello ")).await.unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(3), c.send_request(req))
+        .await
+        .expect("response headers did not arrive while the request body was open")
+        .unwrap();
+    let mut body = resp.into_body();
+    let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+    assert_eq!(&first[..], b"hello ");
+    tx.send(Bytes::from_static(b"world")).await.unwrap();
+    drop(tx);
+    let rest = body.collect().await.unwrap().to_bytes();
+    assert_eq!(&rest[..], b"world");
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_stream_silent_for_longer_than_the_idle_timeout_is_cut() {
+    let up = upstream(|_req| async {
+        let (tx, body) = channel_body();
+        tokio::spawn(async move {
+            tx.send(Bytes::from_static(b"data: first\n\n"))
+                .await
+                .unwrap();
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            drop(tx);
+        });
+        Response::new(body)
+    })
+    .await;
+    let mut s = settings(spec(&[("v1", vec![up.addr], 100)]));
+    s.upstream.body_idle_timeout = Some(Duration::from_millis(300));
+    let proxy = start(s);
+    let mut c = h1(proxy.listen_addr).await;
+    let resp = c
+        .send_request(http::Request::get("/").body(empty()).unwrap())
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let result = tokio::time::timeout(Duration::from_secs(5), resp.into_body().collect()).await;
+    let result = result.expect("stream was not cut by the idle timeout");
+    assert!(
+        result.is_err(),
+        "the client must see the stream fail, not end cleanly"
+    );
+    assert!(started.elapsed() < Duration::from_secs(2));
+    let (_, metrics) = admin(proxy.admin_addr, "/metrics").await;
+    assert_eq!(
+        sample(&metrics, "switchyard_upstream_errors_total{deployment=\"v1\",environment=\"production\",kind=\"body_idle_timeout\",model=\"m\"}"),
+        Some(1.0),
+        "{metrics}"
+    );
+    proxy.shutdown().await;
+}

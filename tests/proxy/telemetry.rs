@@ -1,0 +1,127 @@
+//! The admin listener's metrics and health endpoints.
+
+use crate::support::*;
+
+#[tokio::test]
+async fn metrics_show_per_deployment_series_and_drop_removed_ones() {
+    let v1 = named("v1").await;
+    let v2 = named("v2").await;
+    let proxy = start(settings(spec(&[
+        ("v1", vec![v1.addr], 50),
+        ("v2", vec![v2.addr], 50),
+    ])));
+    for _ in 0..10 {
+        get(proxy.listen_addr, "/deployment/v1/x").await;
+    }
+    for _ in 0..4 {
+        get(proxy.listen_addr, "/deployment/v2/x").await;
+    }
+    let (status, m) = admin(proxy.admin_addr, "/metrics").await;
+    assert_eq!(status, 200);
+    let series = |name: &str, dep: &str| {
+        format!("{name}{{deployment=\"{dep}\",environment=\"production\",model=\"m\"}}")
+    };
+    assert_eq!(sample(&m, &format!("switchyard_requests_total{{code=\"200\",deployment=\"v1\",environment=\"production\",model=\"m\"}}")), Some(10.0), "{m}");
+    assert_eq!(sample(&m, &format!("switchyard_requests_total{{code=\"200\",deployment=\"v2\",environment=\"production\",model=\"m\"}}")), Some(4.0));
+    assert_eq!(
+        sample(
+            &m,
+            &series("switchyard_request_duration_seconds_count", "v1")
+        ),
+        Some(10.0)
+    );
+    assert_eq!(
+        sample(
+            &m,
+            &series("switchyard_response_first_byte_seconds_count", "v2")
+        ),
+        Some(4.0)
+    );
+    assert_eq!(
+        sample(&m, &series("switchyard_in_flight_requests", "v1")),
+        Some(0.0)
+    );
+    assert_eq!(
+        sample(&m, &series("switchyard_traffic_weight", "v2")),
+        Some(0.5)
+    );
+    assert_eq!(
+        sample(&m, &series("switchyard_ready_replicas", "v1")),
+        Some(1.0)
+    );
+
+    proxy
+        .router()
+        .apply(&spec(&[("v1", vec![v1.addr], 100)]))
+        .unwrap();
+    let (_, m) = admin(proxy.admin_addr, "/metrics").await;
+    assert!(
+        !m.contains("deployment=\"v2\""),
+        "series of a removed deployment remain:\n{m}"
+    );
+    assert_eq!(
+        sample(&m, &series("switchyard_traffic_weight", "v1")),
+        Some(1.0)
+    );
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn in_flight_counts_a_stream_until_its_body_ends() {
+    use bytes::Bytes;
+    use http_body_util::BodyExt;
+    let (tx_hold, rx_hold) = tokio::sync::oneshot::channel::<()>();
+    let rx_hold = std::sync::Arc::new(tokio::sync::Mutex::new(Some(rx_hold)));
+    let up = upstream(move |_req| {
+        let rx = rx_hold.clone();
+        async move {
+            let (tx, body) = channel_body();
+            let rx = rx.lock().await.take();
+            tokio::spawn(async move {
+                tx.send(Bytes::from_static(b"first")).await.unwrap();
+                if let Some(rx) = rx {
+                    let _ = rx.await;
+                }
+            });
+            http::Response::new(body)
+        }
+    })
+    .await;
+    let proxy = start(settings(spec(&[("v1", vec![up.addr], 100)])));
+    let mut c = h1(proxy.listen_addr).await;
+    let resp = c
+        .send_request(http::Request::get("/").body(empty()).unwrap())
+        .await
+        .unwrap();
+    let mut body = resp.into_body();
+    body.frame().await.unwrap().unwrap();
+    let gauge =
+        "switchyard_in_flight_requests{deployment=\"v1\",environment=\"production\",model=\"m\"}";
+    // Headers are long gone; the stream is still open, so it still counts.
+    assert_eq!(
+        sample(&admin(proxy.admin_addr, "/metrics").await.1, gauge),
+        Some(1.0)
+    );
+    tx_hold.send(()).unwrap();
+    while body.frame().await.is_some() {}
+    let admin_addr = proxy.admin_addr;
+    let mut last = None;
+    for _ in 0..50 {
+        last = sample(&admin(admin_addr, "/metrics").await.1, gauge);
+        if last == Some(0.0) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(last, Some(0.0));
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn health_endpoints_answer_without_traffic() {
+    let proxy = start(settings(spec(&[("v1", vec![], 100)])));
+    assert_eq!(admin(proxy.admin_addr, "/livez").await.0, 200);
+    assert_eq!(admin(proxy.admin_addr, "/readyz").await.0, 200);
+    assert_eq!(admin(proxy.admin_addr, "/nope").await.0, 404);
+    proxy.shutdown().await;
+}

@@ -1,0 +1,305 @@
+//! The same requests, sent straight to the upstream and through switchyard, get the same
+//! answers (apart from the headers the proxy is meant to add or drop).
+
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::BodyExt;
+
+use crate::support::*;
+
+/// An upstream that describes what it received, and answers in several shapes by path.
+async fn echo_upstream() -> Upstream {
+    upstream(|req| async move {
+        let (parts, body) = req.into_parts();
+        let body = body.collect().await.unwrap().to_bytes();
+        let mut seen: Vec<String> = parts
+            .headers
+            .iter()
+            .filter(|(k, _)| k.as_str().starts_with("x-test"))
+            .map(|(k, v)| format!("{k}={}", v.to_str().unwrap()))
+            .collect();
+        seen.sort();
+        match parts.uri.path() {
+            "/no-content" => Response::builder().status(204).body(empty()).unwrap(),
+            "/not-modified" => Response::builder()
+                .status(304)
+                .header("etag", "\"abc\"")
+                .body(empty())
+                .unwrap(),
+            "/teapot" => Response::builder()
+                .status(418)
+                .header("x-test-reply", "short and stout")
+                .body(full("teapot"))
+                .unwrap(),
+            "/cookies" => Response::builder()
+                .header("set-cookie", "a=1")
+                .header("set-cookie", "b=2")
+                .body(full("two cookies"))
+                .unwrap(),
+            "/big" => {
+                let (tx, b) = channel_body();
+                tokio::spawn(async move {
+                    for i in 0..64u8 {
+                        tx.send(Bytes::from(vec![i; 64 * 1024])).await.unwrap();
+                    }
+                });
+                Response::builder()
+                    .header("content-type", "application/octet-stream")
+                    .body(b)
+                    .unwrap()
+            }
+            _ => Response::builder()
+                .header("content-type", "text/plain")
+                .header("x-test-method", parts.method.as_str())
+                .body(full(format!(
+                    "{} {} body={} sum={} headers={:?}",
+                    parts.method,
+                    parts.uri,
+                    body.len(),
+                    body.iter().map(|b| u64::from(*b)).sum::<u64>(),
+                    seen
+                )))
+                .unwrap(),
+        }
+    })
+    .await
+}
+
+struct Case {
+    name: &'static str,
+    req: fn() -> Request<TestBody>,
+}
+
+fn cases() -> Vec<Case> {
+    vec![
+        Case {
+            name: "get",
+            req: || {
+                Request::get("/hello?a=1&b=%20x")
+                    .header("host", "t")
+                    .body(empty())
+                    .unwrap()
+            },
+        },
+        Case {
+            name: "post 1 MiB",
+            req: || {
+                Request::post("/upload")
+                    .header("host", "t")
+                    .body(full(vec![7u8; 1 << 20]))
+                    .unwrap()
+            },
+        },
+        Case {
+            name: "chunked request body",
+            req: || {
+                let (tx, body) = channel_body();
+                tokio::spawn(async move {
+                    for _ in 0..10 {
+                        tx.send(Bytes::from_static(b"0123456789")).await.unwrap();
+                    }
+                });
+                Request::put("/chunked")
+                    .header("host", "t")
+                    .body(body)
+                    .unwrap()
+            },
+        },
+        Case {
+            name: "head",
+            req: || {
+                Request::head("/hello")
+                    .header("host", "t")
+                    .body(empty())
+                    .unwrap()
+            },
+        },
+        Case {
+            name: "delete",
+            req: || {
+                Request::delete("/item/1")
+                    .header("host", "t")
+                    .body(empty())
+                    .unwrap()
+            },
+        },
+        Case {
+            name: "custom headers, repeated",
+            req: || {
+                Request::get("/h")
+                    .header("host", "t")
+                    .header("x-test-a", "1")
+                    .header("x-test-a", "2")
+                    .header("x-test-b", "with, commas")
+                    .body(empty())
+                    .unwrap()
+            },
+        },
+        Case {
+            name: "204",
+            req: || {
+                Request::get("/no-content")
+                    .header("host", "t")
+                    .body(empty())
+                    .unwrap()
+            },
+        },
+        Case {
+            name: "304",
+            req: || {
+                Request::get("/not-modified")
+                    .header("host", "t")
+                    .body(empty())
+                    .unwrap()
+            },
+        },
+        Case {
+            name: "418 with body",
+            req: || {
+                Request::get("/teapot")
+                    .header("host", "t")
+                    .body(empty())
+                    .unwrap()
+            },
+        },
+        Case {
+            name: "set-cookie twice",
+            req: || {
+                Request::get("/cookies")
+                    .header("host", "t")
+                    .body(empty())
+                    .unwrap()
+            },
+        },
+        Case {
+            name: "4 MiB streamed response",
+            req: || {
+                Request::get("/big")
+                    .header("host", "t")
+                    .body(empty())
+                    .unwrap()
+            },
+        },
+    ]
+}
+
+/// What must match between direct and proxied answers.
+#[derive(Debug, PartialEq)]
+struct Answer {
+    status: StatusCode,
+    headers: Vec<(String, String)>,
+    body: Bytes,
+}
+
+async fn ask(addr: SocketAddr, req: Request<TestBody>) -> Answer {
+    let mut c = h1(addr).await;
+    let resp = c.send_request(req).await.unwrap();
+    let got = collect(resp).await;
+    let mut headers: Vec<(String, String)> = got
+        .headers
+        .iter()
+        .filter(|(k, _)| !matches!(k.as_str(), "date" | "x-switchyard-deployment"))
+        .map(|(k, v)| (k.to_string(), v.to_str().unwrap().to_string()))
+        .collect();
+    headers.sort();
+    Answer {
+        status: got.status,
+        headers,
+        body: got.body,
+    }
+}
+
+#[tokio::test]
+async fn every_case_answers_the_same_direct_and_through_the_proxy() {
+    let up = echo_upstream().await;
+    let proxy = start(settings(spec(&[("v1", vec![up.addr], 100)])));
+    for case in cases() {
+        let direct = ask(up.addr, (case.req)()).await;
+        let proxied = ask(proxy.listen_addr, (case.req)()).await;
+        assert_eq!(direct, proxied, "case {:?} differs", case.name);
+    }
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn hop_by_hop_headers_are_dropped_both_ways_and_forwarding_headers_added() {
+    let up = upstream(|req| async move {
+        let mut names: Vec<String> = req.headers().keys().map(|k| k.to_string()).collect();
+        names.sort();
+        let xff = req
+            .headers()
+            .get("x-forwarded-for")
+            .map(|v| v.to_str().unwrap().to_string());
+        let proto = req
+            .headers()
+            .get("x-forwarded-proto")
+            .map(|v| v.to_str().unwrap().to_string());
+        let host = req
+            .headers()
+            .get("x-forwarded-host")
+            .map(|v| v.to_str().unwrap().to_string());
+        Response::builder()
+            .header("connection", "x-upstream-private")
+            .header("x-upstream-private", "secret")
+            .header("keep-alive", "timeout=5")
+            .body(full(format!("{names:?}|{xff:?}|{proto:?}|{host:?}")))
+            .unwrap()
+    })
+    .await;
+    let proxy = start(settings(spec(&[("v1", vec![up.addr], 100)])));
+    let req = Request::get("/")
+        .header("host", "model.example")
+        .header("connection", "keep-alive, x-private-a")
+        .header("connection", "X-Private-B")
+        .header("x-private-a", "1")
+        .header("x-private-b", "2")
+        .header("keep-alive", "timeout=5")
+        .header("proxy-connection", "keep-alive")
+        .header("te", "gzip")
+        .header("x-forwarded-for", "203.0.113.9")
+        .header("x-kept", "yes")
+        .body(empty())
+        .unwrap();
+    let got = send(proxy.listen_addr, req).await;
+    let text = got.text();
+    let (names, rest) = text.split_once('|').unwrap();
+    for gone in [
+        "connection",
+        "x-private-a",
+        "x-private-b",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+    ] {
+        assert!(
+            !names.contains(&format!("\"{gone}\"")),
+            "{gone} reached the upstream: {names}"
+        );
+    }
+    assert!(names.contains("\"x-kept\""), "{names}");
+    assert_eq!(
+        rest,
+        "Some(\"203.0.113.9, 127.0.0.1\")|Some(\"http\")|Some(\"model.example\")"
+    );
+    assert!(
+        got.headers.get("x-upstream-private").is_none(),
+        "{:?}",
+        got.headers
+    );
+    assert!(got.headers.get("keep-alive").is_none(), "{:?}", got.headers);
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_deployment_header_can_be_switched_off() {
+    let up = named("v1").await;
+    let mut s = settings(spec(&[("v1", vec![up.addr], 100)]));
+    s.deployment_header = false;
+    let proxy = start(s);
+    let got = get(proxy.listen_addr, "/").await;
+    assert_eq!(got.status, 200);
+    assert!(got.deployment().is_none());
+    proxy.shutdown().await;
+}
