@@ -9,5 +9,6 @@ pub mod admin;
 pub mod config;
 pub mod metrics;
 pub mod proxy;
+pub mod rollout;
 pub mod routing;
 pub mod server;

@@ -8,7 +8,11 @@ use clap::{Args, Parser, Subcommand};
 use switchyard::config::ServeFlags;
 
 #[derive(Parser)]
-#[command(name = "switchyard", version, about = "Traffic-splitting reverse proxy for model-inference replicas")]
+#[command(
+    name = "switchyard",
+    version,
+    about = "Traffic-splitting reverse proxy for model-inference replicas"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -137,7 +141,9 @@ fn serve(flags: ServeFlags) -> ExitCode {
 
 /// Blocks until SIGTERM or SIGINT.
 fn wait_for_signal() -> std::io::Result<()> {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(async {
         use tokio::signal::unix::{signal, SignalKind};
         let mut term = signal(SignalKind::terminate())?;

@@ -42,7 +42,10 @@ pub enum StartError {
     #[error(transparent)]
     Config(#[from] ConfigError),
     #[error("cannot listen on {addr}: {source}")]
-    Bind { addr: SocketAddr, source: std::io::Error },
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("cannot start a worker thread: {0}")]
     Thread(std::io::Error),
 }
@@ -102,15 +105,27 @@ pub fn start(settings: Settings) -> Result<RunningProxy, StartError> {
     let listeners = bind_reuseport(settings.listen, settings.workers)?;
     let listen_addr = listeners[0]
         .local_addr()
-        .map_err(|source| StartError::Bind { addr: settings.listen, source })?;
-    let admin_listener = std::net::TcpListener::bind(settings.admin_listen)
-        .map_err(|source| StartError::Bind { addr: settings.admin_listen, source })?;
+        .map_err(|source| StartError::Bind {
+            addr: settings.listen,
+            source,
+        })?;
+    let admin_listener =
+        std::net::TcpListener::bind(settings.admin_listen).map_err(|source| StartError::Bind {
+            addr: settings.admin_listen,
+            source,
+        })?;
     admin_listener
         .set_nonblocking(true)
-        .map_err(|source| StartError::Bind { addr: settings.admin_listen, source })?;
+        .map_err(|source| StartError::Bind {
+            addr: settings.admin_listen,
+            source,
+        })?;
     let admin_addr = admin_listener
         .local_addr()
-        .map_err(|source| StartError::Bind { addr: settings.admin_listen, source })?;
+        .map_err(|source| StartError::Bind {
+            addr: settings.admin_listen,
+            source,
+        })?;
 
     let ctx = Arc::new(ProxyContext {
         router: router.clone(),
@@ -135,7 +150,10 @@ pub fn start(settings: Settings) -> Result<RunningProxy, StartError> {
             .map_err(StartError::Thread)?;
         workers.push(handle);
     }
-    let admin_state = admin::AdminState { metrics, health: health.clone() };
+    let admin_state = admin::AdminState {
+        metrics,
+        health: health.clone(),
+    };
     let (admin_stop, admin_stop_rx) = oneshot::channel();
     let admin = std::thread::Builder::new()
         .name("switchyard-admin".into())
@@ -162,7 +180,8 @@ fn bind_reuseport(addr: SocketAddr, n: usize) -> Result<Vec<std::net::TcpListene
     let mut bound = addr;
     for _ in 0..n.max(1) {
         let err = |source| StartError::Bind { addr, source };
-        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP)).map_err(err)?;
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
+            .map_err(err)?;
         socket.set_reuse_address(true).map_err(err)?;
         socket.set_reuse_port(true).map_err(err)?;
         socket.set_nodelay(true).map_err(err)?;
@@ -185,7 +204,10 @@ struct Worker {
 
 impl Worker {
     fn run(self, listener: std::net::TcpListener) {
-        let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        let rt = match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
             Ok(rt) => rt,
             Err(e) => {
                 tracing::error!(error = %e, "cannot build a worker runtime");
@@ -218,7 +240,9 @@ impl Worker {
         let graceful = GracefulShutdown::new();
         let idle = self.ctx.upstream.pool_idle_timeout;
         let sweeper = tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(5).min(idle.max(Duration::from_millis(100))));
+            let mut tick = tokio::time::interval(
+                Duration::from_secs(5).min(idle.max(Duration::from_millis(100))),
+            );
             loop {
                 tick.tick().await;
                 crate::proxy::upstream::sweep(idle);
@@ -289,7 +313,10 @@ impl Worker {
         if open > 0 {
             tracing::info!(open, grace = ?self.grace, "draining client connections");
         }
-        if tokio::time::timeout(self.grace, graceful.shutdown()).await.is_err() {
+        if tokio::time::timeout(self.grace, graceful.shutdown())
+            .await
+            .is_err()
+        {
             tracing::warn!(grace = ?self.grace, "grace period over; cutting the remaining connections");
         }
     }

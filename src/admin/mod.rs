@@ -26,8 +26,10 @@ pub fn handle(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Byte
     let text = |status: StatusCode, body: &'static str| {
         let mut r = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
         *r.status_mut() = status;
-        r.headers_mut()
-            .insert(header::CONTENT_TYPE, header::HeaderValue::from_static("text/plain; charset=utf-8"));
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            header::HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
         r
     };
     if req.method() != Method::GET && req.method() != Method::HEAD {
@@ -47,14 +49,20 @@ pub fn handle(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Byte
             text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n")
         }
         "/readyz" => text(StatusCode::OK, "ready\n"),
-        _ => text(StatusCode::NOT_FOUND, "not found: try /metrics, /livez or /readyz\n"),
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "not found: try /metrics, /livez or /readyz\n",
+        ),
     }
 }
 
 /// Serves the admin listener on its own thread until `stop` fires or its sender is dropped.
 /// The server drops it only after the workers drained, so `/readyz` answers 503 meanwhile.
 pub fn run(listener: std::net::TcpListener, state: AdminState, mut stop: oneshot::Receiver<()>) {
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             tracing::error!(error = %e, "cannot build the admin runtime");

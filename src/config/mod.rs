@@ -20,7 +20,10 @@ pub struct ConfigError {
 }
 
 fn err(field: impl Into<String>, message: impl Into<String>) -> ConfigError {
-    ConfigError { field: field.into(), message: message.into() }
+    ConfigError {
+        field: field.into(),
+        message: message.into(),
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -99,7 +102,8 @@ impl Settings {
 }
 
 fn parse_listen(s: &str) -> SocketAddr {
-    s.parse().unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)))
+    s.parse()
+        .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)))
 }
 
 pub fn default_workers() -> usize {
@@ -183,8 +187,12 @@ struct EnvironmentSection {
 
 /// Reads and validates a config file.
 pub fn load_file(path: &Path) -> Result<Settings, ConfigError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| err(path.display().to_string(), format!("cannot read the config file: {e}")))?;
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        err(
+            path.display().to_string(),
+            format!("cannot read the config file: {e}"),
+        )
+    })?;
     parse_str(&text).map_err(|e| ConfigError {
         field: format!("{}: {}", path.display(), e.field),
         message: e.message,
@@ -223,7 +231,10 @@ fn from_file(f: FileConfig) -> Result<Settings, ConfigError> {
         s.shutdown_grace = seconds("server.shutdown_grace_seconds", v, 0.0, 86_400.0)?;
     }
     if let Some(t) = f.server.tls {
-        s.tls = Some(TlsFiles { cert: t.cert, key: t.key });
+        s.tls = Some(TlsFiles {
+            cert: t.cert,
+            key: t.key,
+        });
     }
     let u = &f.upstream;
     let d = &mut s.upstream;
@@ -245,7 +256,10 @@ fn from_file(f: FileConfig) -> Result<Settings, ConfigError> {
     }
     if let Some(v) = u.max_connect_attempts {
         if !(1..=16).contains(&v) {
-            return Err(err("upstream.max_connect_attempts", format!("{v} is out of range 1..=16")));
+            return Err(err(
+                "upstream.max_connect_attempts",
+                format!("{v} is out of range 1..=16"),
+            ));
         }
         d.max_connect_attempts = v;
     }
@@ -264,7 +278,10 @@ fn from_file(f: FileConfig) -> Result<Settings, ConfigError> {
             let dat = format!("{at}.deployments[{di}]");
             check_id(&format!("{dat}.id"), &d.id)?;
             if deployments.iter().any(|x: &DeploymentSpec| x.id == d.id) {
-                return Err(err(format!("{dat}.id"), format!("deployment {:?} is declared twice", d.id)));
+                return Err(err(
+                    format!("{dat}.id"),
+                    format!("deployment {:?} is declared twice", d.id),
+                ));
             }
             let replicas = d
                 .replicas
@@ -275,7 +292,10 @@ fn from_file(f: FileConfig) -> Result<Settings, ConfigError> {
             deployments.push(DeploymentSpec { id: d.id, replicas });
         }
         if m.environments.is_empty() {
-            return Err(err(format!("{at}.environments"), "declare at least one environment (e.g. name = \"production\")"));
+            return Err(err(
+                format!("{at}.environments"),
+                "declare at least one environment (e.g. name = \"production\")",
+            ));
         }
         let mut environments = Vec::new();
         for (ei, e) in m.environments.into_iter().enumerate() {
@@ -287,14 +307,24 @@ fn from_file(f: FileConfig) -> Result<Settings, ConfigError> {
                 (Some(_), Some(_)) => {
                     return Err(err(eat, "set either `current` or `weights`, not both"))
                 }
-                (None, None) => {
-                    return Err(err(eat, "set `current = \"<deployment>\"` or `weights = { <deployment> = <n>, ... }`"))
-                }
+                (None, None) => return Err(err(
+                    eat,
+                    "set `current = \"<deployment>\"` or `weights = { <deployment> = <n>, ... }`",
+                )),
             };
             let weights = check_weights(&eat, &raw, &deployments)?;
-            environments.push(EnvironmentSpec { name: e.name, hosts: e.hosts, weights });
+            environments.push(EnvironmentSpec {
+                name: e.name,
+                hosts: e.hosts,
+                weights,
+            });
         }
-        s.routing.models.push(ModelSpec { id: m.id, hosts: m.hosts, deployments, environments });
+        s.routing.models.push(ModelSpec {
+            id: m.id,
+            hosts: m.hosts,
+            deployments,
+            environments,
+        });
     }
     if s.routing.models.is_empty() {
         return Err(err("models", "declare at least one model with [[models]]"));
@@ -313,15 +343,24 @@ fn check_weights(
             let known: Vec<&str> = deployments.iter().map(|d| d.id.as_str()).collect();
             return Err(err(
                 format!("{at}.weights.{dep}"),
-                format!("deployment {dep:?} is not declared (declared: {})", known.join(", ")),
+                format!(
+                    "deployment {dep:?} is not declared (declared: {})",
+                    known.join(", ")
+                ),
             ));
         }
         if !w.is_finite() || *w < 0.0 {
-            return Err(err(format!("{at}.weights.{dep}"), format!("{w} is not a non-negative number")));
+            return Err(err(
+                format!("{at}.weights.{dep}"),
+                format!("{w} is not a non-negative number"),
+            ));
         }
     }
     if raw.values().sum::<f64>() <= 0.0 {
-        return Err(err(format!("{at}.weights"), "at least one weight must be above zero"));
+        return Err(err(
+            format!("{at}.weights"),
+            "at least one weight must be above zero",
+        ));
     }
     Ok(normalize_weights(raw))
 }
@@ -337,11 +376,16 @@ fn check_routing(spec: &RoutingSpec) -> Result<(), ConfigError> {
 fn check_id(field: &str, id: &str) -> Result<(), ConfigError> {
     let ok = !id.is_empty()
         && id.len() <= 128
-        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
     if ok {
         Ok(())
     } else {
-        Err(err(field, format!("{id:?} must be 1-128 characters of letters, digits, '-', '_' or '.'")))
+        Err(err(
+            field,
+            format!("{id:?} must be 1-128 characters of letters, digits, '-', '_' or '.'"),
+        ))
     }
 }
 
@@ -349,13 +393,20 @@ fn check_workers(field: &str, w: usize) -> Result<usize, ConfigError> {
     match w {
         0 => Ok(default_workers()),
         1..=256 => Ok(w),
-        _ => Err(err(field, format!("{w} is out of range 0..=256 (0 = one per core)"))),
+        _ => Err(err(
+            field,
+            format!("{w} is out of range 0..=256 (0 = one per core)"),
+        )),
     }
 }
 
 fn parse_addr(field: &str, v: &str) -> Result<SocketAddr, ConfigError> {
-    v.parse()
-        .map_err(|_| err(field, format!("{v:?} is not an IP:port address (e.g. 127.0.0.1:8080)")))
+    v.parse().map_err(|_| {
+        err(
+            field,
+            format!("{v:?} is not an IP:port address (e.g. 127.0.0.1:8080)"),
+        )
+    })
 }
 
 /// `HOST:PORT` where HOST may be a name; resolved once, at start.
@@ -367,14 +418,20 @@ fn resolve_endpoint(field: &str, v: &str) -> Result<SocketAddr, ConfigError> {
     if !v.contains(':') {
         return Err(bad());
     }
-    v.to_socket_addrs().map_err(|_| bad())?.next().ok_or_else(bad)
+    v.to_socket_addrs()
+        .map_err(|_| bad())?
+        .next()
+        .ok_or_else(bad)
 }
 
 fn seconds(field: &str, v: f64, min: f64, max: f64) -> Result<Duration, ConfigError> {
     if v.is_finite() && v >= min && v <= max {
         Ok(Duration::from_secs_f64(v))
     } else {
-        Err(err(field, format!("{v} is out of range {min}..={max} seconds")))
+        Err(err(
+            field,
+            format!("{v} is out of range {min}..={max} seconds"),
+        ))
     }
 }
 
@@ -421,7 +478,10 @@ impl ServeFlags {
                     (self.environment.is_some(), "--environment"),
                 ] {
                     if given {
-                        return Err(err(flag, "cannot be combined with --config: declare models in the file"));
+                        return Err(err(
+                            flag,
+                            "cannot be combined with --config: declare models in the file",
+                        ));
                     }
                 }
                 load_file(path)?
@@ -438,7 +498,12 @@ impl ServeFlags {
             s.workers = check_workers("--workers", w)?;
         }
         match (&self.tls_cert, &self.tls_key) {
-            (Some(cert), Some(key)) => s.tls = Some(TlsFiles { cert: cert.clone(), key: key.clone() }),
+            (Some(cert), Some(key)) => {
+                s.tls = Some(TlsFiles {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                })
+            }
             (Some(_), None) => return Err(err("--tls-key", "is required with --tls-cert")),
             (None, Some(_)) => return Err(err("--tls-cert", "is required with --tls-key")),
             (None, None) => {}
@@ -450,14 +515,20 @@ impl ServeFlags {
             s.shutdown_grace = seconds("--shutdown-grace-seconds", v, 0.0, 86_400.0)?;
         }
         if s.listen == s.admin_listen && s.listen.port() != 0 {
-            return Err(err("--admin-listen", format!("{} is also the proxy listener", s.admin_listen)));
+            return Err(err(
+                "--admin-listen",
+                format!("{} is also the proxy listener", s.admin_listen),
+            ));
         }
         Ok(s)
     }
 
     fn routing_from_flags(&self) -> Result<RoutingSpec, ConfigError> {
         let model = self.model.clone().unwrap_or_else(|| "default".into());
-        let environment = self.environment.clone().unwrap_or_else(|| "production".into());
+        let environment = self
+            .environment
+            .clone()
+            .unwrap_or_else(|| "production".into());
         check_id("--model", &model)?;
         check_id("--environment", &environment)?;
         if self.upstreams.is_empty() {
@@ -466,21 +537,35 @@ impl ServeFlags {
         let mut deployments: Vec<DeploymentSpec> = Vec::new();
         for u in &self.upstreams {
             let (id, addrs) = u.split_once('=').ok_or_else(|| {
-                err("--upstream", format!("{u:?} is not DEPLOYMENT=HOST:PORT[,HOST:PORT...]"))
+                err(
+                    "--upstream",
+                    format!("{u:?} is not DEPLOYMENT=HOST:PORT[,HOST:PORT...]"),
+                )
             })?;
             check_id("--upstream", id)?;
             if deployments.iter().any(|d| d.id == id) {
-                return Err(err("--upstream", format!("deployment {id:?} is given twice")));
+                return Err(err(
+                    "--upstream",
+                    format!("deployment {id:?} is given twice"),
+                ));
             }
             let replicas = addrs
                 .split(',')
                 .filter(|a| !a.trim().is_empty())
                 .map(|a| resolve_endpoint("--upstream", a.trim()))
                 .collect::<Result<Vec<_>, _>>()?;
-            deployments.push(DeploymentSpec { id: id.to_owned(), replicas });
+            deployments.push(DeploymentSpec {
+                id: id.to_owned(),
+                replicas,
+            });
         }
         let raw: BTreeMap<String, f64> = match (&self.current, self.weights.is_empty()) {
-            (Some(_), false) => return Err(err("--current", "give either --current or --weight, not both")),
+            (Some(_), false) => {
+                return Err(err(
+                    "--current",
+                    "give either --current or --weight, not both",
+                ))
+            }
             (Some(c), true) => [(c.clone(), 1.0)].into_iter().collect(),
             (None, false) => {
                 let mut raw = BTreeMap::new();
@@ -499,19 +584,28 @@ impl ServeFlags {
             (None, true) if deployments.len() == 1 => {
                 [(deployments[0].id.clone(), 1.0)].into_iter().collect()
             }
-            (None, true) => {
-                return Err(err("--current", "several --upstream deployments: say which gets traffic with --current or --weight"))
-            }
+            (None, true) => return Err(err(
+                "--current",
+                "several --upstream deployments: say which gets traffic with --current or --weight",
+            )),
         };
         let weights = check_weights("--weight", &raw, &deployments).map_err(|e| {
-            if e.field.starts_with("--weight") { err("--weight", e.message) } else { e }
+            if e.field.starts_with("--weight") {
+                err("--weight", e.message)
+            } else {
+                e
+            }
         })?;
         let spec = RoutingSpec {
             models: vec![ModelSpec {
                 id: model,
                 hosts: vec![],
                 deployments,
-                environments: vec![EnvironmentSpec { name: environment, hosts: vec![], weights }],
+                environments: vec![EnvironmentSpec {
+                    name: environment,
+                    hosts: vec![],
+                    weights,
+                }],
             }],
         };
         check_routing(&spec)?;
@@ -533,9 +627,12 @@ mod tests {
 
     #[test]
     fn flags_build_a_weighted_split() {
-        let s = flags(&["v1=127.0.0.1:1,127.0.0.1:2", "v2=127.0.0.1:3"], &["v1=90", "v2=10"])
-            .into_settings()
-            .unwrap();
+        let s = flags(
+            &["v1=127.0.0.1:1,127.0.0.1:2", "v2=127.0.0.1:3"],
+            &["v1=90", "v2=10"],
+        )
+        .into_settings()
+        .unwrap();
         let m = &s.routing.models[0];
         assert_eq!(m.id, "default");
         assert_eq!(m.environments[0].name, "production");
@@ -546,14 +643,20 @@ mod tests {
 
     #[test]
     fn flag_errors_name_the_flag_and_value() {
-        let e = flags(&["v1=127.0.0.1:1"], &["v2=10"]).into_settings().unwrap_err();
+        let e = flags(&["v1=127.0.0.1:1"], &["v2=10"])
+            .into_settings()
+            .unwrap_err();
         assert_eq!(e.field, "--weight");
         assert!(e.message.contains("\"v2\""), "{e}");
         let e = flags(&["v1=nonsense"], &[]).into_settings().unwrap_err();
         assert!(e.to_string().contains("\"nonsense\""), "{e}");
-        let e = flags(&["v1=127.0.0.1:1"], &["v1=x"]).into_settings().unwrap_err();
+        let e = flags(&["v1=127.0.0.1:1"], &["v1=x"])
+            .into_settings()
+            .unwrap_err();
         assert!(e.to_string().contains("\"x\""), "{e}");
-        let e = flags(&["v1=127.0.0.1:1", "v2=127.0.0.1:2"], &[]).into_settings().unwrap_err();
+        let e = flags(&["v1=127.0.0.1:1", "v2=127.0.0.1:2"], &[])
+            .into_settings()
+            .unwrap_err();
         assert_eq!(e.field, "--current");
         let mut f = flags(&["v1=127.0.0.1:1"], &[]);
         f.listen = Some("localhost".into());
@@ -596,7 +699,10 @@ mod tests {
         let e = parse_str("[server]\nlisten = \"nope\"\n").unwrap_err();
         assert_eq!(e.field, "server.listen");
         let e = parse_str("[server]\nlisen = \"x\"\n").unwrap_err();
-        assert!(e.to_string().contains("lisen") && e.to_string().contains("line 2"), "{e}");
+        assert!(
+            e.to_string().contains("lisen") && e.to_string().contains("line 2"),
+            "{e}"
+        );
         let e = parse_str(
             "[[models]]\nid = \"m\"\n[[models.deployments]]\nid = \"v1\"\n[[models.environments]]\nname = \"production\"\nweights = { v1 = 1, v9 = 1 }\n",
         )

@@ -148,14 +148,22 @@ impl Metrics {
     pub fn pool(&self, model: &str, environment: &str, deployment: &str) -> Arc<PoolMetrics> {
         let l = [model, environment, deployment];
         Arc::new(PoolMetrics {
-            labels: [model.to_owned(), environment.to_owned(), deployment.to_owned()],
+            labels: [
+                model.to_owned(),
+                environment.to_owned(),
+                deployment.to_owned(),
+            ],
             codes: (0..CODE_SLOTS).map(|_| OnceLock::new()).collect(),
             duration: self.request_duration.with_label_values(&l),
             first_byte: self.first_byte.with_label_values(&l),
             in_flight: self.in_flight.with_label_values(&l),
             errors: UpstreamErrorKind::ALL.map(|k| {
-                self.upstream_errors
-                    .with_label_values(&[model, environment, deployment, k.as_str()])
+                self.upstream_errors.with_label_values(&[
+                    model,
+                    environment,
+                    deployment,
+                    k.as_str(),
+                ])
             }),
             weight: self.traffic_weight.with_label_values(&l),
             ready_replicas: self.ready_replicas.with_label_values(&l),
@@ -238,7 +246,9 @@ impl PoolMetrics {
         let _ = f.traffic_weight.remove_label_values(&l);
         let _ = f.ready_replicas.remove_label_values(&l);
         for k in UpstreamErrorKind::ALL {
-            let _ = f.upstream_errors.remove_label_values(&[l[0], l[1], l[2], k.as_str()]);
+            let _ = f
+                .upstream_errors
+                .remove_label_values(&[l[0], l[1], l[2], k.as_str()]);
         }
         for (slot, cell) in self.codes.iter().enumerate() {
             if cell.get().is_some() {

@@ -29,7 +29,11 @@ impl InFlight {
     pub fn begin(replica: Arc<Replica>, pool: Arc<Pool>, started: Instant) -> Self {
         replica.begin_request();
         pool.metrics.in_flight.inc();
-        InFlight { replica, pool, started }
+        InFlight {
+            replica,
+            pool,
+            started,
+        }
     }
 }
 
@@ -99,7 +103,10 @@ impl Body for UpstreamBody {
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => {
-                this.in_flight.pool.metrics.count_error(UpstreamErrorKind::Protocol);
+                this.in_flight
+                    .pool
+                    .metrics
+                    .count_error(UpstreamErrorKind::Protocol);
                 tracing::warn!(
                     deployment = %this.in_flight.pool.deployment,
                     replica = %this.in_flight.replica.addr,

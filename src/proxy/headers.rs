@@ -93,7 +93,10 @@ mod tests {
     fn map(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut m = HeaderMap::new();
         for (k, v) in pairs {
-            m.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
+            m.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
         }
         m
     }
@@ -119,7 +122,11 @@ mod tests {
 
     #[test]
     fn upgrade_requests_keep_upgrade() {
-        let mut h = map(&[("connection", "Upgrade, x-a"), ("upgrade", "websocket"), ("x-a", "1")]);
+        let mut h = map(&[
+            ("connection", "Upgrade, x-a"),
+            ("upgrade", "websocket"),
+            ("x-a", "1"),
+        ]);
         assert!(is_upgrade(&h));
         strip_hop_by_hop(&mut h, true);
         assert_eq!(h.get("upgrade").unwrap(), "websocket");
@@ -132,7 +139,12 @@ mod tests {
     fn forwarded_for_is_appended() {
         let peer = HeaderValue::from_static("10.1.1.1");
         let mut h = map(&[("x-forwarded-for", "1.2.3.4")]);
-        add_forwarded(&mut h, &peer, "https", Some(HeaderValue::from_static("a.example")));
+        add_forwarded(
+            &mut h,
+            &peer,
+            "https",
+            Some(HeaderValue::from_static("a.example")),
+        );
         assert_eq!(h.get("x-forwarded-for").unwrap(), "1.2.3.4, 10.1.1.1");
         assert_eq!(h.get("x-forwarded-proto").unwrap(), "https");
         assert_eq!(h.get("x-forwarded-host").unwrap(), "a.example");

@@ -18,7 +18,11 @@ pub fn server_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, ConfigError>
         .collect::<Result<_, _>>()
         .map_err(|e| bad("tls cert", &files.cert, e.to_string()))?;
     if certs.is_empty() {
-        return Err(bad("tls cert", &files.cert, "no CERTIFICATE block found".into()));
+        return Err(bad(
+            "tls cert",
+            &files.cert,
+            "no CERTIFICATE block found".into(),
+        ));
     }
     let key = PrivateKeyDer::from_pem_file(&files.key)
         .map_err(|e| bad("tls key", &files.key, e.to_string()))?;
@@ -28,7 +32,13 @@ pub fn server_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, ConfigError>
         .map_err(|e| bad("tls cert", &files.cert, e.to_string()))?
         .with_no_client_auth()
         .with_single_cert(certs, key)
-        .map_err(|e| bad("tls key", &files.key, format!("does not match the certificate: {e}")))?;
+        .map_err(|e| {
+            bad(
+                "tls key",
+                &files.key,
+                format!("does not match the certificate: {e}"),
+            )
+        })?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }

@@ -27,7 +27,11 @@ impl Environment {
         if total == 0 {
             return 0.0;
         }
-        let prev = if index == 0 { 0 } else { self.cumulative[index - 1] };
+        let prev = if index == 0 {
+            0
+        } else {
+            self.cumulative[index - 1]
+        };
         f64::from(self.cumulative[index] - prev) / f64::from(total)
     }
 }
@@ -53,12 +57,18 @@ impl Pool {
                 let b = (a + 1 + rng.random_range(0..n - 1)) % n;
                 let (ra, rb) = (&self.replicas[a], &self.replicas[b]);
                 match (usable(ra), usable(rb)) {
-                    (true, true) => Some(if rb.outstanding() < ra.outstanding() { rb } else { ra }),
+                    (true, true) => Some(if rb.outstanding() < ra.outstanding() {
+                        rb
+                    } else {
+                        ra
+                    }),
                     (true, false) => Some(ra),
                     (false, true) => Some(rb),
                     (false, false) => {
                         // Start the scan at a random place so survivors share the load.
-                        (0..n).map(|i| &self.replicas[(a + i) % n]).find(|r| usable(r))
+                        (0..n)
+                            .map(|i| &self.replicas[(a + i) % n])
+                            .find(|r| usable(r))
                     }
                 }
             }
@@ -117,7 +127,10 @@ mod tests {
     #[test]
     fn pool_pick_follows_weights() {
         let m = Metrics::new();
-        let e = env(vec![(pool(&m, "v1", 1), 900_000), (pool(&m, "v2", 1), 100_000)]);
+        let e = env(vec![
+            (pool(&m, "v1", 1), 900_000),
+            (pool(&m, "v2", 1), 100_000),
+        ]);
         let mut rng = SmallRng::seed_from_u64(7);
         let n = 100_000;
         let v2 = (0..n)

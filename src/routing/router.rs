@@ -38,8 +38,14 @@ pub enum SpecError {
     #[error("model {model:?}: environment {environment:?} is declared twice")]
     DuplicateEnvironment { model: String, environment: String },
     #[error("model {model:?}, environment {environment:?}: weight names deployment {deployment:?}, which the model does not declare")]
-    UnknownDeployment { model: String, environment: String, deployment: String },
-    #[error("model {model:?}, environment {environment:?}: weights add up to more than {WEIGHT_SCALE}")]
+    UnknownDeployment {
+        model: String,
+        environment: String,
+        deployment: String,
+    },
+    #[error(
+        "model {model:?}, environment {environment:?}: weights add up to more than {WEIGHT_SCALE}"
+    )]
     WeightOverflow { model: String, environment: String },
     #[error("model {model:?} has no environment")]
     NoEnvironment { model: String },
@@ -158,7 +164,10 @@ impl Router {
                 .collect::<Result<Vec<_>, _>>()?;
             let default_environment = m.default_environment();
             for h in &m.hosts {
-                hosts.insert(h.to_ascii_lowercase().into_boxed_str(), (mi, default_environment));
+                hosts.insert(
+                    h.to_ascii_lowercase().into_boxed_str(),
+                    (mi, default_environment),
+                );
             }
             models.push(Model {
                 id: model_id,
@@ -194,7 +203,9 @@ fn validate(spec: &RoutingSpec) -> Result<(), SpecError> {
             return Err(SpecError::DuplicateModel(m.id.clone()));
         }
         if m.environments.is_empty() {
-            return Err(SpecError::NoEnvironment { model: m.id.clone() });
+            return Err(SpecError::NoEnvironment {
+                model: m.id.clone(),
+            });
         }
         let mut deps = HashSet::new();
         for d in &m.deployments {
@@ -257,12 +268,18 @@ mod tests {
                 id: "m".into(),
                 hosts: vec!["m.example".into()],
                 deployments: vec![
-                    DeploymentSpec { id: "v1".into(), replicas: vec!["127.0.0.1:1001".parse().unwrap()] },
+                    DeploymentSpec {
+                        id: "v1".into(),
+                        replicas: vec!["127.0.0.1:1001".parse().unwrap()],
+                    },
                     DeploymentSpec {
                         id: "v2".into(),
                         replicas: v2_replicas.iter().map(|a| a.parse().unwrap()).collect(),
                     },
-                    DeploymentSpec { id: "v3".into(), replicas: vec![] },
+                    DeploymentSpec {
+                        id: "v3".into(),
+                        replicas: vec![],
+                    },
                 ],
                 environments: vec![
                     EnvironmentSpec {
@@ -292,7 +309,8 @@ mod tests {
         let s1 = r.load_full();
         let before = s1.models[0].environments[1].pools[1].replicas[0].clone();
         before.begin_request();
-        r.apply(&spec(500_000, &["127.0.0.1:2001", "127.0.0.1:2002"])).unwrap();
+        r.apply(&spec(500_000, &["127.0.0.1:2001", "127.0.0.1:2002"]))
+            .unwrap();
         let s2 = r.load_full();
         let after = &s2.models[0].environments[1].pools[1].replicas;
         assert_eq!(after.len(), 2);
@@ -348,7 +366,10 @@ mod tests {
         assert!(err.to_string().contains("\"v9\""), "{err}");
         let mut bad = spec(0, &[]);
         bad.models[0].environments[1].weights.insert("v3".into(), 1);
-        assert!(matches!(r.apply(&bad), Err(SpecError::WeightOverflow { .. })));
+        assert!(matches!(
+            r.apply(&bad),
+            Err(SpecError::WeightOverflow { .. })
+        ));
         assert_eq!(r.load().version, v);
     }
 
@@ -363,7 +384,13 @@ mod tests {
         s.models[0].environments[1].weights.remove("v2");
         r.apply(&s).unwrap();
         let text = String::from_utf8(metrics.encode()).unwrap();
-        assert!(!text.contains("deployment=\"v2\",environment=\"production\""), "{text}");
-        assert!(text.contains("deployment=\"v2\",environment=\"staging\""), "{text}");
+        assert!(
+            !text.contains("deployment=\"v2\",environment=\"production\""),
+            "{text}"
+        );
+        assert!(
+            text.contains("deployment=\"v2\",environment=\"staging\""),
+            "{text}"
+        );
     }
 }

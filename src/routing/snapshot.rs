@@ -93,7 +93,8 @@ impl Replica {
             .fetch_add(1, Ordering::Relaxed)
             + 1;
         if eject_after > 0 && n >= eject_after {
-            self.consecutive_connect_failures.store(0, Ordering::Relaxed);
+            self.consecutive_connect_failures
+                .store(0, Ordering::Relaxed);
             let until = now_ms() + eject_for.as_millis() as u64;
             self.ejected_until_ms.store(until, Ordering::Relaxed);
             return true;
@@ -104,7 +105,8 @@ impl Replica {
     pub fn record_connect_success(&self) {
         // Reads first: the common case is no failures, and a store would bounce the cache line.
         if self.consecutive_connect_failures.load(Ordering::Relaxed) != 0 {
-            self.consecutive_connect_failures.store(0, Ordering::Relaxed);
+            self.consecutive_connect_failures
+                .store(0, Ordering::Relaxed);
         }
         if self.ejected_until_ms.load(Ordering::Relaxed) != 0 {
             self.ejected_until_ms.store(0, Ordering::Relaxed);
@@ -202,7 +204,11 @@ fn prefixed_segment<'p>(path: &'p str, prefix: &str) -> Option<(&'p str, usize)>
 
 impl Snapshot {
     /// Chooses the model and environment from the Host, then applies the pinning prefixes.
-    pub fn resolve<'a>(&'a self, host: Option<&str>, path: &str) -> Result<Resolved<'a>, RouteError> {
+    pub fn resolve<'a>(
+        &'a self,
+        host: Option<&str>,
+        path: &str,
+    ) -> Result<Resolved<'a>, RouteError> {
         let (mi, mut ei) = match (self.hosts.is_empty(), host) {
             (false, Some(h)) => self.lookup_host(h),
             _ => None,
@@ -220,7 +226,12 @@ impl Snapshot {
                     environment: name.to_owned(),
                 })?;
             let environment = &model.environments[ei];
-            return Ok(Resolved { model, environment, route: Route::Split(environment), strip });
+            return Ok(Resolved {
+                model,
+                environment,
+                route: Route::Split(environment),
+                strip,
+            });
         }
         let environment = model.environments.get(ei).ok_or(RouteError::NoModels)?;
         if let Some((id, strip)) = prefixed_segment(path, "/deployment/") {
@@ -240,9 +251,19 @@ impl Snapshot {
                     model: model.id.to_string(),
                     deployment: id.to_owned(),
                 })?;
-            return Ok(Resolved { model, environment, route: Route::Pinned(pool), strip });
+            return Ok(Resolved {
+                model,
+                environment,
+                route: Route::Pinned(pool),
+                strip,
+            });
         }
-        Ok(Resolved { model, environment, route: Route::Split(environment), strip: 0 })
+        Ok(Resolved {
+            model,
+            environment,
+            route: Route::Split(environment),
+            strip: 0,
+        })
     }
 
     fn lookup_host(&self, host: &str) -> Option<(usize, usize)> {
@@ -274,8 +295,14 @@ mod tests {
 
     #[test]
     fn prefix_segments() {
-        assert_eq!(prefixed_segment("/deployment/v2/predict", "/deployment/"), Some(("v2", 14)));
-        assert_eq!(prefixed_segment("/deployment/v2", "/deployment/"), Some(("v2", 14)));
+        assert_eq!(
+            prefixed_segment("/deployment/v2/predict", "/deployment/"),
+            Some(("v2", 14))
+        );
+        assert_eq!(
+            prefixed_segment("/deployment/v2", "/deployment/"),
+            Some(("v2", 14))
+        );
         assert_eq!(prefixed_segment("/deployment/", "/deployment/"), None);
         assert_eq!(prefixed_segment("/deployments/v2", "/deployment/"), None);
     }
