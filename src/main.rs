@@ -22,6 +22,32 @@ struct Cli {
 enum Command {
     /// Run the proxy and its admin listener.
     Serve(ServeArgs),
+    /// Print the steps of a rolling deployment (pure arithmetic; contacts nothing).
+    Plan(PlanArgs),
+}
+
+#[derive(Args)]
+struct PlanArgs {
+    /// Replicas of the previous (current) deployment, 1-1000000.
+    #[arg(long, allow_negative_numbers = true)]
+    replicas: i64,
+    /// Percent of the fleet added per step, 0-50 [default: 10, or 0 when
+    /// --max-unavailable-percent is non-zero].
+    #[arg(long, allow_negative_numbers = true)]
+    max_surge_percent: Option<i64>,
+    /// Percent of the fleet that may be unavailable per step, 0-50 [default: 0].
+    #[arg(long, allow_negative_numbers = true)]
+    max_unavailable_percent: Option<i64>,
+    /// Seconds to wait between steps, 0-3600 [default: 0].
+    #[arg(long, allow_negative_numbers = true)]
+    stabilization_time_seconds: Option<i64>,
+    /// Percent of extra replicas added to the previous deployment before traffic moves, 0-500
+    /// [default: 0].
+    #[arg(long, allow_negative_numbers = true)]
+    replica_overhead_percent: Option<i64>,
+    /// Print the plan as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -100,6 +126,44 @@ fn main() -> ExitCode {
         .init();
     match Cli::parse().command {
         Command::Serve(args) => serve(args.into()),
+        Command::Plan(args) => plan(args),
+    }
+}
+
+fn plan(a: PlanArgs) -> ExitCode {
+    use std::io::Write;
+    use switchyard::rollout::plan::{Field, Plan, RollingConfig};
+    let built = Field::Replicas.check(a.replicas).and_then(|replicas| {
+        let config = RollingConfig::from_options(
+            a.max_surge_percent,
+            a.max_unavailable_percent,
+            a.stabilization_time_seconds,
+            a.replica_overhead_percent,
+        )?;
+        Plan::new(replicas, &config)
+    });
+    let plan = match built {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("switchyard: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let text = if a.json {
+        match serde_json::to_string(&plan) {
+            Ok(json) => json + "\n",
+            Err(e) => {
+                eprintln!("switchyard: cannot encode the plan: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        plan.render_table()
+    };
+    // A closed pipe (`| head`) is not worth a panic.
+    match std::io::stdout().lock().write_all(text.as_bytes()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(_) => ExitCode::FAILURE,
     }
 }
 
