@@ -80,8 +80,8 @@ pub async fn proxy(
     };
 
     let client_version = req.version();
-    if let Err(resp) = rewrite_request(&mut req, strip, conn) {
-        return resp;
+    if let Err(msg) = rewrite_request(&mut req, strip, conn) {
+        return local(StatusCode::BAD_REQUEST, msg);
     }
     let upgrade = headers::is_upgrade(req.headers()) && req.version() == Version::HTTP_11;
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
@@ -247,7 +247,7 @@ fn rewrite_request(
     req: &mut Request<Incoming>,
     strip: usize,
     conn: &ConnInfo,
-) -> Result<(), Response<ProxyBody>> {
+) -> Result<(), &'static str> {
     let host = match req.headers().get(header::HOST) {
         Some(h) => Some(h.clone()),
         None => req
@@ -271,7 +271,7 @@ fn rewrite_request(
         };
         match pq {
             Ok(pq) => *req.uri_mut() = Uri::from(pq),
-            Err(_) => return Err(local(StatusCode::BAD_REQUEST, "bad request path")),
+            Err(_) => return Err("the request path cannot be forwarded"),
         }
     }
     headers::add_forwarded(req.headers_mut(), &conn.peer_ip, conn.proto, host);

@@ -87,7 +87,7 @@ impl Router {
         let st = &mut *guard;
         let mut replicas = HashMap::new();
         let mut pools = HashMap::new();
-        let mut hosts = HashMap::new();
+        let mut hosts = Vec::new();
         let mut models = Vec::with_capacity(spec.models.len());
 
         for (mi, m) in spec.models.iter().enumerate() {
@@ -144,7 +144,7 @@ impl Router {
                     in_env.insert(dep.as_str());
                 }
                 for h in &e.hosts {
-                    hosts.insert(h.to_ascii_lowercase().into_boxed_str(), (mi, ei));
+                    hosts.push((h.to_ascii_lowercase().into_boxed_str(), (mi, ei)));
                 }
                 let env = Environment {
                     name: e.name.as_str().into(),
@@ -164,10 +164,10 @@ impl Router {
                 .collect::<Result<Vec<_>, _>>()?;
             let default_environment = m.default_environment();
             for h in &m.hosts {
-                hosts.insert(
+                hosts.push((
                     h.to_ascii_lowercase().into_boxed_str(),
                     (mi, default_environment),
-                );
+                ));
             }
             models.push(Model {
                 id: model_id,
@@ -188,7 +188,7 @@ impl Router {
         let version = st.version;
         self.current.store(Arc::new(Snapshot {
             models: models.into(),
-            hosts,
+            hosts: hosts.into(),
             version,
         }));
         Ok(version)

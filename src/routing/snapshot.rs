@@ -1,6 +1,5 @@
 //! The immutable routing tree read by every request.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -144,12 +143,17 @@ pub struct Model {
     pub unassigned: Box<[Arc<Pool>]>,
 }
 
+/// A Host name (lower case, no port) and the (model index, environment index) it selects.
+pub type HostRoute = (Box<str>, (usize, usize));
+
 /// One complete routing state. Never mutated after it is built.
 #[derive(Default)]
 pub struct Snapshot {
     pub models: Box<[Model]>,
-    /// Host name (lower case, no port) → (model index, environment index).
-    pub hosts: HashMap<Box<str>, (usize, usize)>,
+    /// Host name (lower case, no port) → (model index, environment index). A list, not a
+    /// map: there are a handful of hosts, and a scan with a case-insensitive compare beats
+    /// hashing (and lower-casing) the request's Host.
+    pub hosts: Box<[HostRoute]>,
     /// Monotonic version, for logs and tests.
     pub version: u64,
 }
@@ -268,13 +272,10 @@ impl Snapshot {
 
     fn lookup_host(&self, host: &str) -> Option<(usize, usize)> {
         let name = strip_port(host);
-        if let Some(v) = self.hosts.get(name) {
-            return Some(*v);
-        }
-        if name.bytes().any(|b| b.is_ascii_uppercase()) {
-            return self.hosts.get(name.to_ascii_lowercase().as_str()).copied();
-        }
-        None
+        self.hosts
+            .iter()
+            .find(|(h, _)| h.len() == name.len() && h.eq_ignore_ascii_case(name))
+            .map(|(_, v)| *v)
     }
 }
 

@@ -21,8 +21,8 @@ async fn metrics_show_per_deployment_series_and_drop_removed_ones() {
     let series = |name: &str, dep: &str| {
         format!("{name}{{deployment=\"{dep}\",environment=\"production\",model=\"m\"}}")
     };
-    assert_eq!(sample(&m, &format!("switchyard_requests_total{{code=\"200\",deployment=\"v1\",environment=\"production\",model=\"m\"}}")), Some(10.0), "{m}");
-    assert_eq!(sample(&m, &format!("switchyard_requests_total{{code=\"200\",deployment=\"v2\",environment=\"production\",model=\"m\"}}")), Some(4.0));
+    assert_eq!(sample(&m, "switchyard_requests_total{code=\"200\",deployment=\"v1\",environment=\"production\",model=\"m\"}"), Some(10.0), "{m}");
+    assert_eq!(sample(&m, "switchyard_requests_total{code=\"200\",deployment=\"v2\",environment=\"production\",model=\"m\"}"), Some(4.0));
     assert_eq!(
         sample(
             &m,
