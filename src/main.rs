@@ -93,6 +93,9 @@ struct ServeArgs {
     /// Seconds in-flight requests may run after SIGTERM/SIGINT [default: 30].
     #[arg(long, env = "SWITCHYARD_SHUTDOWN_GRACE_SECONDS")]
     shutdown_grace_seconds: Option<f64>,
+    /// Validate the configuration (and TLS files), print a summary and exit without serving.
+    #[arg(long)]
+    check_config: bool,
 }
 
 impl From<ServeArgs> for ServeFlags {
@@ -125,7 +128,10 @@ fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match Cli::parse().command {
-        Command::Serve(args) => serve(args.into()),
+        Command::Serve(args) => {
+            let check = args.check_config;
+            serve(args.into(), check)
+        }
         Command::Plan(args) => plan(args),
     }
 }
@@ -167,7 +173,7 @@ fn plan(a: PlanArgs) -> ExitCode {
     }
 }
 
-fn serve(flags: ServeFlags) -> ExitCode {
+fn serve(flags: ServeFlags, check_only: bool) -> ExitCode {
     let settings = match flags.into_settings() {
         Ok(s) => s,
         Err(e) => {
@@ -175,6 +181,34 @@ fn serve(flags: ServeFlags) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if check_only {
+        if let Some(files) = &settings.tls {
+            if let Err(e) = switchyard::proxy::tls::server_config(files) {
+                eprintln!("switchyard: {e}");
+                return ExitCode::from(2);
+            }
+        }
+        for m in &settings.routing.models {
+            for e in &m.environments {
+                let split: Vec<String> = e
+                    .weights
+                    .iter()
+                    .map(|(d, w)| format!("{d}={:.2}%", f64::from(*w) / 1e4))
+                    .collect();
+                println!("model {} environment {}: {}", m.id, e.name, split.join(" "));
+            }
+            for d in &m.deployments {
+                println!(
+                    "model {} deployment {}: {} replica(s)",
+                    m.id,
+                    d.id,
+                    d.replicas.len()
+                );
+            }
+        }
+        println!("config OK");
+        return ExitCode::SUCCESS;
+    }
     let proxy = match switchyard::server::start(settings) {
         Ok(p) => p,
         Err(e) => {

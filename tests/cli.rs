@@ -1,0 +1,226 @@
+//! The `switchyard` binary as a user runs it: flag and config errors, the plan command, and
+//! SIGTERM draining a live stream.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn bin() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_switchyard"));
+    c.env("RUST_LOG", "info").env_remove("SWITCHYARD_CONFIG");
+    c
+}
+
+fn run(args: &[&str]) -> (i32, String, String) {
+    let out = bin().args(args).output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn bad_flags_exit_non_zero_naming_the_flag_and_value() {
+    let (code, _, err) = run(&["serve", "--upstream", "v1=not-an-address"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("--upstream") && err.contains("not-an-address"),
+        "{err}"
+    );
+    let (code, _, err) = run(&[
+        "serve",
+        "--upstream",
+        "v1=127.0.0.1:1",
+        "--weight",
+        "v1=ten",
+    ]);
+    assert_eq!(code, 2);
+    assert!(err.contains("--weight") && err.contains("ten"), "{err}");
+    let (code, _, err) = run(&[
+        "serve",
+        "--upstream",
+        "v1=127.0.0.1:1",
+        "--listen",
+        "127.0.0.1",
+    ]);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("--listen") && err.contains("127.0.0.1"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_busy_port_is_reported_before_serving() {
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let (code, _, err) = run(&[
+        "serve",
+        "--upstream",
+        "v1=127.0.0.1:1",
+        "--listen",
+        "127.0.0.1:0",
+        "--admin-listen",
+        &addr,
+    ]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains(&addr), "{err}");
+}
+
+#[test]
+fn config_errors_name_the_key_and_check_config_accepts_the_example() {
+    let dir = std::env::temp_dir().join(format!("switchyard-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bad = dir.join("bad.toml");
+    std::fs::write(&bad, "[[models]]\nid = \"m\"\n[[models.deployments]]\nid = \"v1\"\nreplicas = [\"127.0.0.1:1\"]\n[[models.environments]]\nname = \"production\"\nweights = { v1 = 1, v2 = 3 }\n").unwrap();
+    let (code, _, err) = run(&["serve", "--config", bad.to_str().unwrap()]);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("models[0].environments[0].weights.v2"),
+        "{err}"
+    );
+    let example = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/config/switchyard.example.toml"
+    );
+    let (code, out, err) = run(&["serve", "--config", example, "--check-config"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("model llama environment production: v1=90.00% v2=10.00%"),
+        "{out}"
+    );
+    assert!(out.contains("config OK"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn plan_prints_json_and_rejects_bad_settings_by_field() {
+    let (code, out, err) = run(&[
+        "plan",
+        "--replicas",
+        "10",
+        "--max-surge-percent",
+        "20",
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["fleet"], 10);
+    assert_eq!(v["mode"], "surge");
+    let steps = v["steps"].as_array().unwrap();
+    let last = steps.last().unwrap();
+    assert_eq!(last["percent_traffic_to_new_version"], 100);
+    assert_eq!(last["previous_replicas"], 0);
+    let (code, _, err) = run(&["plan", "--replicas", "10", "--max-surge-percent", "80"]);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("max_surge_percent") && err.contains("80"),
+        "{err}"
+    );
+}
+
+/// A one-connection upstream that streams `n` SSE events 100 ms apart.
+fn streaming_upstream(n: usize) -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in l.incoming() {
+            let Ok(mut s) = stream else { return };
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf);
+                let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n");
+                for i in 0..n {
+                    let ev = format!("data: {i}\n\n");
+                    let _ = s.write_all(format!("{:x}\r\n{ev}\r\n", ev.len()).as_bytes());
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                let _ = s.write_all(b"0\r\n\r\n");
+            });
+        }
+    });
+    addr
+}
+
+/// Reads stderr until the "proxy on http://ADDR" line and returns ADDR.
+fn proxy_addr(child: &mut Child) -> SocketAddr {
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = BufReader::new(stderr).lines();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        let Some(Ok(line)) = lines.next() else { break };
+        if let Some(rest) = line.split("proxy on http://").nth(1) {
+            let addr = rest.split_whitespace().next().unwrap().parse().unwrap();
+            // Keep draining stderr so the child never blocks on a full pipe.
+            std::thread::spawn(move || for _ in lines {});
+            return addr;
+        }
+    }
+    panic!("switchyard did not report its address");
+}
+
+#[test]
+fn sigterm_lets_an_in_flight_stream_finish_then_exits_zero() {
+    let up = streaming_upstream(10);
+    let mut child = bin()
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ])
+        .args(["--upstream", &format!("v1={up}"), "--workers", "1"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let addr = proxy_addr(&mut child);
+    let mut client = TcpStream::connect(addr).unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    client
+        .write_all(b"GET /stream HTTP/1.1\r\nhost: x\r\n\r\n")
+        .unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !String::from_utf8_lossy(&got).contains("data: 1") {
+        let n = client.read(&mut buf).unwrap();
+        assert!(n > 0, "stream ended early");
+        got.extend_from_slice(&buf[..n]);
+    }
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    loop {
+        let n = client.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        got.extend_from_slice(&buf[..n]);
+        if got.ends_with(b"0\r\n\r\n") {
+            break;
+        }
+    }
+    let text = String::from_utf8_lossy(&got);
+    assert!(
+        text.contains("data: 9"),
+        "the stream was cut at shutdown:\n{text}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let code = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s.code();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "switchyard did not exit after draining"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(code, Some(0));
+}
