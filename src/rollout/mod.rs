@@ -7,3 +7,4 @@
 pub mod plan;
 
 pub use plan::{Action, Field, Mode, Plan, PlanError, Problem, RollingConfig, Step};
+pub mod machine;
