@@ -9,6 +9,7 @@ pub mod admin;
 pub mod config;
 pub mod metrics;
 pub mod proxy;
+pub mod replica;
 pub mod rollout;
 pub mod routing;
 pub mod server;

@@ -24,6 +24,34 @@ enum Command {
     Serve(ServeArgs),
     /// Print the steps of a rolling deployment (pure arithmetic; contacts nothing).
     Plan(PlanArgs),
+    /// Run the built-in model server (OpenAI-style completions, /predict, /healthz).
+    Replica(ReplicaArgs),
+}
+
+#[derive(Args)]
+struct ReplicaArgs {
+    /// Port to listen on (127.0.0.1 unless --host is given).
+    #[arg(long)]
+    port: u16,
+    #[arg(long, default_value = "127.0.0.1")]
+    host: std::net::IpAddr,
+    /// Version name reported in every response.
+    #[arg(long, default_value = "v1")]
+    version: String,
+    /// Simulated cold start: /healthz answers 503 for this long.
+    #[arg(long, default_value_t = 0)]
+    startup_delay_ms: u64,
+    /// Time to first token (or to the whole answer when not streaming).
+    #[arg(long, default_value_t = 20)]
+    latency_ms: u64,
+    #[arg(long, default_value_t = 50.0)]
+    tokens_per_second: f64,
+    /// Tokens generated when a request sets no max_tokens.
+    #[arg(long, default_value_t = 16)]
+    tokens: u32,
+    /// Share of requests (0-1) answered with HTTP 500.
+    #[arg(long, default_value_t = 0.0)]
+    error_rate: f64,
 }
 
 #[derive(Args)]
@@ -133,6 +161,51 @@ fn main() -> ExitCode {
             serve(args.into(), check)
         }
         Command::Plan(args) => plan(args),
+        Command::Replica(args) => replica(args),
+    }
+}
+
+fn replica(a: ReplicaArgs) -> ExitCode {
+    if !(0.0..=1.0).contains(&a.error_rate) {
+        eprintln!(
+            "switchyard: --error-rate: {} is out of range 0..=1",
+            a.error_rate
+        );
+        return ExitCode::from(2);
+    }
+    if !a.tokens_per_second.is_finite() || a.tokens_per_second < 0.0 {
+        eprintln!(
+            "switchyard: --tokens-per-second: {} must be a non-negative number",
+            a.tokens_per_second
+        );
+        return ExitCode::from(2);
+    }
+    let opts = switchyard::replica::ReplicaOptions {
+        listen: std::net::SocketAddr::new(a.host, a.port),
+        version: a.version,
+        startup_delay: std::time::Duration::from_millis(a.startup_delay_ms),
+        latency: std::time::Duration::from_millis(a.latency_ms),
+        tokens_per_second: a.tokens_per_second,
+        default_tokens: a.tokens,
+        error_rate: a.error_rate,
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("switchyard: cannot start a runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let listen = opts.listen;
+    match rt.block_on(switchyard::replica::run(opts)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("switchyard: replica cannot listen on {listen}: {e}");
+            ExitCode::from(2)
+        }
     }
 }
 
