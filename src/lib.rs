@@ -10,6 +10,7 @@ pub mod config;
 pub mod metrics;
 pub mod proxy;
 pub mod replica;
+pub mod replicas;
 pub mod rollout;
 pub mod routing;
 pub mod server;

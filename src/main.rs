@@ -261,7 +261,8 @@ fn serve(flags: ServeFlags, check_only: bool) -> ExitCode {
                 return ExitCode::from(2);
             }
         }
-        for m in &settings.routing.models {
+        let routing = switchyard::config::initial_routing(&settings.models);
+        for m in &routing.models {
             for e in &m.environments {
                 let split: Vec<String> = e
                     .weights

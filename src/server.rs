@@ -23,6 +23,8 @@ use crate::admin;
 use crate::config::{ConfigError, Settings};
 use crate::metrics::Metrics;
 use crate::proxy::{forward, tls, ConnInfo, ProxyContext};
+use crate::replicas::ProviderTiming;
+use crate::rollout::driver::Controller;
 use crate::routing::Router;
 
 /// Process-wide state the admin listener reports on.
@@ -60,11 +62,19 @@ pub struct RunningProxy {
     workers: Vec<JoinHandle<()>>,
     admin: Option<JoinHandle<()>>,
     admin_stop: Option<oneshot::Sender<()>>,
+    controller: Arc<Controller>,
+    control: Option<JoinHandle<()>>,
+    control_stop: watch::Sender<bool>,
 }
 
 impl RunningProxy {
     pub fn router(&self) -> &Arc<Router> {
         &self.router
+    }
+
+    /// The rollout controller: promotions and control actions.
+    pub fn controller(&self) -> &Arc<Controller> {
+        &self.controller
     }
 
     /// Stops accepting, turns `/readyz` to 503 and lets in-flight requests finish.
@@ -77,6 +87,11 @@ impl RunningProxy {
     pub fn wait(mut self) {
         for w in self.workers.drain(..) {
             let _ = w.join();
+        }
+        // Traffic has drained: now stop the replicas switchyard started.
+        self.control_stop.send_replace(true);
+        if let Some(c) = self.control.take() {
+            let _ = c.join();
         }
         drop(self.admin_stop.take());
         if let Some(a) = self.admin.take() {
@@ -97,10 +112,6 @@ pub fn start(settings: Settings) -> Result<RunningProxy, StartError> {
     let tls = settings.tls.as_ref().map(tls::server_config).transpose()?;
     let metrics = Metrics::new();
     let router = Arc::new(Router::new(metrics.clone()));
-    router.apply(&settings.routing).map_err(|e| ConfigError {
-        field: "models".into(),
-        message: e.to_string(),
-    })?;
 
     let listeners = bind_reuseport(settings.listen, settings.workers)?;
     let listen_addr = listeners[0]
@@ -126,6 +137,10 @@ pub fn start(settings: Settings) -> Result<RunningProxy, StartError> {
             addr: settings.admin_listen,
             source,
         })?;
+
+    // Bound everything first: a busy port must not leave replica processes behind.
+    let (control_stop, control_stop_rx) = watch::channel(false);
+    let (controller, control) = start_control(&settings, router.clone(), control_stop_rx)?;
 
     let ctx = Arc::new(ProxyContext {
         router: router.clone(),
@@ -170,7 +185,63 @@ pub fn start(settings: Settings) -> Result<RunningProxy, StartError> {
         workers,
         admin: Some(admin),
         admin_stop: Some(admin_stop),
+        controller,
+        control: Some(control),
+        control_stop,
     })
+}
+
+/// Starts the control thread (controller and replica providers) and waits for the initial
+/// routing to be installed.
+fn start_control(
+    settings: &Settings,
+    router: Arc<Router>,
+    mut stop: watch::Receiver<bool>,
+) -> Result<(Arc<Controller>, JoinHandle<()>), StartError> {
+    let models = settings.models.clone();
+    let timing = ProviderTiming::default();
+    let stop_timeout = timing.drain_timeout.min(Duration::from_secs(30)) + timing.stop_grace;
+    let (tx, rx) = std::sync::mpsc::channel();
+    let handle = std::thread::Builder::new()
+        .name("switchyard-control".into())
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    let _ = tx.send(Err(format!("cannot build the control runtime: {e}")));
+                    return;
+                }
+            };
+            rt.block_on(async move {
+                let controller = match Controller::start(&models, router, timing) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        let _ = tx.send(Err(e.to_string()));
+                        return;
+                    }
+                };
+                let _ = tx.send(Ok(controller.clone()));
+                let run = tokio::spawn(controller.clone().run(stop.clone()));
+                let _ = stop.wait_for(|s| *s).await;
+                let _ = run.await;
+                controller.stop_replicas(stop_timeout).await;
+            });
+        })
+        .map_err(StartError::Thread)?;
+    match rx.recv() {
+        Ok(Ok(c)) => Ok((c, handle)),
+        Ok(Err(message)) => Err(StartError::Config(ConfigError {
+            field: "models".into(),
+            message,
+        })),
+        Err(_) => Err(StartError::Config(ConfigError {
+            field: "models".into(),
+            message: "the control thread stopped during start".into(),
+        })),
+    }
 }
 
 /// One listener per worker on the same address; with port 0 the first picks the port.

@@ -8,7 +8,16 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::routing::spec::{normalize_weights, DeploymentSpec, EnvironmentSpec, ModelSpec};
+mod model;
+
+pub use model::{
+    initial_routing, models_from_routing, DeploymentConfig, EnvironmentConfig, ModelConfig, Traffic,
+};
+
+use crate::replicas::ProviderSpec;
+use crate::rollout::machine::{CleanupStrategy, PromotionConfig};
+use crate::rollout::plan::RollingConfig;
+use crate::routing::spec::normalize_weights;
 use crate::routing::RoutingSpec;
 
 /// A configuration problem, naming where it is.
@@ -79,15 +88,21 @@ pub struct Settings {
     /// How long in-flight requests may run after SIGTERM before the process exits.
     pub shutdown_grace: Duration,
     pub upstream: UpstreamSettings,
-    pub routing: RoutingSpec,
+    pub models: Vec<ModelConfig>,
 }
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9090";
 
 impl Settings {
-    /// Defaults for everything but routing.
+    /// Defaults for everything but routing, from a fixed routing description (static
+    /// endpoints, fixed splits).
     pub fn with_routing(routing: RoutingSpec) -> Self {
+        Self::with_models(models_from_routing(&routing))
+    }
+
+    /// Defaults for everything but the models.
+    pub fn with_models(models: Vec<ModelConfig>) -> Self {
         Settings {
             listen: parse_listen(DEFAULT_LISTEN),
             admin_listen: parse_listen(DEFAULT_ADMIN_LISTEN),
@@ -96,7 +111,7 @@ impl Settings {
             deployment_header: true,
             shutdown_grace: Duration::from_secs(30),
             upstream: UpstreamSettings::default(),
-            routing,
+            models,
         }
     }
 }
@@ -171,8 +186,12 @@ struct ModelSection {
 #[serde(deny_unknown_fields)]
 struct DeploymentSection {
     id: String,
+    /// Static provider: these endpoints.
     #[serde(default)]
     replicas: Vec<String>,
+    /// Process provider: this command, with `{port}` substituted.
+    command: Option<Vec<String>>,
+    health_path: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -182,7 +201,31 @@ struct EnvironmentSection {
     #[serde(default)]
     hosts: Vec<String>,
     current: Option<String>,
+    /// Replicas of the current deployment (process provider); static: the listed endpoints.
+    replicas: Option<u32>,
     weights: Option<BTreeMap<String, f64>>,
+    promotion_settings: Option<PromotionSection>,
+}
+
+/// Baseten's `promotion_settings`, plus switchyard's readiness timing.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PromotionSection {
+    rolling_deploy: Option<bool>,
+    promotion_cleanup_strategy: Option<CleanupStrategy>,
+    rolling_deploy_config: Option<RollingSection>,
+    ready_wait_seconds: Option<f64>,
+    ready_deadline_seconds: Option<f64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RollingSection {
+    rolling_deploy_strategy: Option<String>,
+    max_surge_percent: Option<i64>,
+    max_unavailable_percent: Option<i64>,
+    stabilization_time_seconds: Option<i64>,
+    replica_overhead_percent: Option<i64>,
 }
 
 /// Reads and validates a config file.
@@ -214,7 +257,7 @@ fn line_of(text: &str, offset: usize) -> String {
 }
 
 fn from_file(f: FileConfig) -> Result<Settings, ConfigError> {
-    let mut s = Settings::with_routing(RoutingSpec::default());
+    let mut s = Settings::with_models(Vec::new());
     if let Some(v) = &f.server.listen {
         s.listen = parse_addr("server.listen", v)?;
     }
@@ -273,23 +316,47 @@ fn from_file(f: FileConfig) -> Result<Settings, ConfigError> {
     for (mi, m) in f.models.into_iter().enumerate() {
         let at = format!("models[{mi}]");
         check_id(&format!("{at}.id"), &m.id)?;
-        let mut deployments = Vec::new();
+        let mut deployments: Vec<DeploymentConfig> = Vec::new();
         for (di, d) in m.deployments.into_iter().enumerate() {
             let dat = format!("{at}.deployments[{di}]");
             check_id(&format!("{dat}.id"), &d.id)?;
-            if deployments.iter().any(|x: &DeploymentSpec| x.id == d.id) {
+            if deployments.iter().any(|x| x.id == d.id) {
                 return Err(err(
                     format!("{dat}.id"),
                     format!("deployment {:?} is declared twice", d.id),
                 ));
             }
-            let replicas = d
-                .replicas
-                .iter()
-                .enumerate()
-                .map(|(ri, r)| resolve_endpoint(&format!("{dat}.replicas[{ri}]"), r))
-                .collect::<Result<_, _>>()?;
-            deployments.push(DeploymentSpec { id: d.id, replicas });
+            let provider = match (d.command, d.replicas.is_empty()) {
+                (Some(_), false) => {
+                    return Err(err(dat, "set either `replicas` (static endpoints) or `command` (process replicas), not both"))
+                }
+                (Some(command), true) => {
+                    if command.is_empty() || command[0].is_empty() {
+                        return Err(err(format!("{dat}.command"), "must name a program, e.g. [\"my-server\", \"--port\", \"{port}\"]"));
+                    }
+                    if !command.iter().any(|a| a.contains("{port}")) {
+                        return Err(err(format!("{dat}.command"), "must pass {port} to the replica somewhere (switchyard picks the port)"));
+                    }
+                    let health_path = d.health_path.unwrap_or_else(|| "/healthz".into());
+                    if !health_path.starts_with('/') {
+                        return Err(err(format!("{dat}.health_path"), format!("{health_path:?} must start with '/'")));
+                    }
+                    ProviderSpec::Process { command, health_path }
+                }
+                (None, _) => {
+                    if d.health_path.is_some() {
+                        return Err(err(format!("{dat}.health_path"), "only applies to `command` deployments"));
+                    }
+                    let endpoints = d
+                        .replicas
+                        .iter()
+                        .enumerate()
+                        .map(|(ri, r)| resolve_endpoint(&format!("{dat}.replicas[{ri}]"), r))
+                        .collect::<Result<_, _>>()?;
+                    ProviderSpec::Static { endpoints }
+                }
+            };
+            deployments.push(DeploymentConfig { id: d.id, provider });
         }
         if m.environments.is_empty() {
             return Err(err(
@@ -301,9 +368,46 @@ fn from_file(f: FileConfig) -> Result<Settings, ConfigError> {
         for (ei, e) in m.environments.into_iter().enumerate() {
             let eat = format!("{at}.environments[{ei}]");
             check_id(&format!("{eat}.name"), &e.name)?;
-            let raw = match (e.current, e.weights) {
-                (Some(c), None) => [(c, 1.0)].into_iter().collect(),
-                (None, Some(w)) => w,
+            let promotion =
+                promotion_settings(&format!("{eat}.promotion_settings"), e.promotion_settings)?;
+            let traffic = match (e.current, e.weights) {
+                (Some(c), None) => {
+                    let Some(d) = deployments.iter().find(|d| d.id == c) else {
+                        return Err(err(
+                            format!("{eat}.current"),
+                            format!("deployment {c:?} is not declared"),
+                        ));
+                    };
+                    let replicas =
+                        match (&d.provider, e.replicas) {
+                            (ProviderSpec::Static { endpoints }, None) => endpoints.len() as u32,
+                            (ProviderSpec::Static { .. }, Some(_)) => return Err(err(
+                                format!("{eat}.replicas"),
+                                "a static deployment runs its listed endpoints; remove `replicas`",
+                            )),
+                            (ProviderSpec::Process { .. }, r) => r.unwrap_or(1),
+                        };
+                    if !(1..=1000).contains(&replicas) {
+                        return Err(err(
+                            format!("{eat}.replicas"),
+                            format!("{replicas} is out of range 1..=1000"),
+                        ));
+                    }
+                    Traffic::Current {
+                        deployment: c,
+                        replicas,
+                    }
+                }
+                (None, Some(w)) => {
+                    if e.replicas.is_some() {
+                        return Err(err(
+                            format!("{eat}.replicas"),
+                            "only applies with `current`",
+                        ));
+                    }
+                    let listed: Vec<&str> = deployments.iter().map(|d| d.id.as_str()).collect();
+                    Traffic::Weights(check_weights(&eat, &w, &listed)?)
+                }
                 (Some(_), Some(_)) => {
                     return Err(err(eat, "set either `current` or `weights`, not both"))
                 }
@@ -312,35 +416,81 @@ fn from_file(f: FileConfig) -> Result<Settings, ConfigError> {
                     "set `current = \"<deployment>\"` or `weights = { <deployment> = <n>, ... }`",
                 )),
             };
-            let weights = check_weights(&eat, &raw, &deployments)?;
-            environments.push(EnvironmentSpec {
+            environments.push(EnvironmentConfig {
                 name: e.name,
                 hosts: e.hosts,
-                weights,
+                traffic,
+                promotion,
             });
         }
-        s.routing.models.push(ModelSpec {
+        s.models.push(ModelConfig {
             id: m.id,
             hosts: m.hosts,
             deployments,
             environments,
         });
     }
-    if s.routing.models.is_empty() {
+    if s.models.is_empty() {
         return Err(err("models", "declare at least one model with [[models]]"));
     }
-    check_routing(&s.routing)?;
+    check_routing(&initial_routing(&s.models))?;
     Ok(s)
+}
+
+fn promotion_settings(
+    at: &str,
+    p: Option<PromotionSection>,
+) -> Result<PromotionConfig, ConfigError> {
+    let mut c = PromotionConfig {
+        rolling: false,
+        ..PromotionConfig::default()
+    };
+    let Some(p) = p else { return Ok(c) };
+    c.rolling = p.rolling_deploy.unwrap_or(false);
+    if let Some(v) = p.promotion_cleanup_strategy {
+        c.cleanup = v;
+    }
+    if let Some(v) = p.ready_wait_seconds {
+        c.ready_wait_ms =
+            seconds(&format!("{at}.ready_wait_seconds"), v, 0.0, 86_400.0)?.as_millis() as u64;
+    }
+    if let Some(v) = p.ready_deadline_seconds {
+        c.ready_deadline_ms =
+            seconds(&format!("{at}.ready_deadline_seconds"), v, 0.1, 86_400.0)?.as_millis() as u64;
+    }
+    if let Some(r) = p.rolling_deploy_config {
+        if let Some(st) = &r.rolling_deploy_strategy {
+            if st != "REPLICA" {
+                return Err(err(
+                    format!("{at}.rolling_deploy_config.rolling_deploy_strategy"),
+                    format!("{st:?}: only \"REPLICA\" is supported"),
+                ));
+            }
+        }
+        c.rolling_config = RollingConfig::from_options(
+            r.max_surge_percent,
+            r.max_unavailable_percent,
+            r.stabilization_time_seconds,
+            r.replica_overhead_percent,
+        )
+        .map_err(|e| {
+            err(
+                format!("{at}.rolling_deploy_config.{}", e.field()),
+                e.message(),
+            )
+        })?;
+    }
+    Ok(c)
 }
 
 fn check_weights(
     at: &str,
     raw: &BTreeMap<String, f64>,
-    deployments: &[DeploymentSpec],
+    deployments: &[&str],
 ) -> Result<BTreeMap<String, u32>, ConfigError> {
     for (dep, w) in raw {
-        if !deployments.iter().any(|d| &d.id == dep) {
-            let known: Vec<&str> = deployments.iter().map(|d| d.id.as_str()).collect();
+        if !deployments.contains(&dep.as_str()) {
+            let known = deployments;
             return Err(err(
                 format!("{at}.weights.{dep}"),
                 format!(
@@ -486,7 +636,7 @@ impl ServeFlags {
                 }
                 load_file(path)?
             }
-            None => Settings::with_routing(self.routing_from_flags()?),
+            None => Settings::with_models(self.models_from_flags()?),
         };
         if let Some(v) = &self.listen {
             s.listen = parse_addr("--listen", v)?;
@@ -523,7 +673,7 @@ impl ServeFlags {
         Ok(s)
     }
 
-    fn routing_from_flags(&self) -> Result<RoutingSpec, ConfigError> {
+    fn models_from_flags(&self) -> Result<Vec<ModelConfig>, ConfigError> {
         let model = self.model.clone().unwrap_or_else(|| "default".into());
         let environment = self
             .environment
@@ -534,7 +684,7 @@ impl ServeFlags {
         if self.upstreams.is_empty() {
             return Err(err("--upstream", "give at least one --upstream DEPLOYMENT=HOST:PORT[,HOST:PORT...] (or --config FILE)"));
         }
-        let mut deployments: Vec<DeploymentSpec> = Vec::new();
+        let mut deployments: Vec<DeploymentConfig> = Vec::new();
         for u in &self.upstreams {
             let (id, addrs) = u.split_once('=').ok_or_else(|| {
                 err(
@@ -554,20 +704,50 @@ impl ServeFlags {
                 .filter(|a| !a.trim().is_empty())
                 .map(|a| resolve_endpoint("--upstream", a.trim()))
                 .collect::<Result<Vec<_>, _>>()?;
-            deployments.push(DeploymentSpec {
+            deployments.push(DeploymentConfig {
                 id: id.to_owned(),
-                replicas,
+                provider: ProviderSpec::Static {
+                    endpoints: replicas,
+                },
             });
         }
-        let raw: BTreeMap<String, f64> = match (&self.current, self.weights.is_empty()) {
+        let listed: Vec<&str> = deployments.iter().map(|d| d.id.as_str()).collect();
+        let current = match (&self.current, self.weights.is_empty()) {
             (Some(_), false) => {
                 return Err(err(
                     "--current",
                     "give either --current or --weight, not both",
                 ))
             }
-            (Some(c), true) => [(c.clone(), 1.0)].into_iter().collect(),
-            (None, false) => {
+            (Some(c), true) => Some(c.clone()),
+            (None, true) if deployments.len() == 1 => Some(deployments[0].id.clone()),
+            (None, true) => return Err(err(
+                "--current",
+                "several --upstream deployments: say which gets traffic with --current or --weight",
+            )),
+            (None, false) => None,
+        };
+        let traffic = match current {
+            Some(c) => {
+                let Some(d) = deployments.iter().find(|d| d.id == c) else {
+                    return Err(err(
+                        "--current",
+                        format!(
+                            "deployment {c:?} is not given with --upstream (given: {})",
+                            listed.join(", ")
+                        ),
+                    ));
+                };
+                let replicas = match &d.provider {
+                    ProviderSpec::Static { endpoints } => endpoints.len() as u32,
+                    ProviderSpec::Process { .. } => 1,
+                };
+                Traffic::Current {
+                    deployment: c,
+                    replicas,
+                }
+            }
+            None => {
                 let mut raw = BTreeMap::new();
                 for w in &self.weights {
                     let (dep, n) = w
@@ -579,37 +759,28 @@ impl ServeFlags {
                         .map_err(|_| err("--weight", format!("{n:?} in {w:?} is not a number")))?;
                     raw.insert(dep.to_owned(), n);
                 }
-                raw
+                Traffic::Weights(
+                    check_weights("--weight", &raw, &listed)
+                        .map_err(|e| err("--weight", e.message))?,
+                )
             }
-            (None, true) if deployments.len() == 1 => {
-                [(deployments[0].id.clone(), 1.0)].into_iter().collect()
-            }
-            (None, true) => return Err(err(
-                "--current",
-                "several --upstream deployments: say which gets traffic with --current or --weight",
-            )),
         };
-        let weights = check_weights("--weight", &raw, &deployments).map_err(|e| {
-            if e.field.starts_with("--weight") {
-                err("--weight", e.message)
-            } else {
-                e
-            }
-        })?;
-        let spec = RoutingSpec {
-            models: vec![ModelSpec {
-                id: model,
+        let models = vec![ModelConfig {
+            id: model,
+            hosts: vec![],
+            deployments,
+            environments: vec![EnvironmentConfig {
+                name: environment,
                 hosts: vec![],
-                deployments,
-                environments: vec![EnvironmentSpec {
-                    name: environment,
-                    hosts: vec![],
-                    weights,
-                }],
+                traffic,
+                promotion: PromotionConfig {
+                    rolling: false,
+                    ..PromotionConfig::default()
+                },
             }],
-        };
-        check_routing(&spec)?;
-        Ok(spec)
+        }];
+        check_routing(&initial_routing(&models))?;
+        Ok(models)
     }
 }
 
@@ -633,7 +804,8 @@ mod tests {
         )
         .into_settings()
         .unwrap();
-        let m = &s.routing.models[0];
+        let r = initial_routing(&s.models);
+        let m = &r.models[0];
         assert_eq!(m.id, "default");
         assert_eq!(m.environments[0].name, "production");
         assert_eq!(m.deployments[0].replicas.len(), 2);
@@ -691,7 +863,10 @@ mod tests {
         )
         .unwrap();
         assert_eq!(s.upstream.body_idle_timeout, None);
-        assert_eq!(s.routing.models[0].environments[0].weights["v2"], 250_000);
+        assert_eq!(
+            initial_routing(&s.models).models[0].environments[0].weights["v2"],
+            250_000
+        );
     }
 
     #[test]

@@ -7,4 +7,5 @@
 pub mod plan;
 
 pub use plan::{Action, Field, Mode, Plan, PlanError, Problem, RollingConfig, Step};
+pub mod driver;
 pub mod machine;

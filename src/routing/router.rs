@@ -74,6 +74,15 @@ impl Router {
         self.current.load_full()
     }
 
+    /// The live replica object (load counters, draining flag) for an endpoint of a deployment,
+    /// while some snapshot still lists it.
+    pub fn replica(&self, model: &str, deployment: &str, addr: SocketAddr) -> Option<Arc<Replica>> {
+        let st = self.build.lock().unwrap_or_else(|e| e.into_inner());
+        st.replicas
+            .get(&(model.to_owned(), deployment.to_owned(), addr))
+            .cloned()
+    }
+
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
     }

@@ -1,0 +1,115 @@
+//! What the controller is told about models: deployments with their replica provider, and
+//! environments with either a fixed split or a current deployment that promotions move.
+
+use std::collections::BTreeMap;
+
+use crate::replicas::ProviderSpec;
+use crate::rollout::machine::PromotionConfig;
+use crate::routing::spec::{DeploymentSpec, EnvironmentSpec, ModelSpec, WEIGHT_SCALE};
+use crate::routing::RoutingSpec;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelConfig {
+    pub id: String,
+    pub hosts: Vec<String>,
+    pub deployments: Vec<DeploymentConfig>,
+    pub environments: Vec<EnvironmentConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeploymentConfig {
+    pub id: String,
+    pub provider: ProviderSpec,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Traffic {
+    /// A fixed split (parts per million). Promotions are refused.
+    Weights(BTreeMap<String, u32>),
+    /// All traffic to one deployment, running `replicas` replicas; promotions move it.
+    Current { deployment: String, replicas: u32 },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct EnvironmentConfig {
+    pub name: String,
+    pub hosts: Vec<String>,
+    pub traffic: Traffic,
+    pub promotion: PromotionConfig,
+}
+
+impl ModelConfig {
+    pub fn deployment(&self, id: &str) -> Option<&DeploymentConfig> {
+        self.deployments.iter().find(|d| d.id == id)
+    }
+}
+
+/// The routing a set of models starts with, before any process replica is ready: static
+/// endpoints as listed, process deployments with no replica yet.
+pub fn initial_routing(models: &[ModelConfig]) -> RoutingSpec {
+    RoutingSpec {
+        models: models
+            .iter()
+            .map(|m| ModelSpec {
+                id: m.id.clone(),
+                hosts: m.hosts.clone(),
+                deployments: m
+                    .deployments
+                    .iter()
+                    .map(|d| DeploymentSpec {
+                        id: d.id.clone(),
+                        replicas: match &d.provider {
+                            ProviderSpec::Static { endpoints } => endpoints.clone(),
+                            ProviderSpec::Process { .. } => Vec::new(),
+                        },
+                    })
+                    .collect(),
+                environments: m
+                    .environments
+                    .iter()
+                    .map(|e| EnvironmentSpec {
+                        name: e.name.clone(),
+                        hosts: e.hosts.clone(),
+                        weights: match &e.traffic {
+                            Traffic::Weights(w) => w.clone(),
+                            Traffic::Current { deployment, .. } => {
+                                [(deployment.clone(), WEIGHT_SCALE)].into_iter().collect()
+                            }
+                        },
+                    })
+                    .collect(),
+            })
+            .collect(),
+    }
+}
+
+/// Static deployments and fixed splits, as the data plane alone would serve them.
+pub fn models_from_routing(spec: &RoutingSpec) -> Vec<ModelConfig> {
+    spec.models
+        .iter()
+        .map(|m| ModelConfig {
+            id: m.id.clone(),
+            hosts: m.hosts.clone(),
+            deployments: m
+                .deployments
+                .iter()
+                .map(|d| DeploymentConfig {
+                    id: d.id.clone(),
+                    provider: ProviderSpec::Static {
+                        endpoints: d.replicas.clone(),
+                    },
+                })
+                .collect(),
+            environments: m
+                .environments
+                .iter()
+                .map(|e| EnvironmentConfig {
+                    name: e.name.clone(),
+                    hosts: e.hosts.clone(),
+                    traffic: Traffic::Weights(e.weights.clone()),
+                    promotion: PromotionConfig::default(),
+                })
+                .collect(),
+        })
+        .collect()
+}

@@ -1,0 +1,799 @@
+//! The controller: the thin, I/O-doing driver around the pure promotion machine.
+//!
+//! It owns each model's live state (deployments with their replica providers, environments with
+//! their current deployment and promotion), feeds the machine observations from the providers,
+//! applies the machine's effects (replica targets, traffic percent) and rebuilds the routing
+//! snapshot from ready replicas only. A deployment gets traffic weight in the same swap that
+//! gives it ready replicas, and weight is never left on a deployment with no ready replica while
+//! another weighted one has some.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tokio::sync::{broadcast, watch};
+
+use super::machine::{
+    CleanupStrategy, ControlError, Effects, Event, Observation, Promotion, PromotionConfig, Status,
+};
+use super::plan::PlanError;
+use crate::config::{ModelConfig, Traffic};
+use crate::replicas::{
+    DataPlaneLookup, ProviderSpec, ProviderTiming, ReplicaProvider, ReplicaSet, ReplicaSetStatus,
+    StaticSet,
+};
+use crate::routing::spec::{DeploymentSpec, EnvironmentSpec, ModelSpec, WEIGHT_SCALE};
+use crate::routing::{Router, RoutingSpec};
+
+/// Events kept per environment (older ones are dropped first).
+const EVENT_LOG_LIMIT: usize = 10_000;
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum ControllerError {
+    #[error("model {0:?} not found")]
+    UnknownModel(String),
+    #[error("model {model:?} has no environment {environment:?}")]
+    UnknownEnvironment { model: String, environment: String },
+    #[error("model {model:?} has no deployment {deployment:?}")]
+    UnknownDeployment { model: String, deployment: String },
+    #[error("environment {0:?} has a fixed traffic split (`weights`); promotions need `current`")]
+    FixedSplit(String),
+    #[error("a promotion to {0:?} is already in progress; pause, cancel or finish it first")]
+    PromotionInProgress(String),
+    #[error("no promotion is in progress in environment {0:?}")]
+    NoPromotion(String),
+    #[error("deployment {0:?} is already the current deployment")]
+    AlreadyCurrent(String),
+    #[error("deployment {deployment:?} lists {listed} endpoints, but this promotion needs {needed} replicas")]
+    NotEnoughEndpoints {
+        deployment: String,
+        listed: usize,
+        needed: u32,
+    },
+    #[error("deployment {deployment:?} also serves environment {environment:?}; promote a deployment no other environment uses")]
+    SharedDeployment {
+        deployment: String,
+        environment: String,
+    },
+    #[error("{0}")]
+    Settings(#[from] PlanError),
+    #[error("{0}")]
+    Control(#[from] ControlError),
+}
+
+/// An event with the environment it belongs to, as broadcast to subscribers.
+#[derive(Debug, Clone, Serialize)]
+pub struct EnvironmentEvent {
+    pub model: String,
+    pub environment: String,
+    pub previous_deployment: String,
+    pub candidate_deployment: String,
+    #[serde(flatten)]
+    pub event: Event,
+}
+
+/// A read-only view of one environment.
+#[derive(Debug, Clone, Serialize)]
+pub struct EnvironmentView {
+    pub model: String,
+    pub name: String,
+    pub current_deployment: Option<String>,
+    pub candidate_deployment: Option<String>,
+    /// The running promotion, or the last one (terminal) when none runs.
+    pub promotion: Option<PromotionView>,
+    pub settings: PromotionConfig,
+    /// Replica state of every deployment of the model.
+    pub deployments: BTreeMap<String, DeploymentView>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PromotionView {
+    pub status: Status,
+    pub previous_deployment: String,
+    pub candidate_deployment: String,
+    pub percent_traffic_to_new_version: u32,
+    pub error_message: Option<String>,
+    pub rolling_deploy: bool,
+    pub candidate_target: u32,
+    pub previous_target: u32,
+    pub fleet: u32,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DeploymentView {
+    pub provider: &'static str,
+    pub active: bool,
+    pub desired_replicas: u32,
+    pub ready_replicas: u32,
+    pub starting_replicas: u32,
+    pub draining_replicas: u32,
+    pub failure: Option<String>,
+}
+
+struct DeploymentState {
+    id: String,
+    provider: Arc<dyn ReplicaProvider>,
+    kind: &'static str,
+    /// Static endpoints listed (None for process deployments).
+    listed: Option<usize>,
+    active: bool,
+}
+
+struct ActivePromotion {
+    previous: String,
+    candidate: String,
+    machine: Promotion,
+}
+
+struct EnvironmentState {
+    name: String,
+    hosts: Vec<String>,
+    fixed: Option<BTreeMap<String, u32>>,
+    current: Option<String>,
+    settings: PromotionConfig,
+    promotion: Option<ActivePromotion>,
+    events: Vec<Event>,
+}
+
+struct ModelState {
+    id: String,
+    hosts: Vec<String>,
+    deployments: Vec<DeploymentState>,
+    environments: Vec<EnvironmentState>,
+}
+
+struct State {
+    models: Vec<ModelState>,
+    last_spec: Option<RoutingSpec>,
+}
+
+pub struct Controller {
+    router: Arc<Router>,
+    state: Mutex<State>,
+    clock: Instant,
+    events: broadcast::Sender<EnvironmentEvent>,
+    wake: watch::Sender<u64>,
+}
+
+impl Controller {
+    /// Builds providers for every deployment and installs the initial routing. Must run inside
+    /// the long-lived control runtime (process replicas are tied to its thread).
+    pub fn start(
+        models: &[ModelConfig],
+        router: Arc<Router>,
+        timing: ProviderTiming,
+    ) -> Result<Arc<Controller>, crate::routing::router::SpecError> {
+        let mut state = State {
+            models: Vec::new(),
+            last_spec: None,
+        };
+        for m in models {
+            let mut deployments = Vec::new();
+            for d in &m.deployments {
+                let current_replicas = m.environments.iter().find_map(|e| match &e.traffic {
+                    Traffic::Current {
+                        deployment,
+                        replicas,
+                    } if *deployment == d.id => Some(*replicas),
+                    _ => None,
+                });
+                let (provider, kind, listed): (Arc<dyn ReplicaProvider>, _, _) = match &d.provider {
+                    ProviderSpec::Static { endpoints } => {
+                        // Listed endpoints are admitted unless a promotion says otherwise.
+                        let set = StaticSet::new(endpoints.clone(), endpoints.len() as u32);
+                        (Arc::new(set), "static", Some(endpoints.len()))
+                    }
+                    ProviderSpec::Process { .. } => {
+                        let (model, dep) = (m.id.clone(), d.id.clone());
+                        let r = router.clone();
+                        let lookup: DataPlaneLookup =
+                            Arc::new(move |addr| r.replica(&model, &dep, addr));
+                        let set = ReplicaSet::spawn(
+                            format!("{}/{}", m.id, d.id),
+                            d.provider.clone(),
+                            timing.clone(),
+                            lookup,
+                        );
+                        set.scale(current_replicas.unwrap_or(0));
+                        (set as Arc<dyn ReplicaProvider>, "process", None)
+                    }
+                };
+                deployments.push(DeploymentState {
+                    id: d.id.clone(),
+                    provider,
+                    kind,
+                    listed,
+                    active: true,
+                });
+            }
+            let environments = m
+                .environments
+                .iter()
+                .map(|e| EnvironmentState {
+                    name: e.name.clone(),
+                    hosts: e.hosts.clone(),
+                    fixed: match &e.traffic {
+                        Traffic::Weights(w) => Some(w.clone()),
+                        Traffic::Current { .. } => None,
+                    },
+                    current: match &e.traffic {
+                        Traffic::Current { deployment, .. } => Some(deployment.clone()),
+                        Traffic::Weights(_) => None,
+                    },
+                    settings: e.promotion.clone(),
+                    promotion: None,
+                    events: Vec::new(),
+                })
+                .collect();
+            state.models.push(ModelState {
+                id: m.id.clone(),
+                hosts: m.hosts.clone(),
+                deployments,
+                environments,
+            });
+        }
+        let spec = build_spec(&state);
+        router.apply(&spec)?;
+        state.last_spec = Some(spec);
+        Ok(Arc::new(Controller {
+            router,
+            state: Mutex::new(state),
+            clock: Instant::now(),
+            events: broadcast::channel(1024).0,
+            wake: watch::channel(0).0,
+        }))
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.clock.elapsed().as_millis() as u64
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// New events of every environment, as they happen.
+    pub fn subscribe(&self) -> broadcast::Receiver<EnvironmentEvent> {
+        self.events.subscribe()
+    }
+
+    /// Drives promotions until `stop` fires: on a short period and whenever a provider reports
+    /// a change.
+    pub async fn run(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        let mut changes: Vec<watch::Receiver<u64>> = {
+            let st = self.lock();
+            st.models
+                .iter()
+                .flat_map(|m| m.deployments.iter().map(|d| d.provider.changed()))
+                .collect()
+        };
+        let mut wake = self.wake.subscribe();
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        loop {
+            let any_change = async {
+                if changes.is_empty() {
+                    std::future::pending::<()>().await;
+                }
+                let futs = changes.iter_mut().map(|c| Box::pin(c.changed()));
+                let _ = select_first(futs.collect()).await;
+            };
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = any_change => {}
+                _ = wake.changed() => {}
+                _ = stop.changed() => break,
+            }
+            self.tick();
+        }
+    }
+
+    /// One pass: tick every promotion, apply effects, rebuild routing if it changed.
+    pub fn tick(&self) {
+        let now = self.now_ms();
+        let mut st = self.lock();
+        for m in &mut st.models {
+            for ei in 0..m.environments.len() {
+                let Some(p) = &m.environments[ei].promotion else {
+                    continue;
+                };
+                if p.machine.status.is_terminal() {
+                    continue;
+                }
+                let obs = observe(m, &p.previous, &p.candidate);
+                let fx = match m.environments[ei].promotion.as_mut() {
+                    Some(p) => p.machine.tick(&obs, now),
+                    None => continue,
+                };
+                self.apply(m, ei, fx);
+            }
+        }
+        self.reroute(&mut st);
+    }
+
+    fn reroute(&self, st: &mut State) {
+        let spec = build_spec(st);
+        if st.last_spec.as_ref() != Some(&spec) {
+            match self.router.apply(&spec) {
+                Ok(_) => st.last_spec = Some(spec),
+                Err(e) => tracing::error!(error = %e, "routing update rejected"),
+            }
+        }
+    }
+
+    fn apply(&self, m: &mut ModelState, ei: usize, fx: Effects) {
+        let Some(p) = m.environments[ei].promotion.as_ref() else {
+            return;
+        };
+        let (previous, candidate) = (p.previous.clone(), p.candidate.clone());
+        if let Some(n) = fx.candidate_replicas {
+            if let Some(d) = m.deployments.iter().find(|d| d.id == candidate) {
+                d.provider.scale(n);
+            }
+        }
+        if let Some(n) = fx.previous_replicas {
+            if let Some(d) = m.deployments.iter().find(|d| d.id == previous) {
+                d.provider.scale(n);
+            }
+        }
+        let status = p.machine.status;
+        let env = &mut m.environments[ei];
+        if status == Status::Succeeded {
+            env.current = Some(candidate.clone());
+            if fx.cleanup == Some(CleanupStrategy::Deactivate) {
+                if let Some(d) = m.deployments.iter_mut().find(|d| d.id == previous) {
+                    d.active = false;
+                    d.provider.scale(0);
+                }
+            }
+        }
+        for e in fx.events {
+            tracing::info!(
+                model = %m.id, environment = %env.name, status = %e.status,
+                percent = e.percent_traffic_to_new_version, candidate = e.candidate_replicas,
+                previous = e.previous_replicas, "{}", e.reason
+            );
+            let _ = self.events.send(EnvironmentEvent {
+                model: m.id.clone(),
+                environment: env.name.clone(),
+                previous_deployment: previous.clone(),
+                candidate_deployment: candidate.clone(),
+                event: e.clone(),
+            });
+            if env.events.len() >= EVENT_LOG_LIMIT {
+                env.events.remove(0);
+            }
+            env.events.push(e);
+        }
+    }
+
+    fn with_env<T>(
+        &self,
+        model: &str,
+        environment: &str,
+        f: impl FnOnce(&mut ModelState, usize) -> Result<T, ControllerError>,
+    ) -> Result<T, ControllerError> {
+        let mut st = self.lock();
+        let m = st
+            .models
+            .iter_mut()
+            .find(|m| m.id == model)
+            .ok_or_else(|| ControllerError::UnknownModel(model.to_owned()))?;
+        let ei = m
+            .environments
+            .iter()
+            .position(|e| e.name == environment)
+            .ok_or_else(|| ControllerError::UnknownEnvironment {
+                model: model.to_owned(),
+                environment: environment.to_owned(),
+            })?;
+        let out = f(m, ei)?;
+        self.reroute(&mut st);
+        drop(st);
+        self.wake.send_modify(|n| *n += 1);
+        Ok(out)
+    }
+
+    /// Starts promoting `candidate` in an environment, with the environment's settings.
+    pub fn promote(
+        &self,
+        model: &str,
+        environment: &str,
+        candidate: &str,
+    ) -> Result<(), ControllerError> {
+        let now = self.now_ms();
+        self.with_env(model, environment, |m, ei| {
+            let env = &m.environments[ei];
+            if env.fixed.is_some() {
+                return Err(ControllerError::FixedSplit(env.name.clone()));
+            }
+            if let Some(p) = &env.promotion {
+                if !p.machine.status.is_terminal() {
+                    return Err(ControllerError::PromotionInProgress(p.candidate.clone()));
+                }
+            }
+            let Some(cand) = m.deployments.iter().find(|d| d.id == candidate) else {
+                return Err(ControllerError::UnknownDeployment {
+                    model: m.id.clone(),
+                    deployment: candidate.to_owned(),
+                });
+            };
+            let previous = env.current.clone().unwrap_or_default();
+            if previous == candidate {
+                return Err(ControllerError::AlreadyCurrent(candidate.to_owned()));
+            }
+            if let Some(other) = m.environments.iter().find(|e| {
+                e.name != env.name
+                    && (e.current.as_deref() == Some(candidate)
+                        || e.fixed
+                            .as_ref()
+                            .is_some_and(|w| w.get(candidate).is_some_and(|w| *w > 0)))
+            }) {
+                return Err(ControllerError::SharedDeployment {
+                    deployment: candidate.to_owned(),
+                    environment: other.name.clone(),
+                });
+            }
+            let prev_replicas = m
+                .deployments
+                .iter()
+                .find(|d| d.id == previous)
+                .map_or(1, |d| d.provider.status().desired.max(1));
+            let (machine, fx) = Promotion::start(prev_replicas, env.settings.clone(), now)?;
+            if let Some(listed) = cand.listed {
+                if (listed as u32) < machine.fleet {
+                    return Err(ControllerError::NotEnoughEndpoints {
+                        deployment: candidate.to_owned(),
+                        listed,
+                        needed: machine.fleet,
+                    });
+                }
+            }
+            // A static candidate starts from none admitted; the machine scales it up.
+            cand.provider.scale(0);
+            if let Some(d) = m.deployments.iter_mut().find(|d| d.id == candidate) {
+                d.active = true;
+            }
+            m.environments[ei].promotion = Some(ActivePromotion {
+                previous,
+                candidate: candidate.to_owned(),
+                machine,
+            });
+            self.apply(m, ei, fx);
+            Ok(())
+        })
+    }
+
+    fn control(
+        &self,
+        model: &str,
+        environment: &str,
+        f: impl FnOnce(&mut Promotion, u64) -> Result<Effects, ControlError>,
+    ) -> Result<Status, ControllerError> {
+        let now = self.now_ms();
+        self.with_env(model, environment, |m, ei| {
+            let env = &mut m.environments[ei];
+            let Some(p) = env
+                .promotion
+                .as_mut()
+                .filter(|p| !p.machine.status.is_terminal())
+            else {
+                return Err(ControllerError::NoPromotion(env.name.clone()));
+            };
+            let fx = f(&mut p.machine, now)?;
+            let status = p.machine.status;
+            self.apply(m, ei, fx);
+            Ok(status)
+        })
+    }
+
+    pub fn pause(&self, model: &str, environment: &str) -> Result<Status, ControllerError> {
+        self.control(model, environment, |p, now| p.pause(now))
+    }
+
+    pub fn resume(&self, model: &str, environment: &str) -> Result<Status, ControllerError> {
+        self.control(model, environment, |p, now| p.resume(now))
+    }
+
+    /// Graceful cancel; answers RAMPING_DOWN or CANCELED.
+    pub fn cancel(&self, model: &str, environment: &str) -> Result<Status, ControllerError> {
+        self.control(model, environment, |p, now| p.cancel(now))
+    }
+
+    pub fn force_cancel(&self, model: &str, environment: &str) -> Result<Status, ControllerError> {
+        self.control(model, environment, |p, now| p.force_cancel(now))
+    }
+
+    pub fn force_roll_forward(
+        &self,
+        model: &str,
+        environment: &str,
+    ) -> Result<Status, ControllerError> {
+        self.control(model, environment, |p, now| p.force_roll_forward(now))
+    }
+
+    pub fn environment(
+        &self,
+        model: &str,
+        environment: &str,
+    ) -> Result<EnvironmentView, ControllerError> {
+        let st = self.lock();
+        let m = st
+            .models
+            .iter()
+            .find(|m| m.id == model)
+            .ok_or_else(|| ControllerError::UnknownModel(model.to_owned()))?;
+        let env = m
+            .environments
+            .iter()
+            .find(|e| e.name == environment)
+            .ok_or_else(|| ControllerError::UnknownEnvironment {
+                model: model.to_owned(),
+                environment: environment.to_owned(),
+            })?;
+        let promotion = env.promotion.as_ref().map(|p| PromotionView {
+            status: p.machine.status,
+            previous_deployment: p.previous.clone(),
+            candidate_deployment: p.candidate.clone(),
+            percent_traffic_to_new_version: p.machine.percent,
+            error_message: p.machine.error_message.clone(),
+            rolling_deploy: p.machine.config.rolling,
+            candidate_target: p.machine.candidate_target,
+            previous_target: p.machine.previous_target,
+            fleet: p.machine.fleet,
+        });
+        let candidate_deployment = env
+            .promotion
+            .as_ref()
+            .filter(|p| !p.machine.status.is_terminal())
+            .map(|p| p.candidate.clone());
+        let deployments = m
+            .deployments
+            .iter()
+            .map(|d| {
+                let s: ReplicaSetStatus = d.provider.status();
+                (
+                    d.id.clone(),
+                    DeploymentView {
+                        provider: d.kind,
+                        active: d.active,
+                        desired_replicas: s.desired,
+                        ready_replicas: s.ready.len() as u32,
+                        starting_replicas: s.starting,
+                        draining_replicas: s.draining,
+                        failure: s.failure,
+                    },
+                )
+            })
+            .collect();
+        Ok(EnvironmentView {
+            model: m.id.clone(),
+            name: env.name.clone(),
+            current_deployment: env.current.clone(),
+            candidate_deployment,
+            promotion,
+            settings: env.settings.clone(),
+            deployments,
+        })
+    }
+
+    pub fn events(&self, model: &str, environment: &str) -> Result<Vec<Event>, ControllerError> {
+        let st = self.lock();
+        let m = st
+            .models
+            .iter()
+            .find(|m| m.id == model)
+            .ok_or_else(|| ControllerError::UnknownModel(model.to_owned()))?;
+        let env = m
+            .environments
+            .iter()
+            .find(|e| e.name == environment)
+            .ok_or_else(|| ControllerError::UnknownEnvironment {
+                model: model.to_owned(),
+                environment: environment.to_owned(),
+            })?;
+        Ok(env.events.clone())
+    }
+
+    /// Stops every replica (process replicas drain and exit) and waits up to `timeout`.
+    pub async fn stop_replicas(&self, timeout: Duration) {
+        let providers: Vec<Arc<dyn ReplicaProvider>> = {
+            let st = self.lock();
+            st.models
+                .iter()
+                .flat_map(|m| m.deployments.iter().map(|d| d.provider.clone()))
+                .collect()
+        };
+        for p in &providers {
+            p.shutdown();
+        }
+        let deadline = tokio::time::Instant::now() + timeout;
+        while tokio::time::Instant::now() < deadline {
+            let left: u32 = providers
+                .iter()
+                .map(|p| {
+                    let s = p.status();
+                    s.ready.len() as u32 + s.starting + s.draining
+                })
+                .sum();
+            if left == 0 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+fn observe(m: &ModelState, previous: &str, candidate: &str) -> Observation {
+    let status = |id: &str| {
+        m.deployments
+            .iter()
+            .find(|d| d.id == id)
+            .map(|d| d.provider.status())
+            .unwrap_or_default()
+    };
+    let (p, c) = (status(previous), status(candidate));
+    Observation {
+        candidate_ready: c.ready.len() as u32,
+        previous_ready: p.ready.len() as u32,
+        candidate_failure: c.failure,
+    }
+}
+
+/// The routing snapshot description for the current state: ready replicas only; weights from
+/// fixed splits, current deployments and promotion percents.
+fn build_spec(st: &State) -> RoutingSpec {
+    let mut spec = RoutingSpec::default();
+    for m in &st.models {
+        let ready: BTreeMap<&str, Vec<std::net::SocketAddr>> = m
+            .deployments
+            .iter()
+            .filter(|d| d.active)
+            .map(|d| (d.id.as_str(), d.provider.status().ready))
+            .collect();
+        let environments = m
+            .environments
+            .iter()
+            .map(|e| {
+                let mut weights: BTreeMap<String, u32> = match (&e.fixed, &e.promotion, &e.current)
+                {
+                    (Some(w), _, _) => w.clone(),
+                    (None, Some(p), _) if !p.machine.status.is_terminal() => {
+                        let to_new = p.machine.percent.min(100) * (WEIGHT_SCALE / 100);
+                        [
+                            (p.previous.clone(), WEIGHT_SCALE - to_new),
+                            (p.candidate.clone(), to_new),
+                        ]
+                        .into_iter()
+                        .collect()
+                    }
+                    (None, _, Some(c)) => [(c.clone(), WEIGHT_SCALE)].into_iter().collect(),
+                    (None, _, None) => BTreeMap::new(),
+                };
+                weights.retain(|d, _| ready.contains_key(d.as_str()));
+                shift_off_empty(&mut weights, &ready);
+                EnvironmentSpec {
+                    name: e.name.clone(),
+                    hosts: e.hosts.clone(),
+                    weights,
+                }
+            })
+            .collect();
+        spec.models.push(ModelSpec {
+            id: m.id.clone(),
+            hosts: m.hosts.clone(),
+            deployments: m
+                .deployments
+                .iter()
+                .filter(|d| d.active)
+                .map(|d| DeploymentSpec {
+                    id: d.id.clone(),
+                    replicas: ready.get(d.id.as_str()).cloned().unwrap_or_default(),
+                })
+                .collect(),
+            environments,
+        });
+    }
+    spec
+}
+
+/// Moves weight off deployments with no ready replica onto those that have some, so a split
+/// never sends traffic to an empty pool while another pool could serve it.
+fn shift_off_empty(
+    weights: &mut BTreeMap<String, u32>,
+    ready: &BTreeMap<&str, Vec<std::net::SocketAddr>>,
+) {
+    let empty = |d: &str| ready.get(d).is_none_or(|r| r.is_empty());
+    let stranded: u32 = weights
+        .iter()
+        .filter(|(d, w)| **w > 0 && empty(d))
+        .map(|(_, w)| *w)
+        .sum();
+    if stranded == 0 {
+        return;
+    }
+    let serving: u32 = weights
+        .iter()
+        .filter(|(d, _)| !empty(d))
+        .map(|(_, w)| *w)
+        .sum();
+    if serving == 0 {
+        return; // nothing can serve: leave it, requests get a clear 503
+    }
+    let total = stranded + serving;
+    let mut given = 0;
+    let last = weights
+        .iter()
+        .filter(|(d, w)| !empty(d) && **w > 0)
+        .map(|(d, _)| d.clone())
+        .next_back();
+    for (d, w) in weights.iter_mut() {
+        if empty(d) {
+            *w = 0;
+        } else if Some(d) != last.as_ref() {
+            *w = (u64::from(*w) * u64::from(total) / u64::from(serving)) as u32;
+            given += *w;
+        }
+    }
+    if let Some(d) = last {
+        if let Some(w) = weights.get_mut(&d) {
+            *w = total - given;
+        }
+    }
+}
+
+/// Resolves when the first of the futures does.
+async fn select_first<F: std::future::Future + Unpin>(futs: Vec<F>) -> F::Output {
+    let mut futs = futs;
+    std::future::poll_fn(move |cx| {
+        for f in futs.iter_mut() {
+            if let std::task::Poll::Ready(v) = std::pin::Pin::new(f).poll(cx) {
+                return std::task::Poll::Ready(v);
+            }
+        }
+        std::task::Poll::Pending
+    })
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ready(list: &[(&'static str, usize)]) -> BTreeMap<&'static str, Vec<std::net::SocketAddr>> {
+        list.iter()
+            .map(|(d, n)| {
+                (
+                    *d,
+                    (0..*n)
+                        .map(|i| std::net::SocketAddr::from(([127, 0, 0, 1], 1000 + i as u16)))
+                        .collect(),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn weight_on_an_empty_pool_moves_to_a_serving_one() {
+        let mut w: BTreeMap<String, u32> = [("v1".into(), 600_000), ("v2".into(), 400_000)]
+            .into_iter()
+            .collect();
+        shift_off_empty(&mut w, &ready(&[("v1", 2), ("v2", 0)]));
+        assert_eq!(w["v1"], WEIGHT_SCALE);
+        assert_eq!(w["v2"], 0);
+        let mut w: BTreeMap<String, u32> = [
+            ("a".into(), 500_000),
+            ("b".into(), 250_000),
+            ("c".into(), 250_000),
+        ]
+        .into_iter()
+        .collect();
+        shift_off_empty(&mut w, &ready(&[("a", 1), ("b", 1), ("c", 0)]));
+        assert_eq!(w.values().sum::<u32>(), WEIGHT_SCALE);
+        assert_eq!(w["c"], 0);
+        assert!(w["a"] > w["b"]);
+        let mut w: BTreeMap<String, u32> = [("v1".into(), WEIGHT_SCALE)].into_iter().collect();
+        shift_off_empty(&mut w, &ready(&[("v1", 0)]));
+        assert_eq!(w["v1"], WEIGHT_SCALE, "nothing can serve: left as is");
+    }
+}
