@@ -5,6 +5,7 @@ mod support;
 
 mod failover;
 mod protocols;
+mod rollout;
 mod routes;
 mod shutdown;
 mod split;

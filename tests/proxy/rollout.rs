@@ -1,0 +1,354 @@
+//! Rolling deployments end to end: real replica processes (the binary's own `replica` mode),
+//! the real controller and continuous client traffic, streaming included.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use http_body_util::BodyExt;
+
+use switchyard::config::{DeploymentConfig, EnvironmentConfig, ModelConfig, Settings, Traffic};
+use switchyard::replicas::ProviderSpec;
+use switchyard::rollout::machine::{PromotionConfig, Status};
+use switchyard::rollout::plan::RollingConfig;
+use switchyard::server::RunningProxy;
+
+use crate::support::*;
+
+fn replica_command(extra: &[&str]) -> Vec<String> {
+    let mut c: Vec<String> = [
+        env!("CARGO_BIN_EXE_switchyard"),
+        "replica",
+        "--port",
+        "{port}",
+        "--version",
+        "{deployment}",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    c.extend(extra.iter().map(|s| s.to_string()));
+    c
+}
+
+fn process(extra: &[&str]) -> ProviderSpec {
+    ProviderSpec::Process {
+        command: replica_command(extra),
+        health_path: "/healthz".into(),
+    }
+}
+
+fn rolling_settings(v2: ProviderSpec) -> Settings {
+    let fast = [
+        "--latency-ms",
+        "5",
+        "--tokens-per-second",
+        "40",
+        "--startup-delay-ms",
+        "200",
+    ];
+    let models = vec![ModelConfig {
+        id: "m".into(),
+        hosts: vec![],
+        deployments: vec![
+            DeploymentConfig {
+                id: "v1".into(),
+                provider: process(&fast),
+            },
+            DeploymentConfig {
+                id: "v2".into(),
+                provider: v2,
+            },
+        ],
+        environments: vec![EnvironmentConfig {
+            name: "production".into(),
+            hosts: vec![],
+            traffic: Traffic::Current {
+                deployment: "v1".into(),
+                replicas: 3,
+            },
+            promotion: PromotionConfig {
+                rolling: true,
+                rolling_config: RollingConfig {
+                    max_surge_percent: 34,
+                    max_unavailable_percent: 0,
+                    stabilization_time_seconds: 1,
+                    replica_overhead_percent: 0,
+                },
+                ready_wait_ms: 5_000,
+                ready_deadline_ms: 20_000,
+                ..PromotionConfig::default()
+            },
+        }],
+    }];
+    let mut s = Settings::with_models(models);
+    s.listen = "127.0.0.1:0".parse().unwrap();
+    s.admin_listen = "127.0.0.1:0".parse().unwrap();
+    s.workers = 2;
+    s
+}
+
+async fn wait_for(
+    proxy: &RunningProxy,
+    what: &str,
+    within: Duration,
+    f: impl Fn(&switchyard::rollout::driver::EnvironmentView) -> bool,
+) {
+    let deadline = Instant::now() + within;
+    loop {
+        let v = proxy.controller().environment("m", "production").unwrap();
+        if f(&v) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}: {v:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[derive(Default)]
+struct Load {
+    ok: AtomicUsize,
+    streams_completed: AtomicUsize,
+    failures: Mutex<Vec<String>>,
+    served: Mutex<std::collections::BTreeMap<String, usize>>,
+}
+
+/// Clients that send requests until `stop`: half of them stream 40-token completions (about a
+/// second each, so streams span scale-downs), half ask for whole answers.
+fn start_load(
+    addr: std::net::SocketAddr,
+    clients: usize,
+    stop: Arc<AtomicBool>,
+    load: Arc<Load>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    (0..clients)
+        .map(|i| {
+            let (stop, load) = (stop.clone(), load.clone());
+            let streaming = i % 2 == 0;
+            tokio::spawn(async move {
+                let mut c = h1(addr).await;
+                while !stop.load(Ordering::Relaxed) {
+                    let body = if streaming {
+                        r#"{"stream": true, "max_tokens": 40}"#
+                    } else {
+                        r#"{"max_tokens": 4}"#
+                    };
+                    let req = http::Request::post("/v1/chat/completions")
+                        .header("host", "m")
+                        .header("content-type", "application/json")
+                        .body(full(body))
+                        .unwrap();
+                    let resp = match c.send_request(req).await {
+                        Ok(r) => r,
+                        Err(e) => {
+                            load.failures.lock().unwrap().push(format!("send: {e}"));
+                            c = h1(addr).await;
+                            continue;
+                        }
+                    };
+                    let status = resp.status();
+                    let dep = resp
+                        .headers()
+                        .get("x-switchyard-deployment")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("")
+                        .to_owned();
+                    match resp.into_body().collect().await {
+                        Ok(b) if status == 200 => {
+                            let text = String::from_utf8_lossy(&b.to_bytes()).into_owned();
+                            if streaming && !text.ends_with("data: [DONE]\n\n") {
+                                load.failures
+                                    .lock()
+                                    .unwrap()
+                                    .push(format!("stream from {dep} ended without [DONE]"));
+                            } else {
+                                if streaming {
+                                    load.streams_completed.fetch_add(1, Ordering::Relaxed);
+                                }
+                                load.ok.fetch_add(1, Ordering::Relaxed);
+                                *load.served.lock().unwrap().entry(dep).or_default() += 1;
+                            }
+                        }
+                        Ok(b) => load.failures.lock().unwrap().push(format!(
+                            "{status} from {dep:?}: {}",
+                            String::from_utf8_lossy(&b.to_bytes())
+                        )),
+                        Err(e) => {
+                            load.failures
+                                .lock()
+                                .unwrap()
+                                .push(format!("body from {dep}: {e}"));
+                            c = h1(addr).await;
+                        }
+                    }
+                }
+            })
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_promotion_under_load_loses_no_request_and_cancel_ramps_back() {
+    let fast = [
+        "--latency-ms",
+        "5",
+        "--tokens-per-second",
+        "40",
+        "--startup-delay-ms",
+        "200",
+    ];
+    let proxy = switchyard::server::start(rolling_settings(process(&fast))).unwrap();
+    wait_for(&proxy, "v1 ready", Duration::from_secs(20), |v| {
+        v.deployments["v1"].ready_replicas == 3
+    })
+    .await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = Arc::new(Load::default());
+    let clients = start_load(proxy.listen_addr, 8, stop.clone(), load.clone());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // Forward: v1 → v2, three steps of one replica and 34% (capped at 100).
+    proxy.controller().promote("m", "production", "v2").unwrap();
+    assert!(
+        proxy.controller().promote("m", "production", "v2").is_err(),
+        "a second promotion must be refused"
+    );
+    wait_for(&proxy, "SUCCEEDED", Duration::from_secs(60), |v| {
+        v.promotion
+            .as_ref()
+            .is_some_and(|p| p.status == Status::Succeeded)
+    })
+    .await;
+    let v = proxy.controller().environment("m", "production").unwrap();
+    assert_eq!(v.current_deployment.as_deref(), Some("v2"));
+    let events = proxy.controller().events("m", "production").unwrap();
+    let percents: Vec<u32> = events
+        .iter()
+        .map(|e| e.percent_traffic_to_new_version)
+        .collect();
+    assert!(
+        percents.windows(2).all(|w| w[0] <= w[1]),
+        "traffic went backwards: {percents:?}"
+    );
+    for want in [34, 68, 100] {
+        assert!(percents.contains(&want), "no step at {want}%: {percents:?}");
+    }
+    // v1 is scaled to zero (the default cleanup) once its streams drained.
+    wait_for(&proxy, "v1 scaled to zero", Duration::from_secs(20), |v| {
+        let d = &v.deployments["v1"];
+        d.ready_replicas == 0 && d.draining_replicas == 0 && d.starting_replicas == 0
+    })
+    .await;
+
+    // Back: v2 → v1, cancelled halfway.
+    proxy.controller().promote("m", "production", "v1").unwrap();
+    wait_for(
+        &proxy,
+        "a third of traffic on v1",
+        Duration::from_secs(30),
+        |v| {
+            v.promotion
+                .as_ref()
+                .is_some_and(|p| p.percent_traffic_to_new_version >= 34)
+        },
+    )
+    .await;
+    let status = proxy.controller().cancel("m", "production").unwrap();
+    assert_eq!(status, Status::RampingDown);
+    wait_for(&proxy, "CANCELED", Duration::from_secs(30), |v| {
+        v.promotion
+            .as_ref()
+            .is_some_and(|p| p.status == Status::Canceled)
+    })
+    .await;
+    let v = proxy.controller().environment("m", "production").unwrap();
+    assert_eq!(v.current_deployment.as_deref(), Some("v2"));
+    assert_eq!(
+        v.promotion.as_ref().unwrap().percent_traffic_to_new_version,
+        0
+    );
+    let back: Vec<u32> = proxy
+        .controller()
+        .events("m", "production")
+        .unwrap()
+        .iter()
+        .skip_while(|e| e.status != Status::RampingDown)
+        .map(|e| e.percent_traffic_to_new_version)
+        .collect();
+    assert!(
+        back.windows(2).all(|w| w[0] >= w[1]),
+        "cancel did not ramp monotonically: {back:?}"
+    );
+
+    // After the cancel every request lands on v2.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    load.served.lock().unwrap().clear();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        c.await.unwrap();
+    }
+    let failures = load.failures.lock().unwrap().clone();
+    assert!(
+        failures.is_empty(),
+        "{} failed requests, first: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
+    let served = load.served.lock().unwrap().clone();
+    assert_eq!(
+        served.keys().collect::<Vec<_>>(),
+        vec!["v2"],
+        "after the cancel: {served:?}"
+    );
+    assert!(load.streams_completed.load(Ordering::Relaxed) > 20);
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_crash_looping_candidate_fails_and_traffic_stays_on_the_previous() {
+    let crash = ProviderSpec::Process {
+        command: vec![
+            "sh".into(),
+            "-c".into(),
+            "echo model weights missing >&2; exit 3 # {port}".into(),
+        ],
+        health_path: "/healthz".into(),
+    };
+    let proxy = switchyard::server::start(rolling_settings(crash)).unwrap();
+    wait_for(&proxy, "v1 ready", Duration::from_secs(20), |v| {
+        v.deployments["v1"].ready_replicas == 3
+    })
+    .await;
+    proxy.controller().promote("m", "production", "v2").unwrap();
+    wait_for(&proxy, "FAILED", Duration::from_secs(30), |v| {
+        v.promotion
+            .as_ref()
+            .is_some_and(|p| p.status == Status::Failed)
+    })
+    .await;
+    let v = proxy.controller().environment("m", "production").unwrap();
+    let msg = v.promotion.unwrap().error_message.unwrap();
+    assert!(
+        msg.contains("exit status: 3") && msg.contains("model weights missing"),
+        "{msg}"
+    );
+    assert_eq!(v.current_deployment.as_deref(), Some("v1"));
+    for _ in 0..10 {
+        let got = send(
+            proxy.listen_addr,
+            http::Request::post("/predict")
+                .header("host", "m")
+                .body(full("{}"))
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(got.status, 200);
+        assert_eq!(got.deployment(), Some("v1"));
+    }
+    proxy.shutdown().await;
+}
