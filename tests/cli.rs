@@ -224,3 +224,111 @@ fn sigterm_lets_an_in_flight_stream_finish_then_exits_zero() {
     };
     assert_eq!(code, Some(0));
 }
+
+/// Pids whose parent is `parent`, from /proc.
+fn children_of(parent: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // pid (comm) state ppid ...: comm may hold spaces, so split after the last ')'.
+        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+            continue;
+        };
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        if fields.get(1).and_then(|p| p.parse::<u32>().ok()) == Some(parent) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// Alive and not a zombie.
+fn running(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_some_and(|(_, r)| !r.trim_start().starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
+#[test]
+fn no_replica_outlives_a_killed_switchyard() {
+    let dir = std::env::temp_dir().join(format!("switchyard-orphans-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("process.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[[models]]
+id = "m"
+[[models.deployments]]
+id = "v1"
+command = ["{bin}", "replica", "--port", "{{port}}", "--version", "v1"]
+[[models.deployments]]
+id = "sleeper"
+command = ["sh", "-c", "exec sleep 600 # {{port}}"]
+[[models.environments]]
+name = "production"
+current = "v1"
+replicas = 2
+[[models.environments]]
+name = "staging"
+current = "sleeper"
+replicas = 1
+"#,
+            bin = env!("CARGO_BIN_EXE_switchyard")
+        ),
+    )
+    .unwrap();
+    let mut child = bin()
+        .args([
+            "serve",
+            "--config",
+            config.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let addr = proxy_addr(&mut child);
+    // Wait until both replicas serve.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(mut s) = TcpStream::connect(addr) {
+            s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+            let _ = s.write_all(b"POST /predict HTTP/1.1\r\nhost: m\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{}");
+            let mut out = String::new();
+            let _ = s.read_to_string(&mut out);
+            // Two replicas of v1, plus a `sleep` that never gets ready and does not watch
+            // its parent: only the parent-death signal can stop it.
+            if out.starts_with("HTTP/1.1 200") && children_of(child.id()).len() == 3 {
+                break;
+            }
+        }
+        assert!(Instant::now() < deadline, "replicas did not become ready");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let replicas = children_of(child.id());
+    assert_eq!(replicas.len(), 3);
+    child.kill().unwrap(); // SIGKILL: no chance to clean up
+    child.wait().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while replicas.iter().any(|p| running(*p)) {
+        assert!(
+            Instant::now() < deadline,
+            "replica processes {replicas:?} outlived switchyard"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
