@@ -15,6 +15,7 @@ pub use model::{
 };
 
 use crate::replicas::ProviderSpec;
+use crate::rollout::autoscale::AutoscalingSettings;
 use crate::rollout::machine::{CleanupStrategy, PromotionConfig};
 use crate::rollout::plan::RollingConfig;
 use crate::routing::spec::normalize_weights;
@@ -205,6 +206,19 @@ struct EnvironmentSection {
     replicas: Option<u32>,
     weights: Option<BTreeMap<String, f64>>,
     promotion_settings: Option<PromotionSection>,
+    autoscaling_settings: Option<AutoscalingSection>,
+}
+
+/// Baseten's `autoscaling_settings`; omitted keys take Baseten's defaults.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AutoscalingSection {
+    min_replica: Option<u32>,
+    max_replica: Option<u32>,
+    autoscaling_window: Option<u32>,
+    scale_down_delay: Option<u32>,
+    concurrency_target: Option<u32>,
+    target_utilization_percentage: Option<u32>,
 }
 
 /// Baseten's `promotion_settings`, plus switchyard's readiness timing.
@@ -370,6 +384,40 @@ fn from_file(f: FileConfig) -> Result<Settings, ConfigError> {
             check_id(&format!("{eat}.name"), &e.name)?;
             let promotion =
                 promotion_settings(&format!("{eat}.promotion_settings"), e.promotion_settings)?;
+
+            let autoscaling = match e.autoscaling_settings {
+                None => None,
+                Some(a) => {
+                    let d = AutoscalingSettings::default();
+                    let min = a.min_replica.unwrap_or(1);
+                    let a = AutoscalingSettings {
+                        min_replica: min,
+                        max_replica: a.max_replica.unwrap_or(d.max_replica.max(min)),
+                        autoscaling_window: a.autoscaling_window.unwrap_or(d.autoscaling_window),
+                        scale_down_delay: a.scale_down_delay.unwrap_or(d.scale_down_delay),
+                        concurrency_target: a.concurrency_target.unwrap_or(d.concurrency_target),
+                        target_utilization_percentage: a
+                            .target_utilization_percentage
+                            .unwrap_or(d.target_utilization_percentage),
+                    };
+                    a.validate().map_err(|x| {
+                        err(format!("{eat}.autoscaling_settings.{}", x.field), x.message)
+                    })?;
+                    if a.min_replica == 0 {
+                        return Err(err(
+                            format!("{eat}.autoscaling_settings.min_replica"),
+                            "0 (scale to zero) is not supported yet; use 1 or more",
+                        ));
+                    }
+                    if e.replicas.is_some() {
+                        return Err(err(
+                            format!("{eat}.replicas"),
+                            "with autoscaling_settings the count comes from min_replica..max_replica; remove `replicas`",
+                        ));
+                    }
+                    Some(a)
+                }
+            };
             let traffic = match (e.current, e.weights) {
                 (Some(c), None) => {
                     let Some(d) = deployments.iter().find(|d| d.id == c) else {
@@ -385,7 +433,9 @@ fn from_file(f: FileConfig) -> Result<Settings, ConfigError> {
                                 format!("{eat}.replicas"),
                                 "a static deployment runs its listed endpoints; remove `replicas`",
                             )),
-                            (ProviderSpec::Process { .. }, r) => r.unwrap_or(1),
+                            (ProviderSpec::Process { .. }, r) => {
+                                r.or(autoscaling.map(|a| a.min_replica)).unwrap_or(1)
+                            }
                         };
                     if !(1..=1000).contains(&replicas) {
                         return Err(err(
@@ -399,10 +449,10 @@ fn from_file(f: FileConfig) -> Result<Settings, ConfigError> {
                     }
                 }
                 (None, Some(w)) => {
-                    if e.replicas.is_some() {
+                    if e.replicas.is_some() || autoscaling.is_some() {
                         return Err(err(
-                            format!("{eat}.replicas"),
-                            "only applies with `current`",
+                            eat,
+                            "`replicas` and `autoscaling_settings` only apply with `current`",
                         ));
                     }
                     let listed: Vec<&str> = deployments.iter().map(|d| d.id.as_str()).collect();
@@ -421,6 +471,7 @@ fn from_file(f: FileConfig) -> Result<Settings, ConfigError> {
                 hosts: e.hosts,
                 traffic,
                 promotion,
+                autoscaling,
             });
         }
         s.models.push(ModelConfig {
@@ -777,6 +828,7 @@ impl ServeFlags {
                     rolling: false,
                     ..PromotionConfig::default()
                 },
+                autoscaling: None,
             }],
         }];
         check_routing(&initial_routing(&models))?;

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 
 use crate::replicas::ProviderSpec;
+use crate::rollout::autoscale::AutoscalingSettings;
 use crate::rollout::machine::PromotionConfig;
 use crate::routing::spec::{DeploymentSpec, EnvironmentSpec, ModelSpec, WEIGHT_SCALE};
 use crate::routing::RoutingSpec;
@@ -36,6 +37,8 @@ pub struct EnvironmentConfig {
     pub hosts: Vec<String>,
     pub traffic: Traffic,
     pub promotion: PromotionConfig,
+    /// With `current`: scale the deployment(s) on load (process deployments).
+    pub autoscaling: Option<AutoscalingSettings>,
 }
 
 impl ModelConfig {
@@ -108,6 +111,7 @@ pub fn models_from_routing(spec: &RoutingSpec) -> Vec<ModelConfig> {
                     hosts: e.hosts.clone(),
                     traffic: Traffic::Weights(e.weights.clone()),
                     promotion: PromotionConfig::default(),
+                    autoscaling: None,
                 })
                 .collect(),
         })

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use tokio::sync::{broadcast, watch};
 
+use super::autoscale::{split_addition, Autoscaler};
 use super::machine::{
     CleanupStrategy, ControlError, Effects, Event, Observation, Promotion, PromotionConfig, Status,
 };
@@ -134,6 +135,9 @@ struct EnvironmentState {
     settings: PromotionConfig,
     promotion: Option<ActivePromotion>,
     events: Vec<Event>,
+    autoscaler: Option<Autoscaler>,
+    /// Replicas autoscaling added during the running promotion: (previous, candidate).
+    extra: (u32, u32),
 }
 
 struct ModelState {
@@ -224,6 +228,8 @@ impl Controller {
                     settings: e.promotion.clone(),
                     promotion: None,
                     events: Vec::new(),
+                    autoscaler: e.autoscaling.filter(|a| a.enabled()).map(Autoscaler::new),
+                    extra: (0, 0),
                 })
                 .collect();
             state.models.push(ModelState {
@@ -300,15 +306,40 @@ impl Controller {
                 if p.machine.status.is_terminal() {
                     continue;
                 }
-                let obs = observe(m, &p.previous, &p.candidate);
+                let mut obs = observe(m, &p.previous, &p.candidate);
+                // Autoscaled extras are not rollout progress.
+                obs.candidate_ready = obs.candidate_ready.min(p.machine.candidate_target);
+                obs.previous_ready = obs.previous_ready.min(p.machine.previous_target);
                 let fx = match m.environments[ei].promotion.as_mut() {
                     Some(p) => p.machine.tick(&obs, now),
                     None => continue,
                 };
                 self.apply(m, ei, fx);
             }
+            for ei in 0..m.environments.len() {
+                if m.environments[ei].autoscaler.is_some() {
+                    let in_flight = self.env_in_flight(&m.id, &m.environments[ei].name);
+                    autoscale(m, ei, in_flight, now);
+                }
+            }
         }
         self.reroute(&mut st);
+    }
+
+    /// Requests in flight in an environment's pools, from the data plane's counters.
+    fn env_in_flight(&self, model: &str, environment: &str) -> u32 {
+        let snap = self.router.load();
+        snap.models
+            .iter()
+            .find(|m| &*m.id == model)
+            .and_then(|m| m.environments.iter().find(|e| &*e.name == environment))
+            .map_or(0, |e| {
+                e.pools
+                    .iter()
+                    .flat_map(|p| p.replicas.iter())
+                    .map(|r| r.outstanding())
+                    .sum()
+            })
     }
 
     fn reroute(&self, st: &mut State) {
@@ -326,17 +357,21 @@ impl Controller {
             return;
         };
         let (previous, candidate) = (p.previous.clone(), p.candidate.clone());
+        let status = p.machine.status;
+        if status.is_terminal() {
+            m.environments[ei].extra = (0, 0);
+        }
+        let (extra_prev, extra_cand) = m.environments[ei].extra;
         if let Some(n) = fx.candidate_replicas {
             if let Some(d) = m.deployments.iter().find(|d| d.id == candidate) {
-                d.provider.scale(n);
+                d.provider.scale(n + extra_cand);
             }
         }
         if let Some(n) = fx.previous_replicas {
             if let Some(d) = m.deployments.iter().find(|d| d.id == previous) {
-                d.provider.scale(n);
+                d.provider.scale(n + extra_prev);
             }
         }
-        let status = p.machine.status;
         let env = &mut m.environments[ei];
         if status == Status::Succeeded {
             env.current = Some(candidate.clone());
@@ -620,6 +655,69 @@ impl Controller {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// One autoscaling decision for an environment with autoscaling on.
+fn autoscale(m: &mut ModelState, ei: usize, in_flight: u32, now: u64) {
+    let env = &mut m.environments[ei];
+    let Some(a) = env.autoscaler.as_mut() else {
+        return;
+    };
+    a.record(now, in_flight);
+    let provider = |id: &str| {
+        m.deployments
+            .iter()
+            .find(|d| d.id == id)
+            .map(|d| d.provider.clone())
+    };
+    match env
+        .promotion
+        .as_ref()
+        .filter(|p| !p.machine.status.is_terminal())
+    {
+        None => {
+            let Some(p) = env.current.as_deref().and_then(provider) else {
+                return;
+            };
+            let s = p.status();
+            let capacity = s.ready.len() as u32 + s.starting;
+            let desired = a.desired(now, capacity);
+            if desired != s.desired {
+                tracing::info!(model = %m.id, environment = %env.name, from = s.desired, to = desired, in_flight, "autoscaling");
+                p.scale(desired);
+            }
+        }
+        Some(p) => {
+            // During a rollout only additions, split by the traffic split.
+            let want = a.recommended();
+            let (prev, cand) = (
+                p.machine.previous_target + env.extra.0,
+                p.machine.candidate_target + env.extra.1,
+            );
+            if want <= prev + cand {
+                return;
+            }
+            let (add_prev, add_cand) = split_addition(
+                want - prev - cand,
+                p.machine.percent,
+                prev,
+                cand,
+                a.settings.max_replica,
+            );
+            if add_prev + add_cand == 0 {
+                return;
+            }
+            env.extra.0 += add_prev;
+            env.extra.1 += add_cand;
+            tracing::info!(model = %m.id, environment = %env.name, add_prev, add_cand, in_flight, "autoscaling during the rollout");
+            if let Some(d) = provider(&p.previous) {
+                d.scale(p.machine.previous_target + env.extra.0);
+            }
+            if let Some(d) = provider(&p.candidate) {
+                d.scale(p.machine.candidate_target + env.extra.1);
+            }
         }
     }
 }

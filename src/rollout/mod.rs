@@ -7,5 +7,6 @@
 pub mod plan;
 
 pub use plan::{Action, Field, Mode, Plan, PlanError, Problem, RollingConfig, Step};
+pub mod autoscale;
 pub mod driver;
 pub mod machine;

@@ -79,6 +79,7 @@ fn rolling_settings(v2: ProviderSpec) -> Settings {
                 ready_deadline_ms: 20_000,
                 ..PromotionConfig::default()
             },
+            autoscaling: None,
         }],
     }];
     let mut s = Settings::with_models(models);
@@ -350,5 +351,64 @@ async fn a_crash_looping_candidate_fails_and_traffic_stays_on_the_previous() {
         assert_eq!(got.status, 200);
         assert_eq!(got.deployment(), Some("v1"));
     }
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn autoscaling_adds_replicas_under_load_and_removes_them_after_the_delay() {
+    let mut s = rolling_settings(process(&["--tokens-per-second", "40"]));
+    let env = &mut s.models[0].environments[0];
+    env.traffic = Traffic::Current {
+        deployment: "v1".into(),
+        replicas: 1,
+    };
+    env.autoscaling = Some(switchyard::rollout::autoscale::AutoscalingSettings {
+        min_replica: 1,
+        max_replica: 3,
+        autoscaling_window: 10,
+        scale_down_delay: 2,
+        concurrency_target: 1,
+        target_utilization_percentage: 100,
+    });
+    let proxy = switchyard::server::start(s).unwrap();
+    wait_for(&proxy, "one replica", Duration::from_secs(20), |v| {
+        v.deployments["v1"].ready_replicas == 1
+    })
+    .await;
+
+    // Six clients, each always holding a one-second stream open: 6 in flight against a
+    // target of 1 per replica, capped at max_replica 3.
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = Arc::new(Load::default());
+    let clients: Vec<_> = start_load(proxy.listen_addr, 12, stop.clone(), load.clone())
+        .into_iter()
+        .collect();
+    wait_for(&proxy, "three replicas", Duration::from_secs(20), |v| {
+        v.deployments["v1"].ready_replicas == 3
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let v = proxy.controller().environment("m", "production").unwrap();
+    assert_eq!(
+        v.deployments["v1"].desired_replicas, 3,
+        "never above max_replica"
+    );
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        c.await.unwrap();
+    }
+    let failures = load.failures.lock().unwrap().clone();
+    assert!(failures.is_empty(), "{failures:?}");
+    // Idle: back to min_replica once the window's average fell and the delay passed.
+    wait_for(
+        &proxy,
+        "back to one replica",
+        Duration::from_secs(30),
+        |v| {
+            let d = &v.deployments["v1"];
+            d.desired_replicas == 1 && d.ready_replicas == 1 && d.draining_replicas == 0
+        },
+    )
+    .await;
     proxy.shutdown().await;
 }
