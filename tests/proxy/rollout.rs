@@ -412,3 +412,163 @@ async fn autoscaling_adds_replicas_under_load_and_removes_them_after_the_delay()
     .await;
     proxy.shutdown().await;
 }
+
+fn static_models(
+    v1: Vec<std::net::SocketAddr>,
+    v2: Vec<std::net::SocketAddr>,
+    surge: u32,
+) -> Settings {
+    let models = vec![ModelConfig {
+        id: "m".into(),
+        hosts: vec![],
+        deployments: vec![
+            DeploymentConfig {
+                id: "v1".into(),
+                provider: ProviderSpec::Static {
+                    endpoints: v1.clone(),
+                },
+            },
+            DeploymentConfig {
+                id: "v2".into(),
+                provider: ProviderSpec::Static { endpoints: v2 },
+            },
+        ],
+        environments: vec![EnvironmentConfig {
+            name: "production".into(),
+            hosts: vec![],
+            traffic: Traffic::Current {
+                deployment: "v1".into(),
+                replicas: v1.len() as u32,
+            },
+            promotion: PromotionConfig {
+                rolling: true,
+                rolling_config: RollingConfig {
+                    max_surge_percent: surge,
+                    ..RollingConfig::default()
+                },
+                ..PromotionConfig::default()
+            },
+            autoscaling: None,
+        }],
+    }];
+    let mut s = Settings::with_models(models);
+    s.listen = "127.0.0.1:0".parse().unwrap();
+    s.admin_listen = "127.0.0.1:0".parse().unwrap();
+    s
+}
+
+#[tokio::test]
+async fn static_endpoints_are_admitted_and_retired_by_the_rollout() {
+    let (a, b) = (named("v1").await, named("v1").await);
+    let (c, d) = (named("v2").await, named("v2").await);
+    let proxy = switchyard::server::start(static_models(
+        vec![a.addr, b.addr],
+        vec![c.addr, d.addr],
+        50,
+    ))
+    .unwrap();
+    // Before the promotion, unpinned traffic goes to v1 only.
+    assert_eq!(get(proxy.listen_addr, "/").await.text(), "v1");
+    proxy.controller().promote("m", "production", "v2").unwrap();
+    wait_for(&proxy, "SUCCEEDED", Duration::from_secs(10), |v| {
+        v.promotion
+            .as_ref()
+            .is_some_and(|p| p.status == Status::Succeeded)
+    })
+    .await;
+    let v = proxy.controller().environment("m", "production").unwrap();
+    assert_eq!(v.deployments["v2"].ready_replicas, 2);
+    assert_eq!(
+        v.deployments["v1"].ready_replicas, 0,
+        "retired after SCALE_TO_ZERO"
+    );
+    for _ in 0..10 {
+        assert_eq!(get(proxy.listen_addr, "/").await.text(), "v2");
+    }
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_promotion_needing_more_endpoints_than_listed_is_refused() {
+    let (a, b) = (named("v1").await, named("v1").await);
+    let c = named("v2").await;
+    let proxy =
+        switchyard::server::start(static_models(vec![a.addr, b.addr], vec![c.addr], 50)).unwrap();
+    let err = proxy
+        .controller()
+        .promote("m", "production", "v2")
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("lists 1 endpoints, but this promotion needs 2"),
+        "{err}"
+    );
+    assert!(proxy
+        .controller()
+        .environment("m", "production")
+        .unwrap()
+        .promotion
+        .is_none());
+    assert_eq!(get(proxy.listen_addr, "/").await.text(), "v1");
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_replica_that_crashes_after_becoming_ready_is_restarted() {
+    let mut s = rolling_settings(process(&[]));
+    s.models[0].environments[0].traffic = Traffic::Current {
+        deployment: "v1".into(),
+        replicas: 2,
+    };
+    let proxy = switchyard::server::start(s).unwrap();
+    wait_for(&proxy, "two replicas", Duration::from_secs(20), |v| {
+        v.deployments["v1"].ready_replicas == 2
+    })
+    .await;
+    // Kill one replica process from outside, as a crash would.
+    let snapshot = proxy.router().load_full();
+    let victim = snapshot.models[0].environments[0].pools[0].replicas[0].addr;
+    let pid = replica_pid(victim.port()).expect("no process serves the replica's port");
+    assert!(std::process::Command::new("kill")
+        .args(["-9", &pid])
+        .status()
+        .unwrap()
+        .success());
+    wait_for(&proxy, "the crash noticed", Duration::from_secs(5), |v| {
+        v.deployments["v1"].ready_replicas < 2
+    })
+    .await;
+    wait_for(
+        &proxy,
+        "a replacement ready",
+        Duration::from_secs(20),
+        |v| v.deployments["v1"].ready_replicas == 2,
+    )
+    .await;
+    // Requests keep working.
+    for _ in 0..5 {
+        let got = send(
+            proxy.listen_addr,
+            http::Request::post("/predict")
+                .header("host", "m")
+                .body(full("{}"))
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(got.status, 200);
+    }
+    proxy.shutdown().await;
+}
+
+/// The pid of the replica process started with `--port PORT`, from /proc.
+fn replica_pid(port: u16) -> Option<String> {
+    let want = format!("--port\0{port}\0");
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let name = e.file_name().to_string_lossy().into_owned();
+        name.parse::<u32>().ok()?;
+        let cmdline = std::fs::read(format!("/proc/{name}/cmdline")).ok()?;
+        String::from_utf8_lossy(&cmdline)
+            .contains(&want)
+            .then_some(name)
+    })
+}
