@@ -261,23 +261,54 @@ fn serve(flags: ServeFlags, check_only: bool) -> ExitCode {
                 return ExitCode::from(2);
             }
         }
-        let routing = switchyard::config::initial_routing(&settings.models);
-        for m in &routing.models {
+        for m in &settings.models {
             for e in &m.environments {
-                let split: Vec<String> = e
-                    .weights
-                    .iter()
-                    .map(|(d, w)| format!("{d}={:.2}%", f64::from(*w) / 1e4))
-                    .collect();
-                println!("model {} environment {}: {}", m.id, e.name, split.join(" "));
+                let traffic = match &e.traffic {
+                    switchyard::config::Traffic::Weights(w) => w
+                        .iter()
+                        .map(|(d, w)| format!("{d}={:.2}%", f64::from(*w) / 1e4))
+                        .collect::<Vec<_>>()
+                        .join(" "),
+                    switchyard::config::Traffic::Current {
+                        deployment,
+                        replicas,
+                    } => {
+                        let rolling = if e.promotion.rolling {
+                            "rolling"
+                        } else {
+                            "all at once"
+                        };
+                        let scale = match &e.autoscaling {
+                            Some(a) if a.enabled() => {
+                                format!("autoscaling {}-{}", a.min_replica, a.max_replica)
+                            }
+                            _ => format!("{replicas} replica(s)"),
+                        };
+                        format!("current {deployment} ({scale}; promotions {rolling})")
+                    }
+                };
+                println!("model {} environment {}: {traffic}", m.id, e.name);
             }
             for d in &m.deployments {
-                println!(
-                    "model {} deployment {}: {} replica(s)",
-                    m.id,
-                    d.id,
-                    d.replicas.len()
-                );
+                match &d.provider {
+                    switchyard::replicas::ProviderSpec::Static { endpoints } => {
+                        println!(
+                            "model {} deployment {}: {} static endpoint(s)",
+                            m.id,
+                            d.id,
+                            endpoints.len()
+                        )
+                    }
+                    switchyard::replicas::ProviderSpec::Process {
+                        command,
+                        health_path,
+                    } => println!(
+                        "model {} deployment {}: process {:?}, ready on {health_path}",
+                        m.id,
+                        d.id,
+                        command.join(" ")
+                    ),
+                }
             }
         }
         println!("config OK");
