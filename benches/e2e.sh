@@ -1,0 +1,414 @@
+#!/usr/bin/env bash
+# End-to-end throughput and latency: wrk against the upstream directly, against nginx as a
+# weighted proxy, and against switchyard with the same 90/10 split, in interleaved rounds.
+# Everything runs on 127.0.0.1 and stops by itself. See benches/README.md.
+#
+#   bash benches/e2e.sh                      # 5 rounds of 10 s per target
+#   DURATION=3 ROUNDS=2 bash benches/e2e.sh  # a quick look
+set -euo pipefail
+
+DURATION=${DURATION:-10}        # seconds per measured wrk run
+WARMUP=${WARMUP:-2}             # seconds of warm-up before each measured run (0 = none)
+ROUNDS=${ROUNDS:-5}             # interleaved rounds (direct, nginx, switchyard)
+CONNECTIONS=${CONNECTIONS:-64}  # wrk -c
+THREADS=${THREADS:-2}           # wrk -t
+WORKERS=${WORKERS:-2}           # switchyard --workers and nginx proxy worker_processes
+PORT_BASE=${PORT_BASE:-18100}   # ports PORT_BASE+1 .. PORT_BASE+5 on 127.0.0.1
+STRICT=${STRICT:-0}             # 1 = exit 1 when the acceptance check fails
+SKIP_BUILD=${SKIP_BUILD:-0}     # 1 = use the existing target/release/switchyard
+KEEP_WORK=${KEEP_WORK:-0}       # 1 = keep the temp dir (configs, logs, raw wrk output)
+MIN_RPS_RATIO=${MIN_RPS_RATIO:-0.85}
+MAX_P99_RATIO=${MAX_P99_RATIO:-1.3}
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+for v in DURATION WARMUP ROUNDS CONNECTIONS THREADS WORKERS PORT_BASE; do
+    [[ ${!v} =~ ^[0-9]+$ ]] || { echo "e2e: $v=${!v} is not a whole number" >&2; exit 2; }
+done
+(( DURATION >= 1 && ROUNDS >= 1 && CONNECTIONS >= THREADS && THREADS >= 1 )) ||
+    { echo "e2e: need DURATION>=1, ROUNDS>=1, CONNECTIONS>=THREADS>=1" >&2; exit 2; }
+
+P_V1=$((PORT_BASE + 1))     # nginx upstream, deployment v1
+P_V2=$((PORT_BASE + 2))     # nginx upstream, deployment v2
+P_NGINX=$((PORT_BASE + 3))  # nginx proxy baseline
+P_SY=$((PORT_BASE + 4))     # switchyard proxy
+P_ADMIN=$((PORT_BASE + 5))  # switchyard admin
+
+log() { printf '[e2e %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
+die() { log "ERROR: $*"; exit 2; }
+
+# ---------------------------------------------------------------------------------------------
+# Tools.
+
+ensure_tools() {
+    local missing=() pkgs=()
+    command -v nginx >/dev/null || missing+=(nginx)
+    command -v wrk >/dev/null || missing+=(wrk)
+    command -v curl >/dev/null || missing+=(curl)
+    command -v ss >/dev/null || missing+=(iproute2)
+    command -v pgrep >/dev/null || missing+=(procps)
+    ((${#missing[@]} == 0)) && return 0
+    [[ $EUID -eq 0 ]] || die "missing ${missing[*]}; run as root or install them"
+    log "installing: ${missing[*]}"
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null
+    for m in "${missing[@]}"; do
+        if [[ $m == nginx ]]; then
+            # nginx-light (bookworm) is the small build; newer releases only ship nginx.
+            if apt-cache policy nginx-light 2>/dev/null | grep -q 'Candidate: [0-9]'; then
+                pkgs+=(nginx-light)
+            else
+                pkgs+=(nginx)
+            fi
+        else
+            pkgs+=("$m")
+        fi
+    done
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${pkgs[@]}" >/dev/null ||
+        die "apt-get install ${pkgs[*]} failed"
+    command -v nginx >/dev/null && command -v wrk >/dev/null || die "nginx or wrk still missing"
+}
+
+build_switchyard() {
+    if [[ $SKIP_BUILD == 1 ]]; then
+        [[ -x target/release/switchyard ]] || die "SKIP_BUILD=1 but target/release/switchyard is missing"
+        return 0
+    fi
+    command -v cargo >/dev/null || die "cargo not found (install Rust, or SKIP_BUILD=1 with a built binary)"
+    log "cargo build --release (waits if another build holds the lock)"
+    cargo build --release --quiet || die "cargo build --release failed"
+}
+
+# ---------------------------------------------------------------------------------------------
+# Processes, and cleaning them up whatever happens.
+
+PIDS=()
+WRK_PID=""   # wrk runs in the background so that a signal interrupts `wait` at once
+WORK=""
+
+cleanup() {
+    local rc=$?
+    trap - EXIT INT TERM
+    local all=() p
+    for p in "${PIDS[@]}" ${WRK_PID:+"$WRK_PID"}; do
+        all+=("$p")
+        # nginx workers are children of the master: remember them before it goes.
+        for c in $(pgrep -P "$p" 2>/dev/null || true); do all+=("$c"); done
+    done
+    if ((${#all[@]})); then
+        kill -TERM "${all[@]}" 2>/dev/null || true
+        for _ in $(seq 50); do
+            local alive=0
+            for p in "${all[@]}"; do kill -0 "$p" 2>/dev/null && alive=1; done
+            ((alive)) || break
+            sleep 0.1
+        done
+        kill -KILL "${all[@]}" 2>/dev/null || true
+        wait 2>/dev/null || true
+    fi
+    if [[ -n $WORK && -d $WORK ]]; then
+        if [[ $KEEP_WORK == 1 ]]; then log "kept $WORK"; else rm -rf "$WORK"; fi
+    fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+port_free() { [[ -z $(ss -Hltn "( sport = :$1 )" 2>/dev/null) ]]; }
+
+wait_http() { # URL SECONDS [PID]: until URL answers 2xx
+    local url=$1 secs=$2 pid=${3:-}
+    for _ in $(seq $((secs * 10))); do
+        curl -fsS --max-time 1 -o /dev/null "$url" 2>/dev/null && return 0
+        if [[ -n $pid ]] && ! kill -0 "$pid" 2>/dev/null; then return 1; fi
+        sleep 0.1
+    done
+    return 1
+}
+
+nginx_user_line() {
+    [[ $EUID -eq 0 ]] || return 0
+    if getent group nogroup >/dev/null; then echo "user nobody nogroup;"
+    elif getent group nobody >/dev/null; then echo "user nobody nobody;"
+    else echo "user root root;"; fi
+}
+
+nginx_temp_paths() { # keeps nginx out of /var/lib/nginx
+    local name=$1 v
+    v=$(nginx -V 2>&1)
+    echo "client_body_temp_path $WORK/tmp/$name-body; proxy_temp_path $WORK/tmp/$name-proxy;"
+    [[ $v == *--without-http_fastcgi_module* ]] || echo "fastcgi_temp_path $WORK/tmp/$name-fastcgi;"
+    [[ $v == *--without-http_uwsgi_module* ]] || echo "uwsgi_temp_path $WORK/tmp/$name-uwsgi;"
+    [[ $v == *--without-http_scgi_module* ]] || echo "scgi_temp_path $WORK/tmp/$name-scgi;"
+}
+
+start_nginx() { # NAME: runs $WORK/NAME.conf in the foreground (daemon off) as our child
+    local name=$1
+    nginx -t -q -p "$WORK" -e "$WORK/$name-error.log" -c "$WORK/$name.conf" ||
+        die "nginx $name config test failed (see $WORK/$name.conf)"
+    nginx -p "$WORK" -e "$WORK/$name-error.log" -c "$WORK/$name.conf" \
+        >>"$WORK/$name-error.log" 2>&1 &
+    PIDS+=($!)
+    LAST_PID=$!
+}
+
+write_upstream_conf() {
+    mkdir -p "$WORK/www/v1" "$WORK/www/v2" "$WORK/tmp"
+    printf 'hello from v1\n' >"$WORK/www/v1/index.txt"
+    printf 'hello from v2\n' >"$WORK/www/v2/index.txt"
+    chmod -R a+rX "$WORK"
+    cat >"$WORK/upstream.conf" <<EOF
+$(nginx_user_line)
+daemon off;
+worker_processes 1;
+pid $WORK/upstream.pid;
+error_log $WORK/upstream-error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    default_type text/plain;
+    sendfile on;
+    tcp_nodelay on;
+    keepalive_timeout 65s;
+    keepalive_requests 100000;
+    open_file_cache max=16 inactive=60s;
+    $(nginx_temp_paths upstream)
+    server {
+        listen 127.0.0.1:$P_V1 backlog=4096;
+        root $WORK/www/v1;
+        location / { try_files /index.txt =404; }
+    }
+    server {
+        listen 127.0.0.1:$P_V2 backlog=4096;
+        root $WORK/www/v2;
+        location / { try_files /index.txt =404; }
+    }
+}
+EOF
+}
+
+write_proxy_conf() {
+    cat >"$WORK/proxy.conf" <<EOF
+$(nginx_user_line)
+daemon off;
+worker_processes $WORKERS;
+pid $WORK/proxy.pid;
+error_log $WORK/proxy-error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    tcp_nodelay on;
+    keepalive_timeout 65s;
+    keepalive_requests 100000;
+    $(nginx_temp_paths proxy)
+    upstream backends {
+        server 127.0.0.1:$P_V1 weight=9;
+        server 127.0.0.1:$P_V2 weight=1;
+        keepalive 256;
+        keepalive_requests 100000;
+    }
+    server {
+        listen 127.0.0.1:$P_NGINX backlog=4096;
+        location / {
+            proxy_pass http://backends;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }
+    }
+}
+EOF
+}
+
+# ---------------------------------------------------------------------------------------------
+# wrk.
+
+# Prints: rps p50_ms p99_ms requests non2xx socket_errors
+parse_wrk() {
+    awk '
+    function ms(v,   n, u) {
+        n = v + 0; u = v; sub(/^[0-9.]+/, "", u)
+        if (u == "us") return n / 1000
+        if (u == "ms") return n
+        if (u == "s")  return n * 1000
+        if (u == "m")  return n * 60000
+        if (u == "h")  return n * 3600000
+        return n
+    }
+    /^[ \t]*50%/ { p50 = ms($2) }
+    /^[ \t]*99%/ { p99 = ms($2) }
+    / requests in / { reqs = $1 }
+    /Non-2xx or 3xx responses:/ { non2xx = $NF }
+    /Socket errors:/ { gsub(",", ""); se = $4 + $6 + $8 + $10 }
+    /^Requests\/sec:/ { rps = $2 }
+    END {
+        if (rps == "" || p99 == "") exit 1
+        printf "%.2f %.3f %.3f %d %d %d\n", rps, p50, p99, reqs, non2xx, se
+    }' "$1"
+}
+
+run_wrk() { # OUTFILE URL SECONDS
+    local out=$1 url=$2 secs=$3
+    timeout $((secs + 30)) wrk -t"$THREADS" -c"$CONNECTIONS" -d"${secs}s" --timeout 5s --latency "$url" \
+        >"$out" 2>&1 &
+    WRK_PID=$!
+    wait "$WRK_PID" || { WRK_PID=""; cat "$out" >&2; die "wrk against $url failed"; }
+    WRK_PID=""
+}
+
+median() {
+    printf '%s\n' "$@" | sort -g | awk '{ a[NR] = $1 } END {
+        if (NR % 2) printf "%.3f\n", a[(NR + 1) / 2]; else printf "%.3f\n", (a[NR / 2] + a[NR / 2 + 1]) / 2 }'
+}
+
+cpu_busy_pct() { # CPU in use by anything over 1 s, from /proc/stat
+    local a b
+    read -ra a </proc/stat; sleep 1; read -ra b </proc/stat
+    awk -v u1="$((a[1] + a[2] + a[3] + a[6] + a[7]))" -v i1="$((a[4] + a[5]))" \
+        -v u2="$((b[1] + b[2] + b[3] + b[6] + b[7]))" -v i2="$((b[4] + b[5]))" \
+        'BEGIN { d = (u2 - u1) + (i2 - i1); printf "%d", (d > 0 ? 100 * (u2 - u1) / d : 0) }'
+}
+
+# ---------------------------------------------------------------------------------------------
+# Setup.
+
+ensure_tools
+build_switchyard
+busy=$(cpu_busy_pct)
+if ((busy > 20)); then
+    log "WARNING: the machine is already ${busy}% busy before the benchmark: figures will be noisy"
+fi
+BIN=$PWD/target/release/switchyard
+
+WORK=$(mktemp -d /tmp/switchyard-e2e.XXXXXX)
+for p in $P_V1 $P_V2 $P_NGINX $P_SY $P_ADMIN; do
+    port_free "$p" || die "port 127.0.0.1:$p is in use; pick another PORT_BASE"
+done
+
+write_upstream_conf
+start_nginx upstream
+for p in $P_V1 $P_V2; do
+    wait_http "http://127.0.0.1:$p/" 10 "$LAST_PID" || die "nginx upstream did not answer on :$p ($(tail -3 "$WORK/upstream-error.log"))"
+done
+
+write_proxy_conf
+start_nginx proxy
+wait_http "http://127.0.0.1:$P_NGINX/" 10 "$LAST_PID" || die "nginx proxy did not answer on :$P_NGINX ($(tail -3 "$WORK/proxy-error.log"))"
+
+RUST_LOG=${RUST_LOG:-warn} "$BIN" serve \
+    --listen "127.0.0.1:$P_SY" --admin-listen "127.0.0.1:$P_ADMIN" \
+    --upstream "v1=127.0.0.1:$P_V1" --upstream "v2=127.0.0.1:$P_V2" \
+    --weight v1=90 --weight v2=10 --workers "$WORKERS" --shutdown-grace-seconds 1 \
+    >"$WORK/switchyard.log" 2>&1 &
+SY_PID=$!
+PIDS+=("$SY_PID")
+wait_http "http://127.0.0.1:$P_ADMIN/readyz" 15 "$SY_PID" ||
+    die "switchyard not ready: $(tail -5 "$WORK/switchyard.log")"
+
+declare -A URL=(
+    [direct]="http://127.0.0.1:$P_V1/"
+    [nginx]="http://127.0.0.1:$P_NGINX/"
+    [switchyard]="http://127.0.0.1:$P_SY/"
+)
+TARGETS=(direct nginx switchyard)
+for t in "${TARGETS[@]}"; do
+    body=$(curl -fsS --max-time 5 "${URL[$t]}") || die "$t: ${URL[$t]} did not answer 2xx"
+    [[ $body == "hello from v"[12] ]] || die "$t: unexpected body '$body'"
+done
+
+log "nginx $(nginx -v 2>&1 | sed 's/.*\///'), $(wrk -v 2>&1 | head -1 | awk '{print $1, $2}'), switchyard $("$BIN" --version | awk '{print $2}')"
+log "$ROUNDS rounds x 3 targets x (${WARMUP}s warm-up + ${DURATION}s), wrk -t$THREADS -c$CONNECTIONS, switchyard/nginx workers=$WORKERS"
+
+# ---------------------------------------------------------------------------------------------
+# Rounds.
+
+declare -A RPS P50 P99 ERRS
+SY_ERRORS=0
+for ((r = 1; r <= ROUNDS; r++)); do
+    for t in "${TARGETS[@]}"; do
+        if ((WARMUP > 0)); then
+            run_wrk "$WORK/warmup-$t-$r.txt" "${URL[$t]}" "$WARMUP"
+            read -r _ _ _ _ wn ws < <(parse_wrk "$WORK/warmup-$t-$r.txt") || die "cannot parse wrk output"
+            if ((wn + ws > 0)); then
+                log "warm-up $t round $r: non-2xx=$wn socket errors=$ws"
+                if [[ $t == switchyard ]]; then SY_ERRORS=$((SY_ERRORS + wn + ws)); fi
+            fi
+        fi
+        out="$WORK/wrk-$t-$r.txt"
+        run_wrk "$out" "${URL[$t]}" "$DURATION"
+        read -r rps p50 p99 reqs n2 se < <(parse_wrk "$out") || { cat "$out" >&2; die "cannot parse wrk output"; }
+        RPS[$t,$r]=$rps; P50[$t,$r]=$p50; P99[$t,$r]=$p99; ERRS[$t,$r]="$n2/$se"
+        if ((n2 + se > 0)); then
+            log "$t round $r: non-2xx=$n2, $(grep 'Socket errors' "$out" | sed 's/^ *//' || echo 'socket errors: 0')"
+            if [[ $t == switchyard ]]; then SY_ERRORS=$((SY_ERRORS + n2 + se)); fi
+        fi
+        printf 'round %d  %-10s  %10.0f req/s  p50 %8.3f ms  p99 %8.3f ms  %9d requests  non-2xx/socket errors %s\n' \
+            "$r" "$t" "$rps" "$p50" "$p99" "$reqs" "${ERRS[$t,$r]}"
+        kill -0 "$SY_PID" 2>/dev/null || die "switchyard exited during the run: $(tail -5 "$WORK/switchyard.log")"
+    done
+done
+
+# ---------------------------------------------------------------------------------------------
+# Split, from switchyard's own metrics.
+
+metrics=$(curl -fsS --max-time 5 "http://127.0.0.1:$P_ADMIN/metrics") || die "cannot read switchyard /metrics"
+read -r v1 v2 bad < <(awk '
+    /^switchyard_requests_total\{/ {
+        dep = $0; sub(/.*deployment="/, "", dep); sub(/".*/, "", dep)
+        code = $0; sub(/.*code="/, "", code); sub(/".*/, "", code)
+        n = $NF + 0
+        if (dep == "v1") v1 += n; else if (dep == "v2") v2 += n
+        if (code !~ /^2/) bad += n
+    }
+    END { printf "%d %d %d\n", v1, v2, bad }' <<<"$metrics")
+upstream_errors=$(awk '/^switchyard_upstream_errors_total\{/ { s += $NF } END { printf "%d\n", s }' <<<"$metrics")
+
+# ---------------------------------------------------------------------------------------------
+# Report.
+
+echo
+echo "== e2e summary: median of $ROUNDS rounds, ${DURATION}s each, wrk -t$THREADS -c$CONNECTIONS =="
+((busy <= 20)) || echo "(the machine was ${busy}% busy before the run: figures are noisy)"
+printf '%-12s %12s %10s %10s   %s\n' target "req/s" "p50 ms" "p99 ms" "per round req/s | p99 ms"
+declare -A MED_RPS MED_P99
+for t in "${TARGETS[@]}"; do
+    rs=() ps=() p5=()
+    for ((r = 1; r <= ROUNDS; r++)); do rs+=("${RPS[$t,$r]}"); ps+=("${P99[$t,$r]}"); p5+=("${P50[$t,$r]}"); done
+    MED_RPS[$t]=$(median "${rs[@]}")
+    MED_P99[$t]=$(median "${ps[@]}")
+    printf '%-12s %12.0f %10.3f %10.3f   %s | %s\n' "$t" "${MED_RPS[$t]}" "$(median "${p5[@]}")" "${MED_P99[$t]}" \
+        "$(printf '%.0f ' "${rs[@]}")" "$(printf '%.2f ' "${ps[@]}")"
+done
+rps_ratio=$(awk -v a="${MED_RPS[switchyard]}" -v b="${MED_RPS[nginx]}" 'BEGIN { printf "%.3f", (b > 0 ? a / b : 0) }')
+p99_ratio=$(awk -v a="${MED_P99[switchyard]}" -v b="${MED_P99[nginx]}" 'BEGIN { printf "%.3f", (b > 0 ? a / b : 999) }')
+echo
+printf 'switchyard/nginx req/s ratio: %s  (want >= %s)\n' "$rps_ratio" "$MIN_RPS_RATIO"
+printf 'switchyard/nginx p99 ratio:   %s  (want <= %s)\n' "$p99_ratio" "$MAX_P99_RATIO"
+total=$((v1 + v2))
+if ((total > 0)); then
+    share=$(awk -v a="$v1" -v t="$total" 'BEGIN { printf "%.2f", 100 * a / t }')
+    printf 'switchyard split (from /metrics): v1 %d (%s%%), v2 %d (%s%%), want 90/10\n' \
+        "$v1" "$share" "$v2" "$(awk -v s="$share" 'BEGIN { printf "%.2f", 100 - s }')"
+    split_ok=$(awk -v s="$share" 'BEGIN { print (s >= 88 && s <= 92) ? 1 : 0 }')
+else
+    echo "switchyard split: no switchyard_requests_total series for v1/v2 in /metrics"
+    split_ok=0
+fi
+printf 'switchyard errors: wrk non-2xx + socket errors %d, non-2xx in /metrics %d, upstream errors in /metrics %d\n' \
+    "$SY_ERRORS" "$bad" "$upstream_errors"
+
+pass=$(awk -v r="$rps_ratio" -v p="$p99_ratio" -v mr="$MIN_RPS_RATIO" -v mp="$MAX_P99_RATIO" \
+    'BEGIN { print (r >= mr && p <= mp) ? 1 : 0 }')
+echo
+if ((pass)); then
+    echo "PASS: req/s ratio $rps_ratio >= $MIN_RPS_RATIO and p99 ratio $p99_ratio <= $MAX_P99_RATIO"
+else
+    echo "FAIL: req/s ratio $rps_ratio (want >= $MIN_RPS_RATIO), p99 ratio $p99_ratio (want <= $MAX_P99_RATIO)"
+fi
+((split_ok)) || echo "WARNING: the observed split is not within 88-92% for v1"
+
+if ((SY_ERRORS > 0 || bad > 0)); then
+    echo "ERROR: switchyard answered with errors (see above)"
+    exit 1
+fi
+if ((!pass)) && [[ $STRICT == 1 ]]; then exit 1; fi
+exit 0
