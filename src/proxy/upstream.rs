@@ -96,6 +96,11 @@ pub enum ConnectError {
     Handshake(#[from] hyper::Error),
 }
 
+/// Read buffer of an upstream connection. hyper's default grows from 8 KiB; a fixed 4 KiB keeps
+/// a proxied connection pair under 40 kB while inference responses (small SSE chunks, JSON)
+/// still arrive in one read.
+const UPSTREAM_READ_BUFFER: usize = 4096;
+
 /// Opens a new connection (TCP_NODELAY) and spawns its driver task on the current runtime.
 pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<Sender, ConnectError> {
     let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
@@ -103,6 +108,7 @@ pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<Sender, Conn
         .map_err(|_| ConnectError::Timeout(timeout))??;
     stream.set_nodelay(true)?;
     let (sender, conn) = http1::Builder::new()
+        .read_buf_exact_size(Some(UPSTREAM_READ_BUFFER))
         .handshake(TokioIo::new(stream))
         .await?;
     tokio::spawn(async move {
