@@ -124,6 +124,9 @@ struct ServeArgs {
     /// Validate the configuration (and TLS files), print a summary and exit without serving.
     #[arg(long)]
     check_config: bool,
+    /// Management API key (at least 16 characters); without it one is generated and printed.
+    #[arg(long, env = "SWITCHYARD_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
 }
 
 impl From<ServeArgs> for ServeFlags {
@@ -142,6 +145,7 @@ impl From<ServeArgs> for ServeFlags {
             tls_key: a.tls_key,
             no_deployment_header: a.no_deployment_header,
             shutdown_grace_seconds: a.shutdown_grace_seconds,
+            api_key: a.api_key,
         }
     }
 }
@@ -314,6 +318,7 @@ fn serve(flags: ServeFlags, check_only: bool) -> ExitCode {
         println!("config OK");
         return ExitCode::SUCCESS;
     }
+    let key_configured = settings.api_key.is_some();
     let proxy = match switchyard::server::start(settings) {
         Ok(p) => p,
         Err(e) => {
@@ -322,9 +327,15 @@ fn serve(flags: ServeFlags, check_only: bool) -> ExitCode {
         }
     };
     eprintln!(
-        "switchyard: proxy on http://{}  admin on http://{} (/metrics /livez /readyz)",
+        "switchyard: proxy on http://{}  admin on http://{} (/metrics /livez /readyz, API under /v1)",
         proxy.listen_addr, proxy.admin_addr
     );
+    if std::env::var_os("SWITCHYARD_API_KEY").is_none() && !key_configured {
+        eprintln!(
+            "switchyard: generated API key (set SWITCHYARD_API_KEY to choose one): {}",
+            proxy.api_key
+        );
+    }
     if let Err(e) = wait_for_signal() {
         eprintln!("switchyard: cannot wait for signals: {e}");
     }

@@ -56,6 +56,8 @@ pub enum StartError {
 pub struct RunningProxy {
     pub listen_addr: SocketAddr,
     pub admin_addr: SocketAddr,
+    /// The management API key (configured, or generated at start).
+    pub api_key: Arc<str>,
     router: Arc<Router>,
     health: Arc<Health>,
     stop: watch::Sender<bool>,
@@ -165,9 +167,19 @@ pub fn start(settings: Settings) -> Result<RunningProxy, StartError> {
             .map_err(StartError::Thread)?;
         workers.push(handle);
     }
+    let api_key: Arc<str> = settings
+        .api_key
+        .clone()
+        .unwrap_or_else(crate::api::auth::generate)
+        .into();
     let admin_state = admin::AdminState {
         metrics,
         health: health.clone(),
+        api: crate::api::ApiState {
+            controller: controller.clone(),
+            api_key: api_key.clone(),
+            started: std::time::SystemTime::now(),
+        },
     };
     let (admin_stop, admin_stop_rx) = oneshot::channel();
     let admin = std::thread::Builder::new()
@@ -179,6 +191,7 @@ pub fn start(settings: Settings) -> Result<RunningProxy, StartError> {
     Ok(RunningProxy {
         listen_addr,
         admin_addr,
+        api_key,
         router,
         health,
         stop,

@@ -5,13 +5,14 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{header, Method, Request, Response, StatusCode};
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use tokio::sync::oneshot;
 
+use crate::api::{ApiBody, ApiState};
 use crate::metrics::Metrics;
 use crate::server::Health;
 
@@ -19,6 +20,15 @@ use crate::server::Health;
 pub struct AdminState {
     pub metrics: Metrics,
     pub health: Arc<Health>,
+    pub api: ApiState,
+}
+
+/// Routes an admin request: `/v1/...` to the management API, the rest to [`handle`].
+pub async fn route(state: &AdminState, req: Request<Incoming>) -> Response<ApiBody> {
+    if req.uri().path().starts_with("/v1/") || req.uri().path() == "/v1" {
+        return crate::api::handle(&state.api, req).await;
+    }
+    handle(state, &req).map(|b| b.map_err(|e| match e {}).boxed())
 }
 
 /// Answers one admin request.
@@ -51,7 +61,7 @@ pub fn handle(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Byte
         "/readyz" => text(StatusCode::OK, "ready\n"),
         _ => text(
             StatusCode::NOT_FOUND,
-            "not found: try /metrics, /livez or /readyz\n",
+            "not found: try /metrics, /livez, /readyz or the API under /v1\n",
         ),
     }
 }
@@ -87,8 +97,8 @@ pub fn run(listener: std::net::TcpListener, state: AdminState, mut stop: oneshot
                     let builder = builder.clone();
                     tokio::spawn(async move {
                         let svc = service_fn(move |req| {
-                            let resp = handle(&state, &req);
-                            async move { Ok::<_, Infallible>(resp) }
+                            let state = state.clone();
+                            async move { Ok::<_, Infallible>(route(&state, req).await) }
                         });
                         let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
                     });

@@ -90,6 +90,8 @@ pub struct Settings {
     pub shutdown_grace: Duration,
     pub upstream: UpstreamSettings,
     pub models: Vec<ModelConfig>,
+    /// Management API key; `None`: one is generated at start and printed.
+    pub api_key: Option<String>,
 }
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -113,6 +115,7 @@ impl Settings {
             shutdown_grace: Duration::from_secs(30),
             upstream: UpstreamSettings::default(),
             models,
+            api_key: None,
         }
     }
 }
@@ -149,6 +152,7 @@ struct ServerSection {
     deployment_header: Option<bool>,
     shutdown_grace_seconds: Option<f64>,
     tls: Option<TlsSection>,
+    api_key: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -286,6 +290,9 @@ fn from_file(f: FileConfig) -> Result<Settings, ConfigError> {
     }
     if let Some(v) = f.server.shutdown_grace_seconds {
         s.shutdown_grace = seconds("server.shutdown_grace_seconds", v, 0.0, 86_400.0)?;
+    }
+    if let Some(k) = f.server.api_key {
+        s.api_key = Some(check_api_key("server.api_key", k)?);
     }
     if let Some(t) = f.server.tls {
         s.tls = Some(TlsFiles {
@@ -590,6 +597,13 @@ fn check_id(field: &str, id: &str) -> Result<(), ConfigError> {
     }
 }
 
+fn check_api_key(field: &str, key: String) -> Result<String, ConfigError> {
+    if key.len() < 16 || key.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(err(field, "must be at least 16 characters with no spaces"));
+    }
+    Ok(key)
+}
+
 fn check_workers(field: &str, w: usize) -> Result<usize, ConfigError> {
     match w {
         0 => Ok(default_workers()),
@@ -663,6 +677,7 @@ pub struct ServeFlags {
     pub tls_key: Option<PathBuf>,
     pub no_deployment_header: bool,
     pub shutdown_grace_seconds: Option<f64>,
+    pub api_key: Option<String>,
 }
 
 impl ServeFlags {
@@ -708,6 +723,9 @@ impl ServeFlags {
             (Some(_), None) => return Err(err("--tls-key", "is required with --tls-cert")),
             (None, Some(_)) => return Err(err("--tls-cert", "is required with --tls-key")),
             (None, None) => {}
+        }
+        if let Some(k) = self.api_key.clone() {
+            s.api_key = Some(check_api_key("SWITCHYARD_API_KEY", k)?);
         }
         if self.no_deployment_header {
             s.deployment_header = false;

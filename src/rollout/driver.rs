@@ -84,8 +84,17 @@ pub struct EnvironmentView {
     /// The running promotion, or the last one (terminal) when none runs.
     pub promotion: Option<PromotionView>,
     pub settings: PromotionConfig,
+    pub autoscaling: Option<super::autoscale::AutoscalingSettings>,
     /// Replica state of every deployment of the model.
     pub deployments: BTreeMap<String, DeploymentView>,
+}
+
+/// A model and the names of its deployments and environments.
+#[derive(Debug, Clone, Serialize)]
+pub struct ModelSummary {
+    pub id: String,
+    pub deployments: Vec<String>,
+    pub environments: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -608,8 +617,21 @@ impl Controller {
             candidate_deployment,
             promotion,
             settings: env.settings.clone(),
+            autoscaling: env.autoscaler.as_ref().map(|a| a.settings),
             deployments,
         })
+    }
+
+    pub fn models(&self) -> Vec<ModelSummary> {
+        self.lock()
+            .models
+            .iter()
+            .map(|m| ModelSummary {
+                id: m.id.clone(),
+                deployments: m.deployments.iter().map(|d| d.id.clone()).collect(),
+                environments: m.environments.iter().map(|e| e.name.clone()).collect(),
+            })
+            .collect()
     }
 
     pub fn events(&self, model: &str, environment: &str) -> Result<Vec<Event>, ControllerError> {

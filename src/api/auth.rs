@@ -1,0 +1,63 @@
+//! API keys: `Authorization: Api-Key <key>` or `Authorization: Bearer <key>`, compared in
+//! constant time.
+
+use http::{header, HeaderMap, Response, StatusCode};
+
+use super::{error, ApiBody};
+
+/// Where the key comes from: `SWITCHYARD_API_KEY`, the config, or generated at start.
+pub fn generate() -> String {
+    let bytes: [u8; 20] = rand::random();
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+pub fn check(key: &str, headers: &HeaderMap) -> Result<(), Response<ApiBody>> {
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Api-Key ")
+                .or_else(|| v.strip_prefix("Bearer "))
+        })
+        .map(str::trim);
+    match given {
+        Some(g) if constant_time_eq(g.as_bytes(), key.as_bytes()) => Ok(()),
+        Some(_) => Err(error(StatusCode::UNAUTHORIZED, "wrong API key")),
+        None => Err(error(
+            StatusCode::UNAUTHORIZED,
+            "missing API key: send `Authorization: Api-Key <key>` (the key is SWITCHYARD_API_KEY, or the one switchyard printed at start)",
+        )),
+    }
+}
+
+/// Equal length and content, taking the same time whatever the first difference.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_both_schemes_and_rejects_others() {
+        let mut h = HeaderMap::new();
+        assert!(check("k1", &h).is_err());
+        h.insert(header::AUTHORIZATION, "Api-Key k1".parse().unwrap());
+        assert!(check("k1", &h).is_ok());
+        h.insert(header::AUTHORIZATION, "Bearer k1".parse().unwrap());
+        assert!(check("k1", &h).is_ok());
+        h.insert(header::AUTHORIZATION, "Bearer k2".parse().unwrap());
+        assert_eq!(
+            check("k1", &h).unwrap_err().status(),
+            StatusCode::UNAUTHORIZED
+        );
+        h.insert(header::AUTHORIZATION, "Basic k1".parse().unwrap());
+        assert!(check("k1", &h).is_err());
+        assert!(!constant_time_eq(b"k1", b"k10"));
+        assert_eq!(generate().len(), 40);
+    }
+}

@@ -1,0 +1,282 @@
+//! The management API (Baseten-shaped), served on the admin listener under `/v1`.
+//!
+//! Paths, JSON shapes and enums follow Baseten's API (`shared/reference/baseten-api.md`), so
+//! scripts written for Baseten carry over: unset nullable fields are sent as `null`, control
+//! actions answer `{"success": true}` (cancel: `{"status", "message"}`), errors are
+//! `{"error": "<what to do>"}` with 400, 401, 404 or 409.
+
+pub mod auth;
+mod json;
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use http::{header, Method, Request, Response, StatusCode};
+use http_body_util::{combinators::BoxBody, BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use serde_json::{json, Value};
+
+use crate::rollout::driver::{Controller, ControllerError};
+use crate::rollout::machine::Status;
+
+pub type ApiBody = BoxBody<Bytes, Infallible>;
+
+/// What the API handlers share.
+#[derive(Clone)]
+pub struct ApiState {
+    pub controller: Arc<Controller>,
+    pub api_key: Arc<str>,
+    /// Reported as `created_at` of models, deployments and environments.
+    pub started: SystemTime,
+}
+
+/// Largest request body the API reads.
+const MAX_BODY: usize = 64 * 1024;
+
+pub fn json_response(status: StatusCode, v: &Value) -> Response<ApiBody> {
+    let mut r = Response::new(Full::new(Bytes::from(v.to_string())).boxed());
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+pub fn error(status: StatusCode, message: impl Into<String>) -> Response<ApiBody> {
+    json_response(status, &json!({ "error": message.into() }))
+}
+
+fn controller_error(e: ControllerError) -> Response<ApiBody> {
+    let status = match &e {
+        ControllerError::UnknownModel(_)
+        | ControllerError::UnknownEnvironment { .. }
+        | ControllerError::UnknownDeployment { .. } => StatusCode::NOT_FOUND,
+        ControllerError::PromotionInProgress(_)
+        | ControllerError::NoPromotion(_)
+        | ControllerError::FixedSplit(_)
+        | ControllerError::SharedDeployment { .. }
+        | ControllerError::AlreadyCurrent(_)
+        | ControllerError::Control(_) => StatusCode::CONFLICT,
+        ControllerError::NotEnoughEndpoints { .. } | ControllerError::Settings(_) => {
+            StatusCode::BAD_REQUEST
+        }
+    };
+    error(status, e.to_string())
+}
+
+/// Answers a request under `/v1`.
+pub async fn handle(state: &ApiState, req: Request<Incoming>) -> Response<ApiBody> {
+    if let Err(resp) = auth::check(&state.api_key, req.headers()) {
+        return resp;
+    }
+    let path = req.uri().path().trim_end_matches('/').to_owned();
+    let segments: Vec<&str> = path.split('/').skip(2).collect(); // "", "v1", ...
+    let method = req.method().clone();
+    let wants_stream = req
+        .headers()
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("text/event-stream"));
+    let body = match read_body(req).await {
+        Ok(b) => b,
+        Err(resp) => return resp,
+    };
+    let c = &state.controller;
+    match (method, segments.as_slice()) {
+        (Method::GET, ["models"]) => {
+            let models: Vec<Value> = c.models().iter().map(|m| json::model(state, m)).collect();
+            json_response(StatusCode::OK, &json!({ "models": models }))
+        }
+        (Method::GET, ["models", m]) => match c.models().into_iter().find(|x| x.id == *m) {
+            Some(model) => json_response(StatusCode::OK, &json::model(state, &model)),
+            None => controller_error(ControllerError::UnknownModel((*m).to_owned())),
+        },
+        (Method::GET, ["models", m, "deployments"]) => match json::deployments(state, m) {
+            Ok(list) => json_response(StatusCode::OK, &json!({ "deployments": list })),
+            Err(e) => controller_error(e),
+        },
+        (Method::GET, ["models", m, "deployments", d]) => match json::deployments(state, m) {
+            Ok(list) => match list.into_iter().find(|x| x["id"] == *d) {
+                Some(dep) => json_response(StatusCode::OK, &dep),
+                None => controller_error(ControllerError::UnknownDeployment {
+                    model: (*m).to_owned(),
+                    deployment: (*d).to_owned(),
+                }),
+            },
+            Err(e) => controller_error(e),
+        },
+        (Method::GET, ["models", m, "environments"]) => {
+            let Some(model) = c.models().into_iter().find(|x| x.id == *m) else {
+                return controller_error(ControllerError::UnknownModel((*m).to_owned()));
+            };
+            let envs: Result<Vec<Value>, _> = model
+                .environments
+                .iter()
+                .map(|e| json::environment(state, m, e))
+                .collect();
+            match envs {
+                Ok(envs) => json_response(StatusCode::OK, &json!({ "environments": envs })),
+                Err(e) => controller_error(e),
+            }
+        }
+        (Method::GET, ["models", m, "environments", e]) => match json::environment(state, m, e) {
+            Ok(v) => json_response(StatusCode::OK, &v),
+            Err(err) => controller_error(err),
+        },
+        (Method::GET, ["models", m, "environments", e, "events"]) => {
+            if wants_stream {
+                return match events_stream(state, m, e) {
+                    Ok(r) => r,
+                    Err(err) => controller_error(err),
+                };
+            }
+            match c.events(m, e) {
+                Ok(events) => json_response(
+                    StatusCode::OK,
+                    &json!({ "events": events.iter().map(|ev| json::event(state.started, ev)).collect::<Vec<_>>() }),
+                ),
+                Err(err) => controller_error(err),
+            }
+        }
+        (Method::POST, ["models", m, "environments", e, "promote"]) => {
+            let deployment = match json::promote_request(&body) {
+                Ok(d) => d,
+                Err(msg) => return error(StatusCode::BAD_REQUEST, msg),
+            };
+            if let Err(err) = c.promote(m, e, &deployment) {
+                return controller_error(err);
+            }
+            match json::deployments(state, m) {
+                Ok(list) => json_response(
+                    StatusCode::OK,
+                    &list
+                        .into_iter()
+                        .find(|x| x["id"] == deployment.as_str())
+                        .unwrap_or(Value::Null),
+                ),
+                Err(err) => controller_error(err),
+            }
+        }
+        (Method::POST, ["models", m, "environments", e, action]) => {
+            if let Err(msg) = json::empty_object(&body) {
+                return error(StatusCode::BAD_REQUEST, msg);
+            }
+            let result = match *action {
+                "pause_promotion" => c.pause(m, e),
+                "resume_promotion" => c.resume(m, e),
+                "cancel_promotion" => c.cancel(m, e),
+                "force_cancel_promotion" => c.force_cancel(m, e),
+                "force_roll_forward_promotion" => c.force_roll_forward(m, e),
+                _ => return not_found(&path),
+            };
+            match (result, *action) {
+                (Ok(status), "cancel_promotion") => {
+                    let message = if status == Status::Canceled {
+                        format!("Promotion to {e} was successfully canceled.")
+                    } else {
+                        format!(
+                            "Promotion to {e} is ramping traffic back to the previous deployment."
+                        )
+                    };
+                    json_response(
+                        StatusCode::OK,
+                        &json!({ "status": status.as_str(), "message": message }),
+                    )
+                }
+                (Ok(_), _) => json_response(StatusCode::OK, &json!({ "success": true })),
+                (Err(err), _) => controller_error(err),
+            }
+        }
+        (Method::GET | Method::POST, _) => not_found(&path),
+        (m, _) => error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            format!("{m} is not supported on {path}"),
+        ),
+    }
+}
+
+fn not_found(path: &str) -> Response<ApiBody> {
+    error(
+        StatusCode::NOT_FOUND,
+        format!("no API route {path}; see /openapi.json"),
+    )
+}
+
+async fn read_body(req: Request<Incoming>) -> Result<Bytes, Response<ApiBody>> {
+    match Limited::new(req.into_body(), MAX_BODY).collect().await {
+        Ok(b) => Ok(b.to_bytes()),
+        Err(_) => Err(error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("request body is over {MAX_BODY} bytes"),
+        )),
+    }
+}
+
+/// `text/event-stream` of an environment's new events, one `data:` line of JSON each.
+fn events_stream(
+    state: &ApiState,
+    model: &str,
+    environment: &str,
+) -> Result<Response<ApiBody>, ControllerError> {
+    state.controller.events(model, environment)?; // 404 for unknown names
+    let mut rx = state.controller.subscribe();
+    let (tx, body_rx) = tokio::sync::mpsc::channel::<Bytes>(64);
+    let (model, environment) = (model.to_owned(), environment.to_owned());
+    let started = state.started;
+    tokio::spawn(async move {
+        if tx
+            .send(Bytes::from_static(b": switchyard events\n\n"))
+            .await
+            .is_err()
+        {
+            return;
+        }
+        loop {
+            let next = tokio::time::timeout(std::time::Duration::from_secs(15), rx.recv()).await;
+            let chunk = match next {
+                // Comments keep idle connections (and proxies in between) open.
+                Err(_) => Bytes::from_static(b": keep-alive\n\n"),
+                Ok(Ok(ev)) if ev.model == model && ev.environment == environment => {
+                    Bytes::from(format!("data: {}\n\n", json::event(started, &ev.event)))
+                }
+                Ok(Ok(_)) => continue,
+                Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(n))) => {
+                    Bytes::from(format!(": {n} events were dropped (slow reader)\n\n"))
+                }
+                Ok(Err(_)) => return,
+            };
+            if tx.send(chunk).await.is_err() {
+                return; // the client went away
+            }
+        }
+    });
+    let mut r = Response::new(ChannelBody(body_rx).boxed());
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/event-stream"),
+    );
+    r.headers_mut().insert(
+        header::CACHE_CONTROL,
+        header::HeaderValue::from_static("no-cache"),
+    );
+    Ok(r)
+}
+
+struct ChannelBody(tokio::sync::mpsc::Receiver<Bytes>);
+
+impl http_body::Body for ChannelBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Infallible>>> {
+        self.0
+            .poll_recv(cx)
+            .map(|o| o.map(|b| Ok(http_body::Frame::data(b))))
+    }
+}
