@@ -1,9 +1,7 @@
 //! API keys: `Authorization: Api-Key <key>` or `Authorization: Bearer <key>`, compared in
 //! constant time.
 
-use http::{header, HeaderMap, Response, StatusCode};
-
-use super::{error, ApiBody};
+use http::{header, HeaderMap};
 
 /// Where the key comes from: `SWITCHYARD_API_KEY`, the config, or generated at start.
 pub fn generate() -> String {
@@ -11,7 +9,8 @@ pub fn generate() -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-pub fn check(key: &str, headers: &HeaderMap) -> Result<(), Response<ApiBody>> {
+/// `Err` carries the message for the 401.
+pub fn check(key: &str, headers: &HeaderMap) -> Result<(), &'static str> {
     let given = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -22,11 +21,8 @@ pub fn check(key: &str, headers: &HeaderMap) -> Result<(), Response<ApiBody>> {
         .map(str::trim);
     match given {
         Some(g) if constant_time_eq(g.as_bytes(), key.as_bytes()) => Ok(()),
-        Some(_) => Err(error(StatusCode::UNAUTHORIZED, "wrong API key")),
-        None => Err(error(
-            StatusCode::UNAUTHORIZED,
-            "missing API key: send `Authorization: Api-Key <key>` (the key is SWITCHYARD_API_KEY, or the one switchyard printed at start)",
-        )),
+        Some(_) => Err("wrong API key"),
+        None => Err("missing API key: send `Authorization: Api-Key <key>` (the key is SWITCHYARD_API_KEY, or the one switchyard printed at start)"),
     }
 }
 

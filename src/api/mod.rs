@@ -69,8 +69,8 @@ fn controller_error(e: ControllerError) -> Response<ApiBody> {
 
 /// Answers a request under `/v1`.
 pub async fn handle(state: &ApiState, req: Request<Incoming>) -> Response<ApiBody> {
-    if let Err(resp) = auth::check(&state.api_key, req.headers()) {
-        return resp;
+    if let Err(msg) = auth::check(&state.api_key, req.headers()) {
+        return error(StatusCode::UNAUTHORIZED, msg);
     }
     let path = req.uri().path().trim_end_matches('/').to_owned();
     let segments: Vec<&str> = path.split('/').skip(2).collect(); // "", "v1", ...
@@ -80,9 +80,14 @@ pub async fn handle(state: &ApiState, req: Request<Incoming>) -> Response<ApiBod
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.contains("text/event-stream"));
-    let body = match read_body(req).await {
-        Ok(b) => b,
-        Err(resp) => return resp,
+    let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => {
+            return error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("request body is over {MAX_BODY} bytes"),
+            )
+        }
     };
     let c = &state.controller;
     match (method, segments.as_slice()) {
@@ -203,16 +208,6 @@ fn not_found(path: &str) -> Response<ApiBody> {
         StatusCode::NOT_FOUND,
         format!("no API route {path}; see /openapi.json"),
     )
-}
-
-async fn read_body(req: Request<Incoming>) -> Result<Bytes, Response<ApiBody>> {
-    match Limited::new(req.into_body(), MAX_BODY).collect().await {
-        Ok(b) => Ok(b.to_bytes()),
-        Err(_) => Err(error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("request body is over {MAX_BODY} bytes"),
-        )),
-    }
 }
 
 /// `text/event-stream` of an environment's new events, one `data:` line of JSON each.
