@@ -21,11 +21,59 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the proxy and its admin listener.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Print the steps of a rolling deployment (pure arithmetic; contacts nothing).
     Plan(PlanArgs),
     /// Run the built-in model server (OpenAI-style completions, /predict, /healthz).
     Replica(ReplicaArgs),
+    /// Show an environment: current deployment, promotion status, replicas.
+    Status(ClientArgs),
+    /// Promote a deployment to the environment (with --watch: follow it to the end).
+    Promote {
+        /// The deployment to promote.
+        deployment: String,
+        #[command(flatten)]
+        args: ClientArgs,
+    },
+    /// Pause the promotion at the next step boundary.
+    Pause(ClientArgs),
+    /// Resume a paused promotion.
+    Resume(ClientArgs),
+    /// Cancel: ramp traffic back to the previous deployment.
+    Cancel(ClientArgs),
+    /// Cancel at once: all traffic back to the previous deployment now.
+    ForceCancel(ClientArgs),
+    /// Finish at once: all traffic to the candidate at the next step boundary.
+    ForceRollForward(ClientArgs),
+    /// The environment's event log.
+    Events(ClientArgs),
+    /// The model's deployments and their replicas.
+    Deployments(ClientArgs),
+}
+
+/// Options of the commands that talk to a running switchyard's management API. The API key
+/// comes from SWITCHYARD_API_KEY.
+#[derive(Args)]
+struct ClientArgs {
+    /// The admin listener of the switchyard to talk to.
+    #[arg(
+        long,
+        env = "SWITCHYARD_ADMIN_URL",
+        default_value = "http://127.0.0.1:9090"
+    )]
+    admin_url: String,
+    /// Model id [default: the only one].
+    #[arg(long)]
+    model: Option<String>,
+    /// Environment [default: the only one, else production].
+    #[arg(long)]
+    environment: Option<String>,
+    /// Follow the promotion until it ends: exit 0 SUCCEEDED, 1 FAILED, 3 CANCELED.
+    #[arg(long)]
+    watch: bool,
+    /// Print the API's JSON instead of text.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -162,10 +210,173 @@ fn main() -> ExitCode {
     match Cli::parse().command {
         Command::Serve(args) => {
             let check = args.check_config;
-            serve(args.into(), check)
+            serve((*args).into(), check)
         }
+        Command::Status(a) => client_command(a, Action::Status),
+        Command::Promote { deployment, args } => client_command(args, Action::Promote(deployment)),
+        Command::Pause(a) => client_command(a, Action::Signal("pause_promotion")),
+        Command::Resume(a) => client_command(a, Action::Signal("resume_promotion")),
+        Command::Cancel(a) => client_command(a, Action::Signal("cancel_promotion")),
+        Command::ForceCancel(a) => client_command(a, Action::Signal("force_cancel_promotion")),
+        Command::ForceRollForward(a) => {
+            client_command(a, Action::Signal("force_roll_forward_promotion"))
+        }
+        Command::Events(a) => client_command(a, Action::Events),
+        Command::Deployments(a) => client_command(a, Action::Deployments),
         Command::Plan(args) => plan(args),
         Command::Replica(args) => replica(args),
+    }
+}
+
+enum Action {
+    Status,
+    Promote(String),
+    Signal(&'static str),
+    Events,
+    Deployments,
+}
+
+fn client_command(a: ClientArgs, action: Action) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("switchyard: cannot start a runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run_client(a, action)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("switchyard: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run_client(
+    a: ClientArgs,
+    action: Action,
+) -> Result<ExitCode, switchyard::client::ClientError> {
+    use serde_json::json;
+    use switchyard::client::{exit_code_for, progress_line, Client};
+    let key = std::env::var("SWITCHYARD_API_KEY")
+        .ok()
+        .filter(|k| !k.is_empty());
+    let client = Client::new(&a.admin_url, key)?;
+    let (model, env) = client.target(a.model, a.environment).await?;
+    let base = format!("/v1/models/{model}/environments/{env}");
+    let print =
+        |v: &serde_json::Value| println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+    match action {
+        Action::Status if !a.watch => {
+            let v = client.get(&base).await?;
+            if a.json {
+                print(&v);
+            } else {
+                let current = v["current_deployment"]["id"].as_str().unwrap_or("-");
+                println!("{model}/{env}: current deployment {current}");
+                println!("{}", progress_line(&v));
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        Action::Status => {}
+        Action::Promote(d) => {
+            let v = client
+                .call(
+                    http::Method::POST,
+                    &format!("{base}/promote"),
+                    Some(json!({ "deployment_id": d })),
+                )
+                .await?;
+            if !a.watch {
+                if a.json {
+                    print(&v);
+                } else {
+                    println!(
+                        "promoting {d} to {model}/{env}; follow it with: switchyard status --watch"
+                    );
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
+        }
+        Action::Signal(path) => {
+            let v = client
+                .call(http::Method::POST, &format!("{base}/{path}"), None)
+                .await?;
+            if a.json {
+                print(&v);
+            } else if let Some(status) = v["status"].as_str() {
+                println!("{status}: {}", v["message"].as_str().unwrap_or(""));
+            } else {
+                println!("ok");
+            }
+            if !a.watch {
+                return Ok(ExitCode::SUCCESS);
+            }
+        }
+        Action::Events => {
+            let v = client.get(&format!("{base}/events")).await?;
+            if a.json {
+                print(&v);
+            } else {
+                for e in v["events"].as_array().into_iter().flatten() {
+                    println!(
+                        "{}  {:<12} {:>3}%  candidate {:>3}  previous {:>3}  {}",
+                        e["at"].as_str().unwrap_or(""),
+                        e["status"].as_str().unwrap_or(""),
+                        e["percent_traffic_to_new_version"],
+                        e["candidate_replicas"],
+                        e["previous_replicas"],
+                        e["reason"].as_str().unwrap_or("")
+                    );
+                }
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        Action::Deployments => {
+            let v = client
+                .get(&format!("/v1/models/{model}/deployments"))
+                .await?;
+            if a.json {
+                print(&v);
+            } else {
+                for d in v["deployments"].as_array().into_iter().flatten() {
+                    let r = &d["replicas"];
+                    println!(
+                        "{:<16} {:<15} {} ready / {} desired  env {}",
+                        d["id"].as_str().unwrap_or(""),
+                        d["status"].as_str().unwrap_or(""),
+                        r["ready"],
+                        r["desired"],
+                        d["environment"].as_str().unwrap_or("-")
+                    );
+                }
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+    }
+    // --watch: follow the promotion until a terminal status.
+    let mut last = String::new();
+    loop {
+        let v = client.get(&base).await?;
+        let line = progress_line(&v);
+        if line != last {
+            if a.json {
+                println!("{v}");
+            } else {
+                println!("{line}");
+            }
+            last = line;
+        }
+        let status = v["in_progress_promotion"]["status"].as_str();
+        match status.and_then(exit_code_for) {
+            Some(code) => return Ok(ExitCode::from(code)),
+            None if status.is_none() => return Ok(ExitCode::SUCCESS), // nothing to follow
+            None => tokio::time::sleep(std::time::Duration::from_millis(300)).await,
+        }
     }
 }
 

@@ -332,3 +332,174 @@ replicas = 1
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Runs a client command against `admin` with the API key.
+fn client(admin: &str, key: Option<&str>, args: &[&str]) -> (i32, String, String) {
+    let mut c = bin();
+    c.args(args)
+        .env("SWITCHYARD_ADMIN_URL", format!("http://{admin}"));
+    match key {
+        Some(k) => c.env("SWITCHYARD_API_KEY", k),
+        None => c.env_remove("SWITCHYARD_API_KEY"),
+    };
+    let out = c.output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Reads the admin address from switchyard's start line.
+fn admin_addr_of(child: &mut Child) -> (SocketAddr, SocketAddr) {
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = BufReader::new(stderr).lines();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        let Some(Ok(line)) = lines.next() else { break };
+        if let (Some(p), Some(a)) = (
+            line.split("proxy on http://").nth(1),
+            line.split("admin on http://").nth(1),
+        ) {
+            let proxy = p.split_whitespace().next().unwrap().parse().unwrap();
+            let admin = a.split_whitespace().next().unwrap().parse().unwrap();
+            std::thread::spawn(move || for _ in lines {});
+            return (proxy, admin);
+        }
+    }
+    panic!("switchyard did not report its addresses");
+}
+
+#[test]
+fn the_cli_drives_promotions_and_watch_exits_by_outcome() {
+    let key = "cli-test-key-0123456789";
+    let dir = std::env::temp_dir().join(format!("switchyard-cli-watch-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("watch.toml");
+    let replica = |v: &str| {
+        format!(
+            r#"command = ["{}", "replica", "--port", "{{port}}", "--version", "{v}"]"#,
+            env!("CARGO_BIN_EXE_switchyard")
+        )
+    };
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[[models]]
+id = "m"
+[[models.deployments]]
+id = "v1"
+{}
+[[models.deployments]]
+id = "v2"
+{}
+[[models.deployments]]
+id = "broken"
+command = ["sh", "-c", "exit 7 # {{port}}"]
+[[models.environments]]
+name = "production"
+current = "v1"
+replicas = 2
+[models.environments.promotion_settings]
+rolling_deploy = true
+ready_deadline_seconds = 20
+[models.environments.promotion_settings.rolling_deploy_config]
+max_surge_percent = 50
+stabilization_time_seconds = 1
+"#,
+            replica("v1"),
+            replica("v2")
+        ),
+    )
+    .unwrap();
+    let mut child = bin()
+        .args([
+            "serve",
+            "--config",
+            config.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ])
+        .env("SWITCHYARD_API_KEY", key)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (_, admin) = admin_addr_of(&mut child);
+    let admin = admin.to_string();
+
+    let (code, _, err) = client(&admin, None, &["status"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("missing API key"), "{err}");
+    let (code, _, err) = client(&admin, Some("wrong-key-0123456789"), &["status"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("wrong API key"), "{err}");
+
+    let (code, out, err) = client(&admin, Some(key), &["status"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("m/production: current deployment v1"), "{out}");
+
+    let (code, out, err) = client(&admin, Some(key), &["promote", "v2", "--watch"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("SUCCEEDED") && out.contains("100%"), "{out}");
+    let (_, out, _) = client(&admin, Some(key), &["status", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["current_deployment"]["id"], "v2");
+    assert_eq!(v["in_progress_promotion"]["status"], "SUCCEEDED");
+
+    // Back to v1, cancelled while ramping: --watch exits 3.
+    let (code, _, err) = client(&admin, Some(key), &["promote", "v1"]);
+    assert_eq!(code, 0, "{err}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, out, _) = client(&admin, Some(key), &["status", "--json"]);
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        if v["in_progress_promotion"]["percent_traffic_to_new_version"]
+            .as_u64()
+            .unwrap_or(0)
+            > 0
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the promotion never moved traffic"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (code, out, err) = client(&admin, Some(key), &["cancel"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.starts_with("RAMPING_DOWN") || out.starts_with("CANCELED"),
+        "{out}"
+    );
+    let (code, out, _) = client(&admin, Some(key), &["status", "--watch"]);
+    assert_eq!(code, 3, "{out}");
+    assert!(out.contains("CANCELED"));
+    let (code, _, err) = client(&admin, Some(key), &["pause"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("no promotion is in progress"), "{err}");
+
+    // A candidate that cannot start: FAILED, exit 1, with the reason.
+    let (code, out, _) = client(&admin, Some(key), &["promote", "broken", "--watch"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("FAILED") && out.contains("exit status: 7"),
+        "{out}"
+    );
+
+    let (code, out, _) = client(&admin, Some(key), &["events"]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("SUCCEEDED") && out.contains("CANCELED") && out.contains("FAILED"),
+        "{out}"
+    );
+
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+}
