@@ -3,6 +3,7 @@
 
 mod support;
 
+mod api;
 mod failover;
 mod protocols;
 mod rollout;

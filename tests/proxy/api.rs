@@ -1,0 +1,405 @@
+//! The management API over real HTTP: auth, shapes, validation, conflicts, the event stream.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Request, StatusCode};
+use http_body_util::BodyExt;
+use serde_json::{json, Value};
+
+use switchyard::config::{DeploymentConfig, EnvironmentConfig, ModelConfig, Settings, Traffic};
+use switchyard::replicas::ProviderSpec;
+use switchyard::rollout::machine::PromotionConfig;
+use switchyard::rollout::plan::RollingConfig;
+
+use crate::support::*;
+
+const KEY: &str = "api-test-key-0123456789";
+
+async fn api_proxy() -> (switchyard::server::RunningProxy, Vec<Upstream>) {
+    let ups = vec![
+        named("v1").await,
+        named("v1").await,
+        named("v2").await,
+        named("v2").await,
+    ];
+    let models = vec![ModelConfig {
+        id: "m".into(),
+        hosts: vec![],
+        deployments: vec![
+            DeploymentConfig {
+                id: "v1".into(),
+                provider: ProviderSpec::Static {
+                    endpoints: vec![ups[0].addr, ups[1].addr],
+                },
+            },
+            DeploymentConfig {
+                id: "v2".into(),
+                provider: ProviderSpec::Static {
+                    endpoints: vec![ups[2].addr, ups[3].addr],
+                },
+            },
+        ],
+        environments: vec![EnvironmentConfig {
+            name: "production".into(),
+            hosts: vec![],
+            traffic: Traffic::Current {
+                deployment: "v1".into(),
+                replicas: 1,
+            },
+            promotion: PromotionConfig {
+                rolling: true,
+                rolling_config: RollingConfig {
+                    max_surge_percent: 50,
+                    stabilization_time_seconds: 2,
+                    ..RollingConfig::default()
+                },
+                ..PromotionConfig::default()
+            },
+            autoscaling: None,
+        }],
+    }];
+    let mut s = Settings::with_models(models);
+    s.listen = "127.0.0.1:0".parse().unwrap();
+    s.admin_listen = "127.0.0.1:0".parse().unwrap();
+    s.api_key = Some(KEY.into());
+    (switchyard::server::start(s).unwrap(), ups)
+}
+
+async fn call(
+    admin: std::net::SocketAddr,
+    method: Method,
+    path: &str,
+    key: Option<&str>,
+    body: Option<&str>,
+) -> (StatusCode, Value) {
+    let mut req = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "admin");
+    if let Some(k) = key {
+        req = req.header("authorization", k);
+    }
+    let got = send(
+        admin,
+        req.body(body.map_or_else(empty, |b| full(b.to_owned())))
+            .unwrap(),
+    )
+    .await;
+    (
+        got.status,
+        serde_json::from_slice(&got.body).unwrap_or(Value::Null),
+    )
+}
+
+fn auth() -> Option<&'static str> {
+    Some("Api-Key api-test-key-0123456789")
+}
+
+#[tokio::test]
+async fn every_v1_call_needs_the_key_but_health_and_metrics_do_not() {
+    let (proxy, _ups) = api_proxy().await;
+    let a = proxy.admin_addr;
+    let (s, v) = call(a, Method::GET, "/v1/models", None, None).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    assert!(v["error"].as_str().unwrap().contains("Api-Key"));
+    assert_eq!(
+        call(a, Method::GET, "/v1/models", Some("Api-Key nope"), None)
+            .await
+            .0,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        call(
+            a,
+            Method::GET,
+            "/v1/models",
+            Some("Bearer api-test-key-0123456789"),
+            None
+        )
+        .await
+        .0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        call(
+            a,
+            Method::POST,
+            "/v1/models/m/environments/production/promote",
+            None,
+            Some(r#"{"deployment_id":"v2"}"#)
+        )
+        .await
+        .0,
+        StatusCode::UNAUTHORIZED
+    );
+    assert!(
+        proxy
+            .controller()
+            .environment("m", "production")
+            .unwrap()
+            .promotion
+            .is_none(),
+        "an unauthorized promote changed state"
+    );
+    assert_eq!(admin(a, "/metrics").await.0, 200);
+    assert_eq!(admin(a, "/readyz").await.0, 200);
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn shapes_follow_baseten() {
+    let (proxy, _ups) = api_proxy().await;
+    let a = proxy.admin_addr;
+    let (s, v) = call(
+        a,
+        Method::GET,
+        "/v1/models/m/environments/production",
+        auth(),
+        None,
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    for key in [
+        "name",
+        "created_at",
+        "model_id",
+        "current_deployment",
+        "candidate_deployment",
+        "in_progress_promotion",
+        "autoscaling_settings",
+        "promotion_settings",
+        "instance_type",
+        "request_backpressure_settings",
+        "autoscaling_schedules",
+    ] {
+        assert!(v.get(key).is_some(), "EnvironmentV1 lacks {key}: {v}");
+    }
+    assert!(
+        v["candidate_deployment"].is_null() && v["in_progress_promotion"].is_null(),
+        "unset nullable fields are null"
+    );
+    assert_eq!(v["current_deployment"]["id"], "v1");
+    assert_eq!(v["current_deployment"]["status"], "ACTIVE");
+    assert_eq!(v["current_deployment"]["active_replica_count"], 2);
+    assert_eq!(
+        v["promotion_settings"]["rolling_deploy_config"]["rolling_deploy_strategy"],
+        "REPLICA"
+    );
+    assert_eq!(
+        v["promotion_settings"]["rolling_deploy_config"]["max_surge_percent"],
+        50
+    );
+    assert_eq!(
+        v["promotion_settings"]["promotion_cleanup_strategy"],
+        "SCALE_TO_ZERO"
+    );
+    let (_, d) = call(a, Method::GET, "/v1/models/m/deployments", auth(), None).await;
+    assert_eq!(d["deployments"].as_array().unwrap().len(), 2);
+    let (_, d) = call(a, Method::GET, "/v1/models/m/deployments/v2", auth(), None).await;
+    assert_eq!(d["environment"], Value::Null);
+    let (_, envs) = call(a, Method::GET, "/v1/models/m/environments", auth(), None).await;
+    assert_eq!(envs["environments"][0]["name"], "production");
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn errors_are_404_409_400_and_a_rejected_request_changes_nothing() {
+    let (proxy, _ups) = api_proxy().await;
+    let a = proxy.admin_addr;
+    let (s, v) = call(a, Method::GET, "/v1/models/nope", auth(), None).await;
+    assert_eq!(
+        (s, v["error"].as_str().unwrap()),
+        (StatusCode::NOT_FOUND, "model \"nope\" not found")
+    );
+    assert_eq!(
+        call(
+            a,
+            Method::GET,
+            "/v1/models/m/environments/dev",
+            auth(),
+            None
+        )
+        .await
+        .0,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        call(a, Method::GET, "/v1/models/m/deployments/v9", auth(), None)
+            .await
+            .0,
+        StatusCode::NOT_FOUND
+    );
+    let (s, v) = call(
+        a,
+        Method::POST,
+        "/v1/models/m/environments/production/promote",
+        auth(),
+        Some(r#"{"deployment_id":"v9"}"#),
+    )
+    .await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "{v}");
+    for bad in [
+        r#"{}"#,
+        r#"{"deployment_id": 2}"#,
+        r#"{"deployment_id":"v2","surprise":true}"#,
+        "not json",
+    ] {
+        let (s, v) = call(
+            a,
+            Method::POST,
+            "/v1/models/m/environments/production/promote",
+            auth(),
+            Some(bad),
+        )
+        .await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{bad}: {v}");
+        assert!(v["error"].is_string());
+    }
+    assert!(proxy
+        .controller()
+        .environment("m", "production")
+        .unwrap()
+        .promotion
+        .is_none());
+    let (s, v) = call(
+        a,
+        Method::POST,
+        "/v1/models/m/environments/production/pause_promotion",
+        auth(),
+        None,
+    )
+    .await;
+    assert_eq!(s, StatusCode::CONFLICT, "{v}");
+    assert_eq!(
+        call(
+            a,
+            Method::POST,
+            "/v1/models/m/environments/production/promote",
+            auth(),
+            Some(r#"{"deployment_id":"v1"}"#)
+        )
+        .await
+        .0,
+        StatusCode::CONFLICT
+    );
+
+    let (s, v) = call(
+        a,
+        Method::POST,
+        "/v1/models/m/environments/production/promote",
+        auth(),
+        Some(r#"{"deployment_id":"v2"}"#),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(
+        v["id"], "v2",
+        "promote answers with the promoted DeploymentV1"
+    );
+    let (s, _) = call(
+        a,
+        Method::POST,
+        "/v1/models/m/environments/production/promote",
+        auth(),
+        Some(r#"{"deployment_id":"v2"}"#),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CONFLICT, "a second promotion while one runs");
+    let (s, v) = call(
+        a,
+        Method::POST,
+        "/v1/models/m/environments/production/pause_promotion",
+        auth(),
+        Some("{}"),
+    )
+    .await;
+    assert_eq!((s, v), (StatusCode::OK, json!({"success": true})));
+    assert_eq!(
+        call(
+            a,
+            Method::POST,
+            "/v1/models/m/environments/production/resume_promotion",
+            auth(),
+            None
+        )
+        .await
+        .0,
+        StatusCode::OK
+    );
+    let (s, v) = call(
+        a,
+        Method::POST,
+        "/v1/models/m/environments/production/cancel_promotion",
+        auth(),
+        None,
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(
+        matches!(v["status"].as_str(), Some("RAMPING_DOWN" | "CANCELED")),
+        "{v}"
+    );
+    assert!(v["message"].is_string());
+    assert_eq!(
+        call(
+            a,
+            Method::POST,
+            "/v1/models/m/environments/production/frobnicate",
+            auth(),
+            None
+        )
+        .await
+        .0,
+        StatusCode::NOT_FOUND
+    );
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn events_are_a_log_and_a_live_stream() {
+    let (proxy, _ups) = api_proxy().await;
+    let a = proxy.admin_addr;
+    let mut c = h1(a).await;
+    let req = Request::get("/v1/models/m/environments/production/events")
+        .header("host", "admin")
+        .header("accept", "text/event-stream")
+        .header("authorization", "Api-Key api-test-key-0123456789")
+        .body(empty())
+        .unwrap();
+    let resp = c.send_request(req).await.unwrap();
+    assert_eq!(resp.headers()["content-type"], "text/event-stream");
+    let mut body = resp.into_body();
+    call(
+        a,
+        Method::POST,
+        "/v1/models/m/environments/production/promote",
+        auth(),
+        Some(r#"{"deployment_id":"v2"}"#),
+    )
+    .await;
+    let mut text = String::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !text.contains("\"SUCCEEDED\"") {
+        let frame = tokio::time::timeout_at(deadline, body.frame())
+            .await
+            .expect("no SUCCEEDED event on the stream");
+        let data: Bytes = frame.unwrap().unwrap().into_data().unwrap();
+        text.push_str(&String::from_utf8_lossy(&data));
+    }
+    assert!(text.contains("data: {"), "{text}");
+    assert!(text.contains("shifted 50% of traffic"), "{text}");
+    let (s, log) = call(
+        a,
+        Method::GET,
+        "/v1/models/m/environments/production/events",
+        auth(),
+        None,
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    let events = log["events"].as_array().unwrap();
+    assert_eq!(events.first().unwrap()["reason"], "promotion started");
+    assert_eq!(events.last().unwrap()["status"], "SUCCEEDED");
+    proxy.shutdown().await;
+}
