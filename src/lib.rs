@@ -16,3 +16,4 @@ pub mod replicas;
 pub mod rollout;
 pub mod routing;
 pub mod server;
+pub mod store;

@@ -164,7 +164,7 @@ struct ServeArgs {
     #[arg(long, env = "SWITCHYARD_TLS_KEY")]
     tls_key: Option<PathBuf>,
     /// Do not add x-switchyard-deployment to responses.
-    #[arg(long, env = "SWITCHYARD_NO_DEPLOYMENT_HEADER")]
+    #[arg(long, env = "SWITCHYARD_NO_DEPLOYMENT_HEADER", value_parser = clap::builder::BoolishValueParser::new(), action = clap::ArgAction::SetTrue)]
     no_deployment_header: bool,
     /// Seconds in-flight requests may run after SIGTERM/SIGINT [default: 30].
     #[arg(long, env = "SWITCHYARD_SHUTDOWN_GRACE_SECONDS")]
@@ -172,6 +172,13 @@ struct ServeArgs {
     /// Validate the configuration (and TLS files), print a summary and exit without serving.
     #[arg(long)]
     check_config: bool,
+    /// Where promotions, current deployments and events persist across restarts
+    /// [default: $XDG_STATE_HOME/switchyard or ~/.local/state/switchyard].
+    #[arg(long, env = "SWITCHYARD_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Keep no state across restarts.
+    #[arg(long, env = "SWITCHYARD_EPHEMERAL", value_parser = clap::builder::BoolishValueParser::new(), action = clap::ArgAction::SetTrue)]
+    ephemeral: bool,
     /// Management API key (at least 16 characters); without it one is generated and printed.
     #[arg(long, env = "SWITCHYARD_API_KEY", hide_env_values = true)]
     api_key: Option<String>,
@@ -194,8 +201,20 @@ impl From<ServeArgs> for ServeFlags {
             no_deployment_header: a.no_deployment_header,
             shutdown_grace_seconds: a.shutdown_grace_seconds,
             api_key: a.api_key,
+            data_dir: a.data_dir,
+            default_data_dir: default_data_dir(),
+            ephemeral: a.ephemeral,
         }
     }
+}
+
+/// $XDG_STATE_HOME/switchyard, else ~/.local/state/switchyard.
+fn default_data_dir() -> Option<PathBuf> {
+    let base = std::env::var_os("XDG_STATE_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))?;
+    Some(base.join("switchyard"))
 }
 
 fn main() -> ExitCode {

@@ -212,6 +212,17 @@ fn start_control(
     mut stop: watch::Receiver<bool>,
 ) -> Result<(Arc<Controller>, JoinHandle<()>), StartError> {
     let models = settings.models.clone();
+    let store: Option<Arc<dyn crate::store::Store>> = match &settings.data_dir {
+        Some(dir) => Some(Arc::new(crate::store::RedbStore::open(dir).map_err(
+            |e| {
+                StartError::Config(ConfigError {
+                    field: "data_dir".into(),
+                    message: e.to_string(),
+                })
+            },
+        )?)),
+        None => None,
+    };
     let timing = ProviderTiming::default();
     let stop_timeout = timing.drain_timeout.min(Duration::from_secs(30)) + timing.stop_grace;
     let (tx, rx) = std::sync::mpsc::channel();
@@ -229,7 +240,7 @@ fn start_control(
                 }
             };
             rt.block_on(async move {
-                let controller = match Controller::start(&models, router, timing) {
+                let controller = match Controller::start(&models, router, timing, store) {
                     Ok(c) => c,
                     Err(e) => {
                         let _ = tx.send(Err(e.to_string()));

@@ -8,7 +8,11 @@ use std::time::{Duration, Instant};
 
 fn bin() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_switchyard"));
-    c.env("RUST_LOG", "info").env_remove("SWITCHYARD_CONFIG");
+    // No test shares the default data directory (a second opener is refused); the
+    // crash-resume test opts in with its own.
+    c.env("RUST_LOG", "info")
+        .env_remove("SWITCHYARD_CONFIG")
+        .env("SWITCHYARD_EPHEMERAL", "1");
     c
 }
 
@@ -501,5 +505,138 @@ stabilization_time_seconds = 1
         .args(["-TERM", &child.id().to_string()])
         .status();
     let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_rollout_killed_mid_way_resumes_from_the_same_step() {
+    let key = "resume-test-key-0123456789";
+    let dir = std::env::temp_dir().join(format!("switchyard-resume-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("resume.toml");
+    let replica = |v: &str| {
+        format!(
+            r#"command = ["{}", "replica", "--port", "{{port}}", "--version", "{v}"]"#,
+            env!("CARGO_BIN_EXE_switchyard")
+        )
+    };
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[server]
+data_dir = "{data}"
+[[models]]
+id = "m"
+[[models.deployments]]
+id = "v1"
+{}
+[[models.deployments]]
+id = "v2"
+{}
+[[models.environments]]
+name = "production"
+current = "v1"
+replicas = 4
+[models.environments.promotion_settings]
+rolling_deploy = true
+[models.environments.promotion_settings.rolling_deploy_config]
+max_surge_percent = 25
+stabilization_time_seconds = 3
+"#,
+            replica("v1"),
+            replica("v2"),
+            data = dir.join("data").display()
+        ),
+    )
+    .unwrap();
+    let start = || {
+        let mut child = bin()
+            .args([
+                "serve",
+                "--config",
+                config.to_str().unwrap(),
+                "--listen",
+                "127.0.0.1:0",
+                "--admin-listen",
+                "127.0.0.1:0",
+            ])
+            .env_remove("SWITCHYARD_EPHEMERAL")
+            .env("SWITCHYARD_API_KEY", key)
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (_, admin) = admin_addr_of(&mut child);
+        (child, admin.to_string())
+    };
+    let status = |admin: &str| -> serde_json::Value {
+        let (code, out, err) = client(admin, Some(key), &["status", "--json"]);
+        assert_eq!(code, 0, "{err}");
+        serde_json::from_str(&out).unwrap()
+    };
+
+    let (mut first, admin) = start();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while status(&admin)["current_deployment"]["active_replica_count"] != 4 {
+        assert!(Instant::now() < deadline, "v1 never got 4 ready replicas");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (code, _, err) = client(&admin, Some(key), &["promote", "v2"]);
+    assert_eq!(code, 0, "{err}");
+    // Wait for the second step (50%) and kill in the stabilization after it.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let v = status(&admin);
+        if v["in_progress_promotion"]["percent_traffic_to_new_version"] == 50 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the promotion never reached 50%: {v}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    first.kill().unwrap(); // SIGKILL mid-rollout
+    first.wait().unwrap();
+
+    let (mut second, admin) = start();
+    let v = status(&admin);
+    let p = &v["in_progress_promotion"];
+    assert_eq!(p["status"], "RAMPING_UP", "{v}");
+    let percent = p["percent_traffic_to_new_version"].as_u64().unwrap();
+    assert!(
+        (50..100).contains(&percent),
+        "resumed at {percent}%, not from the step it was at"
+    );
+    assert_eq!(v["candidate_deployment"]["id"], "v2");
+    let (code, out, _) = client(&admin, Some(key), &["status", "--watch"]);
+    assert_eq!(code, 0, "{out}");
+    let (_, out, _) = client(&admin, Some(key), &["events", "--json"]);
+    let events: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let reasons: Vec<&str> = events["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["reason"].as_str())
+        .collect();
+    assert_eq!(
+        reasons
+            .iter()
+            .filter(|r| **r == "promotion started")
+            .count(),
+        1,
+        "restarted from 0: {reasons:?}"
+    );
+    assert!(
+        reasons.iter().any(|r| r.contains("shifted 25%")),
+        "events before the crash were kept: {reasons:?}"
+    );
+    let v = status(&admin);
+    assert_eq!(v["current_deployment"]["id"], "v2");
+    let _ = Command::new("kill")
+        .args(["-TERM", &second.id().to_string()])
+        .status();
+    let _ = second.wait();
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -194,9 +194,9 @@ pub fn environment(state: &ApiState, model: &str, name: &str) -> Result<Value, C
     }))
 }
 
-pub fn event(started: SystemTime, e: &Event) -> Value {
+pub fn event(e: &Event) -> Value {
     json!({
-        "at": rfc3339(started + std::time::Duration::from_millis(e.at_ms)),
+        "at": rfc3339(UNIX_EPOCH + std::time::Duration::from_millis(e.at_ms)),
         "at_ms": e.at_ms,
         "status": e.status.as_str(),
         "percent_traffic_to_new_version": e.percent_traffic_to_new_version,
@@ -256,7 +256,7 @@ mod tests {
     fn rfc3339_formats_known_instants() {
         assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00Z");
         let t = UNIX_EPOCH + std::time::Duration::from_secs(1_795_000_000);
-        assert_eq!(rfc3339(t), "2026-11-19T08:26:40Z");
+        assert_eq!(rfc3339(t), "2026-11-18T11:06:40Z");
         let leap = UNIX_EPOCH + std::time::Duration::from_secs(951_782_400); // 2000-02-29
         assert_eq!(rfc3339(leap), "2000-02-29T00:00:00Z");
     }

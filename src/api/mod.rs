@@ -141,7 +141,7 @@ pub async fn handle(state: &ApiState, req: Request<Incoming>) -> Response<ApiBod
             match c.events(m, e) {
                 Ok(events) => json_response(
                     StatusCode::OK,
-                    &json!({ "events": events.iter().map(|ev| json::event(state.started, ev)).collect::<Vec<_>>() }),
+                    &json!({ "events": events.iter().map(json::event).collect::<Vec<_>>() }),
                 ),
                 Err(err) => controller_error(err),
             }
@@ -220,7 +220,6 @@ fn events_stream(
     let mut rx = state.controller.subscribe();
     let (tx, body_rx) = tokio::sync::mpsc::channel::<Bytes>(64);
     let (model, environment) = (model.to_owned(), environment.to_owned());
-    let started = state.started;
     tokio::spawn(async move {
         if tx
             .send(Bytes::from_static(b": switchyard events\n\n"))
@@ -235,7 +234,7 @@ fn events_stream(
                 // Comments keep idle connections (and proxies in between) open.
                 Err(_) => Bytes::from_static(b": keep-alive\n\n"),
                 Ok(Ok(ev)) if ev.model == model && ev.environment == environment => {
-                    Bytes::from(format!("data: {}\n\n", json::event(started, &ev.event)))
+                    Bytes::from(format!("data: {}\n\n", json::event(&ev.event)))
                 }
                 Ok(Ok(_)) => continue,
                 Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(n))) => {

@@ -92,6 +92,8 @@ pub struct Settings {
     pub models: Vec<ModelConfig>,
     /// Management API key; `None`: one is generated at start and printed.
     pub api_key: Option<String>,
+    /// Where controller state persists; `None`: nothing survives a restart.
+    pub data_dir: Option<PathBuf>,
 }
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -116,6 +118,7 @@ impl Settings {
             upstream: UpstreamSettings::default(),
             models,
             api_key: None,
+            data_dir: None,
         }
     }
 }
@@ -153,6 +156,7 @@ struct ServerSection {
     shutdown_grace_seconds: Option<f64>,
     tls: Option<TlsSection>,
     api_key: Option<String>,
+    data_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -290,6 +294,9 @@ fn from_file(f: FileConfig) -> Result<Settings, ConfigError> {
     }
     if let Some(v) = f.server.shutdown_grace_seconds {
         s.shutdown_grace = seconds("server.shutdown_grace_seconds", v, 0.0, 86_400.0)?;
+    }
+    if let Some(d) = f.server.data_dir {
+        s.data_dir = Some(d);
     }
     if let Some(k) = f.server.api_key {
         s.api_key = Some(check_api_key("server.api_key", k)?);
@@ -678,6 +685,11 @@ pub struct ServeFlags {
     pub no_deployment_header: bool,
     pub shutdown_grace_seconds: Option<f64>,
     pub api_key: Option<String>,
+    pub data_dir: Option<PathBuf>,
+    /// Used when neither the flag nor the file names a data directory.
+    pub default_data_dir: Option<PathBuf>,
+    /// Keep no state across restarts (overrides any data directory).
+    pub ephemeral: bool,
 }
 
 impl ServeFlags {
@@ -723,6 +735,15 @@ impl ServeFlags {
             (Some(_), None) => return Err(err("--tls-key", "is required with --tls-cert")),
             (None, Some(_)) => return Err(err("--tls-cert", "is required with --tls-key")),
             (None, None) => {}
+        }
+        if let Some(d) = self.data_dir.clone() {
+            s.data_dir = Some(d);
+        }
+        if s.data_dir.is_none() {
+            s.data_dir = self.default_data_dir.clone();
+        }
+        if self.ephemeral {
+            s.data_dir = None;
         }
         if let Some(k) = self.api_key.clone() {
             s.api_key = Some(check_api_key("SWITCHYARD_API_KEY", k)?);

@@ -9,7 +9,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde::Serialize;
 use tokio::sync::{broadcast, watch};
@@ -26,6 +26,7 @@ use crate::replicas::{
 };
 use crate::routing::spec::{DeploymentSpec, EnvironmentSpec, ModelSpec, WEIGHT_SCALE};
 use crate::routing::{Router, RoutingSpec};
+use crate::store::Store;
 
 /// Events kept per environment (older ones are dropped first).
 const EVENT_LOG_LIMIT: usize = 10_000;
@@ -147,6 +148,8 @@ struct EnvironmentState {
     autoscaler: Option<Autoscaler>,
     /// Replicas autoscaling added during the running promotion: (previous, candidate).
     extra: (u32, u32),
+    /// Replicas of the current deployment while no promotion runs.
+    replicas: u32,
 }
 
 struct ModelState {
@@ -164,19 +167,24 @@ struct State {
 pub struct Controller {
     router: Arc<Router>,
     state: Mutex<State>,
-    clock: Instant,
     events: broadcast::Sender<EnvironmentEvent>,
     wake: watch::Sender<u64>,
+    store: Option<Arc<dyn Store>>,
+    /// The bytes last written to the store, to skip saves that change nothing.
+    saved: Mutex<Vec<u8>>,
 }
 
 impl Controller {
     /// Builds providers for every deployment and installs the initial routing. Must run inside
     /// the long-lived control runtime (process replicas are tied to its thread).
+    /// With a `store`, the state saved by an earlier run (current deployments, promotions in
+    /// progress, event logs) is restored before the first routing snapshot is built.
     pub fn start(
         models: &[ModelConfig],
         router: Arc<Router>,
         timing: ProviderTiming,
-    ) -> Result<Arc<Controller>, crate::routing::router::SpecError> {
+        store: Option<Arc<dyn Store>>,
+    ) -> Result<Arc<Controller>, String> {
         let mut state = State {
             models: Vec::new(),
             last_spec: None,
@@ -184,13 +192,6 @@ impl Controller {
         for m in models {
             let mut deployments = Vec::new();
             for d in &m.deployments {
-                let current_replicas = m.environments.iter().find_map(|e| match &e.traffic {
-                    Traffic::Current {
-                        deployment,
-                        replicas,
-                    } if *deployment == d.id => Some(*replicas),
-                    _ => None,
-                });
                 let (provider, kind, listed): (Arc<dyn ReplicaProvider>, _, _) = match &d.provider {
                     ProviderSpec::Static { endpoints } => {
                         // Listed endpoints are admitted unless a promotion says otherwise.
@@ -208,7 +209,6 @@ impl Controller {
                             timing.clone(),
                             lookup,
                         );
-                        set.scale(current_replicas.unwrap_or(0));
                         (set as Arc<dyn ReplicaProvider>, "process", None)
                     }
                 };
@@ -239,6 +239,10 @@ impl Controller {
                     events: Vec::new(),
                     autoscaler: e.autoscaling.filter(|a| a.enabled()).map(Autoscaler::new),
                     extra: (0, 0),
+                    replicas: match &e.traffic {
+                        Traffic::Current { replicas, .. } => *replicas,
+                        Traffic::Weights(_) => 0,
+                    },
                 })
                 .collect();
             state.models.push(ModelState {
@@ -248,20 +252,57 @@ impl Controller {
                 environments,
             });
         }
+        if let Some(store) = &store {
+            match store.load().map_err(|e| e.to_string())? {
+                Some(bytes) => {
+                    let saved: Persisted = serde_json::from_slice(&bytes)
+                        .map_err(|e| format!("the saved state cannot be read ({e}); move the data directory aside to start fresh"))?;
+                    restore(&mut state, saved);
+                }
+                None => tracing::info!("no saved state: starting from the configuration"),
+            }
+        }
+        initial_scale(&state);
         let spec = build_spec(&state);
-        router.apply(&spec)?;
+        router.apply(&spec).map_err(|e| e.to_string())?;
         state.last_spec = Some(spec);
-        Ok(Arc::new(Controller {
+        let controller = Arc::new(Controller {
             router,
             state: Mutex::new(state),
-            clock: Instant::now(),
             events: broadcast::channel(1024).0,
             wake: watch::channel(0).0,
-        }))
+            store,
+            saved: Mutex::new(Vec::new()),
+        });
+        controller.persist(&controller.lock());
+        Ok(controller)
     }
 
+    /// Wall-clock milliseconds: promotion timers stay meaningful across a restart.
     fn now_ms(&self) -> u64 {
-        self.clock.elapsed().as_millis() as u64
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64)
+    }
+
+    /// Writes the state to the store if it changed since the last write.
+    fn persist(&self, st: &State) {
+        let Some(store) = &self.store else { return };
+        let bytes = match serde_json::to_vec(&Persisted::of(st)) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot encode the state");
+                return;
+            }
+        };
+        let mut saved = self.saved.lock().unwrap_or_else(|e| e.into_inner());
+        if *saved == bytes {
+            return;
+        }
+        match store.save(&bytes) {
+            Ok(()) => *saved = bytes,
+            Err(e) => tracing::error!(error = %e, "cannot save the state; it will be retried"),
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -333,6 +374,7 @@ impl Controller {
             }
         }
         self.reroute(&mut st);
+        self.persist(&st);
     }
 
     /// Requests in flight in an environment's pools, from the data plane's counters.
@@ -367,6 +409,7 @@ impl Controller {
         };
         let (previous, candidate) = (p.previous.clone(), p.candidate.clone());
         let status = p.machine.status;
+        let succeeded_replicas = p.machine.candidate_target.max(1);
         if status.is_terminal() {
             m.environments[ei].extra = (0, 0);
         }
@@ -384,6 +427,7 @@ impl Controller {
         let env = &mut m.environments[ei];
         if status == Status::Succeeded {
             env.current = Some(candidate.clone());
+            env.replicas = succeeded_replicas;
             if fx.cleanup == Some(CleanupStrategy::Deactivate) {
                 if let Some(d) = m.deployments.iter_mut().find(|d| d.id == previous) {
                     d.active = false;
@@ -433,6 +477,7 @@ impl Controller {
             })?;
         let out = f(m, ei)?;
         self.reroute(&mut st);
+        self.persist(&st);
         drop(st);
         self.wake.send_modify(|n| *n += 1);
         Ok(out)
@@ -739,6 +784,176 @@ fn autoscale(m: &mut ModelState, ei: usize, in_flight: u32, now: u64) {
             }
             if let Some(d) = provider(&p.candidate) {
                 d.scale(p.machine.candidate_target + env.extra.1);
+            }
+        }
+    }
+}
+
+/// Events kept in the store per environment.
+const PERSISTED_EVENTS: usize = 1000;
+
+/// What survives a restart.
+#[derive(Serialize, serde::Deserialize)]
+struct Persisted {
+    version: u32,
+    models: Vec<PersistedModel>,
+}
+
+#[derive(Serialize, serde::Deserialize)]
+struct PersistedModel {
+    id: String,
+    inactive: Vec<String>,
+    environments: Vec<PersistedEnvironment>,
+}
+
+#[derive(Serialize, serde::Deserialize)]
+struct PersistedEnvironment {
+    name: String,
+    current: Option<String>,
+    replicas: u32,
+    extra: (u32, u32),
+    promotion: Option<PersistedPromotion>,
+    events: Vec<Event>,
+}
+
+#[derive(Serialize, serde::Deserialize)]
+struct PersistedPromotion {
+    previous: String,
+    candidate: String,
+    machine: Promotion,
+}
+
+impl Persisted {
+    fn of(st: &State) -> Persisted {
+        Persisted {
+            version: 1,
+            models: st
+                .models
+                .iter()
+                .map(|m| PersistedModel {
+                    id: m.id.clone(),
+                    inactive: m
+                        .deployments
+                        .iter()
+                        .filter(|d| !d.active)
+                        .map(|d| d.id.clone())
+                        .collect(),
+                    environments: m
+                        .environments
+                        .iter()
+                        .filter(|e| e.fixed.is_none())
+                        .map(|e| PersistedEnvironment {
+                            name: e.name.clone(),
+                            current: e.current.clone(),
+                            replicas: e.replicas,
+                            extra: e.extra,
+                            promotion: e.promotion.as_ref().map(|p| PersistedPromotion {
+                                previous: p.previous.clone(),
+                                candidate: p.candidate.clone(),
+                                machine: p.machine.clone(),
+                            }),
+                            events: e.events[e.events.len().saturating_sub(PERSISTED_EVENTS)..]
+                                .to_vec(),
+                        })
+                        .collect(),
+                })
+                .collect(),
+        }
+    }
+}
+
+/// Applies saved state onto the configured models. What the configuration no longer has
+/// (models, environments, deployments) is skipped with a warning.
+fn restore(st: &mut State, saved: Persisted) {
+    for pm in saved.models {
+        let Some(m) = st.models.iter_mut().find(|m| m.id == pm.id) else {
+            tracing::warn!(model = %pm.id, "saved state names a model the configuration no longer has");
+            continue;
+        };
+        let has = |m: &ModelState, d: &str| m.deployments.iter().any(|x| x.id == d);
+        for d in &pm.inactive {
+            if let Some(x) = m.deployments.iter_mut().find(|x| &x.id == d) {
+                x.active = false;
+            }
+        }
+        for pe in pm.environments {
+            let known = pe.current.as_deref().is_none_or(|c| has(m, c))
+                && pe
+                    .promotion
+                    .as_ref()
+                    .is_none_or(|p| has(m, &p.previous) && has(m, &p.candidate));
+            let Some(env) = m
+                .environments
+                .iter_mut()
+                .find(|e| e.name == pe.name && e.fixed.is_none())
+            else {
+                tracing::warn!(model = %m.id, environment = %pe.name, "saved state names an environment the configuration no longer manages");
+                continue;
+            };
+            if !known {
+                tracing::warn!(model = %m.id, environment = %pe.name, "saved state names deployments the configuration no longer has; using the configuration");
+                continue;
+            }
+            if let Some(p) = &pe.promotion {
+                tracing::info!(
+                    model = %m.id, environment = %pe.name, status = %p.machine.status,
+                    percent = p.machine.percent, "restored the promotion from the saved state"
+                );
+            }
+            env.current = pe.current;
+            env.replicas = pe.replicas;
+            env.extra = pe.extra;
+            env.events = pe.events;
+            env.promotion = pe.promotion.map(|p| ActivePromotion {
+                previous: p.previous,
+                candidate: p.candidate,
+                machine: p.machine,
+            });
+        }
+    }
+}
+
+/// Sets every process deployment's replica count from the state: the promotion's targets while
+/// one runs, the environment's count for its current deployment, none otherwise. (Static
+/// deployments start with every listed endpoint admitted.)
+fn initial_scale(st: &State) {
+    for m in &st.models {
+        for d in m.deployments.iter().filter(|d| d.kind == "process") {
+            let mut want = 0;
+            for e in &m.environments {
+                match e
+                    .promotion
+                    .as_ref()
+                    .filter(|p| !p.machine.status.is_terminal())
+                {
+                    Some(p) if p.candidate == d.id => {
+                        want = want.max(p.machine.candidate_target + e.extra.1)
+                    }
+                    Some(p) if p.previous == d.id => {
+                        want = want.max(p.machine.previous_target + e.extra.0)
+                    }
+                    Some(_) => {}
+                    None if e.current.as_deref() == Some(d.id.as_str()) => {
+                        want = want.max(e.replicas)
+                    }
+                    None => {}
+                }
+            }
+            d.provider.scale(if d.active { want } else { 0 });
+        }
+        for d in m.deployments.iter().filter(|d| d.kind == "static") {
+            for e in &m.environments {
+                if let Some(p) = e
+                    .promotion
+                    .as_ref()
+                    .filter(|p| !p.machine.status.is_terminal())
+                {
+                    if p.candidate == d.id {
+                        d.provider.scale(p.machine.candidate_target);
+                    } else if p.previous == d.id {
+                        d.provider.scale(p.machine.previous_target);
+                    }
+                }
             }
         }
     }

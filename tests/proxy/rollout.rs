@@ -285,8 +285,9 @@ async fn a_rolling_promotion_under_load_loses_no_request_and_cancel_ramps_back()
         "cancel did not ramp monotonically: {back:?}"
     );
 
-    // After the cancel every request lands on v2.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // After the cancel every request lands on v2. Wait out streams that started before it
+    // (40 tokens at 40/s: about a second); they are counted when they end.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     load.served.lock().unwrap().clear();
     tokio::time::sleep(Duration::from_millis(1500)).await;
     stop.store(true, Ordering::Relaxed);
