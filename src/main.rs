@@ -49,6 +49,101 @@ enum Command {
     Events(ClientArgs),
     /// The model's deployments and their replicas.
     Deployments(ClientArgs),
+    /// Show the environment's promotion and autoscaling settings, or change some of them.
+    Settings {
+        #[command(flatten)]
+        args: ClientArgs,
+        #[command(flatten)]
+        set: SettingsArgs,
+    },
+}
+
+/// Settings to change (Baseten's names); the others stay as they are.
+#[derive(Args, Default)]
+struct SettingsArgs {
+    #[arg(long)]
+    rolling_deploy: Option<bool>,
+    /// SCALE_TO_ZERO, KEEP or DEACTIVATE.
+    #[arg(long)]
+    promotion_cleanup_strategy: Option<String>,
+    #[arg(long)]
+    max_surge_percent: Option<i64>,
+    #[arg(long)]
+    max_unavailable_percent: Option<i64>,
+    #[arg(long)]
+    stabilization_time_seconds: Option<i64>,
+    #[arg(long)]
+    replica_overhead_percent: Option<i64>,
+    #[arg(long)]
+    min_replica: Option<i64>,
+    #[arg(long)]
+    max_replica: Option<i64>,
+    #[arg(long)]
+    autoscaling_window: Option<i64>,
+    #[arg(long)]
+    scale_down_delay: Option<i64>,
+    #[arg(long)]
+    concurrency_target: Option<i64>,
+    #[arg(long)]
+    target_utilization_percentage: Option<i64>,
+}
+
+impl SettingsArgs {
+    /// The PATCH body, or None when nothing is to change.
+    fn patch(&self) -> Option<serde_json::Value> {
+        use serde_json::{json, Map, Value};
+        let mut rolling = Map::new();
+        for (k, v) in [
+            ("max_surge_percent", self.max_surge_percent),
+            ("max_unavailable_percent", self.max_unavailable_percent),
+            (
+                "stabilization_time_seconds",
+                self.stabilization_time_seconds,
+            ),
+            ("replica_overhead_percent", self.replica_overhead_percent),
+        ] {
+            if let Some(v) = v {
+                rolling.insert(k.into(), json!(v));
+            }
+        }
+        let mut promotion = Map::new();
+        if let Some(b) = self.rolling_deploy {
+            promotion.insert("rolling_deploy".into(), json!(b));
+        }
+        if let Some(c) = &self.promotion_cleanup_strategy {
+            promotion.insert(
+                "promotion_cleanup_strategy".into(),
+                json!(c.to_ascii_uppercase()),
+            );
+        }
+        if !rolling.is_empty() {
+            promotion.insert("rolling_deploy_config".into(), Value::Object(rolling));
+        }
+        let mut autoscaling = Map::new();
+        for (k, v) in [
+            ("min_replica", self.min_replica),
+            ("max_replica", self.max_replica),
+            ("autoscaling_window", self.autoscaling_window),
+            ("scale_down_delay", self.scale_down_delay),
+            ("concurrency_target", self.concurrency_target),
+            (
+                "target_utilization_percentage",
+                self.target_utilization_percentage,
+            ),
+        ] {
+            if let Some(v) = v {
+                autoscaling.insert(k.into(), json!(v));
+            }
+        }
+        let mut body = Map::new();
+        if !promotion.is_empty() {
+            body.insert("promotion_settings".into(), Value::Object(promotion));
+        }
+        if !autoscaling.is_empty() {
+            body.insert("autoscaling_settings".into(), Value::Object(autoscaling));
+        }
+        (!body.is_empty()).then_some(Value::Object(body))
+    }
 }
 
 /// Options of the commands that talk to a running switchyard's management API. The API key
@@ -242,6 +337,7 @@ fn main() -> ExitCode {
         }
         Command::Events(a) => client_command(a, Action::Events),
         Command::Deployments(a) => client_command(a, Action::Deployments),
+        Command::Settings { args, set } => client_command(args, Action::Settings(set.patch())),
         Command::Plan(args) => plan(args),
         Command::Replica(args) => replica(args),
     }
@@ -253,6 +349,7 @@ enum Action {
     Signal(&'static str),
     Events,
     Deployments,
+    Settings(Option<serde_json::Value>),
 }
 
 fn client_command(a: ClientArgs, action: Action) -> ExitCode {
@@ -351,6 +448,54 @@ async fn run_client(
                         e["previous_replicas"],
                         e["reason"].as_str().unwrap_or("")
                     );
+                }
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        Action::Settings(patch) => {
+            let v = match patch {
+                Some(body) => client.call(http::Method::PATCH, &base, Some(body)).await?
+                    ["environment"]
+                    .clone(),
+                None => client.get(&base).await?,
+            };
+            let shown = json!({
+                "promotion_settings": v["promotion_settings"],
+                "autoscaling_settings": v["autoscaling_settings"],
+            });
+            if a.json {
+                print(&shown);
+            } else {
+                let p = &v["promotion_settings"];
+                let r = &p["rolling_deploy_config"];
+                println!("{model}/{env}");
+                println!("  rolling_deploy               {}", p["rolling_deploy"]);
+                println!(
+                    "  promotion_cleanup_strategy   {}",
+                    p["promotion_cleanup_strategy"].as_str().unwrap_or("-")
+                );
+                for k in [
+                    "max_surge_percent",
+                    "max_unavailable_percent",
+                    "stabilization_time_seconds",
+                    "replica_overhead_percent",
+                ] {
+                    println!("  {k:<28} {}", r[k]);
+                }
+                let au = &v["autoscaling_settings"];
+                if au.is_null() {
+                    println!("  autoscaling                  off (fixed replica count)");
+                } else {
+                    for k in [
+                        "min_replica",
+                        "max_replica",
+                        "autoscaling_window",
+                        "scale_down_delay",
+                        "concurrency_target",
+                        "target_utilization_percentage",
+                    ] {
+                        println!("  {k:<28} {}", au[k]);
+                    }
                 }
             }
             return Ok(ExitCode::SUCCESS);

@@ -289,3 +289,218 @@ mod tests {
         assert!(empty_object(br#"{"x": 1}"#).is_err());
     }
 }
+
+/// Applies a PATCH body (`UpdateEnvironmentRequestV1`) to an environment's settings: omitted or
+/// null keys keep their value, unknown keys are refused, every rule is checked. The error names
+/// the field.
+pub fn patch_environment(
+    v: &EnvironmentView,
+    body: &[u8],
+) -> Result<
+    (
+        crate::rollout::machine::PromotionConfig,
+        Option<crate::rollout::autoscale::AutoscalingSettings>,
+    ),
+    String,
+> {
+    use crate::rollout::autoscale::AutoscalingSettings;
+    use crate::rollout::plan::RollingConfig;
+    let m = object(body)?;
+    let mut settings = v.settings.clone();
+    let mut autoscaling = v.autoscaling;
+    let known = |at: &str, obj: &Map<String, Value>, keys: &[&str]| -> Result<(), String> {
+        match obj.keys().find(|k| !keys.contains(&k.as_str())) {
+            Some(k) => Err(format!(
+                "{at}{k}: unknown field (known: {})",
+                keys.join(", ")
+            )),
+            None => Ok(()),
+        }
+    };
+    known(
+        "",
+        &m,
+        &[
+            "autoscaling_settings",
+            "promotion_settings",
+            "request_backpressure_settings",
+            "autoscaling_schedule_settings",
+        ],
+    )?;
+    let int = |at: &str, v: &Value| -> Result<Option<i64>, String> {
+        match v {
+            Value::Null => Ok(None),
+            Value::Number(n) => n
+                .as_i64()
+                .map(Some)
+                .ok_or_else(|| format!("{at}: {n} is not a whole number")),
+            other => Err(format!("{at}: must be a whole number, got {other}")),
+        }
+    };
+    let uint = |at: &str, v: &Value| -> Result<Option<u32>, String> {
+        match int(at, v)? {
+            None => Ok(None),
+            Some(n) => u32::try_from(n)
+                .map(Some)
+                .map_err(|_| format!("{at}: {n} is out of range")),
+        }
+    };
+    for (k, val) in &m {
+        if val.is_null() {
+            continue;
+        }
+        match k.as_str() {
+            "request_backpressure_settings" => {
+                if val.get("policy").is_some_and(|p| !p.is_null()) {
+                    return Err("request_backpressure_settings.policy: not supported by switchyard (only null)".into());
+                }
+            }
+            "autoscaling_schedule_settings" => {
+                return Err("autoscaling_schedule_settings: not supported by switchyard".into());
+            }
+            "autoscaling_settings" => {
+                let Value::Object(a) = val else {
+                    return Err("autoscaling_settings: must be an object".into());
+                };
+                known(
+                    "autoscaling_settings.",
+                    a,
+                    &[
+                        "min_replica",
+                        "max_replica",
+                        "autoscaling_window",
+                        "scale_down_delay",
+                        "concurrency_target",
+                        "target_utilization_percentage",
+                        "target_in_flight_tokens",
+                        "max_scale_down_rate",
+                    ],
+                )?;
+                let mut s = autoscaling.unwrap_or_default();
+                if autoscaling.is_none() {
+                    s.min_replica = 1;
+                }
+                for (f, x) in a {
+                    let at = format!("autoscaling_settings.{f}");
+                    let Some(n) = uint(&at, x)? else { continue };
+                    match f.as_str() {
+                        "min_replica" => s.min_replica = n,
+                        "max_replica" => s.max_replica = n,
+                        "autoscaling_window" => s.autoscaling_window = n,
+                        "scale_down_delay" => s.scale_down_delay = n,
+                        "concurrency_target" => s.concurrency_target = n,
+                        "target_utilization_percentage" => s.target_utilization_percentage = n,
+                        _ => return Err(format!("{at}: not supported by switchyard (only null)")),
+                    }
+                }
+                s.validate()
+                    .map_err(|e| format!("autoscaling_settings.{}: {}", e.field, e.message))?;
+                if s.min_replica == 0 {
+                    return Err("autoscaling_settings.min_replica: 0 (scale to zero) is not supported yet; use 1 or more".into());
+                }
+                let _: AutoscalingSettings = s;
+                autoscaling = Some(s);
+            }
+            "promotion_settings" => {
+                let Value::Object(p) = val else {
+                    return Err("promotion_settings: must be an object".into());
+                };
+                known(
+                    "promotion_settings.",
+                    p,
+                    &[
+                        "redeploy_on_promotion",
+                        "rolling_deploy",
+                        "promotion_cleanup_strategy",
+                        "rolling_deploy_config",
+                        "ramp_up_while_promoting",
+                        "ramp_up_duration_seconds",
+                    ],
+                )?;
+                for (f, x) in p {
+                    let at = format!("promotion_settings.{f}");
+                    match (f.as_str(), x) {
+                        (_, Value::Null) => {}
+                        ("rolling_deploy", Value::Bool(b)) => settings.rolling = *b,
+                        ("promotion_cleanup_strategy", x) => {
+                            settings.cleanup = serde_json::from_value(x.clone()).map_err(|_| {
+                                format!("{at}: {x} is not one of SCALE_TO_ZERO, KEEP, DEACTIVATE")
+                            })?;
+                        }
+                        (
+                            "redeploy_on_promotion" | "ramp_up_while_promoting",
+                            Value::Bool(false),
+                        ) => {}
+                        (
+                            "redeploy_on_promotion" | "ramp_up_while_promoting",
+                            Value::Bool(true),
+                        ) => return Err(format!("{at}: not supported by switchyard (only false)")),
+                        ("ramp_up_duration_seconds", x) => {
+                            int(&at, x)?;
+                        }
+                        ("rolling_deploy_config", Value::Object(r)) => {
+                            let base = "promotion_settings.rolling_deploy_config.";
+                            known(
+                                base,
+                                r,
+                                &[
+                                    "rolling_deploy_strategy",
+                                    "max_surge_percent",
+                                    "max_unavailable_percent",
+                                    "stabilization_time_seconds",
+                                    "replica_overhead_percent",
+                                ],
+                            )?;
+                            let cur = settings.rolling_config;
+                            let get = |k: &str, now: u32| -> Result<i64, String> {
+                                match r.get(k) {
+                                    Some(x) => {
+                                        Ok(int(&format!("{base}{k}"), x)?.unwrap_or(i64::from(now)))
+                                    }
+                                    None => Ok(i64::from(now)),
+                                }
+                            };
+                            if let Some(st) =
+                                r.get("rolling_deploy_strategy").filter(|x| !x.is_null())
+                            {
+                                if st != "REPLICA" {
+                                    return Err(format!("{base}rolling_deploy_strategy: {st} is not supported (only \"REPLICA\")"));
+                                }
+                            }
+                            let surge_given =
+                                r.get("max_surge_percent").is_some_and(|x| !x.is_null());
+                            let unavailable =
+                                get("max_unavailable_percent", cur.max_unavailable_percent)?;
+                            // Switching to unavailable mode alone implies surge 0.
+                            let surge = if !surge_given
+                                && unavailable > 0
+                                && r.contains_key("max_unavailable_percent")
+                            {
+                                0
+                            } else {
+                                get("max_surge_percent", cur.max_surge_percent)?
+                            };
+                            let rc = RollingConfig::from_options(
+                                Some(surge),
+                                Some(unavailable),
+                                Some(get(
+                                    "stabilization_time_seconds",
+                                    cur.stabilization_time_seconds,
+                                )?),
+                                Some(get(
+                                    "replica_overhead_percent",
+                                    cur.replica_overhead_percent,
+                                )?),
+                            )
+                            .map_err(|e| format!("{base}{}", e))?;
+                            settings.rolling_config = rc;
+                        }
+                        (_, other) => return Err(format!("{at}: unexpected value {other}")),
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok((settings, autoscaling))
+}

@@ -131,6 +131,35 @@ pub async fn handle(state: &ApiState, req: Request<Incoming>) -> Response<ApiBod
             Ok(v) => json_response(StatusCode::OK, &v),
             Err(err) => controller_error(err),
         },
+        (Method::PATCH, ["models", m, "environments", e]) => {
+            let view = match c.environment(m, e) {
+                Ok(v) => v,
+                Err(err) => return controller_error(err),
+            };
+            let (settings, autoscaling) = match json::patch_environment(&view, &body) {
+                Ok(x) => x,
+                Err(msg) => return error(StatusCode::BAD_REQUEST, msg),
+            };
+            let changed = match c.set_environment_settings(m, e, settings, autoscaling) {
+                Ok(changed) => changed,
+                Err(err) => return controller_error(err),
+            };
+            match json::environment(state, m, e) {
+                Ok(env) => json_response(
+                    StatusCode::OK,
+                    &json!({
+                        "environment": env,
+                        "status": if changed { "ACCEPTED" } else { "UNCHANGED" },
+                        "message": if changed {
+                            "Settings updated; a promotion in progress keeps the settings it started with."
+                        } else {
+                            "Nothing to change."
+                        },
+                    }),
+                ),
+                Err(err) => controller_error(err),
+            }
+        }
         (Method::GET, ["models", m, "environments", e, "events"]) => {
             if wants_stream {
                 return match events_stream(state, m, e) {
@@ -195,7 +224,7 @@ pub async fn handle(state: &ApiState, req: Request<Incoming>) -> Response<ApiBod
                 (Err(err), _) => controller_error(err),
             }
         }
-        (Method::GET | Method::POST, _) => not_found(&path),
+        (Method::GET | Method::POST | Method::PATCH, _) => not_found(&path),
         (m, _) => error(
             StatusCode::METHOD_NOT_ALLOWED,
             format!("{m} is not supported on {path}"),

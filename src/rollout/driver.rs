@@ -237,7 +237,7 @@ impl Controller {
                     settings: e.promotion.clone(),
                     promotion: None,
                     events: Vec::new(),
-                    autoscaler: e.autoscaling.filter(|a| a.enabled()).map(Autoscaler::new),
+                    autoscaler: e.autoscaling.map(Autoscaler::new),
                     extra: (0, 0),
                     replicas: match &e.traffic {
                         Traffic::Current { replicas, .. } => *replicas,
@@ -667,6 +667,47 @@ impl Controller {
         })
     }
 
+    /// Replaces an environment's promotion and autoscaling settings (already validated). A
+    /// promotion in progress keeps the settings it started with. Returns whether anything changed.
+    pub fn set_environment_settings(
+        &self,
+        model: &str,
+        environment: &str,
+        settings: PromotionConfig,
+        autoscaling: Option<super::autoscale::AutoscalingSettings>,
+    ) -> Result<bool, ControllerError> {
+        self.with_env(model, environment, |m, ei| {
+            let env = &mut m.environments[ei];
+            let before = (
+                env.settings.clone(),
+                env.autoscaler.as_ref().map(|a| a.settings),
+            );
+            if before == (settings.clone(), autoscaling) {
+                return Ok(false);
+            }
+            env.settings = settings;
+            if env.autoscaler.as_ref().map(|a| a.settings) != autoscaling {
+                env.autoscaler = autoscaling.map(Autoscaler::new);
+            }
+            let reason = "settings updated".to_string();
+            let at = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64);
+            tracing::info!(model = %m.id, environment = %env.name, "{reason}");
+            if let Some(p) = &env.promotion {
+                env.events.push(Event {
+                    at_ms: at,
+                    status: p.machine.status,
+                    percent_traffic_to_new_version: p.machine.percent,
+                    candidate_replicas: p.machine.candidate_target,
+                    previous_replicas: p.machine.previous_target,
+                    reason,
+                });
+            }
+            Ok(true)
+        })
+    }
+
     pub fn models(&self) -> Vec<ModelSummary> {
         self.lock()
             .models
@@ -809,6 +850,10 @@ struct PersistedModel {
 #[derive(Serialize, serde::Deserialize)]
 struct PersistedEnvironment {
     name: String,
+    #[serde(default)]
+    settings: Option<PromotionConfig>,
+    #[serde(default)]
+    autoscaling: Option<super::autoscale::AutoscalingSettings>,
     current: Option<String>,
     replicas: u32,
     extra: (u32, u32),
@@ -844,6 +889,8 @@ impl Persisted {
                         .filter(|e| e.fixed.is_none())
                         .map(|e| PersistedEnvironment {
                             name: e.name.clone(),
+                            settings: Some(e.settings.clone()),
+                            autoscaling: e.autoscaler.as_ref().map(|a| a.settings),
                             current: e.current.clone(),
                             replicas: e.replicas,
                             extra: e.extra,
@@ -899,6 +946,12 @@ fn restore(st: &mut State, saved: Persisted) {
                     model = %m.id, environment = %pe.name, status = %p.machine.status,
                     percent = p.machine.percent, "restored the promotion from the saved state"
                 );
+            }
+            if let Some(settings) = pe.settings {
+                env.settings = settings;
+            }
+            if let Some(a) = pe.autoscaling {
+                env.autoscaler = Some(Autoscaler::new(a));
             }
             env.current = pe.current;
             env.replicas = pe.replicas;

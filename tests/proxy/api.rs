@@ -403,3 +403,107 @@ async fn events_are_a_log_and_a_live_stream() {
     assert_eq!(events.last().unwrap()["status"], "SUCCEEDED");
     proxy.shutdown().await;
 }
+
+#[tokio::test]
+async fn patch_is_a_validated_partial_update() {
+    let (proxy, _ups) = api_proxy().await;
+    let a = proxy.admin_addr;
+    let path = "/v1/models/m/environments/production";
+    let before = call(a, Method::GET, path, auth(), None).await.1;
+
+    // Rejected requests name the field and change nothing.
+    for (body, field) in [
+        (
+            r#"{"promotion_settings": {"rolling_deploy_config": {"max_unavailable_percent": 10, "max_surge_percent": 10}}}"#,
+            "max_unavailable_percent",
+        ),
+        (
+            r#"{"promotion_settings": {"rolling_deploy_config": {"stabilization_time_seconds": 4000}}}"#,
+            "stabilization_time_seconds",
+        ),
+        (
+            r#"{"promotion_settings": {"rolling_deploy_config": {"max_surge_percent": 0}}}"#,
+            "max_surge_percent",
+        ),
+        (
+            r#"{"promotion_settings": {"promotion_cleanup_strategy": "SHRED"}}"#,
+            "promotion_cleanup_strategy",
+        ),
+        (
+            r#"{"promotion_settings": {"rolling": true}}"#,
+            "promotion_settings.rolling",
+        ),
+        (
+            r#"{"autoscaling_settings": {"min_replica": 5, "max_replica": 2}}"#,
+            "min_replica",
+        ),
+        (
+            r#"{"autoscaling_settings": {"autoscaling_window": 5}}"#,
+            "autoscaling_window",
+        ),
+        (
+            r#"{"autoscaling_settings": {"max_replicas": 3}}"#,
+            "max_replicas",
+        ),
+        (r#"{"surprise": {}}"#, "surprise"),
+    ] {
+        let (s, v) = call(a, Method::PATCH, path, auth(), Some(body)).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{body}: {v}");
+        assert!(v["error"].as_str().unwrap().contains(field), "{body}: {v}");
+    }
+    assert_eq!(
+        call(a, Method::GET, path, auth(), None).await.1,
+        before,
+        "a rejected PATCH changed state"
+    );
+
+    // A partial update keeps everything it does not name.
+    let (s, v) = call(
+        a,
+        Method::PATCH,
+        path,
+        auth(),
+        Some(r#"{"promotion_settings": {"promotion_cleanup_strategy": "KEEP", "rolling_deploy_config": {"stabilization_time_seconds": 7, "max_surge_percent": null}}}"#),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["status"], "ACCEPTED");
+    let ps = &v["environment"]["promotion_settings"];
+    assert_eq!(ps["promotion_cleanup_strategy"], "KEEP");
+    assert_eq!(ps["rolling_deploy"], true);
+    assert_eq!(ps["rolling_deploy_config"]["stabilization_time_seconds"], 7);
+    assert_eq!(ps["rolling_deploy_config"]["max_surge_percent"], 50);
+    // Switching mode with only the unavailable percent.
+    let (s, v) = call(
+        a,
+        Method::PATCH,
+        path,
+        auth(),
+        Some(
+            r#"{"promotion_settings": {"rolling_deploy_config": {"max_unavailable_percent": 25}}}"#,
+        ),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let rc = &v["environment"]["promotion_settings"]["rolling_deploy_config"];
+    assert_eq!(
+        (
+            rc["max_surge_percent"].clone(),
+            rc["max_unavailable_percent"].clone()
+        ),
+        (json!(0), json!(25))
+    );
+    let (s, v) = call(
+        a,
+        Method::PATCH,
+        path,
+        auth(),
+        Some(r#"{"autoscaling_settings": {"min_replica": 2, "max_replica": 2}}"#),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["environment"]["autoscaling_settings"]["max_replica"], 2);
+    let (_, v) = call(a, Method::PATCH, path, auth(), Some("{}")).await;
+    assert_eq!(v["status"], "UNCHANGED");
+    proxy.shutdown().await;
+}
