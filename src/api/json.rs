@@ -248,48 +248,6 @@ pub fn empty_object(body: &[u8]) -> Result<(), String> {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn rfc3339_formats_known_instants() {
-        assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00Z");
-        let t = UNIX_EPOCH + std::time::Duration::from_secs(1_795_000_000);
-        assert_eq!(rfc3339(t), "2026-11-18T11:06:40Z");
-        let leap = UNIX_EPOCH + std::time::Duration::from_secs(951_782_400); // 2000-02-29
-        assert_eq!(rfc3339(leap), "2000-02-29T00:00:00Z");
-    }
-
-    #[test]
-    fn promote_bodies_are_checked_field_by_field() {
-        assert_eq!(
-            promote_request(br#"{"deployment_id": "v2"}"#).unwrap(),
-            "v2"
-        );
-        assert_eq!(
-            promote_request(br#"{"deployment_id": "v2", "preserve_env_instance_type": true, "scale_down_previous_deployment": null}"#).unwrap(),
-            "v2"
-        );
-        assert!(promote_request(b"{}")
-            .unwrap_err()
-            .starts_with("deployment_id: required"));
-        assert!(promote_request(br#"{"deployment_id": 3}"#)
-            .unwrap_err()
-            .starts_with("deployment_id"));
-        assert!(promote_request(br#"{"deployment_id": "v2", "extra": 1}"#)
-            .unwrap_err()
-            .starts_with("extra: unknown field"));
-        assert!(promote_request(b"[1]").is_err());
-        assert!(promote_request(b"{")
-            .unwrap_err()
-            .contains("not valid JSON"));
-        assert!(empty_object(b"").is_ok());
-        assert!(empty_object(b"{}").is_ok());
-        assert!(empty_object(br#"{"x": 1}"#).is_err());
-    }
-}
-
 /// Applies a PATCH body (`UpdateEnvironmentRequestV1`) to an environment's settings: omitted or
 /// null keys keep their value, unknown keys are refused, every rule is checked. The error names
 /// the field.
@@ -350,10 +308,11 @@ pub fn patch_environment(
             continue;
         }
         match k.as_str() {
-            "request_backpressure_settings" => {
-                if val.get("policy").is_some_and(|p| !p.is_null()) {
-                    return Err("request_backpressure_settings.policy: not supported by switchyard (only null)".into());
-                }
+            "request_backpressure_settings" if val.get("policy").is_some_and(|p| !p.is_null()) => {
+                return Err(
+                    "request_backpressure_settings.policy: not supported by switchyard (only null)"
+                        .into(),
+                );
             }
             "autoscaling_schedule_settings" => {
                 return Err("autoscaling_schedule_settings: not supported by switchyard".into());
@@ -503,4 +462,46 @@ pub fn patch_environment(
         }
     }
     Ok((settings, autoscaling))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_formats_known_instants() {
+        assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00Z");
+        let t = UNIX_EPOCH + std::time::Duration::from_secs(1_795_000_000);
+        assert_eq!(rfc3339(t), "2026-11-18T11:06:40Z");
+        let leap = UNIX_EPOCH + std::time::Duration::from_secs(951_782_400); // 2000-02-29
+        assert_eq!(rfc3339(leap), "2000-02-29T00:00:00Z");
+    }
+
+    #[test]
+    fn promote_bodies_are_checked_field_by_field() {
+        assert_eq!(
+            promote_request(br#"{"deployment_id": "v2"}"#).unwrap(),
+            "v2"
+        );
+        assert_eq!(
+            promote_request(br#"{"deployment_id": "v2", "preserve_env_instance_type": true, "scale_down_previous_deployment": null}"#).unwrap(),
+            "v2"
+        );
+        assert!(promote_request(b"{}")
+            .unwrap_err()
+            .starts_with("deployment_id: required"));
+        assert!(promote_request(br#"{"deployment_id": 3}"#)
+            .unwrap_err()
+            .starts_with("deployment_id"));
+        assert!(promote_request(br#"{"deployment_id": "v2", "extra": 1}"#)
+            .unwrap_err()
+            .starts_with("extra: unknown field"));
+        assert!(promote_request(b"[1]").is_err());
+        assert!(promote_request(b"{")
+            .unwrap_err()
+            .contains("not valid JSON"));
+        assert!(empty_object(b"").is_ok());
+        assert!(empty_object(b"{}").is_ok());
+        assert!(empty_object(br#"{"x": 1}"#).is_err());
+    }
 }
