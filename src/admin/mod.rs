@@ -28,6 +28,9 @@ pub async fn route(state: &AdminState, req: Request<Incoming>) -> Response<ApiBo
     if req.uri().path().starts_with("/v1/") || req.uri().path() == "/v1" {
         return crate::api::handle(&state.api, req).await;
     }
+    if req.uri().path() == "/openapi.json" {
+        return crate::api::json_response(StatusCode::OK, &crate::api::openapi());
+    }
     handle(state, &req).map(|b| b.map_err(|e| match e {}).boxed())
 }
 

@@ -32,6 +32,13 @@ pub struct ApiState {
     pub started: SystemTime,
 }
 
+/// The OpenAPI 3 document of this API (kept in step with the routes by a test).
+pub const OPENAPI: &str = include_str!("openapi.json");
+
+pub fn openapi() -> Value {
+    serde_json::from_str(OPENAPI).unwrap_or(Value::Null)
+}
+
 /// Largest request body the API reads.
 const MAX_BODY: usize = 64 * 1024;
 

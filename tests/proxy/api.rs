@@ -507,3 +507,40 @@ async fn patch_is_a_validated_partial_update() {
     assert_eq!(v["status"], "UNCHANGED");
     proxy.shutdown().await;
 }
+
+#[tokio::test]
+async fn the_openapi_document_matches_the_routes() {
+    let (proxy, _ups) = api_proxy().await;
+    let a = proxy.admin_addr;
+    let (s, doc) = call(a, Method::GET, "/openapi.json", None, None).await;
+    assert_eq!(s, StatusCode::OK, "served without a key");
+    let paths = doc["paths"].as_object().unwrap();
+    assert!(paths.len() >= 13);
+    let mut operations = 0;
+    for (template, ops) in paths {
+        let path = template
+            .replace("{model_id}", "m")
+            .replace("{env_name}", "production")
+            .replace("{deployment_id}", "v1");
+        for (method, _) in ops.as_object().unwrap() {
+            let method = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
+            let body = (method != Method::GET).then_some("{}");
+            let (s, v) = call(a, method.clone(), &path, auth(), body).await;
+            let unrouted = v["error"]
+                .as_str()
+                .is_some_and(|e| e.starts_with("no API route"))
+                || s == StatusCode::METHOD_NOT_ALLOWED;
+            assert!(
+                !unrouted,
+                "documented {method} {template} is not served: {s} {v}"
+            );
+            operations += 1;
+        }
+    }
+    assert_eq!(operations, 14);
+    // And nothing undocumented is served: a made-up path is refused.
+    let (s, v) = call(a, Method::GET, "/v1/models/m/secrets", auth(), None).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    assert!(v["error"].as_str().unwrap().contains("/openapi.json"));
+    proxy.shutdown().await;
+}
