@@ -239,6 +239,56 @@ pub fn promote_request(body: &[u8]) -> Result<String, String> {
     }
 }
 
+/// A deployment to register: `{"id": "v3", "provider": "process", "command": [..., "{port}"],
+/// "health_path": "/healthz"}` or `{"id": "v3", "provider": "static", "endpoints": ["host:port"]}`.
+pub fn register_request(body: &[u8]) -> Result<(String, crate::replicas::ProviderSpec), String> {
+    use crate::replicas::ProviderSpec;
+    let mut m = object(body)?;
+    let id = match m.remove("id") {
+        Some(Value::String(s)) => s,
+        Some(v) => return Err(format!("id: must be a string, got {v}")),
+        None => return Err("id: required (the new deployment's id)".into()),
+    };
+    let ok_id = !id.is_empty()
+        && id.len() <= 128
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+    if !ok_id {
+        return Err(format!(
+            "id: {id:?} must be 1-128 characters of letters, digits, '-', '_' or '.'"
+        ));
+    }
+    if let Some(Value::String(kind)) = m.get("provider") {
+        if kind == "process" && !m.contains_key("health_path") {
+            m.insert("health_path".into(), Value::String("/healthz".into()));
+        }
+    }
+    let spec: ProviderSpec =
+        serde_json::from_value(Value::Object(m)).map_err(|e| format!("provider: {e}"))?;
+    match &spec {
+        ProviderSpec::Process {
+            command,
+            health_path,
+        } => {
+            if command.first().is_none_or(|c| c.is_empty()) {
+                return Err("command: must name a program".into());
+            }
+            if !command.iter().any(|a| a.contains("{port}")) {
+                return Err("command: must pass {port} to the replica somewhere".into());
+            }
+            if !health_path.starts_with('/') {
+                return Err(format!("health_path: {health_path:?} must start with '/'"));
+            }
+        }
+        ProviderSpec::Static { endpoints } if endpoints.is_empty() => {
+            return Err("endpoints: list at least one HOST:PORT".into());
+        }
+        ProviderSpec::Static { .. } => {}
+    }
+    Ok((id, spec))
+}
+
 /// Control actions take no fields (Baseten's clients send `{}` or nothing).
 pub fn empty_object(body: &[u8]) -> Result<(), String> {
     let m = object(body)?;

@@ -66,6 +66,7 @@ fn controller_error(e: ControllerError) -> Response<ApiBody> {
         | ControllerError::FixedSplit(_)
         | ControllerError::SharedDeployment { .. }
         | ControllerError::AlreadyCurrent(_)
+        | ControllerError::DeploymentExists(_)
         | ControllerError::Control(_) => StatusCode::CONFLICT,
         ControllerError::NotEnoughEndpoints { .. } | ControllerError::Settings(_) => {
             StatusCode::BAD_REQUEST
@@ -120,6 +121,34 @@ pub async fn handle(state: &ApiState, req: Request<Incoming>) -> Response<ApiBod
             },
             Err(e) => controller_error(e),
         },
+        (Method::POST, ["models", m, "deployments"]) => {
+            let (id, spec) = match json::register_request(&body) {
+                Ok(x) => x,
+                Err(msg) => return error(StatusCode::BAD_REQUEST, msg),
+            };
+            if let Err(err) = c.add_deployment(m, &id, spec) {
+                return controller_error(err);
+            }
+            match json::deployments(state, m) {
+                Ok(list) => json_response(
+                    StatusCode::OK,
+                    &list
+                        .into_iter()
+                        .find(|x| x["id"] == id.as_str())
+                        .unwrap_or(Value::Null),
+                ),
+                Err(err) => controller_error(err),
+            }
+        }
+        (Method::POST, ["models", m, "deployments", d, action @ ("activate" | "deactivate")]) => {
+            if let Err(msg) = json::empty_object(&body) {
+                return error(StatusCode::BAD_REQUEST, msg);
+            }
+            match c.set_active(m, d, *action == "activate") {
+                Ok(()) => json_response(StatusCode::OK, &json!({ "success": true })),
+                Err(err) => controller_error(err),
+            }
+        }
         (Method::GET, ["models", m, "environments"]) => {
             let Some(model) = c.models().into_iter().find(|x| x.id == *m) else {
                 return controller_error(ControllerError::UnknownModel((*m).to_owned()));

@@ -47,8 +47,11 @@ pub trait ReplicaProvider: Send + Sync {
     fn shutdown(&self);
 }
 
-/// How a deployment's replicas are obtained.
-#[derive(Debug, Clone, PartialEq)]
+/// How a deployment's replicas are obtained. As JSON (API, store):
+/// `{"provider": "process", "command": [...], "health_path": "/healthz"}` or
+/// `{"provider": "static", "endpoints": ["127.0.0.1:8001"]}`.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "provider", rename_all = "snake_case", deny_unknown_fields)]
 pub enum ProviderSpec {
     /// Spawn `command` (argv; `{port}`, `{deployment}` and `{model}` are substituted).
     Process {

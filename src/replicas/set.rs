@@ -31,6 +31,7 @@ impl ReplicaSet {
     /// Starts the actor. Must be called inside a tokio runtime that outlives the replicas:
     /// with the `process` provider, replicas get SIGKILL when the thread that spawned them exits.
     pub fn spawn(
+        runtime: &tokio::runtime::Handle,
         name: String,
         spec: ProviderSpec,
         timing: ProviderTiming,
@@ -59,7 +60,7 @@ impl ReplicaSet {
             changed,
             published: None,
         };
-        tokio::spawn(actor.run(desired_rx, stop_rx));
+        runtime.spawn(actor.run(desired_rx, stop_rx));
         set
     }
 }

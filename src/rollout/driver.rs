@@ -58,6 +58,8 @@ pub enum ControllerError {
         deployment: String,
         environment: String,
     },
+    #[error("deployment {0:?} already exists")]
+    DeploymentExists(String),
     #[error("{0}")]
     Settings(#[from] PlanError),
     #[error("{0}")]
@@ -124,6 +126,8 @@ pub struct DeploymentView {
 
 struct DeploymentState {
     id: String,
+    /// Set for deployments registered through the API (they persist in the store).
+    registered: Option<ProviderSpec>,
     provider: Arc<dyn ReplicaProvider>,
     kind: &'static str,
     /// Static endpoints listed (None for process deployments).
@@ -172,6 +176,9 @@ pub struct Controller {
     store: Option<Arc<dyn Store>>,
     /// The bytes last written to the store, to skip saves that change nothing.
     saved: Mutex<Vec<u8>>,
+    /// The control runtime: replica actors run there, whoever registers a deployment.
+    runtime: tokio::runtime::Handle,
+    timing: ProviderTiming,
 }
 
 impl Controller {
@@ -185,6 +192,8 @@ impl Controller {
         timing: ProviderTiming,
         store: Option<Arc<dyn Store>>,
     ) -> Result<Arc<Controller>, String> {
+        let runtime = tokio::runtime::Handle::try_current()
+            .map_err(|_| "the controller must start inside the control runtime".to_string())?;
         let mut state = State {
             models: Vec::new(),
             last_spec: None,
@@ -192,28 +201,11 @@ impl Controller {
         for m in models {
             let mut deployments = Vec::new();
             for d in &m.deployments {
-                let (provider, kind, listed): (Arc<dyn ReplicaProvider>, _, _) = match &d.provider {
-                    ProviderSpec::Static { endpoints } => {
-                        // Listed endpoints are admitted unless a promotion says otherwise.
-                        let set = StaticSet::new(endpoints.clone(), endpoints.len() as u32);
-                        (Arc::new(set), "static", Some(endpoints.len()))
-                    }
-                    ProviderSpec::Process { .. } => {
-                        let (model, dep) = (m.id.clone(), d.id.clone());
-                        let r = router.clone();
-                        let lookup: DataPlaneLookup =
-                            Arc::new(move |addr| r.replica(&model, &dep, addr));
-                        let set = ReplicaSet::spawn(
-                            format!("{}/{}", m.id, d.id),
-                            d.provider.clone(),
-                            timing.clone(),
-                            lookup,
-                        );
-                        (set as Arc<dyn ReplicaProvider>, "process", None)
-                    }
-                };
+                let (provider, kind, listed) =
+                    make_provider(&m.id, &d.id, &d.provider, &router, &timing, &runtime);
                 deployments.push(DeploymentState {
                     id: d.id.clone(),
+                    registered: None,
                     provider,
                     kind,
                     listed,
@@ -257,7 +249,7 @@ impl Controller {
                 Some(bytes) => {
                     let saved: Persisted = serde_json::from_slice(&bytes)
                         .map_err(|e| format!("the saved state cannot be read ({e}); move the data directory aside to start fresh"))?;
-                    restore(&mut state, saved);
+                    restore(&mut state, saved, &router, &timing, &runtime);
                 }
                 None => tracing::info!("no saved state: starting from the configuration"),
             }
@@ -273,6 +265,8 @@ impl Controller {
             wake: watch::channel(0).0,
             store,
             saved: Mutex::new(Vec::new()),
+            runtime,
+            timing,
         });
         controller.persist(&controller.lock());
         Ok(controller)
@@ -708,6 +702,86 @@ impl Controller {
         })
     }
 
+    /// Adds a deployment to a model without a restart. It starts with no replicas (static: all
+    /// listed endpoints admitted) until a promotion scales it.
+    pub fn add_deployment(
+        &self,
+        model: &str,
+        id: &str,
+        spec: ProviderSpec,
+    ) -> Result<(), ControllerError> {
+        let mut st = self.lock();
+        let m = st
+            .models
+            .iter_mut()
+            .find(|m| m.id == model)
+            .ok_or_else(|| ControllerError::UnknownModel(model.to_owned()))?;
+        if m.deployments.iter().any(|d| d.id == id) {
+            return Err(ControllerError::DeploymentExists(id.to_owned()));
+        }
+        let (provider, kind, listed) =
+            make_provider(model, id, &spec, &self.router, &self.timing, &self.runtime);
+        m.deployments.push(DeploymentState {
+            id: id.to_owned(),
+            registered: Some(spec),
+            provider,
+            kind,
+            listed,
+            active: true,
+        });
+        tracing::info!(
+            model,
+            deployment = id,
+            provider = kind,
+            "deployment registered"
+        );
+        self.reroute(&mut st);
+        self.persist(&st);
+        Ok(())
+    }
+
+    /// Activates or deactivates a deployment. A deactivated one has no replicas and gets no
+    /// traffic, pinned requests included; a current or promoting deployment cannot be deactivated.
+    pub fn set_active(&self, model: &str, id: &str, active: bool) -> Result<(), ControllerError> {
+        let mut st = self.lock();
+        let m = st
+            .models
+            .iter_mut()
+            .find(|m| m.id == model)
+            .ok_or_else(|| ControllerError::UnknownModel(model.to_owned()))?;
+        if !m.deployments.iter().any(|d| d.id == id) {
+            return Err(ControllerError::UnknownDeployment {
+                model: model.to_owned(),
+                deployment: id.to_owned(),
+            });
+        }
+        if !active {
+            if let Some(e) = m.environments.iter().find(|e| {
+                e.current.as_deref() == Some(id)
+                    || e.fixed
+                        .as_ref()
+                        .is_some_and(|w| w.get(id).is_some_and(|w| *w > 0))
+                    || e.promotion.as_ref().is_some_and(|p| {
+                        !p.machine.status.is_terminal() && (p.candidate == id || p.previous == id)
+                    })
+            }) {
+                return Err(ControllerError::SharedDeployment {
+                    deployment: id.to_owned(),
+                    environment: e.name.clone(),
+                });
+            }
+        }
+        if let Some(d) = m.deployments.iter_mut().find(|d| d.id == id) {
+            d.active = active;
+            if !active {
+                d.provider.scale(0);
+            }
+        }
+        self.reroute(&mut st);
+        self.persist(&st);
+        Ok(())
+    }
+
     pub fn models(&self) -> Vec<ModelSummary> {
         self.lock()
             .models
@@ -830,6 +904,36 @@ fn autoscale(m: &mut ModelState, ei: usize, in_flight: u32, now: u64) {
     }
 }
 
+fn make_provider(
+    model: &str,
+    id: &str,
+    spec: &ProviderSpec,
+    router: &Arc<Router>,
+    timing: &ProviderTiming,
+    runtime: &tokio::runtime::Handle,
+) -> (Arc<dyn ReplicaProvider>, &'static str, Option<usize>) {
+    match spec {
+        ProviderSpec::Static { endpoints } => {
+            // Listed endpoints are admitted unless a promotion says otherwise.
+            let set = StaticSet::new(endpoints.clone(), endpoints.len() as u32);
+            (Arc::new(set), "static", Some(endpoints.len()))
+        }
+        ProviderSpec::Process { .. } => {
+            let (m, d) = (model.to_owned(), id.to_owned());
+            let r = router.clone();
+            let lookup: DataPlaneLookup = Arc::new(move |addr| r.replica(&m, &d, addr));
+            let set = ReplicaSet::spawn(
+                runtime,
+                format!("{model}/{id}"),
+                spec.clone(),
+                timing.clone(),
+                lookup,
+            );
+            (set as Arc<dyn ReplicaProvider>, "process", None)
+        }
+    }
+}
+
 /// Events kept in the store per environment.
 const PERSISTED_EVENTS: usize = 1000;
 
@@ -844,6 +948,8 @@ struct Persisted {
 struct PersistedModel {
     id: String,
     inactive: Vec<String>,
+    #[serde(default)]
+    registered: Vec<(String, ProviderSpec)>,
     environments: Vec<PersistedEnvironment>,
 }
 
@@ -883,6 +989,11 @@ impl Persisted {
                         .filter(|d| !d.active)
                         .map(|d| d.id.clone())
                         .collect(),
+                    registered: m
+                        .deployments
+                        .iter()
+                        .filter_map(|d| d.registered.clone().map(|s| (d.id.clone(), s)))
+                        .collect(),
                     environments: m
                         .environments
                         .iter()
@@ -911,12 +1022,33 @@ impl Persisted {
 
 /// Applies saved state onto the configured models. What the configuration no longer has
 /// (models, environments, deployments) is skipped with a warning.
-fn restore(st: &mut State, saved: Persisted) {
+fn restore(
+    st: &mut State,
+    saved: Persisted,
+    router: &Arc<Router>,
+    timing: &ProviderTiming,
+    runtime: &tokio::runtime::Handle,
+) {
     for pm in saved.models {
         let Some(m) = st.models.iter_mut().find(|m| m.id == pm.id) else {
             tracing::warn!(model = %pm.id, "saved state names a model the configuration no longer has");
             continue;
         };
+        for (id, spec) in pm.registered {
+            if m.deployments.iter().any(|d| d.id == id) {
+                continue; // the configuration declares it now
+            }
+            let (provider, kind, listed) =
+                make_provider(&m.id, &id, &spec, router, timing, runtime);
+            m.deployments.push(DeploymentState {
+                id,
+                registered: Some(spec),
+                provider,
+                kind,
+                listed,
+                active: true,
+            });
+        }
         let has = |m: &ModelState, d: &str| m.deployments.iter().any(|x| x.id == d);
         for d in &pm.inactive {
             if let Some(x) = m.deployments.iter_mut().find(|x| &x.id == d) {

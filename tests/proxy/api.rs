@@ -537,10 +537,130 @@ async fn the_openapi_document_matches_the_routes() {
             operations += 1;
         }
     }
-    assert_eq!(operations, 14);
+    assert_eq!(operations, 17);
     // And nothing undocumented is served: a made-up path is refused.
     let (s, v) = call(a, Method::GET, "/v1/models/m/secrets", auth(), None).await;
     assert_eq!(s, StatusCode::NOT_FOUND);
     assert!(v["error"].as_str().unwrap().contains("/openapi.json"));
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn deployments_can_be_registered_activated_and_deactivated_without_a_restart() {
+    let (proxy, _ups) = api_proxy().await;
+    let a = proxy.admin_addr;
+    let (v3a, v3b) = (named("v3").await, named("v3").await);
+    let body = format!(
+        r#"{{"id": "v3", "provider": "static", "endpoints": ["{}", "{}"]}}"#,
+        v3a.addr, v3b.addr
+    );
+    let (s, v) = call(
+        a,
+        Method::POST,
+        "/v1/models/m/deployments",
+        auth(),
+        Some(&body),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["id"], "v3");
+    assert_eq!(
+        call(
+            a,
+            Method::POST,
+            "/v1/models/m/deployments",
+            auth(),
+            Some(&body)
+        )
+        .await
+        .0,
+        StatusCode::CONFLICT
+    );
+    for bad in [
+        r#"{"provider": "static", "endpoints": []}"#,
+        r#"{"id": "x", "provider": "process", "command": ["srv"]}"#,
+        r#"{"id": "x", "provider": "ftp"}"#,
+    ] {
+        assert_eq!(
+            call(
+                a,
+                Method::POST,
+                "/v1/models/m/deployments",
+                auth(),
+                Some(bad)
+            )
+            .await
+            .0,
+            StatusCode::BAD_REQUEST,
+            "{bad}"
+        );
+    }
+    assert_eq!(
+        get(proxy.listen_addr, "/deployment/v3/x").await.text(),
+        "v3",
+        "pinned routes reach it at once"
+    );
+    // Promote to it, as to any deployment.
+    let (s, v) = call(
+        a,
+        Method::POST,
+        "/v1/models/m/environments/production/promote",
+        auth(),
+        Some(r#"{"deployment_id": "v3"}"#),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert!(
+        eventually(Duration::from_secs(20), || {
+            proxy
+                .controller()
+                .environment("m", "production")
+                .unwrap()
+                .current_deployment
+                .as_deref()
+                == Some("v3")
+        })
+        .await
+    );
+    assert_eq!(get(proxy.listen_addr, "/").await.text(), "v3");
+    // The current deployment cannot be deactivated; an idle one can, and comes back.
+    assert_eq!(
+        call(
+            a,
+            Method::POST,
+            "/v1/models/m/deployments/v3/deactivate",
+            auth(),
+            None
+        )
+        .await
+        .0,
+        StatusCode::CONFLICT
+    );
+    let (s, v) = call(
+        a,
+        Method::POST,
+        "/v1/models/m/deployments/v2/deactivate",
+        auth(),
+        None,
+    )
+    .await;
+    assert_eq!((s, v), (StatusCode::OK, json!({"success": true})));
+    assert_eq!(get(proxy.listen_addr, "/deployment/v2/x").await.status, 404);
+    let (_, d) = call(a, Method::GET, "/v1/models/m/deployments/v2", auth(), None).await;
+    assert_eq!(d["status"], "INACTIVE");
+    assert_eq!(
+        call(
+            a,
+            Method::POST,
+            "/v1/models/m/deployments/v2/activate",
+            auth(),
+            None
+        )
+        .await
+        .0,
+        StatusCode::OK
+    );
+    let (_, d) = call(a, Method::GET, "/v1/models/m/deployments/v2", auth(), None).await;
+    assert_ne!(d["status"], "INACTIVE");
     proxy.shutdown().await;
 }
