@@ -576,7 +576,8 @@ stabilization_time_seconds = 3
         serde_json::from_str(&out).unwrap()
     };
 
-    let (mut first, admin) = start();
+    let (first, admin) = start();
+    let mut first = KillOnDrop(first);
     let deadline = Instant::now() + Duration::from_secs(20);
     while status(&admin)["current_deployment"]["active_replica_count"] != 4 {
         assert!(Instant::now() < deadline, "v1 never got 4 ready replicas");
@@ -597,11 +598,30 @@ stabilization_time_seconds = 3
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    first.kill().unwrap(); // SIGKILL mid-rollout
-    first.wait().unwrap();
+    let old_replicas = children_of(first.0.id());
+    assert!(
+        old_replicas.len() >= 4,
+        "2 of v1 and 2 of v2 at 50% (plus any still draining)"
+    );
+    first.0.kill().unwrap(); // SIGKILL mid-rollout
+    first.0.wait().unwrap();
 
-    let (mut second, admin) = start();
+    let (second, admin) = start();
+    let mut second = KillOnDrop(second);
+    // The dead process's replicas are gone (cleaned up, not left to be duplicated)...
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while old_replicas.iter().any(|p| running(*p)) {
+        assert!(
+            Instant::now() < deadline,
+            "replicas of the killed switchyard are still running"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // ...and the new one asks for exactly the restored step's replicas, no more.
     let v = status(&admin);
+    assert_eq!(v["current_deployment"]["replicas"]["desired"], 2, "{v}");
+    assert_eq!(v["candidate_deployment"]["replicas"]["desired"], 2, "{v}");
+    assert!(children_of(second.0.id()).len() <= 4);
     let p = &v["in_progress_promotion"];
     assert_eq!(p["status"], "RAMPING_UP", "{v}");
     let percent = p["percent_traffic_to_new_version"].as_u64().unwrap();
@@ -635,8 +655,18 @@ stabilization_time_seconds = 3
     let v = status(&admin);
     assert_eq!(v["current_deployment"]["id"], "v2");
     let _ = Command::new("kill")
-        .args(["-TERM", &second.id().to_string()])
+        .args(["-TERM", &second.0.id().to_string()])
         .status();
-    let _ = second.wait();
+    let _ = second.0.wait();
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Kills the child if the test fails before stopping it, so no server outlives the test.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }

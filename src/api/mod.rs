@@ -75,12 +75,89 @@ fn controller_error(e: ControllerError) -> Response<ApiBody> {
     error(status, e.to_string())
 }
 
+/// Every operation the API serves: (method, path template). The handler only answers paths
+/// that match one of these, and a test checks this table against the OpenAPI document both ways.
+pub const ROUTES: &[(&str, &str)] = &[
+    ("GET", "/v1/models"),
+    ("GET", "/v1/models/{model_id}"),
+    ("GET", "/v1/models/{model_id}/deployments"),
+    ("POST", "/v1/models/{model_id}/deployments"),
+    ("GET", "/v1/models/{model_id}/deployments/{deployment_id}"),
+    (
+        "POST",
+        "/v1/models/{model_id}/deployments/{deployment_id}/activate",
+    ),
+    (
+        "POST",
+        "/v1/models/{model_id}/deployments/{deployment_id}/deactivate",
+    ),
+    ("GET", "/v1/models/{model_id}/environments"),
+    ("GET", "/v1/models/{model_id}/environments/{env_name}"),
+    ("PATCH", "/v1/models/{model_id}/environments/{env_name}"),
+    (
+        "POST",
+        "/v1/models/{model_id}/environments/{env_name}/promote",
+    ),
+    (
+        "POST",
+        "/v1/models/{model_id}/environments/{env_name}/pause_promotion",
+    ),
+    (
+        "POST",
+        "/v1/models/{model_id}/environments/{env_name}/resume_promotion",
+    ),
+    (
+        "POST",
+        "/v1/models/{model_id}/environments/{env_name}/cancel_promotion",
+    ),
+    (
+        "POST",
+        "/v1/models/{model_id}/environments/{env_name}/force_cancel_promotion",
+    ),
+    (
+        "POST",
+        "/v1/models/{model_id}/environments/{env_name}/force_roll_forward_promotion",
+    ),
+    (
+        "GET",
+        "/v1/models/{model_id}/environments/{env_name}/events",
+    ),
+];
+
+/// Does `path` match `template` (`{name}` matches one non-empty segment)?
+fn matches(template: &str, path: &str) -> bool {
+    let (t, p): (Vec<&str>, Vec<&str>) = (template.split('/').collect(), path.split('/').collect());
+    t.len() == p.len()
+        && t.iter().zip(&p).all(|(t, p)| {
+            if t.starts_with('{') {
+                !p.is_empty()
+            } else {
+                t == p
+            }
+        })
+}
+
 /// Answers a request under `/v1`.
 pub async fn handle(state: &ApiState, req: Request<Incoming>) -> Response<ApiBody> {
     if let Err(msg) = auth::check(&state.api_key, req.headers()) {
         return error(StatusCode::UNAUTHORIZED, msg);
     }
     let path = req.uri().path().trim_end_matches('/').to_owned();
+    let method_name = req.method().as_str().to_owned();
+    let routed: Vec<&(&str, &str)> = ROUTES.iter().filter(|(_, t)| matches(t, &path)).collect();
+    if routed.is_empty() {
+        return not_found(&path);
+    }
+    if !routed.iter().any(|(m, _)| *m == method_name) {
+        let allowed: Vec<&str> = routed.iter().map(|(m, _)| *m).collect();
+        return error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            format!(
+                "{method_name} is not supported on {path}; use {}",
+                allowed.join(" or ")
+            ),
+        );
+    }
     let segments: Vec<&str> = path.split('/').skip(2).collect(); // "", "v1", ...
     let method = req.method().clone();
     let wants_stream = req
@@ -240,7 +317,12 @@ pub async fn handle(state: &ApiState, req: Request<Incoming>) -> Response<ApiBod
                 "cancel_promotion" => c.cancel(m, e),
                 "force_cancel_promotion" => c.force_cancel(m, e),
                 "force_roll_forward_promotion" => c.force_roll_forward(m, e),
-                _ => return not_found(&path),
+                _ => {
+                    return error(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        format!("{path} is listed but not handled"),
+                    )
+                }
             };
             match (result, *action) {
                 (Ok(status), "cancel_promotion") => {
@@ -337,5 +419,41 @@ impl http_body::Body for ChannelBody {
         self.0
             .poll_recv(cx)
             .map(|o| o.map(|b| Ok(http_body::Frame::data(b))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_route_table_and_the_openapi_document_list_the_same_operations() {
+        let doc = openapi();
+        let mut documented: Vec<(String, String)> = doc["paths"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .flat_map(|(path, ops)| {
+                ops.as_object()
+                    .into_iter()
+                    .flatten()
+                    .map(move |(m, _)| (m.to_uppercase(), path.clone()))
+            })
+            .collect();
+        let mut served: Vec<(String, String)> = ROUTES
+            .iter()
+            .map(|(m, p)| (m.to_string(), p.to_string()))
+            .collect();
+        documented.sort();
+        served.sort();
+        assert_eq!(documented, served);
+    }
+
+    #[test]
+    fn templates_match_one_segment_per_parameter() {
+        assert!(matches("/v1/models/{model_id}", "/v1/models/m"));
+        assert!(!matches("/v1/models/{model_id}", "/v1/models"));
+        assert!(!matches("/v1/models/{model_id}", "/v1/models/m/x"));
+        assert!(!matches("/v1/models/{model_id}", "/v1/models/"));
     }
 }
