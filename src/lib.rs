@@ -9,6 +9,7 @@ pub mod admin;
 pub mod api;
 pub mod client;
 pub mod config;
+pub mod demo;
 pub mod metrics;
 pub mod proxy;
 pub mod replica;

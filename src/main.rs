@@ -26,6 +26,15 @@ enum Command {
     Plan(PlanArgs),
     /// Run the built-in model server (OpenAI-style completions, /predict, /healthz).
     Replica(ReplicaArgs),
+    /// A complete demo, no config: model `demo` on built-in replicas, v1 live, v2 to promote.
+    Demo {
+        /// Proxy listener.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: std::net::SocketAddr,
+        /// Admin listener (metrics, API).
+        #[arg(long, default_value = "127.0.0.1:9090")]
+        admin_listen: std::net::SocketAddr,
+    },
     /// Show an environment: current deployment, promotion status, replicas.
     Status(ClientArgs),
     /// Promote a deployment to the environment (with --watch: follow it to the end).
@@ -340,6 +349,10 @@ fn main() -> ExitCode {
         Command::Settings { args, set } => client_command(args, Action::Settings(set.patch())),
         Command::Plan(args) => plan(args),
         Command::Replica(args) => replica(args),
+        Command::Demo {
+            listen,
+            admin_listen,
+        } => demo(listen, admin_listen),
     }
 }
 
@@ -625,6 +638,42 @@ fn plan(a: PlanArgs) -> ExitCode {
     }
 }
 
+fn demo(listen: std::net::SocketAddr, admin_listen: std::net::SocketAddr) -> ExitCode {
+    let exe = match std::env::current_exe() {
+        Ok(p) => p.display().to_string(),
+        Err(e) => {
+            eprintln!("switchyard: cannot find my own binary to start replicas: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    // A fresh state directory per run: the demo always starts from v1.
+    let data_dir = std::env::temp_dir().join(format!("switchyard-demo-{}", std::process::id()));
+    let mut settings = switchyard::demo::settings(&exe, listen, admin_listen, data_dir.clone());
+    if let Ok(k) = std::env::var("SWITCHYARD_API_KEY") {
+        if !k.is_empty() {
+            settings.api_key = Some(k);
+        }
+    }
+    let proxy = match switchyard::server::start(settings) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("switchyard: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    eprintln!(
+        "switchyard: proxy on http://{}  admin on http://{} (/metrics /livez /readyz, API under /v1)",
+        proxy.listen_addr, proxy.admin_addr
+    );
+    println!(
+        "{}",
+        switchyard::demo::instructions(proxy.listen_addr, proxy.admin_addr, &proxy.api_key)
+    );
+    let code = run_until_signal(proxy);
+    let _ = std::fs::remove_dir_all(&data_dir);
+    code
+}
+
 fn serve(flags: ServeFlags, check_only: bool) -> ExitCode {
     let settings = match flags.into_settings() {
         Ok(s) => s,
@@ -711,6 +760,11 @@ fn serve(flags: ServeFlags, check_only: bool) -> ExitCode {
             proxy.api_key
         );
     }
+    run_until_signal(proxy)
+}
+
+/// Serves until SIGTERM/SIGINT, then drains and stops.
+fn run_until_signal(proxy: switchyard::server::RunningProxy) -> ExitCode {
     if let Err(e) = wait_for_signal() {
         eprintln!("switchyard: cannot wait for signals: {e}");
     }
