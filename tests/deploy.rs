@@ -16,7 +16,7 @@ fn exported() -> BTreeSet<String> {
     p.first_byte.observe(0.1);
     let mut names = BTreeSet::new();
     for f in m.registry().gather() {
-        let n = f.get_name().to_string();
+        let n = f.name().to_string();
         for suffix in ["_bucket", "_sum", "_count"] {
             names.insert(format!("{n}{suffix}"));
         }
