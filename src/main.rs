@@ -667,7 +667,7 @@ fn demo(listen: std::net::SocketAddr, admin_listen: std::net::SocketAddr) -> Exi
     );
     println!(
         "{}",
-        switchyard::demo::instructions(proxy.listen_addr, proxy.admin_addr, &proxy.api_key)
+        switchyard::demo::instructions(&exe, proxy.listen_addr, proxy.admin_addr, &proxy.api_key)
     );
     let code = run_until_signal(proxy);
     let _ = std::fs::remove_dir_all(&data_dir);

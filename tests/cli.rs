@@ -670,3 +670,173 @@ impl Drop for KillOnDrop {
         let _ = self.0.wait();
     }
 }
+
+/// One HTTP/1.1 request on a fresh connection; returns (served-by deployment, raw response).
+fn raw_request(addr: SocketAddr, body: &str) -> Result<(String, String), String> {
+    let mut s = TcpStream::connect(addr).map_err(|e| format!("connect: {e}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(20)))
+        .map_err(|e| e.to_string())?;
+    let req = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: demo\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes())
+        .map_err(|e| format!("write: {e}"))?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)
+        .map_err(|e| format!("read: {e}"))?;
+    if !out.starts_with("HTTP/1.1 200") {
+        return Err(out.lines().next().unwrap_or("").to_string());
+    }
+    let dep = out
+        .lines()
+        .find_map(|l| l.strip_prefix("x-switchyard-deployment: "))
+        .unwrap_or("")
+        .trim()
+        .to_string();
+    Ok((dep, out))
+}
+
+#[test]
+fn the_demo_rolls_out_and_back_under_load_without_a_failed_request() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+    let key = "demo-test-key-0123456789";
+    let child = bin()
+        .args([
+            "demo",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ])
+        .env("SWITCHYARD_API_KEY", key)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut demo = KillOnDrop(child);
+    let (proxy, admin) = admin_addr_of(&mut demo.0);
+    let admin = admin.to_string();
+    let status = |admin: &str| -> serde_json::Value {
+        let (_, out, _) = client(admin, Some(key), &["status", "--json"]);
+        serde_json::from_str(&out).unwrap_or_default()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while status(&admin)["current_deployment"]["active_replica_count"] != 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the demo's v1 replicas never got ready"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let failures = Arc::new(Mutex::new(Vec::<String>::new()));
+    let served = Arc::new(Mutex::new(
+        std::collections::BTreeMap::<String, usize>::new(),
+    ));
+    let streams = Arc::new(AtomicUsize::new(0));
+    let load: Vec<_> = (0..4)
+        .map(|i| {
+            let (stop, failures, served, streams) = (
+                stop.clone(),
+                failures.clone(),
+                served.clone(),
+                streams.clone(),
+            );
+            std::thread::spawn(move || {
+                let streaming = i % 2 == 0;
+                let body = if streaming {
+                    r#"{"stream": true, "max_tokens": 20}"#
+                } else {
+                    r#"{"max_tokens": 4}"#
+                };
+                while !stop.load(Ordering::Relaxed) {
+                    match raw_request(proxy, body) {
+                        Ok((dep, out)) => {
+                            let complete = if streaming {
+                                out.contains("data: [DONE]") && out.ends_with("0\r\n\r\n")
+                            } else {
+                                out.contains("chat.completion")
+                            };
+                            if !complete {
+                                failures
+                                    .lock()
+                                    .unwrap()
+                                    .push(format!("incomplete answer from {dep}"));
+                            } else if streaming {
+                                streams.fetch_add(1, Ordering::Relaxed);
+                            }
+                            *served.lock().unwrap().entry(dep).or_default() += 1;
+                        }
+                        Err(e) => failures.lock().unwrap().push(e),
+                    }
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(1));
+
+    let (code, out, err) = client(&admin, Some(key), &["promote", "v2", "--watch"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("SUCCEEDED"), "{out}");
+
+    let (code, _, err) = client(&admin, Some(key), &["promote", "v1"]);
+    assert_eq!(code, 0, "{err}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while status(&admin)["in_progress_promotion"]["percent_traffic_to_new_version"]
+        .as_u64()
+        .unwrap_or(0)
+        == 0
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the promotion back to v1 never moved traffic"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (code, _, err) = client(&admin, Some(key), &["cancel"]);
+    assert_eq!(code, 0, "{err}");
+    let (code, out, _) = client(&admin, Some(key), &["status", "--watch"]);
+    assert_eq!(code, 3, "{out}");
+    // Streams started before the cancel finished take under a second; then only v2 serves.
+    std::thread::sleep(Duration::from_millis(1500));
+    served.lock().unwrap().clear();
+    std::thread::sleep(Duration::from_millis(1500));
+    stop.store(true, Ordering::Relaxed);
+    for t in load {
+        t.join().unwrap();
+    }
+    let failures = failures.lock().unwrap().clone();
+    assert!(
+        failures.is_empty(),
+        "{} failed requests: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
+    let served = served.lock().unwrap().clone();
+    assert_eq!(
+        served.keys().collect::<Vec<_>>(),
+        vec!["v2"],
+        "after the cancel: {served:?}"
+    );
+    assert!(streams.load(Ordering::Relaxed) >= 10);
+
+    let replicas = children_of(demo.0.id());
+    assert!(Command::new("kill")
+        .args(["-INT", &demo.0.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
+    let code = demo.0.wait().unwrap().code();
+    assert_eq!(code, Some(0), "Ctrl-C stops the demo cleanly");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while replicas.iter().any(|p| running(*p)) {
+        assert!(
+            Instant::now() < deadline,
+            "replica processes outlived the demo"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

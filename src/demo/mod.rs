@@ -89,7 +89,7 @@ pub fn settings(
 }
 
 /// What to do next, printed once the demo serves.
-pub fn instructions(proxy: SocketAddr, admin: SocketAddr, key: &str) -> String {
+pub fn instructions(exe: &str, proxy: SocketAddr, admin: SocketAddr, key: &str) -> String {
     format!(
         r#"
 switchyard demo is running: model "demo", environment "production", deployment v1 live, v2 ready to promote.
@@ -104,8 +104,8 @@ Send a request (and a streamed one):
 
 In another terminal, promote v2 and watch it roll out:
   export SWITCHYARD_ADMIN_URL=http://{admin} SWITCHYARD_API_KEY={key}
-  switchyard promote v2 --watch
-  switchyard status | pause | resume | cancel | events | settings
+  {exe} promote v2 --watch
+  {exe} status      (also: pause, resume, cancel, events, settings, deployments)
 
 Ctrl-C stops everything (replicas included).
 "#
