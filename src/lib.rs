@@ -7,6 +7,7 @@
 
 pub mod admin;
 pub mod api;
+pub mod channel_body;
 pub mod client;
 pub mod config;
 pub mod demo;

@@ -366,15 +366,8 @@ enum Action {
 }
 
 fn client_command(a: ClientArgs, action: Action) -> ExitCode {
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("switchyard: cannot start a runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+    let Some(rt) = runtime() else {
+        return ExitCode::FAILURE;
     };
     match rt.block_on(run_client(a, action)) {
         Ok(code) => code,
@@ -581,15 +574,8 @@ fn replica(a: ReplicaArgs) -> ExitCode {
         default_tokens: a.tokens,
         error_rate: a.error_rate,
     };
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("switchyard: cannot start a runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+    let Some(rt) = runtime() else {
+        return ExitCode::FAILURE;
     };
     let listen = opts.listen;
     match rt.block_on(switchyard::replica::run(opts)) {
@@ -780,6 +766,20 @@ fn run_until_signal(proxy: switchyard::server::RunningProxy) -> ExitCode {
     proxy.wait();
     tracing::info!("stopped");
     ExitCode::SUCCESS
+}
+
+/// A current-thread runtime for the CLI's own work; `None` (reported) if it cannot be built.
+fn runtime() -> Option<tokio::runtime::Runtime> {
+    match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => Some(rt),
+        Err(e) => {
+            eprintln!("switchyard: cannot start a runtime: {e}");
+            None
+        }
+    }
 }
 
 /// Blocks until SIGTERM or SIGINT.

@@ -15,6 +15,8 @@ use std::time::SystemTime;
 use bytes::Bytes;
 use http::{header, Method, Request, Response, StatusCode};
 use http_body_util::{combinators::BoxBody, BodyExt, Full, Limited};
+
+use crate::channel_body::ChannelBody;
 use hyper::body::Incoming;
 use serde_json::{json, Value};
 
@@ -188,16 +190,7 @@ pub async fn handle(state: &ApiState, req: Request<Incoming>) -> Response<ApiBod
             Ok(list) => json_response(StatusCode::OK, &json!({ "deployments": list })),
             Err(e) => controller_error(e),
         },
-        (Method::GET, ["models", m, "deployments", d]) => match json::deployments(state, m) {
-            Ok(list) => match list.into_iter().find(|x| x["id"] == *d) {
-                Some(dep) => json_response(StatusCode::OK, &dep),
-                None => controller_error(ControllerError::UnknownDeployment {
-                    model: (*m).to_owned(),
-                    deployment: (*d).to_owned(),
-                }),
-            },
-            Err(e) => controller_error(e),
-        },
+        (Method::GET, ["models", m, "deployments", d]) => deployment_response(state, m, d),
         (Method::POST, ["models", m, "deployments"]) => {
             let (id, spec) = match json::register_request(&body) {
                 Ok(x) => x,
@@ -206,16 +199,7 @@ pub async fn handle(state: &ApiState, req: Request<Incoming>) -> Response<ApiBod
             if let Err(err) = c.add_deployment(m, &id, spec) {
                 return controller_error(err);
             }
-            match json::deployments(state, m) {
-                Ok(list) => json_response(
-                    StatusCode::OK,
-                    &list
-                        .into_iter()
-                        .find(|x| x["id"] == id.as_str())
-                        .unwrap_or(Value::Null),
-                ),
-                Err(err) => controller_error(err),
-            }
+            deployment_response(state, m, &id)
         }
         (Method::POST, ["models", m, "deployments", d, action @ ("activate" | "deactivate")]) => {
             if let Err(msg) = json::empty_object(&body) {
@@ -296,16 +280,7 @@ pub async fn handle(state: &ApiState, req: Request<Incoming>) -> Response<ApiBod
             if let Err(err) = c.promote(m, e, &deployment) {
                 return controller_error(err);
             }
-            match json::deployments(state, m) {
-                Ok(list) => json_response(
-                    StatusCode::OK,
-                    &list
-                        .into_iter()
-                        .find(|x| x["id"] == deployment.as_str())
-                        .unwrap_or(Value::Null),
-                ),
-                Err(err) => controller_error(err),
-            }
+            deployment_response(state, m, &deployment)
         }
         (Method::POST, ["models", m, "environments", e, action]) => {
             if let Err(msg) = json::empty_object(&body) {
@@ -347,6 +322,20 @@ pub async fn handle(state: &ApiState, req: Request<Incoming>) -> Response<ApiBod
             StatusCode::METHOD_NOT_ALLOWED,
             format!("{m} is not supported on {path}"),
         ),
+    }
+}
+
+/// A deployment's `DeploymentV1`, or 404.
+fn deployment_response(state: &ApiState, model: &str, id: &str) -> Response<ApiBody> {
+    match json::deployments(state, model) {
+        Ok(list) => match list.into_iter().find(|x| x["id"] == id) {
+            Some(dep) => json_response(StatusCode::OK, &dep),
+            None => controller_error(ControllerError::UnknownDeployment {
+                model: model.to_owned(),
+                deployment: id.to_owned(),
+            }),
+        },
+        Err(e) => controller_error(e),
     }
 }
 
@@ -404,22 +393,6 @@ fn events_stream(
         header::HeaderValue::from_static("no-cache"),
     );
     Ok(r)
-}
-
-struct ChannelBody(tokio::sync::mpsc::Receiver<Bytes>);
-
-impl http_body::Body for ChannelBody {
-    type Data = Bytes;
-    type Error = Infallible;
-
-    fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Infallible>>> {
-        self.0
-            .poll_recv(cx)
-            .map(|o| o.map(|b| Ok(http_body::Frame::data(b))))
-    }
 }
 
 #[cfg(test)]

@@ -14,11 +14,13 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{header, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
-use hyper::body::{Frame, Incoming};
+use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use serde_json::{json, Value};
+
+use crate::channel_body::ChannelBody;
 
 /// How the replica behaves.
 #[derive(Debug, Clone)]
@@ -281,19 +283,4 @@ fn sse(state: &State, chat: bool, tokens: u32) -> Response<ReplicaBody> {
         .header("x-replica-version", state.opts.version.as_str())
         .body(ChannelBody(rx).boxed())
         .unwrap_or_else(|_| Response::new(Full::new(Bytes::new()).boxed()))
-}
-
-/// A body whose chunks arrive through a channel; ends when the sender is dropped.
-struct ChannelBody(tokio::sync::mpsc::Receiver<Bytes>);
-
-impl http_body::Body for ChannelBody {
-    type Data = Bytes;
-    type Error = Infallible;
-
-    fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        self.0.poll_recv(cx).map(|o| o.map(|b| Ok(Frame::data(b))))
-    }
 }

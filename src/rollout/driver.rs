@@ -601,19 +601,7 @@ impl Controller {
         environment: &str,
     ) -> Result<EnvironmentView, ControllerError> {
         let st = self.lock();
-        let m = st
-            .models
-            .iter()
-            .find(|m| m.id == model)
-            .ok_or_else(|| ControllerError::UnknownModel(model.to_owned()))?;
-        let env = m
-            .environments
-            .iter()
-            .find(|e| e.name == environment)
-            .ok_or_else(|| ControllerError::UnknownEnvironment {
-                model: model.to_owned(),
-                environment: environment.to_owned(),
-            })?;
+        let (m, env) = find_env(&st, model, environment)?;
         let promotion = env.promotion.as_ref().map(|p| PromotionView {
             status: p.machine.status,
             previous_deployment: p.previous.clone(),
@@ -796,19 +784,7 @@ impl Controller {
 
     pub fn events(&self, model: &str, environment: &str) -> Result<Vec<Event>, ControllerError> {
         let st = self.lock();
-        let m = st
-            .models
-            .iter()
-            .find(|m| m.id == model)
-            .ok_or_else(|| ControllerError::UnknownModel(model.to_owned()))?;
-        let env = m
-            .environments
-            .iter()
-            .find(|e| e.name == environment)
-            .ok_or_else(|| ControllerError::UnknownEnvironment {
-                model: model.to_owned(),
-                environment: environment.to_owned(),
-            })?;
+        let (_, env) = find_env(&st, model, environment)?;
         Ok(env.events.clone())
     }
 
@@ -902,6 +878,28 @@ fn autoscale(m: &mut ModelState, ei: usize, in_flight: u32, now: u64) {
             }
         }
     }
+}
+
+/// The model and environment by name, or the 404-style error naming what is missing.
+fn find_env<'a>(
+    st: &'a State,
+    model: &str,
+    environment: &str,
+) -> Result<(&'a ModelState, &'a EnvironmentState), ControllerError> {
+    let m = st
+        .models
+        .iter()
+        .find(|m| m.id == model)
+        .ok_or_else(|| ControllerError::UnknownModel(model.to_owned()))?;
+    let env = m
+        .environments
+        .iter()
+        .find(|e| e.name == environment)
+        .ok_or_else(|| ControllerError::UnknownEnvironment {
+            model: model.to_owned(),
+            environment: environment.to_owned(),
+        })?;
+    Ok((m, env))
 }
 
 fn make_provider(
