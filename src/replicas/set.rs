@@ -69,7 +69,10 @@ impl ReplicaProvider for ReplicaSet {
     fn scale(&self, replicas: u32) {
         self.desired.send_replace(replicas);
         // Report the new target at once, before the actor's next pass publishes the rest.
-        self.status.lock().unwrap_or_else(|e| e.into_inner()).desired = replicas;
+        self.status
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .desired = replicas;
     }
 
     fn status(&self) -> ReplicaSetStatus {
