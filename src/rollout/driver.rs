@@ -456,19 +456,8 @@ impl Controller {
         f: impl FnOnce(&mut ModelState, usize) -> Result<T, ControllerError>,
     ) -> Result<T, ControllerError> {
         let mut st = self.lock();
-        let m = st
-            .models
-            .iter_mut()
-            .find(|m| m.id == model)
-            .ok_or_else(|| ControllerError::UnknownModel(model.to_owned()))?;
-        let ei = m
-            .environments
-            .iter()
-            .position(|e| e.name == environment)
-            .ok_or_else(|| ControllerError::UnknownEnvironment {
-                model: model.to_owned(),
-                environment: environment.to_owned(),
-            })?;
+        let (mi, ei) = env_index(&st, model, environment)?;
+        let m = &mut st.models[mi];
         let out = f(m, ei)?;
         self.reroute(&mut st);
         self.persist(&st);
@@ -880,26 +869,37 @@ fn autoscale(m: &mut ModelState, ei: usize, in_flight: u32, now: u64) {
     }
 }
 
-/// The model and environment by name, or the 404-style error naming what is missing.
+/// Indices of a model and one of its environments, or the error naming what is missing.
+fn env_index(
+    st: &State,
+    model: &str,
+    environment: &str,
+) -> Result<(usize, usize), ControllerError> {
+    let mi = st
+        .models
+        .iter()
+        .position(|m| m.id == model)
+        .ok_or_else(|| ControllerError::UnknownModel(model.to_owned()))?;
+    let ei = st.models[mi]
+        .environments
+        .iter()
+        .position(|e| e.name == environment)
+        .ok_or_else(|| ControllerError::UnknownEnvironment {
+            model: model.to_owned(),
+            environment: environment.to_owned(),
+        })?;
+    Ok((mi, ei))
+}
+
+/// The model and environment by name, or the error naming what is missing.
 fn find_env<'a>(
     st: &'a State,
     model: &str,
     environment: &str,
 ) -> Result<(&'a ModelState, &'a EnvironmentState), ControllerError> {
-    let m = st
-        .models
-        .iter()
-        .find(|m| m.id == model)
-        .ok_or_else(|| ControllerError::UnknownModel(model.to_owned()))?;
-    let env = m
-        .environments
-        .iter()
-        .find(|e| e.name == environment)
-        .ok_or_else(|| ControllerError::UnknownEnvironment {
-            model: model.to_owned(),
-            environment: environment.to_owned(),
-        })?;
-    Ok((m, env))
+    let (mi, ei) = env_index(st, model, environment)?;
+    let m = &st.models[mi];
+    Ok((m, &m.environments[ei]))
 }
 
 fn make_provider(
