@@ -54,53 +54,13 @@ cleanup() {
         # nginx workers are children of the master: remember them before it goes.
         for c in $(pgrep -P "$p" 2>/dev/null || true); do all+=("$c"); done
     done
-    if ((${#all[@]})); then
-        kill -TERM "${all[@]}" 2>/dev/null || true
-        for _ in $(seq 50); do
-            local alive=0
-            for p in "${all[@]}"; do kill -0 "$p" 2>/dev/null && alive=1; done
-            ((alive)) || break
-            sleep 0.1
-        done
-        kill -KILL "${all[@]}" 2>/dev/null || true
-        wait 2>/dev/null || true
-    fi
-    if [[ -n $WORK && -d $WORK ]]; then
-        if [[ $KEEP_WORK == 1 ]]; then log "kept $WORK"; else rm -rf "$WORK"; fi
-    fi
+    stop_all "${all[@]}"
     exit "$rc"
 }
 trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-port_free() { [[ -z $(ss -Hltn "( sport = :$1 )" 2>/dev/null) ]]; }
-
-wait_http() { # URL SECONDS [PID]: until URL answers 2xx
-    local url=$1 secs=$2 pid=${3:-}
-    for _ in $(seq $((secs * 10))); do
-        curl -fsS --max-time 1 -o /dev/null "$url" 2>/dev/null && return 0
-        if [[ -n $pid ]] && ! kill -0 "$pid" 2>/dev/null; then return 1; fi
-        sleep 0.1
-    done
-    return 1
-}
-
-nginx_user_line() {
-    [[ $EUID -eq 0 ]] || return 0
-    if getent group nogroup >/dev/null; then echo "user nobody nogroup;"
-    elif getent group nobody >/dev/null; then echo "user nobody nobody;"
-    else echo "user root root;"; fi
-}
-
-nginx_temp_paths() { # keeps nginx out of /var/lib/nginx
-    local name=$1 v
-    v=$(nginx -V 2>&1)
-    echo "client_body_temp_path $WORK/tmp/$name-body; proxy_temp_path $WORK/tmp/$name-proxy;"
-    [[ $v == *--without-http_fastcgi_module* ]] || echo "fastcgi_temp_path $WORK/tmp/$name-fastcgi;"
-    [[ $v == *--without-http_uwsgi_module* ]] || echo "uwsgi_temp_path $WORK/tmp/$name-uwsgi;"
-    [[ $v == *--without-http_scgi_module* ]] || echo "scgi_temp_path $WORK/tmp/$name-scgi;"
-}
 
 start_nginx() { # NAME: runs $WORK/NAME.conf in the foreground (daemon off) as our child
     local name=$1
