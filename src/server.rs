@@ -13,15 +13,13 @@ use std::time::Duration;
 
 use http::HeaderValue;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 
 use crate::admin;
 use crate::config::{ConfigError, Settings};
 use crate::metrics::Metrics;
+use crate::proxy::client_conn::{self, Protocols};
 use crate::proxy::{forward, tls, ConnInfo, ProxyContext};
 use crate::replicas::ProviderTiming;
 use crate::rollout::driver::Controller;
@@ -321,18 +319,9 @@ impl Worker {
                 return;
             }
         };
-        let mut builder = auto::Builder::new(TokioExecutor::new());
-        builder
-            .http1()
-            .timer(TokioTimer::new())
-            .header_read_timeout(Duration::from_secs(30));
-        builder
-            .http2()
-            .timer(TokioTimer::new())
-            .max_concurrent_streams(1024)
-            .keep_alive_interval(Some(Duration::from_secs(30)));
-        let builder = Arc::new(builder);
-        let graceful = GracefulShutdown::new();
+        let protocols = Arc::new(Protocols::new());
+        // Every connection holds a receiver; the drain is over when all are dropped.
+        let (drain, _) = watch::channel(());
         let idle = self.ctx.upstream.pool_idle_timeout;
         let sweeper = tokio::spawn(async move {
             let mut tick = tokio::time::interval(
@@ -365,50 +354,30 @@ impl Worker {
                         proto: if self.tls.is_some() { "https" } else { "http" },
                     });
                     let ctx = self.ctx.clone();
-                    let builder = builder.clone();
-                    let watcher = graceful.watcher();
-                    let tls = self.tls.clone();
-                    tokio::spawn(async move {
-                        let service = service_fn(move |req| {
-                            let ctx = ctx.clone();
-                            let info = info.clone();
-                            async move { Ok::<_, std::convert::Infallible>(forward::proxy(&ctx, &info, req).await) }
-                        });
-                        let result = match tls {
-                            None => {
-                                let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                                watcher.watch(conn.into_owned()).await
-                            }
-                            Some(acceptor) => {
-                                let tls_stream = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await {
-                                    Ok(Ok(s)) => s,
-                                    Ok(Err(e)) => {
-                                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                                        return;
-                                    }
-                                    Err(_) => {
-                                        tracing::debug!(%peer, "TLS handshake timed out");
-                                        return;
-                                    }
-                                };
-                                let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls_stream), service);
-                                watcher.watch(conn.into_owned()).await
-                            }
-                        };
-                        if let Err(e) = result {
-                            tracing::debug!(%peer, error = %e, "client connection ended with an error");
-                        }
+                    let service = service_fn(move |req| {
+                        let ctx = ctx.clone();
+                        let info = info.clone();
+                        async move { Ok::<_, std::convert::Infallible>(forward::proxy(&ctx, &info, req).await) }
                     });
+                    let protocols = protocols.clone();
+                    let drain = drain.subscribe();
+                    // Two task types: a plain connection's task does not carry the room a TLS
+                    // handshake needs (several kB per connection).
+                    match self.tls.clone() {
+                        None => tokio::spawn(client_conn::serve_plain(protocols, stream, peer, service, drain)),
+                        Some(acceptor) => tokio::spawn(client_conn::serve_tls(protocols, acceptor, stream, peer, service, drain)),
+                    };
                 }
             }
         }
         drop(listener);
         sweeper.abort();
-        let open = graceful.count();
+        let open = drain.receiver_count();
         if open > 0 {
             tracing::info!(open, grace = ?self.grace, "draining client connections");
         }
-        if tokio::time::timeout(self.grace, graceful.shutdown())
+        let _ = drain.send(());
+        if tokio::time::timeout(self.grace, drain.closed())
             .await
             .is_err()
         {

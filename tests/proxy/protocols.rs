@@ -39,6 +39,46 @@ async fn h2c_prior_knowledge_is_served_and_forwarded_as_http11() {
     proxy.shutdown().await;
 }
 
+#[tokio::test]
+async fn the_protocol_is_told_right_when_the_first_bytes_arrive_in_pieces() {
+    let up = version_upstream().await;
+    let proxy = start(settings(spec(&[("v1", vec![up.addr], 100)])));
+
+    // HTTP/1.1 whose request line starts with bytes the HTTP/2 preface also starts with.
+    let mut s = tokio::net::TcpStream::connect(proxy.listen_addr)
+        .await
+        .unwrap();
+    s.write_all(b"P").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    s.write_all(b"OST /p HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out))
+        .await
+        .unwrap()
+        .unwrap();
+    let out = String::from_utf8_lossy(&out);
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert!(out.ends_with("HTTP/1.1 /p"), "{out}");
+
+    // The HTTP/2 preface split in two writes is still HTTP/2: the proxy answers with its SETTINGS.
+    let mut s = tokio::net::TcpStream::connect(proxy.listen_addr)
+        .await
+        .unwrap();
+    s.write_all(b"PRI * HTTP/2.0\r\n").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    s.write_all(b"\r\nSM\r\n\r\n").await.unwrap();
+    s.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0]).await.unwrap();
+    let mut frame_head = [0u8; 9];
+    tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut frame_head))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(frame_head[3], 4, "first frame is SETTINGS: {frame_head:?}");
+    proxy.shutdown().await;
+}
+
 struct Certs {
     dir: std::path::PathBuf,
     cert_pem: String,
