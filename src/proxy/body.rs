@@ -8,10 +8,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
 use tokio::time::Sleep;
 
-use super::upstream::{self, Sender};
+use super::upstream::{self, ResponseBody};
 use crate::metrics::UpstreamErrorKind;
 use crate::routing::{Pool, Replica};
 
@@ -50,9 +49,8 @@ impl Drop for InFlight {
 /// worker's pool; when it is dropped early (the client went away) the connection is closed,
 /// which is what tells an inference server to stop generating.
 pub struct UpstreamBody {
-    inner: Incoming,
+    inner: ResponseBody,
     in_flight: InFlight,
-    conn: Option<Sender>,
     max_idle_per_replica: usize,
     idle_timeout: Option<Duration>,
     /// Armed only once the body has to wait, so quick responses allocate no timer.
@@ -61,16 +59,14 @@ pub struct UpstreamBody {
 
 impl UpstreamBody {
     pub fn new(
-        inner: Incoming,
+        inner: ResponseBody,
         in_flight: InFlight,
-        conn: Sender,
         max_idle_per_replica: usize,
         idle_timeout: Option<Duration>,
     ) -> Self {
         UpstreamBody {
             inner,
             in_flight,
-            conn: Some(conn),
             max_idle_per_replica,
             idle_timeout,
             idle: None,
@@ -134,8 +130,7 @@ impl Body for UpstreamBody {
                             after: t,
                         };
                         tracing::warn!("{e}");
-                        // Never reuse this connection: the response is unfinished.
-                        this.conn = None;
+                        // The response is unfinished, so its connection is never reused.
                         Poll::Ready(Some(Err(e.into())))
                     }
                 }
@@ -154,15 +149,16 @@ impl Body for UpstreamBody {
 
 impl Drop for UpstreamBody {
     fn drop(&mut self) {
-        if let Some(conn) = self.conn.take() {
-            if self.inner.is_end_stream() {
-                upstream::checkin(self.in_flight.replica.id, conn, self.max_idle_per_replica);
-            }
+        if let Some(conn) = self.inner.take_reusable() {
+            upstream::checkin(self.in_flight.replica.id, conn, self.max_idle_per_replica);
         }
     }
 }
 
 /// What the proxy answers with: a replica's stream, or a short message of its own.
+// Not boxed: hyper keeps one body slot per connection, and boxing would cost an allocation
+// per proxied response to shrink the rare local one.
+#[allow(clippy::large_enum_variant)]
 pub enum ProxyBody {
     Upstream(UpstreamBody),
     Local(Option<Bytes>),

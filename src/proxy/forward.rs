@@ -9,10 +9,11 @@ use http::uri::PathAndQuery;
 use http::{Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
+use tokio::io::AsyncWriteExt;
 
 use super::body::{InFlight, ProxyBody, UpstreamBody};
 use super::headers;
-use super::upstream::{self, Sender};
+use super::upstream::{self, SendError};
 use crate::config::UpstreamSettings;
 use crate::metrics::UpstreamErrorKind;
 use crate::routing::{Pool, Route, Router};
@@ -92,9 +93,9 @@ pub async fn proxy(
     let mut tried = [0u64; MAX_TRIED];
     let mut attempts = 0usize;
     let mut stale_retries = 0u32;
-    let (sender, in_flight, response) = loop {
+    let (in_flight, response) = loop {
         // A pooled connection, or a new one; a failed connect moves on to another replica.
-        let mut sender = match upstream::checkout(replica.id, cfg.pool_idle_timeout) {
+        let conn = match upstream::checkout(replica.id, cfg.pool_idle_timeout) {
             Some(s) => s,
             None => match upstream::connect(replica.addr, cfg.connect_timeout).await {
                 Ok(s) => {
@@ -140,12 +141,8 @@ pub async fn proxy(
                 }
             },
         };
-        if sender.ready().await.is_err() {
-            // The pooled connection closed while idle; nothing was sent.
-            continue;
-        }
         let in_flight = InFlight::begin(replica.clone(), pool.clone(), started);
-        let send = sender.try_send_request(req);
+        let send = conn.send(req);
         let result = match cfg.response_header_timeout {
             Some(t) => match tokio::time::timeout(t, send).await {
                 Ok(r) => r,
@@ -171,34 +168,35 @@ pub async fn proxy(
             None => send.await,
         };
         match result {
-            Ok(resp) => break (sender, in_flight, resp),
-            Err(mut e) => match e.take_message() {
-                // Not sent: the pooled connection was closing. Retry on a fresh connection.
-                Some(back) if stale_retries < 2 => {
-                    stale_retries += 1;
-                    req = back;
-                    drop(in_flight);
-                }
-                _ => {
-                    pool.metrics.count_error(UpstreamErrorKind::Protocol);
-                    let e = e.into_error();
-                    tracing::warn!(
-                        deployment = %pool.deployment,
-                        replica = %replica.addr,
-                        error = %e,
-                        "replica failed the request"
-                    );
-                    return pool_error(
-                        &pool,
-                        ctx.deployment_header,
-                        StatusCode::BAD_GATEWAY,
-                        format!(
-                            "deployment {:?} replica {} failed the request: {e}",
-                            pool.deployment, replica.addr
-                        ),
-                    );
-                }
-            },
+            Ok(resp) => break (in_flight, resp),
+            // Not a byte sent: the pooled connection was closing. Retry on another one.
+            Err(SendError::NotSent(back, _)) if stale_retries < 2 => {
+                stale_retries += 1;
+                req = *back;
+                drop(in_flight);
+            }
+            Err(e) => {
+                let e = match e {
+                    SendError::NotSent(_, e) => upstream::UpstreamError::Send(e),
+                    SendError::Failed(e) => e,
+                };
+                pool.metrics.count_error(UpstreamErrorKind::Protocol);
+                tracing::warn!(
+                    deployment = %pool.deployment,
+                    replica = %replica.addr,
+                    error = %e,
+                    "replica failed the request"
+                );
+                return pool_error(
+                    &pool,
+                    ctx.deployment_header,
+                    StatusCode::BAD_GATEWAY,
+                    format!(
+                        "deployment {:?} replica {} failed the request: {e}",
+                        pool.deployment, replica.addr
+                    ),
+                );
+            }
         }
     };
 
@@ -215,17 +213,18 @@ pub async fn proxy(
     }
 
     if parts.status == StatusCode::SWITCHING_PROTOCOLS {
-        if let Some(client_upgrade) = client_upgrade {
-            let upstream_resp = Response::from_parts(parts.clone(), body);
-            tokio::spawn(tunnel(client_upgrade, upstream_resp, in_flight, sender));
+        if let (Some(client_upgrade), Some(upstream)) = (client_upgrade, body.into_upgraded()) {
+            tokio::spawn(tunnel(client_upgrade, upstream, in_flight));
             return Response::from_parts(parts, ProxyBody::empty());
         }
+        // A 101 the client did not ask for: nothing can be tunnelled; the body is empty.
+        headers::strip_hop_by_hop(&mut parts.headers, false);
+        return Response::from_parts(parts, ProxyBody::empty());
     }
     headers::strip_hop_by_hop(&mut parts.headers, false);
     let body = UpstreamBody::new(
         body,
         in_flight,
-        sender,
         cfg.pool_max_idle_per_replica,
         cfg.body_idle_timeout,
     );
@@ -281,25 +280,28 @@ fn rewrite_request(
 /// Bridges an upgraded (e.g. WebSocket) connection: client bytes to the replica and back.
 async fn tunnel(
     client: hyper::upgrade::OnUpgrade,
-    mut upstream_resp: Response<Incoming>,
+    (mut upstream, early): (tokio::net::TcpStream, Bytes),
     in_flight: InFlight,
-    _sender: Sender,
 ) {
-    let upstream = hyper::upgrade::on(&mut upstream_resp);
-    let (client, upstream) = match tokio::join!(client, upstream) {
-        (Ok(c), Ok(u)) => (c, u),
-        (c, u) => {
+    let client = match client.await {
+        Ok(c) => c,
+        Err(e) => {
             tracing::warn!(
                 deployment = %in_flight.pool.deployment,
-                client_error = ?c.err(),
-                upstream_error = ?u.err(),
+                error = %e,
                 "protocol upgrade did not complete"
             );
             return;
         }
     };
     let mut client = TokioIo::new(client);
-    let mut upstream = TokioIo::new(upstream);
+    // Bytes of the new protocol the replica sent right behind its 101.
+    if !early.is_empty() {
+        if let Err(e) = client.write_all(&early).await {
+            tracing::debug!(deployment = %in_flight.pool.deployment, error = %e, "upgraded connection closed");
+            return;
+        }
+    }
     if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
         tracing::debug!(deployment = %in_flight.pool.deployment, error = %e, "upgraded connection closed");
     }

@@ -5,6 +5,7 @@ mod support;
 
 mod api;
 mod failover;
+mod framing;
 mod protocols;
 mod rollout;
 mod routes;

@@ -1,6 +1,12 @@
 //! Connections to replicas: one pool per worker thread, so checkout and checkin touch only
 //! thread-local state (each worker runs a current-thread runtime, and every task it spawns
 //! stays on it).
+//!
+//! - [`codec`]: HTTP/1.1 heads and chunked bodies, without I/O.
+//! - [`conn`]: one connection: sends a request, streams the response body.
+
+pub mod codec;
+pub mod conn;
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -8,13 +14,9 @@ use std::hash::{BuildHasherDefault, Hasher};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use hyper::body::Incoming;
-use hyper::client::conn::http1;
-use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
-/// The sending half of an HTTP/1.1 connection to a replica.
-pub type Sender = http1::SendRequest<Incoming>;
+pub use conn::{Conn, ResponseBody, SendError, UpstreamError};
 
 /// Replica ids are already unique small integers: hash them as themselves.
 #[derive(Default)]
@@ -34,7 +36,7 @@ impl Hasher for IdHasher {
     }
 }
 
-type IdleMap = HashMap<u64, Vec<(Sender, Instant)>, BuildHasherDefault<IdHasher>>;
+type IdleMap = HashMap<u64, Vec<(Conn, Instant)>, BuildHasherDefault<IdHasher>>;
 
 thread_local! {
     static IDLE: RefCell<IdleMap> = RefCell::new(IdleMap::default());
@@ -42,13 +44,13 @@ thread_local! {
 
 /// Takes the most recently used idle connection to the replica that is still open and younger
 /// than `max_idle`.
-pub fn checkout(replica: u64, max_idle: Duration) -> Option<Sender> {
+pub fn checkout(replica: u64, max_idle: Duration) -> Option<Conn> {
     IDLE.with(|idle| {
         let mut idle = idle.borrow_mut();
         let list = idle.get_mut(&replica)?;
-        while let Some((sender, since)) = list.pop() {
-            if !sender.is_closed() && since.elapsed() < max_idle {
-                return Some(sender);
+        while let Some((conn, since)) = list.pop() {
+            if since.elapsed() < max_idle && conn.is_usable() {
+                return Some(conn);
             }
         }
         None
@@ -56,15 +58,12 @@ pub fn checkout(replica: u64, max_idle: Duration) -> Option<Sender> {
 }
 
 /// Returns a connection whose last response ended, for the next request to the replica.
-pub fn checkin(replica: u64, sender: Sender, max_per_replica: usize) {
-    if sender.is_closed() {
-        return;
-    }
+pub fn checkin(replica: u64, conn: Conn, max_per_replica: usize) {
     IDLE.with(|idle| {
         let mut idle = idle.borrow_mut();
         let list = idle.entry(replica).or_default();
         if list.len() < max_per_replica {
-            list.push((sender, Instant::now()));
+            list.push((conn, Instant::now()));
         }
     });
 }
@@ -74,7 +73,7 @@ pub fn sweep(max_idle: Duration) -> usize {
     IDLE.with(|idle| {
         let mut idle = idle.borrow_mut();
         idle.retain(|_, list| {
-            list.retain(|(s, since)| !s.is_closed() && since.elapsed() < max_idle);
+            list.retain(|(c, since)| since.elapsed() < max_idle && c.is_usable());
             !list.is_empty()
         });
         idle.values().map(Vec::len).sum()
@@ -92,29 +91,13 @@ pub enum ConnectError {
     Timeout(Duration),
     #[error("connect failed: {0}")]
     Io(#[from] std::io::Error),
-    #[error("HTTP/1.1 handshake failed: {0}")]
-    Handshake(#[from] hyper::Error),
 }
 
-/// Read buffer of an upstream connection. hyper's default grows from 8 KiB; a fixed 4 KiB keeps
-/// a proxied connection pair under 40 kB while inference responses (small SSE chunks, JSON)
-/// still arrive in one read.
-const UPSTREAM_READ_BUFFER: usize = 4096;
-
-/// Opens a new connection (TCP_NODELAY) and spawns its driver task on the current runtime.
-pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<Sender, ConnectError> {
+/// Opens a new connection (TCP_NODELAY: request heads and small SSE events go out at once).
+pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<Conn, ConnectError> {
     let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
         .await
         .map_err(|_| ConnectError::Timeout(timeout))??;
     stream.set_nodelay(true)?;
-    let (sender, conn) = http1::Builder::new()
-        .read_buf_exact_size(Some(UPSTREAM_READ_BUFFER))
-        .handshake(TokioIo::new(stream))
-        .await?;
-    tokio::spawn(async move {
-        if let Err(e) = conn.with_upgrades().await {
-            tracing::debug!(%addr, error = %e, "upstream connection ended with an error");
-        }
-    });
-    Ok(sender)
+    Ok(Conn::new(stream))
 }

@@ -1,0 +1,590 @@
+//! HTTP/1.1 to a replica, without I/O: request heads out, response heads and chunked bodies
+//! in (RFC 9112). The connection code in `conn.rs` moves the bytes.
+
+use bytes::{Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, StatusCode, Version};
+
+/// Response heads larger than this are refused (hyper's client allows ~400 kB; inference
+/// replicas send a few hundred bytes).
+pub const MAX_HEAD: usize = 64 * 1024;
+/// Header lines per response head or trailer section.
+const MAX_HEADERS: usize = 128;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ProtocolError {
+    #[error("malformed response head: {0}")]
+    Head(httparse::Error),
+    #[error("response head larger than {MAX_HEAD} bytes")]
+    HeadTooLarge,
+    #[error("invalid header {0:?} in response")]
+    Header(String),
+    #[error("invalid Content-Length {0:?} in response")]
+    ContentLength(String),
+    #[error("malformed chunked body: {0}")]
+    Chunked(&'static str),
+    #[error("malformed trailers: {0}")]
+    Trailers(httparse::Error),
+}
+
+/// How the request body is framed on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestFraming {
+    /// No body at all.
+    None,
+    /// `Content-Length` as the client gave it (or as its body's exact size).
+    Length,
+    /// `Transfer-Encoding: chunked`: the size is not known up front.
+    Chunked,
+}
+
+/// Writes the request line and headers. `content_length`, when given, is added as a header the
+/// request does not already carry; `Chunked` adds `Transfer-Encoding: chunked`.
+pub fn encode_head(
+    method: &Method,
+    path_and_query: &str,
+    headers: &HeaderMap,
+    framing: RequestFraming,
+    content_length: Option<u64>,
+) -> Vec<u8> {
+    let size = method.as_str().len()
+        + path_and_query.len()
+        + 64
+        + headers
+            .iter()
+            .map(|(n, v)| n.as_str().len() + v.len() + 4)
+            .sum::<usize>();
+    let mut out = Vec::with_capacity(size);
+    out.extend_from_slice(method.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(path_and_query.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in headers {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    match framing {
+        RequestFraming::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        RequestFraming::Length => {
+            if let (Some(n), false) = (content_length, headers.contains_key(header::CONTENT_LENGTH))
+            {
+                out.extend_from_slice(format!("content-length: {n}\r\n").as_bytes());
+            }
+        }
+        RequestFraming::None => {}
+    }
+    out.extend_from_slice(b"\r\n");
+    out
+}
+
+/// Wraps one piece of a chunked request body: size line, data, CRLF.
+pub fn encode_chunk(data: &[u8], out: &mut Vec<u8>) {
+    out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+    out.extend_from_slice(data);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The last chunk, with the trailers (if any) the client sent.
+pub fn encode_last_chunk(trailers: Option<&HeaderMap>) -> Vec<u8> {
+    let mut out = b"0\r\n".to_vec();
+    for (name, value) in trailers.into_iter().flatten() {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    out
+}
+
+/// How the response body is delimited (RFC 9112 section 6.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyFraming {
+    /// HEAD, 204, 304: no body whatever the headers say.
+    Empty,
+    Length(u64),
+    Chunked,
+    /// Neither length nor chunked: the body ends when the replica closes the connection.
+    UntilClose,
+}
+
+/// A parsed response head.
+#[derive(Debug)]
+pub struct Head {
+    pub status: StatusCode,
+    pub version: Version,
+    pub headers: HeaderMap,
+    pub framing: BodyFraming,
+    /// The replica lets the connection carry another request after this response.
+    pub keep_alive: bool,
+}
+
+/// What a look at the read buffer found.
+#[derive(Debug)]
+pub enum Parsed {
+    /// Not a whole head yet: read more.
+    Partial,
+    /// An interim 1xx response (not 101), already removed from the buffer: skip it.
+    Interim,
+    Head(Head),
+}
+
+/// Parses a response head off the front of `buf` (consuming it when complete). Header values
+/// share `buf`'s memory instead of being copied.
+pub fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Parsed, ProtocolError> {
+    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut res = httparse::Response::new(&mut slots);
+    let len = match res.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD => {
+            return Err(ProtocolError::HeadTooLarge)
+        }
+        Ok(httparse::Status::Partial) => return Ok(Parsed::Partial),
+        Err(e) => return Err(ProtocolError::Head(e)),
+    };
+    let code = res.code.unwrap_or(0);
+    let status =
+        StatusCode::from_u16(code).map_err(|_| ProtocolError::Head(httparse::Error::Status))?;
+    let version = if res.version == Some(0) {
+        Version::HTTP_10
+    } else {
+        Version::HTTP_11
+    };
+    // Offsets into the head, so the values can be sliced out of it once it is frozen.
+    let base = buf.as_ptr() as usize;
+    let mut spans = [(0usize, 0usize); MAX_HEADERS];
+    let mut names: [Option<HeaderName>; MAX_HEADERS] = std::array::from_fn(|_| None);
+    let count = res.headers.len();
+    for (i, h) in res.headers.iter().enumerate() {
+        let name = HeaderName::from_bytes(h.name.as_bytes())
+            .map_err(|_| ProtocolError::Header(h.name.to_owned()))?;
+        names[i] = Some(name);
+        spans[i] = (h.value.as_ptr() as usize - base, h.value.len());
+    }
+    let head = buf.split_to(len).freeze();
+    if status.is_informational() && status != StatusCode::SWITCHING_PROTOCOLS {
+        return Ok(Parsed::Interim);
+    }
+    let mut headers = HeaderMap::with_capacity(count);
+    for (name, &(start, n)) in names.iter_mut().zip(spans.iter()).take(count) {
+        let Some(name) = name.take() else { continue };
+        let value = HeaderValue::from_maybe_shared(head.slice(start..start + n))
+            .map_err(|_| ProtocolError::Header(name.to_string()))?;
+        headers.append(name, value);
+    }
+    let (framing, framing_ok) = framing(&headers, status, method)?;
+    if framing == BodyFraming::Chunked {
+        // Chunked wins over a Content-Length sent alongside; passing both on would let the
+        // client frame the body differently from how it was read.
+        headers.remove(header::CONTENT_LENGTH);
+    }
+    let keep_alive =
+        framing_ok && framing != BodyFraming::UntilClose && keep_alive(&headers, version);
+    Ok(Parsed::Head(Head {
+        status,
+        version,
+        headers,
+        framing,
+        keep_alive,
+    }))
+}
+
+/// The body framing, and whether the connection can be reused after it.
+fn framing(
+    headers: &HeaderMap,
+    status: StatusCode,
+    method: &Method,
+) -> Result<(BodyFraming, bool), ProtocolError> {
+    if method == Method::HEAD
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+        || status == StatusCode::SWITCHING_PROTOCOLS
+    {
+        return Ok((BodyFraming::Empty, true));
+    }
+    let has_length = headers.contains_key(header::CONTENT_LENGTH);
+    if let Some(te) = headers.get(header::TRANSFER_ENCODING) {
+        let chunked_last = headers
+            .get_all(header::TRANSFER_ENCODING)
+            .iter()
+            .next_back()
+            .unwrap_or(te)
+            .to_str()
+            .ok()
+            .and_then(|v| v.rsplit(',').next())
+            .is_some_and(|t| t.trim().eq_ignore_ascii_case("chunked"));
+        // Transfer-Encoding overrides Content-Length, but a response with both may be an
+        // attempt at smuggling: use it, then close the connection.
+        return Ok(if chunked_last {
+            (BodyFraming::Chunked, !has_length)
+        } else {
+            (BodyFraming::UntilClose, false)
+        });
+    }
+    if !has_length {
+        return Ok((BodyFraming::UntilClose, false));
+    }
+    let mut length: Option<u64> = None;
+    for v in headers.get_all(header::CONTENT_LENGTH) {
+        for part in v.as_bytes().split(|b| *b == b',') {
+            let text = std::str::from_utf8(part).unwrap_or("").trim();
+            let n: u64 = text.parse().map_err(|_| {
+                ProtocolError::ContentLength(String::from_utf8_lossy(v.as_bytes()).into())
+            })?;
+            if length.is_some_and(|l| l != n) {
+                return Err(ProtocolError::ContentLength(
+                    String::from_utf8_lossy(v.as_bytes()).into(),
+                ));
+            }
+            length = Some(n);
+        }
+    }
+    Ok((BodyFraming::Length(length.unwrap_or(0)), true))
+}
+
+fn keep_alive(headers: &HeaderMap, version: Version) -> bool {
+    let mut close = false;
+    let mut keep = false;
+    for v in headers.get_all(header::CONNECTION) {
+        for t in v.to_str().unwrap_or("").split(',') {
+            let t = t.trim();
+            close |= t.eq_ignore_ascii_case("close");
+            keep |= t.eq_ignore_ascii_case("keep-alive");
+        }
+    }
+    !close && (version == Version::HTTP_11 || keep)
+}
+
+/// What the chunked decoder produced.
+#[derive(Debug, PartialEq)]
+pub enum Chunk {
+    /// More bytes are needed.
+    NeedMore,
+    Data(Bytes),
+    /// The last chunk and its trailers (possibly empty): the body is complete.
+    End(Option<HeaderMap>),
+}
+
+/// Incremental decoder of a chunked body (RFC 9112 section 7.1).
+#[derive(Debug, Default)]
+pub struct ChunkedDecoder {
+    /// Bytes left in the current chunk's data, then its CRLF.
+    remaining: u64,
+    in_data: bool,
+}
+
+/// Size lines longer than this (with extensions) are refused.
+const MAX_SIZE_LINE: usize = 4096;
+
+impl ChunkedDecoder {
+    /// Decodes from the front of `buf`, consuming what it uses.
+    pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Chunk, ProtocolError> {
+        loop {
+            if self.in_data {
+                if self.remaining > 0 {
+                    if buf.is_empty() {
+                        return Ok(Chunk::NeedMore);
+                    }
+                    let n = (self.remaining.min(buf.len() as u64)) as usize;
+                    self.remaining -= n as u64;
+                    return Ok(Chunk::Data(buf.split_to(n).freeze()));
+                }
+                if buf.len() < 2 {
+                    return Ok(Chunk::NeedMore);
+                }
+                if &buf[..2] != b"\r\n" {
+                    return Err(ProtocolError::Chunked("chunk data not followed by CRLF"));
+                }
+                let _ = buf.split_to(2);
+                self.in_data = false;
+                continue;
+            }
+            let Some(eol) = buf.iter().position(|b| *b == b'\n') else {
+                if buf.len() > MAX_SIZE_LINE {
+                    return Err(ProtocolError::Chunked("chunk size line too long"));
+                }
+                return Ok(Chunk::NeedMore);
+            };
+            let line = &buf[..eol];
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            let digits = line.split(|b| *b == b';').next().unwrap_or(b"");
+            let digits = std::str::from_utf8(digits)
+                .map_err(|_| ProtocolError::Chunked("chunk size is not hex"))?
+                .trim_matches([' ', '\t']);
+            if digits.is_empty() || digits.len() > 16 {
+                return Err(ProtocolError::Chunked("chunk size is not hex"));
+            }
+            let size = u64::from_str_radix(digits, 16)
+                .map_err(|_| ProtocolError::Chunked("chunk size is not hex"))?;
+            if size == 0 {
+                // Last chunk: trailer section up to an empty line.
+                let rest = &buf[eol + 1..];
+                if rest.starts_with(b"\r\n") || rest.starts_with(b"\n") {
+                    let skip = eol + 1 + if rest[0] == b'\r' { 2 } else { 1 };
+                    let _ = buf.split_to(skip);
+                    return Ok(Chunk::End(None));
+                }
+                let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+                return match httparse::parse_headers(rest, &mut slots) {
+                    Ok(httparse::Status::Complete((used, parsed))) => {
+                        let mut trailers = HeaderMap::with_capacity(parsed.len());
+                        for h in parsed.iter() {
+                            let name = HeaderName::from_bytes(h.name.as_bytes())
+                                .map_err(|_| ProtocolError::Header(h.name.to_owned()))?;
+                            let value = HeaderValue::from_bytes(h.value)
+                                .map_err(|_| ProtocolError::Header(h.name.to_owned()))?;
+                            trailers.append(name, value);
+                        }
+                        let _ = buf.split_to(eol + 1 + used);
+                        Ok(Chunk::End(Some(trailers)))
+                    }
+                    Ok(httparse::Status::Partial) if rest.len() > MAX_HEAD => {
+                        Err(ProtocolError::Chunked("trailer section too large"))
+                    }
+                    Ok(httparse::Status::Partial) => Ok(Chunk::NeedMore),
+                    Err(e) => Err(ProtocolError::Trailers(e)),
+                };
+            }
+            let _ = buf.split_to(eol + 1);
+            self.remaining = size;
+            self.in_data = true;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(bytes: &[u8], method: Method) -> Result<Parsed, ProtocolError> {
+        let mut buf = BytesMut::from(bytes);
+        parse_head(&mut buf, &method)
+    }
+
+    fn must_head(bytes: &[u8], method: Method) -> Head {
+        match head(bytes, method) {
+            Ok(Parsed::Head(h)) => h,
+            other => panic!("expected a head, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn request_heads_carry_the_framing_the_body_needs() {
+        let mut h = HeaderMap::new();
+        h.insert(header::HOST, HeaderValue::from_static("m.local"));
+        h.append("x-a", HeaderValue::from_static("1"));
+        h.append("x-a", HeaderValue::from_static("2"));
+        let get = encode_head(&Method::GET, "/v1?q=1", &h, RequestFraming::None, None);
+        assert_eq!(
+            String::from_utf8(get).unwrap(),
+            "GET /v1?q=1 HTTP/1.1\r\nhost: m.local\r\nx-a: 1\r\nx-a: 2\r\n\r\n"
+        );
+        let post = encode_head(&Method::POST, "/", &h, RequestFraming::Length, Some(12));
+        assert!(String::from_utf8(post)
+            .unwrap()
+            .ends_with("x-a: 2\r\ncontent-length: 12\r\n\r\n"));
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("12"));
+        let post = String::from_utf8(encode_head(
+            &Method::POST,
+            "/",
+            &h,
+            RequestFraming::Length,
+            Some(12),
+        ))
+        .unwrap();
+        assert_eq!(post.matches("content-length").count(), 1, "{post}");
+        h.remove(header::CONTENT_LENGTH);
+        let chunked = encode_head(&Method::POST, "/", &h, RequestFraming::Chunked, None);
+        assert!(String::from_utf8(chunked)
+            .unwrap()
+            .ends_with("transfer-encoding: chunked\r\n\r\n"));
+        let mut c = Vec::new();
+        encode_chunk(b"hello world, this is seventeen+", &mut c);
+        assert_eq!(c, b"1f\r\nhello world, this is seventeen+\r\n");
+        let mut t = HeaderMap::new();
+        t.insert("grpc-status", HeaderValue::from_static("0"));
+        assert_eq!(encode_last_chunk(Some(&t)), b"0\r\ngrpc-status: 0\r\n\r\n");
+        assert_eq!(encode_last_chunk(None), b"0\r\n\r\n");
+    }
+
+    #[test]
+    fn response_heads_parse_with_their_framing() {
+        let h = must_head(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-A: 1\r\nx-a: 2\r\n\r\nhello",
+            Method::GET,
+        );
+        assert_eq!(h.status, 200);
+        assert_eq!(h.framing, BodyFraming::Length(5));
+        assert!(h.keep_alive);
+        let xa: Vec<_> = h.headers.get_all("x-a").iter().collect();
+        assert_eq!(xa, ["1", "2"]);
+
+        let h = must_head(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+            Method::GET,
+        );
+        assert_eq!(h.framing, BodyFraming::Chunked);
+        assert!(h.keep_alive);
+
+        let h = must_head(
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n\r\n",
+            Method::GET,
+        );
+        assert_eq!(h.framing, BodyFraming::UntilClose);
+        assert!(
+            !h.keep_alive,
+            "a body delimited by close cannot be followed by another response"
+        );
+
+        for (resp, method) in [
+            (
+                &b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n"[..],
+                Method::HEAD,
+            ),
+            (
+                b"HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\n",
+                Method::GET,
+            ),
+            (
+                b"HTTP/1.1 304 Not Modified\r\nTransfer-Encoding: chunked\r\n\r\n",
+                Method::GET,
+            ),
+        ] {
+            let h = must_head(resp, method);
+            assert_eq!(h.framing, BodyFraming::Empty);
+            assert!(h.keep_alive);
+        }
+    }
+
+    #[test]
+    fn connection_reuse_follows_version_and_connection_header() {
+        let h = must_head(
+            b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n",
+            Method::GET,
+        );
+        assert!(!h.keep_alive);
+        let h = must_head(b"HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n", Method::GET);
+        assert!(!h.keep_alive);
+        assert_eq!(h.version, Version::HTTP_10);
+        let h = must_head(
+            b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 0\r\n\r\n",
+            Method::GET,
+        );
+        assert!(h.keep_alive);
+        // Both framings: chunked wins, and the connection is not trusted again.
+        let h = must_head(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
+            Method::GET,
+        );
+        assert_eq!(h.framing, BodyFraming::Chunked);
+        assert!(!h.keep_alive);
+    }
+
+    #[test]
+    fn partial_interim_and_bad_heads() {
+        assert!(matches!(
+            head(b"HTTP/1.1 200 OK\r\nContent-Le", Method::GET),
+            Ok(Parsed::Partial)
+        ));
+        let mut buf = BytesMut::from(
+            &b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"[..],
+        );
+        assert!(matches!(
+            parse_head(&mut buf, &Method::POST),
+            Ok(Parsed::Interim)
+        ));
+        assert!(
+            matches!(parse_head(&mut buf, &Method::POST), Ok(Parsed::Head(h)) if h.status == 200)
+        );
+        assert!(buf.is_empty());
+        assert!(matches!(
+            head(
+                b"HTTP/1.1 200 OK\r\nContent-Length: 5, 6\r\n\r\n",
+                Method::GET
+            ),
+            Err(ProtocolError::ContentLength(_))
+        ));
+        assert!(matches!(
+            head(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n", Method::GET),
+            Ok(Parsed::Head(h)) if h.framing == BodyFraming::Length(5)
+        ));
+        assert!(matches!(
+            head(b"HTTP/1.1 2x0 OK\r\n\r\n", Method::GET),
+            Err(ProtocolError::Head(_))
+        ));
+        assert!(matches!(
+            head(b"SSH-2.0-OpenSSH\r\n\r\n", Method::GET),
+            Err(ProtocolError::Head(_))
+        ));
+        let mut big = b"HTTP/1.1 200 OK\r\nx-filler: ".to_vec();
+        big.resize(MAX_HEAD + 10, b'a');
+        assert_eq!(
+            head(&big, Method::GET).unwrap_err(),
+            ProtocolError::HeadTooLarge
+        );
+        let mut many = b"HTTP/1.1 200 OK\r\n".to_vec();
+        for i in 0..=MAX_HEADERS {
+            many.extend_from_slice(format!("x-h{i}: 1\r\n").as_bytes());
+        }
+        many.extend_from_slice(b"\r\n");
+        assert_eq!(
+            head(&many, Method::GET).unwrap_err(),
+            ProtocolError::Head(httparse::Error::TooManyHeaders)
+        );
+    }
+
+    /// Feeds `wire` to a decoder `step` bytes at a time; returns the data and trailers.
+    fn decode_in_steps(
+        wire: &[u8],
+        step: usize,
+    ) -> Result<(Vec<u8>, Option<HeaderMap>, usize), ProtocolError> {
+        let mut d = ChunkedDecoder::default();
+        let mut buf = BytesMut::new();
+        let mut data = Vec::new();
+        let mut fed = 0;
+        loop {
+            match d.decode(&mut buf)? {
+                Chunk::Data(b) => data.extend_from_slice(&b),
+                Chunk::End(t) => return Ok((data, t, buf.len())),
+                Chunk::NeedMore => {
+                    assert!(fed < wire.len(), "decoder wants more than the whole body");
+                    let end = (fed + step).min(wire.len());
+                    buf.extend_from_slice(&wire[fed..end]);
+                    fed = end;
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn chunked_bodies_decode_whatever_the_read_boundaries() {
+        let wire = b"5\r\nhello\r\n1;ext=1\r\n \r\nB\r\nworld again\r\n0\r\n\r\nNEXT";
+        for step in [1, 2, 3, 7, 100] {
+            let (data, trailers, left) = decode_in_steps(wire, step).unwrap();
+            assert_eq!(data, b"hello world again", "step {step}");
+            assert!(trailers.is_none());
+            // Bytes after the body stay in the buffer: they belong to no response.
+            assert!(left <= 4, "step {step}");
+            if step == 100 {
+                assert_eq!(left, 4);
+            }
+        }
+    }
+
+    #[test]
+    fn chunked_trailers_and_errors() {
+        let wire = b"3\r\nabc\r\n0\r\ngrpc-status: 0\r\nx-t: done\r\n\r\n";
+        for step in [1, 5, 100] {
+            let (data, trailers, _) = decode_in_steps(wire, step).unwrap();
+            assert_eq!(data, b"abc");
+            let t = trailers.unwrap();
+            assert_eq!(t["grpc-status"], "0");
+            assert_eq!(t["x-t"], "done");
+        }
+        assert!(decode_in_steps(b"zz\r\nabc\r\n0\r\n\r\n", 100).is_err());
+        assert!(decode_in_steps(b"3\r\nabcX\r\n0\r\n\r\n", 100).is_err());
+        assert!(decode_in_steps(b"fffffffffffffffff\r\n", 100).is_err());
+    }
+}

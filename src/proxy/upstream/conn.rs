@@ -1,0 +1,423 @@
+//! One HTTP/1.1 connection to a replica.
+//!
+//! switchyard speaks HTTP/1.1 to replicas itself rather than through hyper's client
+//! connection. hyper's client runs each connection as its own task fed by an unbounded
+//! channel, with an 8 KiB write buffer: about 25 kB per upstream connection before a byte is
+//! read (see benches/README.md). Here the request future owns the socket: it writes the head
+//! and body, reads the response head, and hands the socket to the response body, which gives
+//! it back to the worker's pool when the body ends cleanly. Dropping the body early closes the
+//! socket, which is how an inference server learns the client went away.
+
+use std::collections::VecDeque;
+use std::io;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{self, HeaderMap};
+use http::{Method, Request, Response};
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::codec::{
+    self, BodyFraming, Chunk, ChunkedDecoder, Parsed, ProtocolError, RequestFraming,
+};
+
+/// First read of a response: enough for the head and a small body (inference JSON, SSE events).
+const FIRST_READ: usize = 4096;
+/// Reads of a long body grow up to this when they keep filling the buffer.
+const MAX_READ: usize = 64 * 1024;
+/// Request body pieces up to this size are copied into one write with their chunk framing.
+const COALESCE: usize = 8 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error(transparent)]
+    Protocol(#[from] ProtocolError),
+    #[error("connection closed before a response head arrived")]
+    ClosedBeforeHead,
+    #[error("connection closed before the response body ended")]
+    ClosedMidBody,
+    #[error("{0}")]
+    Io(#[from] io::Error),
+    #[error("sending the request failed: {0}")]
+    Send(io::Error),
+    #[error("the client's request body failed: {0}")]
+    ClientBody(hyper::Error),
+}
+
+/// Why a request did not get a response.
+#[derive(Debug)]
+pub enum SendError {
+    /// Not a byte reached the replica: the request can be sent on another connection.
+    NotSent(Box<Request<Incoming>>, io::Error),
+    Failed(UpstreamError),
+}
+
+/// An open connection to a replica, idle between requests.
+pub struct Conn {
+    io: TcpStream,
+    /// Bytes read but not used yet. Empty (no allocation) while the connection is idle.
+    buf: BytesMut,
+}
+
+impl Conn {
+    pub fn new(io: TcpStream) -> Self {
+        Conn {
+            io,
+            buf: BytesMut::new(),
+        }
+    }
+
+    /// False when the replica closed the connection or sent bytes nobody asked for. Costs no
+    /// system call unless the socket has signalled activity since it was last read.
+    pub fn is_usable(&self) -> bool {
+        let mut probe = [0u8; 1];
+        matches!(self.io.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+    }
+
+    /// Sends the request and waits for the response head; the body streams after. The request
+    /// body keeps streaming after the response head arrives (full duplex), driven by the
+    /// response body.
+    pub async fn send(
+        mut self,
+        req: Request<Incoming>,
+    ) -> Result<Response<ResponseBody>, SendError> {
+        let method = req.method().clone();
+        let (framing, length) = request_framing(&req);
+        let head = codec::encode_head(
+            &method,
+            req.uri().path_and_query().map_or("/", |pq| pq.as_str()),
+            req.headers(),
+            framing,
+            length,
+        );
+        // Until the first write succeeds nothing was sent, and the caller may try elsewhere.
+        let written = match self.io.write(&head).await {
+            Ok(0) => {
+                return Err(SendError::NotSent(
+                    Box::new(req),
+                    io::ErrorKind::WriteZero.into(),
+                ))
+            }
+            Ok(n) => n,
+            Err(e) => return Err(SendError::NotSent(Box::new(req), e)),
+        };
+        let fail = |e| SendError::Failed(UpstreamError::Send(e));
+        self.io.write_all(&head[written..]).await.map_err(fail)?;
+        drop(head);
+
+        let mut upload = (framing != RequestFraming::None)
+            .then(|| Upload::new(req.into_body(), framing == RequestFraming::Chunked));
+        let mut upload_failed = None;
+        let Conn { mut io, mut buf } = self;
+        let head = std::future::poll_fn(|cx| {
+            if let Some(up) = upload.as_mut() {
+                match up.poll(&mut io, cx) {
+                    Poll::Ready(Ok(())) => upload = None,
+                    Poll::Ready(Err(e @ UpstreamError::ClientBody(_))) => {
+                        return Poll::Ready(Err(e));
+                    }
+                    // The replica stopped reading; it may still have answered.
+                    Poll::Ready(Err(e)) => {
+                        upload = None;
+                        upload_failed = Some(e);
+                    }
+                    Poll::Pending => {}
+                }
+            }
+            poll_head(&mut io, &mut buf, &method, cx)
+        })
+        .await;
+        let head = match (head, upload_failed.take()) {
+            (Ok(head), failed) => {
+                upload_failed = failed;
+                head
+            }
+            (Err(_), Some(send_error)) => return Err(SendError::Failed(send_error)),
+            (Err(e), None) => return Err(SendError::Failed(e)),
+        };
+
+        let state = match head.framing {
+            _ if head.status == http::StatusCode::SWITCHING_PROTOCOLS => State::Upgrade,
+            BodyFraming::Empty | BodyFraming::Length(0) => State::Done,
+            BodyFraming::Length(n) => State::Length(n),
+            BodyFraming::Chunked => State::Chunked(ChunkedDecoder::default()),
+            BodyFraming::UntilClose => State::UntilClose,
+        };
+        let mut resp = Response::new(ResponseBody {
+            conn: Some(Conn { io, buf }),
+            upload,
+            state,
+            reusable: head.keep_alive && upload_failed.is_none(),
+            read_size: FIRST_READ,
+        });
+        *resp.status_mut() = head.status;
+        *resp.version_mut() = head.version;
+        *resp.headers_mut() = head.headers;
+        Ok(resp)
+    }
+}
+
+/// How the request body goes on the wire, and the length to declare if the client did not.
+fn request_framing(req: &Request<Incoming>) -> (RequestFraming, Option<u64>) {
+    let body = req.body();
+    if req.headers().contains_key(header::CONTENT_LENGTH) {
+        return (RequestFraming::Length, None);
+    }
+    if body.is_end_stream() {
+        // Methods that usually carry a body say so, as hyper's client does.
+        let declare = matches!(*req.method(), Method::POST | Method::PUT | Method::PATCH);
+        return if declare {
+            (RequestFraming::Length, Some(0))
+        } else {
+            (RequestFraming::None, None)
+        };
+    }
+    match body.size_hint().exact() {
+        Some(n) => (RequestFraming::Length, Some(n)),
+        None => (RequestFraming::Chunked, None),
+    }
+}
+
+/// The client's request body on its way to the replica, one frame at a time: the next frame
+/// is taken only once the previous one is written, so a slow replica slows the client.
+struct Upload {
+    body: Incoming,
+    chunked: bool,
+    /// Bytes taken from the body and not yet written.
+    pending: VecDeque<Bytes>,
+    trailers: Option<HeaderMap>,
+    ended: bool,
+}
+
+impl Upload {
+    fn new(body: Incoming, chunked: bool) -> Self {
+        Upload {
+            body,
+            chunked,
+            pending: VecDeque::new(),
+            trailers: None,
+            ended: false,
+        }
+    }
+
+    /// Ready when the whole body (and the last chunk) is written.
+    fn poll(
+        &mut self,
+        io: &mut TcpStream,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<(), UpstreamError>> {
+        loop {
+            while let Some(front) = self.pending.front_mut() {
+                let n = ready!(Pin::new(&mut *io).poll_write(cx, front))
+                    .map_err(UpstreamError::Send)?;
+                if n == 0 {
+                    return Poll::Ready(Err(UpstreamError::Send(io::ErrorKind::WriteZero.into())));
+                }
+                front.advance(n);
+                if front.is_empty() {
+                    self.pending.pop_front();
+                }
+            }
+            if self.ended {
+                return Poll::Ready(Ok(()));
+            }
+            match ready!(Pin::new(&mut self.body).poll_frame(cx)) {
+                None => {
+                    self.ended = true;
+                    if self.chunked {
+                        let last = codec::encode_last_chunk(self.trailers.as_ref());
+                        self.pending.push_back(Bytes::from(last));
+                    }
+                }
+                Some(Err(e)) => return Poll::Ready(Err(UpstreamError::ClientBody(e))),
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) if data.is_empty() => {}
+                    Ok(data) if !self.chunked => self.pending.push_back(data),
+                    Ok(data) if data.len() <= COALESCE => {
+                        let mut framed = Vec::with_capacity(data.len() + 12);
+                        codec::encode_chunk(&data, &mut framed);
+                        self.pending.push_back(Bytes::from(framed));
+                    }
+                    Ok(data) => {
+                        let size = format!("{:x}\r\n", data.len());
+                        self.pending.push_back(Bytes::from(size));
+                        self.pending.push_back(data);
+                        self.pending.push_back(Bytes::from_static(b"\r\n"));
+                    }
+                    Err(frame) => {
+                        if let Ok(t) = frame.into_trailers() {
+                            self.trailers.get_or_insert_with(HeaderMap::new).extend(t);
+                        }
+                    }
+                },
+            }
+        }
+    }
+}
+
+/// Reads until a whole final (non-1xx) response head is in `buf`, and parses it.
+fn poll_head(
+    io: &mut TcpStream,
+    buf: &mut BytesMut,
+    method: &Method,
+    cx: &mut Context<'_>,
+) -> Poll<Result<codec::Head, UpstreamError>> {
+    loop {
+        if !buf.is_empty() {
+            match codec::parse_head(buf, method)? {
+                Parsed::Head(head) => return Poll::Ready(Ok(head)),
+                Parsed::Interim => continue,
+                Parsed::Partial => {}
+            }
+        }
+        if buf.capacity() - buf.len() < FIRST_READ / 4 {
+            buf.reserve(FIRST_READ);
+        }
+        if ready!(tokio_util::io::poll_read_buf(Pin::new(&mut *io), cx, buf))? == 0 {
+            return Poll::Ready(Err(UpstreamError::ClosedBeforeHead));
+        }
+    }
+}
+
+enum State {
+    Length(u64),
+    Chunked(ChunkedDecoder),
+    UntilClose,
+    /// 101: the body is empty and the socket now carries the new protocol.
+    Upgrade,
+    Done,
+}
+
+/// A response body read straight off the replica's socket.
+pub struct ResponseBody {
+    /// `None` once the socket failed.
+    conn: Option<Conn>,
+    /// The rest of the request body, when the replica answered before it was all sent.
+    upload: Option<Upload>,
+    state: State,
+    /// The connection may carry another request once this body has ended.
+    reusable: bool,
+    read_size: usize,
+}
+
+impl ResponseBody {
+    /// The connection, when the body ended cleanly and the replica allows another request.
+    pub fn take_reusable(&mut self) -> Option<Conn> {
+        let done = matches!(self.state, State::Done | State::Length(0));
+        if !(done && self.reusable && self.upload.is_none()) {
+            return None;
+        }
+        let mut conn = self.conn.take()?;
+        if !conn.buf.is_empty() {
+            // Bytes past the end of the response: the connection is out of step.
+            return None;
+        }
+        // Let go of the read buffer: frames already handed on keep what they need of it.
+        conn.buf = BytesMut::new();
+        Some(conn)
+    }
+
+    /// After a 101 response: the socket and any bytes of the new protocol already read.
+    pub fn into_upgraded(mut self) -> Option<(TcpStream, Bytes)> {
+        if !matches!(self.state, State::Upgrade) || self.upload.is_some() {
+            return None;
+        }
+        let conn = self.conn.take()?;
+        Some((conn.io, conn.buf.freeze()))
+    }
+
+    fn fail(&mut self, e: UpstreamError) -> Poll<Option<Result<Frame<Bytes>, UpstreamError>>> {
+        self.conn = None;
+        self.state = State::Done;
+        self.reusable = false;
+        Poll::Ready(Some(Err(e)))
+    }
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = UpstreamError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, UpstreamError>>> {
+        let this = &mut *self;
+        if let (Some(up), Some(conn)) = (this.upload.as_mut(), this.conn.as_mut()) {
+            match up.poll(&mut conn.io, cx) {
+                Poll::Pending => {}
+                Poll::Ready(result) => {
+                    this.upload = None;
+                    // An unfinished request body leaves the connection out of step.
+                    this.reusable &= result.is_ok();
+                }
+            }
+        }
+        loop {
+            let Some(conn) = this.conn.as_mut() else {
+                return Poll::Ready(None);
+            };
+            let buf = &mut conn.buf;
+            match &mut this.state {
+                State::Done | State::Upgrade | State::Length(0) => return Poll::Ready(None),
+                State::Length(left) if !buf.is_empty() => {
+                    let n = (*left).min(buf.len() as u64);
+                    *left -= n;
+                    return Poll::Ready(Some(Ok(Frame::data(buf.split_to(n as usize).freeze()))));
+                }
+                State::UntilClose if !buf.is_empty() => {
+                    return Poll::Ready(Some(Ok(Frame::data(buf.split().freeze()))));
+                }
+                State::Chunked(decoder) if !buf.is_empty() => match decoder.decode(buf) {
+                    Ok(Chunk::Data(data)) => return Poll::Ready(Some(Ok(Frame::data(data)))),
+                    Ok(Chunk::End(trailers)) => {
+                        this.state = State::Done;
+                        return Poll::Ready(trailers.map(|t| Ok(Frame::trailers(t))));
+                    }
+                    Ok(Chunk::NeedMore) => {}
+                    Err(e) => return this.fail(e.into()),
+                },
+                _ => {}
+            }
+            // Nothing usable buffered: read more.
+            if buf.capacity() - buf.len() < this.read_size / 4 {
+                buf.reserve(this.read_size);
+            }
+            let room = buf.capacity() - buf.len();
+            let n = match ready!(tokio_util::io::poll_read_buf(
+                Pin::new(&mut conn.io),
+                cx,
+                buf
+            )) {
+                Ok(n) => n,
+                Err(e) => return this.fail(e.into()),
+            };
+            if n == 0 {
+                if matches!(this.state, State::UntilClose) {
+                    this.state = State::Done;
+                    return Poll::Ready(None);
+                }
+                return this.fail(UpstreamError::ClosedMidBody);
+            }
+            if n == room && this.read_size < MAX_READ {
+                this.read_size *= 2;
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        matches!(self.state, State::Done | State::Upgrade | State::Length(0))
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.state {
+            State::Length(n) => SizeHint::with_exact(n),
+            State::Done | State::Upgrade => SizeHint::with_exact(0),
+            _ => SizeHint::default(),
+        }
+    }
+}
