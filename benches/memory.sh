@@ -134,7 +134,7 @@ done
 RUST_LOG=${RUST_LOG:-warn} "$BIN" serve \
     --listen "127.0.0.1:$P_SY" --admin-listen "127.0.0.1:$P_ADMIN" \
     --upstream "v1=127.0.0.1:$P_V1" --upstream "v2=127.0.0.1:$P_V2" \
-    --weight v1=90 --weight v2=10 --workers "$WORKERS" --shutdown-grace-seconds 1 \
+    --weight v1=90 --weight v2=10 --workers "$WORKERS" --shutdown-grace-seconds 1 --ephemeral \
     >"$WORK/switchyard.log" 2>&1 &
 SY_PID=$!
 PIDS+=("$SY_PID")
