@@ -200,6 +200,26 @@ pub async fn proxy(
         }
     };
 
+    if response.status() == StatusCode::SWITCHING_PROTOCOLS && client_upgrade.is_none() {
+        // A 101 the client did not ask for (RFC 9110 15.2.2 forbids it): nothing can be
+        // tunnelled, and the socket now speaks an unknown protocol, so it is dropped.
+        pool.metrics.count_error(UpstreamErrorKind::Protocol);
+        tracing::warn!(
+            deployment = %pool.deployment,
+            replica = %replica.addr,
+            "replica switched protocols without being asked"
+        );
+        return pool_error(
+            &pool,
+            ctx.deployment_header,
+            StatusCode::BAD_GATEWAY,
+            format!(
+                "deployment {:?} replica {} switched protocols without being asked",
+                pool.deployment, replica.addr
+            ),
+        );
+    }
+
     let m = &pool.metrics;
     m.first_byte.observe(started.elapsed().as_secs_f64());
     m.count_response(response.status());
@@ -213,13 +233,22 @@ pub async fn proxy(
     }
 
     if parts.status == StatusCode::SWITCHING_PROTOCOLS {
-        if let (Some(client_upgrade), Some(upstream)) = (client_upgrade, body.into_upgraded()) {
-            tokio::spawn(tunnel(client_upgrade, upstream, in_flight));
-            return Response::from_parts(parts, ProxyBody::empty());
-        }
-        // A 101 the client did not ask for: nothing can be tunnelled; the body is empty.
-        headers::strip_hop_by_hop(&mut parts.headers, false);
-        return Response::from_parts(parts, ProxyBody::empty());
+        return match (client_upgrade, body.into_upgraded()) {
+            (Some(client_upgrade), Some(upstream)) => {
+                tokio::spawn(tunnel(client_upgrade, upstream, in_flight));
+                Response::from_parts(parts, ProxyBody::empty())
+            }
+            // The request body was still uploading: the socket cannot change protocols.
+            _ => pool_error(
+                &pool,
+                ctx.deployment_header,
+                StatusCode::BAD_GATEWAY,
+                format!(
+                    "deployment {:?} replica {} switched protocols before the request body was sent",
+                    pool.deployment, replica.addr
+                ),
+            ),
+        };
     }
     headers::strip_hop_by_hop(&mut parts.headers, false);
     let body = UpstreamBody::new(

@@ -242,3 +242,21 @@ async fn a_body_cut_short_fails_the_client_and_the_connection_is_not_reused() {
     );
     proxy.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_protocol_switch_nobody_asked_for_is_a_502() {
+    let (addr, _) = raw_replica(|_, _| {
+        reply(b"HTTP/1.1 101 Switching Protocols\r\nupgrade: x\r\nconnection: upgrade\r\n\r\n")
+    })
+    .await;
+    let proxy = start(settings(spec(&[("v1", vec![addr], 100)])));
+    let got = get(proxy.listen_addr, "/").await;
+    assert_eq!(got.status, 502);
+    assert!(
+        got.text()
+            .contains("switched protocols without being asked"),
+        "{}",
+        got.text()
+    );
+    proxy.shutdown().await;
+}
