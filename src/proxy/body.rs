@@ -10,7 +10,7 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use tokio::time::Sleep;
 
-use super::upstream::{self, ResponseBody};
+use super::upstream::{self, ResponseBody, UpstreamError};
 use crate::metrics::UpstreamErrorKind;
 use crate::routing::{Pool, Replica};
 
@@ -97,6 +97,15 @@ impl Body for UpstreamBody {
                     sleep.as_mut().reset(tokio::time::Instant::now() + t);
                 }
                 Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e @ UpstreamError::ClientBody(_)))) => {
+                // The client's request body broke mid-stream; the replica did nothing wrong.
+                tracing::debug!(
+                    deployment = %this.in_flight.pool.deployment,
+                    error = %e,
+                    "request body failed while the response streamed"
+                );
+                Poll::Ready(Some(Err(e.into())))
             }
             Poll::Ready(Some(Err(e))) => {
                 this.in_flight

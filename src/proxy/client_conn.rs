@@ -80,7 +80,13 @@ pub async fn serve_plain<S>(
 ) where
     S: ProxyService,
 {
-    let Some(protocol) = sniff(&stream).await else {
+    let mut drain = drain;
+    // A connection that has sent nothing yet is simply closed when the worker drains.
+    let protocol = tokio::select! {
+        p = sniff(&stream) => p,
+        _ = drain.changed() => None,
+    };
+    let Some(protocol) = protocol else {
         return;
     };
     let result = serve(protocols, protocol, stream, service, drain).await;
@@ -100,7 +106,13 @@ pub async fn serve_tls<S>(
 ) where
     S: ProxyService,
 {
-    let tls = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+    let mut drain = drain;
+    let handshake = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream));
+    let tls = match tokio::select! {
+        r = handshake => r,
+        // Still in the handshake when the worker drains: no request to finish, so close.
+        _ = drain.changed() => return,
+    } {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
             tracing::debug!(%peer, error = %e, "TLS handshake failed");

@@ -6,7 +6,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::uri::PathAndQuery;
-use http::{Request, Response, StatusCode, Uri, Version};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::io::AsyncWriteExt;
@@ -42,6 +42,18 @@ pub async fn proxy(
     mut req: Request<Incoming>,
 ) -> Response<ProxyBody> {
     let started = Instant::now();
+    if req.method() == Method::CONNECT {
+        // A reverse proxy has no tunnel to open; replicas are reached by path and Host.
+        let mut resp = local(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "CONNECT is not supported: switchyard is a reverse proxy",
+        );
+        resp.headers_mut().insert(
+            header::ALLOW,
+            HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"),
+        );
+        return resp;
+    }
 
     // Routing decision: one snapshot load, then only the Arcs needed across awaits.
     let (pool, replica, strip) = {
@@ -81,12 +93,16 @@ pub async fn proxy(
     };
 
     let client_version = req.version();
-    if let Err(msg) = rewrite_request(&mut req, strip, conn) {
-        return local(StatusCode::BAD_REQUEST, msg);
-    }
     let upgrade = headers::is_upgrade(req.headers()) && req.version() == Version::HTTP_11;
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    // The Host asked for, taken before stripping: `Connection: host` must not hide it.
+    let host = request_host_value(&req);
+    // Strip before adding forwarding headers, so `Connection: x-forwarded-for` cannot remove
+    // the client address the proxy adds.
     headers::strip_hop_by_hop(req.headers_mut(), upgrade);
+    if let Err(msg) = rewrite_request(&mut req, strip, conn, host) {
+        return local(StatusCode::BAD_REQUEST, msg);
+    }
     *req.version_mut() = Version::HTTP_11;
 
     let cfg = &ctx.upstream;
@@ -174,6 +190,12 @@ pub async fn proxy(
                 stale_retries += 1;
                 req = *back;
                 drop(in_flight);
+            }
+            Err(SendError::Failed(e @ upstream::UpstreamError::ClientBody(_))) => {
+                // The client's own body broke (it went away, or sent bad framing): not the
+                // replica's fault, and nobody may be left to read the answer.
+                tracing::debug!(deployment = %pool.deployment, error = %e, "request body failed");
+                return local(StatusCode::BAD_REQUEST, e.to_string());
             }
             Err(e) => {
                 let e = match e {
@@ -269,20 +291,25 @@ fn request_host(req: &Request<Incoming>) -> Option<&str> {
     })
 }
 
+/// The `Host` header, or for HTTP/2 the URI authority, as a header value.
+fn request_host_value(req: &Request<Incoming>) -> Option<HeaderValue> {
+    match req.headers().get(header::HOST) {
+        Some(h) => Some(h.clone()),
+        None => req
+            .uri()
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
+    }
+}
+
 /// Makes the request fit for an HTTP/1.1 replica: origin-form URI without the routing prefix,
 /// a Host header, forwarding headers.
 fn rewrite_request(
     req: &mut Request<Incoming>,
     strip: usize,
     conn: &ConnInfo,
+    host: Option<HeaderValue>,
 ) -> Result<(), &'static str> {
-    let host = match req.headers().get(header::HOST) {
-        Some(h) => Some(h.clone()),
-        None => req
-            .uri()
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
-    };
     if let Some(h) = &host {
         if !req.headers().contains_key(header::HOST) {
             req.headers_mut().insert(header::HOST, h.clone());

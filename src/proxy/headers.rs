@@ -3,10 +3,11 @@
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 /// Headers that describe one connection, never forwarded (besides those `Connection` lists).
-static HOP_BY_HOP: [HeaderName; 8] = [
+/// `Trailer` is not one of them (RFC 9110 6.6.2): it announces trailer fields end to end, and
+/// hyper sends trailers to an HTTP/1.1 client only when the response carries it.
+static HOP_BY_HOP: [HeaderName; 7] = [
     header::CONNECTION,
     header::TE,
-    header::TRAILER,
     header::TRANSFER_ENCODING,
     header::UPGRADE,
     header::PROXY_AUTHENTICATE,

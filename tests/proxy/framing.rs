@@ -138,6 +138,22 @@ async fn chunked_bodies_and_their_trailers_reach_the_client() {
     let trailers = collected.trailers().cloned().expect("trailers forwarded");
     assert_eq!(trailers["grpc-status"], "0");
     assert_eq!(&collected.to_bytes()[..], b"hello, world");
+
+    // An HTTP/1.1 client gets them when it says it accepts trailers.
+    let req = Request::get("/")
+        .header("host", "m.local")
+        .header("te", "trailers")
+        .body(empty())
+        .unwrap();
+    let resp = h1(proxy.listen_addr).await.send_request(req).await.unwrap();
+    assert_eq!(resp.headers()["trailer"], "grpc-status");
+    let collected = resp.into_body().collect().await.unwrap();
+    let trailers = collected
+        .trailers()
+        .cloned()
+        .expect("trailers over HTTP/1.1");
+    assert_eq!(trailers["grpc-status"], "0");
+    assert_eq!(&collected.to_bytes()[..], b"hello, world");
     proxy.shutdown().await;
 }
 

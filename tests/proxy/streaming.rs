@@ -235,3 +235,43 @@ async fn a_stream_silent_for_longer_than_the_idle_timeout_is_cut() {
     );
     proxy.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_request_body_that_breaks_mid_stream_closes_the_replica_connection() {
+    // The replica answers at once and streams while the request body is still coming.
+    let body_ended = Arc::new(Notify::new());
+    let ended = body_ended.clone();
+    let up = upstream(move |req| {
+        let ended = ended.clone();
+        async move {
+            let (tx, out) = channel_body();
+            tokio::spawn(async move {
+                let mut body = req.into_body();
+                // Ends (with an error) when the proxy closes the connection.
+                while let Some(Ok(_)) = body.frame().await {}
+                ended.notify_one();
+                drop(tx);
+            });
+            Response::new(out)
+        }
+    })
+    .await;
+    let proxy = start(settings(spec(&[("v1", vec![up.addr], 100)])));
+    let mut s = tokio::net::TcpStream::connect(proxy.listen_addr)
+        .await
+        .unwrap();
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    s.write_all(b"POST /gen HTTP/1.1\r\nhost: m\r\ncontent-length: 1000\r\n\r\n")
+        .await
+        .unwrap();
+    s.write_all(&[b'x'; 100]).await.unwrap();
+    let mut head = [0u8; 12];
+    s.read_exact(&mut head).await.unwrap();
+    assert_eq!(&head, b"HTTP/1.1 200");
+    // 900 bytes short, the client stops sending: its body can never complete.
+    s.shutdown().await.unwrap();
+    tokio::time::timeout(Duration::from_secs(3), body_ended.notified())
+        .await
+        .expect("the replica's connection stayed open after the client's body broke");
+    proxy.shutdown().await;
+}

@@ -303,3 +303,35 @@ async fn the_deployment_header_can_be_switched_off() {
     assert!(got.deployment().is_none());
     proxy.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_client_cannot_use_connection_to_strip_what_the_proxy_adds() {
+    let up = upstream(|req| async move {
+        let h = |n: &str| {
+            req.headers()
+                .get(n)
+                .map(|v| v.to_str().unwrap().to_string())
+        };
+        Response::new(full(format!(
+            "{:?}|{:?}|{:?}",
+            h("x-forwarded-for"),
+            h("x-forwarded-host"),
+            h("host")
+        )))
+    })
+    .await;
+    let proxy = start(settings(spec(&[("v1", vec![up.addr], 100)])));
+    let req = Request::get("/")
+        .header("host", "model.example")
+        .header("connection", "x-forwarded-for, x-forwarded-host, host")
+        .header("x-forwarded-for", "203.0.113.9")
+        .body(empty())
+        .unwrap();
+    let got = send(proxy.listen_addr, req).await;
+    // The client's own X-Forwarded-For was listed, so it goes; the proxy's entry stays.
+    assert_eq!(
+        got.text(),
+        "Some(\"127.0.0.1\")|Some(\"model.example\")|Some(\"model.example\")"
+    );
+    proxy.shutdown().await;
+}

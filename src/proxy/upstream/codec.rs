@@ -174,11 +174,13 @@ pub fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Parsed, Protoco
             .map_err(|_| ProtocolError::Header(name.to_string()))?;
         headers.append(name, value);
     }
-    let (framing, framing_ok) = framing(&headers, status, method)?;
-    if framing == BodyFraming::Chunked {
-        // Chunked wins over a Content-Length sent alongside; passing both on would let the
-        // client frame the body differently from how it was read.
+    let (framing, mut framing_ok) = framing(&headers, status, method)?;
+    if framing != BodyFraming::Empty && headers.contains_key(header::TRANSFER_ENCODING) {
+        // Transfer-Encoding wins over a Content-Length sent alongside, which must go (RFC 9112
+        // 6.3): passing both on would let the client frame the body differently. An HTTP/1.0
+        // message with Transfer-Encoding is faulty framing: no reuse after it.
         headers.remove(header::CONTENT_LENGTH);
+        framing_ok &= version == Version::HTTP_11;
     }
     let keep_alive =
         framing_ok && framing != BodyFraming::UntilClose && keep_alive(&headers, version);
@@ -230,7 +232,9 @@ fn framing(
     for v in headers.get_all(header::CONTENT_LENGTH) {
         for part in v.as_bytes().split(|b| *b == b',') {
             let text = std::str::from_utf8(part).unwrap_or("").trim();
-            let n: u64 = text.parse().map_err(|_| {
+            // Digits only: `u64::from_str` would also take a leading `+`.
+            let digits = !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit());
+            let n: u64 = (if digits { text } else { "x" }).parse().map_err(|_| {
                 ProtocolError::ContentLength(String::from_utf8_lossy(v.as_bytes()).into())
             })?;
             if length.is_some_and(|l| l != n) {
@@ -313,7 +317,10 @@ impl ChunkedDecoder {
             let digits = std::str::from_utf8(digits)
                 .map_err(|_| ProtocolError::Chunked("chunk size is not hex"))?
                 .trim_matches([' ', '\t']);
-            if digits.is_empty() || digits.len() > 16 {
+            if digits.is_empty()
+                || digits.len() > 16
+                || !digits.bytes().all(|b| b.is_ascii_hexdigit())
+            {
                 return Err(ProtocolError::Chunked("chunk size is not hex"));
             }
             let size = u64::from_str_radix(digits, 16)
@@ -480,6 +487,33 @@ mod tests {
         );
         assert_eq!(h.framing, BodyFraming::Chunked);
         assert!(!h.keep_alive);
+    }
+
+    #[test]
+    fn lengths_are_digits_only_and_transfer_encoding_drops_content_length() {
+        assert!(matches!(
+            head(
+                b"HTTP/1.1 200 OK\r\nContent-Length: +5\r\n\r\n",
+                Method::GET
+            ),
+            Err(ProtocolError::ContentLength(_))
+        ));
+        assert!(decode_in_steps(b"+5\r\nhello\r\n0\r\n\r\n", 100).is_err());
+        let h = must_head(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\nContent-Length: 3\r\n\r\n",
+            Method::GET,
+        );
+        assert_eq!(h.framing, BodyFraming::UntilClose);
+        assert!(!h.headers.contains_key(header::CONTENT_LENGTH));
+        let h = must_head(
+            b"HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: keep-alive\r\n\r\n",
+            Method::GET,
+        );
+        assert_eq!(h.framing, BodyFraming::Chunked);
+        assert!(
+            !h.keep_alive,
+            "HTTP/1.0 with Transfer-Encoding is faulty framing"
+        );
     }
 
     #[test]

@@ -29,6 +29,8 @@ use super::codec::{
 const FIRST_READ: usize = 4096;
 /// Reads of a long body grow up to this when they keep filling the buffer.
 const MAX_READ: usize = 64 * 1024;
+/// A replica may send this many 1xx heads before its response; more is a loop.
+const MAX_INTERIM: u32 = 16;
 /// Request body pieces up to this size are copied into one write with their chunk framing.
 const COALESCE: usize = 8 * 1024;
 
@@ -38,6 +40,8 @@ pub enum UpstreamError {
     Protocol(#[from] ProtocolError),
     #[error("connection closed before a response head arrived")]
     ClosedBeforeHead,
+    #[error("more than {MAX_INTERIM} interim (1xx) responses")]
+    TooManyInterim,
     #[error("connection closed before the response body ended")]
     ClosedMidBody,
     #[error("{0}")]
@@ -112,6 +116,7 @@ impl Conn {
         let mut upload = (framing != RequestFraming::None)
             .then(|| Upload::new(req.into_body(), framing == RequestFraming::Chunked));
         let mut upload_failed = None;
+        let mut interim = 0;
         let Conn { mut io, mut buf } = self;
         let head = std::future::poll_fn(|cx| {
             if let Some(up) = upload.as_mut() {
@@ -128,7 +133,7 @@ impl Conn {
                     Poll::Pending => {}
                 }
             }
-            poll_head(&mut io, &mut buf, &method, cx)
+            poll_head(&mut io, &mut buf, &method, &mut interim, cx)
         })
         .await;
         let head = match (head, upload_failed.take()) {
@@ -264,13 +269,20 @@ fn poll_head(
     io: &mut TcpStream,
     buf: &mut BytesMut,
     method: &Method,
+    interim: &mut u32,
     cx: &mut Context<'_>,
 ) -> Poll<Result<codec::Head, UpstreamError>> {
     loop {
         if !buf.is_empty() {
             match codec::parse_head(buf, method)? {
                 Parsed::Head(head) => return Poll::Ready(Ok(head)),
-                Parsed::Interim => continue,
+                Parsed::Interim if *interim >= MAX_INTERIM => {
+                    return Poll::Ready(Err(UpstreamError::TooManyInterim));
+                }
+                Parsed::Interim => {
+                    *interim += 1;
+                    continue;
+                }
                 Parsed::Partial => {}
             }
         }
@@ -350,6 +362,9 @@ impl Body for ResponseBody {
         if let (Some(up), Some(conn)) = (this.upload.as_mut(), this.conn.as_mut()) {
             match up.poll(&mut conn.io, cx) {
                 Poll::Pending => {}
+                // The client's body broke: close the replica's connection, the only way to tell
+                // it the request is gone (the client may be too).
+                Poll::Ready(Err(e @ UpstreamError::ClientBody(_))) => return this.fail(e),
                 Poll::Ready(result) => {
                     this.upload = None;
                     // An unfinished request body leaves the connection out of step.
