@@ -335,3 +335,24 @@ async fn a_client_cannot_use_connection_to_strip_what_the_proxy_adds() {
     );
     proxy.shutdown().await;
 }
+
+#[tokio::test]
+async fn connect_is_refused_not_forwarded() {
+    let up = named("v1").await;
+    let proxy = start(settings(spec(&[("v1", vec![up.addr], 100)])));
+    let mut s = tokio::net::TcpStream::connect(proxy.listen_addr)
+        .await
+        .unwrap();
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    s.write_all(b"CONNECT example.com:443 HTTP/1.1\r\nhost: example.com:443\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = [0u8; 12];
+    tokio::time::timeout(std::time::Duration::from_secs(5), s.read_exact(&mut head))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&head, b"HTTP/1.1 405");
+    assert_eq!(up.requests.load(std::sync::atomic::Ordering::SeqCst), 0);
+    proxy.shutdown().await;
+}
