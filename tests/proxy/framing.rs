@@ -276,3 +276,25 @@ async fn a_protocol_switch_nobody_asked_for_is_a_502() {
     );
     proxy.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_pooled_connection_the_replica_closed_while_idle_is_not_used() {
+    // Keep-alive as far as the head says, then the replica closes the idle connection (as
+    // uvicorn does after its 5 s keep-alive timeout).
+    let (addr, conns) = raw_replica(|_, _| Reply {
+        bytes: b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok".to_vec(),
+        trickle: false,
+        close: true,
+    })
+    .await;
+    let mut s = settings(spec(&[("v1", vec![addr], 100)]));
+    s.workers = 1;
+    let proxy = start(s);
+    for _ in 0..3 {
+        let got = get(proxy.listen_addr, "/").await;
+        assert_eq!((got.status.as_u16(), got.text().as_str()), (200, "ok"));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(conns.load(Ordering::SeqCst), 3);
+    proxy.shutdown().await;
+}
