@@ -274,7 +274,12 @@ impl Snapshot {
         let name = strip_port(host);
         self.hosts
             .iter()
-            .find(|(h, _)| h.len() == name.len() && h.eq_ignore_ascii_case(name))
+            // Hosts are stored lowercase and clients nearly always send them so: a plain
+            // (vectorised) compare first, the byte-wise case-folding one only when it fails.
+            .find(|(h, _)| {
+                h.len() == name.len()
+                    && (h.as_bytes() == name.as_bytes() || h.eq_ignore_ascii_case(name))
+            })
             .map(|(_, v)| *v)
     }
 }
