@@ -136,14 +136,8 @@ impl Conn {
             poll_head(&mut io, &mut buf, &method, &mut interim, cx)
         })
         .await;
-        let head = match (head, upload_failed.take()) {
-            (Ok(head), failed) => {
-                upload_failed = failed;
-                head
-            }
-            (Err(_), Some(send_error)) => return Err(SendError::Failed(send_error)),
-            (Err(e), None) => return Err(SendError::Failed(e)),
-        };
+        // No head after a failed upload: the upload's error says more than the read's.
+        let head = head.map_err(|e| SendError::Failed(upload_failed.take().unwrap_or(e)))?;
 
         let state = match head.framing {
             _ if head.status == http::StatusCode::SWITCHING_PROTOCOLS => State::Upgrade,
