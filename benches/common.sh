@@ -94,3 +94,43 @@ nginx_temp_paths() { # keeps nginx out of /var/lib/nginx
     [[ $v == *--without-http_uwsgi_module* ]] || echo "uwsgi_temp_path $WORK/tmp/$name-uwsgi;"
     [[ $v == *--without-http_scgi_module* ]] || echo "scgi_temp_path $WORK/tmp/$name-scgi;"
 }
+
+# The upstream nginx: two deployments (v1, v2) on $P_V1 and $P_V2, each serving a one-line
+# text file from $WORK/www. Writes $WORK/upstream.conf.
+#   write_upstream_conf WORKER_CONNECTIONS [RLIMIT_NOFILE]
+write_upstream_conf() {
+    local conns=$1 nofile=${2:-}
+    mkdir -p "$WORK/www/v1" "$WORK/www/v2" "$WORK/tmp"
+    printf 'hello from v1\n' >"$WORK/www/v1/index.txt"
+    printf 'hello from v2\n' >"$WORK/www/v2/index.txt"
+    chmod -R a+rX "$WORK"
+    cat >"$WORK/upstream.conf" <<EOF
+$(nginx_user_line)
+daemon off;
+worker_processes 1;
+${nofile:+worker_rlimit_nofile $nofile;}
+pid $WORK/upstream.pid;
+error_log $WORK/upstream-error.log warn;
+events { worker_connections $conns; }
+http {
+    access_log off;
+    default_type text/plain;
+    sendfile on;
+    tcp_nodelay on;
+    keepalive_timeout 65s;
+    keepalive_requests 100000;
+    open_file_cache max=16 inactive=60s;
+    $(nginx_temp_paths upstream)
+    server {
+        listen 127.0.0.1:$P_V1 backlog=4096;
+        root $WORK/www/v1;
+        location / { try_files /index.txt =404; }
+    }
+    server {
+        listen 127.0.0.1:$P_V2 backlog=4096;
+        root $WORK/www/v2;
+        location / { try_files /index.txt =404; }
+    }
+}
+EOF
+}

@@ -89,39 +89,7 @@ for p in $P_V1 $P_V2 $P_SY $P_ADMIN; do
     port_free "$p" || die "port 127.0.0.1:$p is in use; pick another PORT_BASE"
 done
 
-mkdir -p "$WORK/www/v1" "$WORK/www/v2" "$WORK/tmp"
-printf 'hello from v1\n' >"$WORK/www/v1/index.txt"
-printf 'hello from v2\n' >"$WORK/www/v2/index.txt"
-chmod -R a+rX "$WORK"
-cat >"$WORK/upstream.conf" <<EOF
-$(nginx_user_line)
-daemon off;
-worker_processes 1;
-worker_rlimit_nofile $NOFILE;
-pid $WORK/upstream.pid;
-error_log $WORK/upstream-error.log warn;
-events { worker_connections $NGINX_CONNS; }
-http {
-    access_log off;
-    default_type text/plain;
-    sendfile on;
-    tcp_nodelay on;
-    keepalive_timeout 65s;
-    keepalive_requests 100000;
-    open_file_cache max=16 inactive=60s;
-    $(nginx_temp_paths upstream)
-    server {
-        listen 127.0.0.1:$P_V1 backlog=4096;
-        root $WORK/www/v1;
-        location / { try_files /index.txt =404; }
-    }
-    server {
-        listen 127.0.0.1:$P_V2 backlog=4096;
-        root $WORK/www/v2;
-        location / { try_files /index.txt =404; }
-    }
-}
-EOF
+write_upstream_conf "$NGINX_CONNS" "$NOFILE"
 nginx -t -q -p "$WORK" -e "$WORK/upstream-error.log" -c "$WORK/upstream.conf" ||
     die "nginx config test failed (see $WORK/upstream.conf)"
 nginx -p "$WORK" -e "$WORK/upstream-error.log" -c "$WORK/upstream.conf" >>"$WORK/upstream-error.log" 2>&1 &
