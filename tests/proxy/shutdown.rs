@@ -100,3 +100,35 @@ async fn streams_longer_than_the_grace_period_are_cut_when_it_ends() {
         "the stream should have been cut"
     );
 }
+
+#[tokio::test]
+async fn idle_connections_do_not_hold_up_shutdown() {
+    let up = named("v1").await;
+    let proxy = start(settings(spec(&[("v1", vec![up.addr], 100)])));
+    // One connection that never sent a byte, one idle after a finished request.
+    let silent = tokio::net::TcpStream::connect(proxy.listen_addr)
+        .await
+        .unwrap();
+    let mut kept = h1(proxy.listen_addr).await;
+    let resp = kept
+        .send_request(
+            http::Request::get("/")
+                .header("host", "m")
+                .body(empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(collect(resp).await.text(), "v1");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+
+    // The grace period is 10 s; neither connection has work to finish.
+    let started = Instant::now();
+    proxy.shutdown().await;
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "shutdown waited {:?} on idle connections",
+        started.elapsed()
+    );
+    drop(silent);
+}
