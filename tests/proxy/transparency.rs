@@ -356,3 +356,30 @@ async fn connect_is_refused_not_forwarded() {
     assert_eq!(up.requests.load(std::sync::atomic::Ordering::SeqCst), 0);
     proxy.shutdown().await;
 }
+
+#[tokio::test]
+async fn an_http10_request_without_host_reaches_the_replica_with_one() {
+    let up = upstream(|req| async move {
+        let host = req
+            .headers()
+            .get("host")
+            .map(|v| v.to_str().unwrap().to_string());
+        Response::new(full(format!("{host:?}")))
+    })
+    .await;
+    let proxy = start(settings(spec(&[("v1", vec![up.addr], 100)])));
+    let mut s = tokio::net::TcpStream::connect(proxy.listen_addr)
+        .await
+        .unwrap();
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    s.write_all(b"GET /old HTTP/1.0\r\n\r\n").await.unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(std::time::Duration::from_secs(5), s.read_to_end(&mut out))
+        .await
+        .unwrap()
+        .unwrap();
+    let out = String::from_utf8_lossy(&out);
+    assert!(out.starts_with("HTTP/1.0 200"), "{out}");
+    assert!(out.ends_with(&format!("Some(\"{}\")", up.addr)), "{out}");
+    proxy.shutdown().await;
+}

@@ -14,7 +14,7 @@ use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::header::{self, HeaderMap};
+use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
@@ -87,8 +87,19 @@ impl Conn {
     /// response body.
     pub async fn send(
         mut self,
-        req: Request<Incoming>,
+        mut req: Request<Incoming>,
     ) -> Result<Response<ResponseBody>, SendError> {
+        if !req.headers().contains_key(header::HOST) {
+            // HTTP/1.1 requires Host; an HTTP/1.0 client may have sent none. Name the replica.
+            if let Some(host) = self
+                .io
+                .peer_addr()
+                .ok()
+                .and_then(|a| HeaderValue::from_str(&a.to_string()).ok())
+            {
+                req.headers_mut().insert(header::HOST, host);
+            }
+        }
         let method = req.method().clone();
         let (framing, length) = request_framing(&req);
         let head = codec::encode_head(
