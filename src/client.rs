@@ -1,12 +1,20 @@
-//! The CLI's client of the management API (`switchyard status`, `promote`, ...).
+//! The CLI's client of the management API (`switchyard status`, `promote`, ...), speaking the
+//! same types the server answers with ([`crate::api::types`]).
 
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::{header, Method, Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
-use serde_json::Value;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::api::types::{
+    CancelPromotionResponse, Deployment, Deployments, Environment, ErrorBody, Event, Events, Model,
+    Models, PromoteRequest, SignalPromotionResponse, UpdateEnvironmentRequest,
+    UpdateEnvironmentResponse,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -21,6 +29,36 @@ pub enum ClientError {
     Api { status: StatusCode, message: String },
     #[error("{0}")]
     Usage(String),
+}
+
+/// A control action on an environment's promotion.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signal {
+    Pause,
+    Resume,
+    Cancel,
+    ForceCancel,
+    ForceRollForward,
+}
+
+impl Signal {
+    fn path(self) -> &'static str {
+        match self {
+            Signal::Pause => "pause_promotion",
+            Signal::Resume => "resume_promotion",
+            Signal::Cancel => "cancel_promotion",
+            Signal::ForceCancel => "force_cancel_promotion",
+            Signal::ForceRollForward => "force_roll_forward_promotion",
+        }
+    }
+}
+
+/// What a control action answered: cancel says where it went, the others only succeed.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum SignalAnswer {
+    Cancel(CancelPromotionResponse),
+    Done(SignalPromotionResponse),
 }
 
 pub struct Client {
@@ -52,13 +90,21 @@ impl Client {
         })
     }
 
-    /// Sends one request and returns the JSON answer of a 2xx, or the server's error.
-    pub async fn call(
+    fn protocol(&self, e: &dyn std::fmt::Display) -> ClientError {
+        ClientError::Protocol {
+            url: self.url.clone(),
+            message: e.to_string(),
+        }
+    }
+
+    /// Sends one request; answers the response head and body stream once the head arrived.
+    async fn send(
         &self,
         method: Method,
         path: &str,
-        body: Option<Value>,
-    ) -> Result<Value, ClientError> {
+        body: Option<Vec<u8>>,
+        accept: &'static str,
+    ) -> Result<http::Response<hyper::body::Incoming>, ClientError> {
         let unreachable = |source| ClientError::Unreachable {
             url: self.url.clone(),
             source,
@@ -75,55 +121,152 @@ impl Client {
             ))
         })?
         .map_err(unreachable)?;
-        let protocol = |e: &dyn std::fmt::Display| ClientError::Protocol {
-            url: self.url.clone(),
-            message: e.to_string(),
-        };
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
-            .map_err(|e| protocol(&e))?;
+            .map_err(|e| self.protocol(&e))?;
         tokio::spawn(conn);
         let mut req = Request::builder()
             .method(method)
             .uri(path)
-            .header(header::HOST, self.addr.as_str());
+            .header(header::HOST, self.addr.as_str())
+            .header(header::ACCEPT, accept);
         if let Some(k) = &self.key {
             req = req.header(header::AUTHORIZATION, format!("Api-Key {k}"));
         }
         let body = match body {
-            Some(v) => {
+            Some(b) => {
                 req = req.header(header::CONTENT_TYPE, "application/json");
-                Bytes::from(v.to_string())
+                Bytes::from(b)
             }
             None => Bytes::new(),
         };
-        let req = req.body(Full::new(body)).map_err(|e| protocol(&e))?;
-        let resp = tokio::time::timeout(Duration::from_secs(30), sender.send_request(req))
+        let req = req.body(Full::new(body)).map_err(|e| self.protocol(&e))?;
+        tokio::time::timeout(Duration::from_secs(30), sender.send_request(req))
             .await
-            .map_err(|_| protocol(&"no answer within 30 s"))?
-            .map_err(|e| protocol(&e))?;
+            .map_err(|_| self.protocol(&"no answer within 30 s"))?
+            .map_err(|e| self.protocol(&e))
+    }
+
+    /// Sends one request and returns the typed answer of a 2xx, or the server's error.
+    async fn call<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&impl Serialize>,
+    ) -> Result<T, ClientError> {
+        let body = body
+            .map(serde_json::to_vec)
+            .transpose()
+            .map_err(|e| ClientError::Usage(format!("cannot encode the request: {e}")))?;
+        let resp = self.send(method, path, body, "application/json").await?;
         let status = resp.status();
         let bytes = resp
             .into_body()
             .collect()
             .await
-            .map_err(|e| protocol(&e))?
+            .map_err(|e| self.protocol(&e))?
             .to_bytes();
-        let v: Value = serde_json::from_slice(&bytes)
-            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
         if status.is_success() {
-            return Ok(v);
+            return serde_json::from_slice(&bytes)
+                .map_err(|e| self.protocol(&format!("the answer to {path} does not parse ({e})")));
         }
-        let message = v
-            .get("error")
-            .and_then(Value::as_str)
-            .map(str::to_owned)
-            .unwrap_or_else(|| v.to_string());
+        let message = match serde_json::from_slice::<ErrorBody>(&bytes) {
+            Ok(e) => e.error,
+            Err(_) => String::from_utf8_lossy(&bytes).into_owned(),
+        };
         Err(ClientError::Api { status, message })
     }
 
-    pub async fn get(&self, path: &str) -> Result<Value, ClientError> {
-        self.call(Method::GET, path, None).await
+    async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        self.call(Method::GET, path, None::<&()>).await
+    }
+
+    pub async fn models(&self) -> Result<Models, ClientError> {
+        self.get("/v1/models").await
+    }
+
+    pub async fn model(&self, model: &str) -> Result<Model, ClientError> {
+        self.get(&format!("/v1/models/{model}")).await
+    }
+
+    pub async fn deployments(&self, model: &str) -> Result<Deployments, ClientError> {
+        self.get(&format!("/v1/models/{model}/deployments")).await
+    }
+
+    pub async fn environment(&self, model: &str, env: &str) -> Result<Environment, ClientError> {
+        self.get(&env_path(model, env)).await
+    }
+
+    pub async fn update_environment(
+        &self,
+        model: &str,
+        env: &str,
+        req: &UpdateEnvironmentRequest,
+    ) -> Result<UpdateEnvironmentResponse, ClientError> {
+        self.call(Method::PATCH, &env_path(model, env), Some(req))
+            .await
+    }
+
+    pub async fn promote(
+        &self,
+        model: &str,
+        env: &str,
+        deployment: &str,
+    ) -> Result<Deployment, ClientError> {
+        let req = PromoteRequest {
+            deployment_id: deployment.to_owned(),
+            scale_down_previous_deployment: None,
+            preserve_env_instance_type: None,
+            environment_settings_update: None,
+            promotion_settings_override: None,
+        };
+        let path = format!("{}/promote", env_path(model, env));
+        self.call(Method::POST, &path, Some(&req)).await
+    }
+
+    pub async fn signal(
+        &self,
+        model: &str,
+        env: &str,
+        signal: Signal,
+    ) -> Result<SignalAnswer, ClientError> {
+        let path = format!("{}/{}", env_path(model, env), signal.path());
+        Ok(match signal {
+            Signal::Cancel => {
+                SignalAnswer::Cancel(self.call(Method::POST, &path, None::<&()>).await?)
+            }
+            _ => SignalAnswer::Done(self.call(Method::POST, &path, None::<&()>).await?),
+        })
+    }
+
+    pub async fn events(&self, model: &str, env: &str) -> Result<Events, ClientError> {
+        self.get(&format!("{}/events", env_path(model, env))).await
+    }
+
+    /// Subscribes to the environment's live events (`text/event-stream`).
+    pub async fn follow_events(&self, model: &str, env: &str) -> Result<EventStream, ClientError> {
+        let path = format!("{}/events", env_path(model, env));
+        let resp = self
+            .send(Method::GET, &path, None, "text/event-stream")
+            .await?;
+        if !resp.status().is_success() {
+            let status = resp.status();
+            let bytes = resp
+                .into_body()
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
+            let message = serde_json::from_slice::<ErrorBody>(&bytes).map_or_else(
+                |_| String::from_utf8_lossy(&bytes).into_owned(),
+                |e| e.error,
+            );
+            return Err(ClientError::Api { status, message });
+        }
+        Ok(EventStream {
+            body: resp.into_body(),
+            buf: BytesMut::new(),
+        })
     }
 
     /// The model and environment to act on: as given, or the only one the server has.
@@ -135,15 +278,13 @@ impl Client {
         let model = match model {
             Some(m) => m,
             None => {
-                let models = self.get("/v1/models").await?;
-                let ids: Vec<String> = models["models"]
-                    .as_array()
-                    .map(|a| {
-                        a.iter()
-                            .filter_map(|m| m["id"].as_str().map(str::to_owned))
-                            .collect()
-                    })
-                    .unwrap_or_default();
+                let ids: Vec<String> = self
+                    .models()
+                    .await?
+                    .models
+                    .into_iter()
+                    .map(|m| m.id)
+                    .collect();
                 match ids.as_slice() {
                     [one] => one.clone(),
                     [] => return Err(ClientError::Usage("the server has no model".into())),
@@ -159,15 +300,7 @@ impl Client {
         let environment = match environment {
             Some(e) => e,
             None => {
-                let m = self.get(&format!("/v1/models/{model}")).await?;
-                let envs: Vec<String> = m["environments"]
-                    .as_array()
-                    .map(|a| {
-                        a.iter()
-                            .filter_map(|e| e.as_str().map(str::to_owned))
-                            .collect()
-                    })
-                    .unwrap_or_default();
+                let envs = self.model(&model).await?.environments;
                 match envs.as_slice() {
                     [one] => one.clone(),
                     _ if envs.iter().any(|e| e == "production") => "production".into(),
@@ -184,56 +317,70 @@ impl Client {
     }
 }
 
-/// One progress line for an `EnvironmentV1`: status, a bar of the traffic on the candidate,
-/// replicas per deployment.
-pub fn progress_line(env: &Value) -> String {
-    let p = &env["in_progress_promotion"];
-    let status = p["status"].as_str().unwrap_or("NO PROMOTION");
-    let percent = p["percent_traffic_to_new_version"]
-        .as_u64()
-        .unwrap_or(0)
-        .min(100);
-    let filled = (percent / 5) as usize;
-    let bar = format!("[{}{}]", "#".repeat(filled), "-".repeat(20 - filled));
-    let replicas = |d: &Value| -> String {
-        if d.is_null() {
-            return String::new();
-        }
-        let r = &d["replicas"];
-        format!(
-            "{} {}/{} ready{}",
-            d["id"].as_str().unwrap_or("?"),
-            r["ready"].as_u64().unwrap_or(0),
-            r["desired"].as_u64().unwrap_or(0),
-            match r["starting"].as_u64().unwrap_or(0) {
-                0 => String::new(),
-                n => format!(" +{n} starting"),
+fn env_path(model: &str, env: &str) -> String {
+    format!("/v1/models/{model}/environments/{env}")
+}
+
+/// An environment's live events, as the server sends them.
+pub struct EventStream {
+    body: hyper::body::Incoming,
+    buf: BytesMut,
+}
+
+impl EventStream {
+    /// The next event; `None` when the server closed the stream (e.g. it restarted).
+    /// Comments (keep-alives) are skipped.
+    pub async fn next(&mut self) -> Option<Event> {
+        loop {
+            if let Some(end) = self.buf.windows(2).position(|w| w == b"\n\n") {
+                let message = self.buf.split_to(end + 2);
+                let text = String::from_utf8_lossy(&message);
+                let data: String = text
+                    .lines()
+                    .filter_map(|l| l.strip_prefix("data:"))
+                    .map(str::trim_start)
+                    .collect::<Vec<_>>()
+                    .join("\n");
+                if data.is_empty() {
+                    continue;
+                }
+                match serde_json::from_str::<Event>(&data) {
+                    Ok(ev) => return Some(ev),
+                    Err(_) => continue,
+                }
             }
-        )
-    };
-    let mut line = format!(
-        "{status:<12} {bar} {percent:>3}% to {}",
-        p["candidate_deployment_id"].as_str().unwrap_or("-")
-    );
-    for d in [&env["current_deployment"], &env["candidate_deployment"]] {
-        let r = replicas(d);
-        if !r.is_empty() {
-            line.push_str("  ");
-            line.push_str(&r);
+            let frame = self.body.frame().await?.ok()?;
+            if let Ok(data) = frame.into_data() {
+                self.buf.extend_from_slice(&data);
+            }
         }
     }
-    if let Some(e) = p["error_message"].as_str() {
+}
+
+/// One progress line for an environment: status, a bar of the traffic on the candidate,
+/// replicas per deployment.
+pub fn progress_line(env: &Environment) -> String {
+    let p = env.in_progress_promotion.as_ref();
+    let status = p.map_or("NO PROMOTION", |p| p.status.as_str());
+    let percent = p.map_or(0, |p| p.percent_traffic_to_new_version.min(100));
+    let filled = (percent / 5) as usize;
+    let bar = format!("[{}{}]", "#".repeat(filled), "-".repeat(20 - filled));
+    let mut line = format!(
+        "{status:<12} {bar} {percent:>3}% to {}",
+        p.map_or("-", |p| p.candidate_deployment_id.as_str())
+    );
+    for d in [&env.current_deployment, &env.candidate_deployment]
+        .into_iter()
+        .flatten()
+    {
+        let r = &d.replicas;
+        line.push_str(&format!("  {} {}/{} ready", d.id, r.ready, r.desired));
+        if r.starting > 0 {
+            line.push_str(&format!(" +{} starting", r.starting));
+        }
+    }
+    if let Some(e) = p.and_then(|p| p.error_message.as_deref()) {
         line.push_str(&format!("  error: {e}"));
     }
     line
-}
-
-/// Process exit code for a promotion's final status: 0 SUCCEEDED, 1 FAILED, 3 CANCELED.
-pub fn exit_code_for(status: &str) -> Option<u8> {
-    match status {
-        "SUCCEEDED" => Some(0),
-        "FAILED" => Some(1),
-        "CANCELED" => Some(3),
-        _ => None,
-    }
 }

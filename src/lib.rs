@@ -7,7 +7,6 @@
 
 pub mod admin;
 pub mod api;
-pub mod channel_body;
 pub mod client;
 pub mod config;
 pub mod demo;

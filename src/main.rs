@@ -5,7 +5,24 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
+use switchyard::api::types::{
+    CleanupStrategy, Environment, UpdateAutoscalingSettings, UpdateEnvironmentRequest,
+    UpdatePromotionSettings, UpdateRollingDeployConfig,
+};
+use switchyard::client::{progress_line, Client, ClientError, Signal, SignalAnswer};
 use switchyard::config::ServeFlags;
+
+/// `--promotion-cleanup-strategy`, in any letter case.
+fn parse_cleanup(s: &str) -> Result<CleanupStrategy, String> {
+    match s.to_ascii_uppercase().as_str() {
+        "SCALE_TO_ZERO" => Ok(CleanupStrategy::ScaleToZero),
+        "KEEP" => Ok(CleanupStrategy::Keep),
+        "DEACTIVATE" => Ok(CleanupStrategy::Deactivate),
+        _ => Err(format!(
+            "{s:?} is not one of SCALE_TO_ZERO, KEEP, DEACTIVATE"
+        )),
+    }
+}
 
 #[derive(Parser)]
 #[command(
@@ -73,8 +90,8 @@ struct SettingsArgs {
     #[arg(long)]
     rolling_deploy: Option<bool>,
     /// SCALE_TO_ZERO, KEEP or DEACTIVATE.
-    #[arg(long)]
-    promotion_cleanup_strategy: Option<String>,
+    #[arg(long, value_parser = parse_cleanup)]
+    promotion_cleanup_strategy: Option<CleanupStrategy>,
     #[arg(long)]
     max_surge_percent: Option<i64>,
     #[arg(long)]
@@ -99,59 +116,38 @@ struct SettingsArgs {
 
 impl SettingsArgs {
     /// The PATCH body, or None when nothing is to change.
-    fn patch(&self) -> Option<serde_json::Value> {
-        use serde_json::{json, Map, Value};
-        let mut rolling = Map::new();
-        for (k, v) in [
-            ("max_surge_percent", self.max_surge_percent),
-            ("max_unavailable_percent", self.max_unavailable_percent),
-            (
-                "stabilization_time_seconds",
-                self.stabilization_time_seconds,
-            ),
-            ("replica_overhead_percent", self.replica_overhead_percent),
-        ] {
-            if let Some(v) = v {
-                rolling.insert(k.into(), json!(v));
-            }
-        }
-        let mut promotion = Map::new();
-        if let Some(b) = self.rolling_deploy {
-            promotion.insert("rolling_deploy".into(), json!(b));
-        }
-        if let Some(c) = &self.promotion_cleanup_strategy {
-            promotion.insert(
-                "promotion_cleanup_strategy".into(),
-                json!(c.to_ascii_uppercase()),
-            );
-        }
-        if !rolling.is_empty() {
-            promotion.insert("rolling_deploy_config".into(), Value::Object(rolling));
-        }
-        let mut autoscaling = Map::new();
-        for (k, v) in [
-            ("min_replica", self.min_replica),
-            ("max_replica", self.max_replica),
-            ("autoscaling_window", self.autoscaling_window),
-            ("scale_down_delay", self.scale_down_delay),
-            ("concurrency_target", self.concurrency_target),
-            (
-                "target_utilization_percentage",
-                self.target_utilization_percentage,
-            ),
-        ] {
-            if let Some(v) = v {
-                autoscaling.insert(k.into(), json!(v));
-            }
-        }
-        let mut body = Map::new();
-        if !promotion.is_empty() {
-            body.insert("promotion_settings".into(), Value::Object(promotion));
-        }
-        if !autoscaling.is_empty() {
-            body.insert("autoscaling_settings".into(), Value::Object(autoscaling));
-        }
-        (!body.is_empty()).then_some(Value::Object(body))
+    fn patch(&self) -> Option<UpdateEnvironmentRequest> {
+        let rolling = UpdateRollingDeployConfig {
+            rolling_deploy_strategy: None,
+            max_surge_percent: self.max_surge_percent,
+            max_unavailable_percent: self.max_unavailable_percent,
+            stabilization_time_seconds: self.stabilization_time_seconds,
+            replica_overhead_percent: self.replica_overhead_percent,
+        };
+        let promotion = UpdatePromotionSettings {
+            rolling_deploy: self.rolling_deploy,
+            promotion_cleanup_strategy: self.promotion_cleanup_strategy,
+            rolling_deploy_config: (rolling != UpdateRollingDeployConfig::default())
+                .then_some(rolling),
+            ..UpdatePromotionSettings::default()
+        };
+        let autoscaling = UpdateAutoscalingSettings {
+            min_replica: self.min_replica,
+            max_replica: self.max_replica,
+            autoscaling_window: self.autoscaling_window,
+            scale_down_delay: self.scale_down_delay,
+            concurrency_target: self.concurrency_target,
+            target_utilization_percentage: self.target_utilization_percentage,
+            ..UpdateAutoscalingSettings::default()
+        };
+        let body = UpdateEnvironmentRequest {
+            promotion_settings: (promotion != UpdatePromotionSettings::default())
+                .then_some(promotion),
+            autoscaling_settings: (autoscaling != UpdateAutoscalingSettings::default())
+                .then_some(autoscaling),
+            ..UpdateEnvironmentRequest::default()
+        };
+        (body != UpdateEnvironmentRequest::default()).then_some(body)
     }
 }
 
@@ -337,16 +333,16 @@ fn main() -> ExitCode {
         }
         Command::Status(a) => client_command(a, Action::Status),
         Command::Promote { deployment, args } => client_command(args, Action::Promote(deployment)),
-        Command::Pause(a) => client_command(a, Action::Signal("pause_promotion")),
-        Command::Resume(a) => client_command(a, Action::Signal("resume_promotion")),
-        Command::Cancel(a) => client_command(a, Action::Signal("cancel_promotion")),
-        Command::ForceCancel(a) => client_command(a, Action::Signal("force_cancel_promotion")),
-        Command::ForceRollForward(a) => {
-            client_command(a, Action::Signal("force_roll_forward_promotion"))
-        }
+        Command::Pause(a) => client_command(a, Action::Signal(Signal::Pause)),
+        Command::Resume(a) => client_command(a, Action::Signal(Signal::Resume)),
+        Command::Cancel(a) => client_command(a, Action::Signal(Signal::Cancel)),
+        Command::ForceCancel(a) => client_command(a, Action::Signal(Signal::ForceCancel)),
+        Command::ForceRollForward(a) => client_command(a, Action::Signal(Signal::ForceRollForward)),
         Command::Events(a) => client_command(a, Action::Events),
         Command::Deployments(a) => client_command(a, Action::Deployments),
-        Command::Settings { args, set } => client_command(args, Action::Settings(set.patch())),
+        Command::Settings { args, set } => {
+            client_command(args, Action::Settings(set.patch().map(Box::new)))
+        }
         Command::Plan(args) => plan(args),
         Command::Replica(args) => replica(args),
         Command::Demo {
@@ -359,10 +355,10 @@ fn main() -> ExitCode {
 enum Action {
     Status,
     Promote(String),
-    Signal(&'static str),
+    Signal(Signal),
     Events,
     Deployments,
-    Settings(Option<serde_json::Value>),
+    Settings(Option<Box<UpdateEnvironmentRequest>>),
 }
 
 fn client_command(a: ClientArgs, action: Action) -> ExitCode {
@@ -378,27 +374,23 @@ fn client_command(a: ClientArgs, action: Action) -> ExitCode {
     }
 }
 
-async fn run_client(
-    a: ClientArgs,
-    action: Action,
-) -> Result<ExitCode, switchyard::client::ClientError> {
-    use serde_json::json;
-    use switchyard::client::{exit_code_for, progress_line, Client};
+fn print_json<T: serde::Serialize>(v: &T) {
+    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+}
+
+async fn run_client(a: ClientArgs, action: Action) -> Result<ExitCode, ClientError> {
     let key = std::env::var("SWITCHYARD_API_KEY")
         .ok()
         .filter(|k| !k.is_empty());
     let client = Client::new(&a.admin_url, key)?;
     let (model, env) = client.target(a.model, a.environment).await?;
-    let base = format!("/v1/models/{model}/environments/{env}");
-    let print =
-        |v: &serde_json::Value| println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
     match action {
         Action::Status if !a.watch => {
-            let v = client.get(&base).await?;
+            let v = client.environment(&model, &env).await?;
             if a.json {
-                print(&v);
+                print_json(&v);
             } else {
-                let current = v["current_deployment"]["id"].as_str().unwrap_or("-");
+                let current = v.current_deployment.as_ref().map_or("-", |d| d.id.as_str());
                 println!("{model}/{env}: current deployment {current}");
                 println!("{}", progress_line(&v));
             }
@@ -406,16 +398,10 @@ async fn run_client(
         }
         Action::Status => {}
         Action::Promote(d) => {
-            let v = client
-                .call(
-                    http::Method::POST,
-                    &format!("{base}/promote"),
-                    Some(json!({ "deployment_id": d })),
-                )
-                .await?;
+            let v = client.promote(&model, &env, &d).await?;
             if !a.watch {
                 if a.json {
-                    print(&v);
+                    print_json(&v);
                 } else {
                     println!(
                         "promoting {d} to {model}/{env}; follow it with: switchyard status --watch"
@@ -424,14 +410,12 @@ async fn run_client(
                 return Ok(ExitCode::SUCCESS);
             }
         }
-        Action::Signal(path) => {
-            let v = client
-                .call(http::Method::POST, &format!("{base}/{path}"), None)
-                .await?;
+        Action::Signal(signal) => {
+            let v = client.signal(&model, &env, signal).await?;
             if a.json {
-                print(&v);
-            } else if let Some(status) = v["status"].as_str() {
-                println!("{status}: {}", v["message"].as_str().unwrap_or(""));
+                print_json(&v);
+            } else if let SignalAnswer::Cancel(c) = &v {
+                println!("{}: {}", c.status, c.message);
             } else {
                 println!("ok");
             }
@@ -440,19 +424,19 @@ async fn run_client(
             }
         }
         Action::Events => {
-            let v = client.get(&format!("{base}/events")).await?;
+            let v = client.events(&model, &env).await?;
             if a.json {
-                print(&v);
+                print_json(&v);
             } else {
-                for e in v["events"].as_array().into_iter().flatten() {
+                for e in &v.events {
                     println!(
                         "{}  {:<12} {:>3}%  candidate {:>3}  previous {:>3}  {}",
-                        e["at"].as_str().unwrap_or(""),
-                        e["status"].as_str().unwrap_or(""),
-                        e["percent_traffic_to_new_version"],
-                        e["candidate_replicas"],
-                        e["previous_replicas"],
-                        e["reason"].as_str().unwrap_or("")
+                        e.at,
+                        e.status,
+                        e.percent_traffic_to_new_version,
+                        e.candidate_replicas,
+                        e.previous_replicas,
+                        e.reason
                     );
                 }
             }
@@ -460,92 +444,133 @@ async fn run_client(
         }
         Action::Settings(patch) => {
             let v = match patch {
-                Some(body) => client.call(http::Method::PATCH, &base, Some(body)).await?
-                    ["environment"]
-                    .clone(),
-                None => client.get(&base).await?,
+                Some(body) => {
+                    client
+                        .update_environment(&model, &env, &body)
+                        .await?
+                        .environment
+                }
+                None => client.environment(&model, &env).await?,
             };
-            let shown = json!({
-                "promotion_settings": v["promotion_settings"],
-                "autoscaling_settings": v["autoscaling_settings"],
-            });
-            if a.json {
-                print(&shown);
-            } else {
-                let p = &v["promotion_settings"];
-                let r = &p["rolling_deploy_config"];
-                println!("{model}/{env}");
-                println!("  rolling_deploy               {}", p["rolling_deploy"]);
-                println!(
-                    "  promotion_cleanup_strategy   {}",
-                    p["promotion_cleanup_strategy"].as_str().unwrap_or("-")
-                );
-                for k in [
-                    "max_surge_percent",
-                    "max_unavailable_percent",
-                    "stabilization_time_seconds",
-                    "replica_overhead_percent",
-                ] {
-                    println!("  {k:<28} {}", r[k]);
-                }
-                let au = &v["autoscaling_settings"];
-                if au.is_null() {
-                    println!("  autoscaling                  off (fixed replica count)");
-                } else {
-                    for k in [
-                        "min_replica",
-                        "max_replica",
-                        "autoscaling_window",
-                        "scale_down_delay",
-                        "concurrency_target",
-                        "target_utilization_percentage",
-                    ] {
-                        println!("  {k:<28} {}", au[k]);
-                    }
-                }
-            }
+            print_settings(&model, &env, &v, a.json);
             return Ok(ExitCode::SUCCESS);
         }
         Action::Deployments => {
-            let v = client
-                .get(&format!("/v1/models/{model}/deployments"))
-                .await?;
+            let v = client.deployments(&model).await?;
             if a.json {
-                print(&v);
+                print_json(&v);
             } else {
-                for d in v["deployments"].as_array().into_iter().flatten() {
-                    let r = &d["replicas"];
+                for d in &v.deployments {
                     println!(
                         "{:<16} {:<15} {} ready / {} desired  env {}",
-                        d["id"].as_str().unwrap_or(""),
-                        d["status"].as_str().unwrap_or(""),
-                        r["ready"],
-                        r["desired"],
-                        d["environment"].as_str().unwrap_or("-")
+                        d.id,
+                        d.status.as_str(),
+                        d.replicas.ready,
+                        d.replicas.desired,
+                        d.environment.as_deref().unwrap_or("-")
                     );
                 }
             }
             return Ok(ExitCode::SUCCESS);
         }
     }
-    // --watch: follow the promotion until a terminal status.
+    watch(&client, &model, &env, a.json).await
+}
+
+/// `switchyard settings`: the environment's promotion and autoscaling settings.
+fn print_settings(model: &str, env: &str, v: &Environment, json: bool) {
+    if json {
+        #[derive(serde::Serialize)]
+        struct Shown<'a> {
+            promotion_settings: &'a switchyard::api::types::PromotionSettings,
+            autoscaling_settings: &'a switchyard::api::types::AutoscalingSettings,
+        }
+        print_json(&Shown {
+            promotion_settings: &v.promotion_settings,
+            autoscaling_settings: &v.autoscaling_settings,
+        });
+        return;
+    }
+    let p = &v.promotion_settings;
+    let r = &p.rolling_deploy_config;
+    println!("{model}/{env}");
+    println!("  rolling_deploy               {}", p.rolling_deploy);
+    let cleanup = serde_json::to_value(p.promotion_cleanup_strategy).unwrap_or_default();
+    println!(
+        "  promotion_cleanup_strategy   {}",
+        cleanup.as_str().unwrap_or("-")
+    );
+    for (k, n) in [
+        ("max_surge_percent", r.max_surge_percent),
+        ("max_unavailable_percent", r.max_unavailable_percent),
+        ("stabilization_time_seconds", r.stabilization_time_seconds),
+        ("replica_overhead_percent", r.replica_overhead_percent),
+    ] {
+        println!("  {k:<28} {n}");
+    }
+    let au = &v.autoscaling_settings;
+    if !au.enabled {
+        println!(
+            "  autoscaling                  off (fixed replica count: {})",
+            au.min_replica
+        );
+        return;
+    }
+    let opt = |n: Option<u32>| n.map_or_else(|| "null".to_owned(), |n| n.to_string());
+    for (k, n) in [
+        ("min_replica", au.min_replica.to_string()),
+        ("max_replica", au.max_replica.to_string()),
+        ("autoscaling_window", opt(au.autoscaling_window)),
+        ("scale_down_delay", opt(au.scale_down_delay)),
+        ("concurrency_target", au.concurrency_target.to_string()),
+        (
+            "target_utilization_percentage",
+            opt(au.target_utilization_percentage),
+        ),
+    ] {
+        println!("  {k:<28} {n}");
+    }
+}
+
+/// `--watch`: follows the promotion until it ends, woken by the environment's event stream,
+/// and once a second for replica changes that are not events (replicas becoming ready).
+async fn watch(
+    client: &Client,
+    model: &str,
+    env: &str,
+    json: bool,
+) -> Result<ExitCode, ClientError> {
+    // Subscribe before the first look, so nothing that happens in between is missed.
+    let mut events = client.follow_events(model, env).await.ok();
     let mut last = String::new();
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
     loop {
-        let v = client.get(&base).await?;
+        let v = client.environment(model, env).await?;
         let line = progress_line(&v);
         if line != last {
-            if a.json {
-                println!("{v}");
+            if json {
+                println!("{}", serde_json::to_string(&v).unwrap_or_default());
             } else {
                 println!("{line}");
             }
             last = line;
         }
-        let status = v["in_progress_promotion"]["status"].as_str();
-        match status.and_then(exit_code_for) {
-            Some(code) => return Ok(ExitCode::from(code)),
-            None if status.is_none() => return Ok(ExitCode::SUCCESS), // nothing to follow
-            None => tokio::time::sleep(std::time::Duration::from_millis(300)).await,
+        let Some(status) = v.in_progress_promotion.map(|p| p.status) else {
+            return Ok(ExitCode::SUCCESS); // nothing to follow
+        };
+        if let Some(code) = status.exit_code() {
+            return Ok(ExitCode::from(code));
+        }
+        match events.as_mut() {
+            Some(stream) => tokio::select! {
+                ev = stream.next() => if ev.is_none() {
+                    events = None; // the stream ended (server restart): fall back to the tick
+                },
+                _ = tick.tick() => {}
+            },
+            None => {
+                tick.tick().await;
+            }
         }
     }
 }

@@ -6,7 +6,6 @@
 //! routing snapshot (read through `arc-swap`) and atomic counters.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -17,6 +16,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 
 use crate::admin;
+use crate::admin::Health;
 use crate::config::{ConfigError, Settings};
 use crate::metrics::Metrics;
 use crate::proxy::client_conn::{self, Protocols};
@@ -24,18 +24,6 @@ use crate::proxy::{forward, tls, ConnInfo, ProxyContext};
 use crate::replicas::ProviderTiming;
 use crate::rollout::driver::Controller;
 use crate::routing::Router;
-
-/// Process-wide state the admin listener reports on.
-#[derive(Default)]
-pub struct Health {
-    shutting_down: AtomicBool,
-}
-
-impl Health {
-    pub fn is_shutting_down(&self) -> bool {
-        self.shutting_down.load(Ordering::Relaxed)
-    }
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -79,7 +67,7 @@ impl RunningProxy {
 
     /// Stops accepting, turns `/readyz` to 503 and lets in-flight requests finish.
     pub fn begin_shutdown(&self) {
-        self.health.shutting_down.store(true, Ordering::Relaxed);
+        self.health.start_shutdown();
         let _ = self.stop.send(true);
     }
 
@@ -170,15 +158,15 @@ pub fn start(settings: Settings) -> Result<RunningProxy, StartError> {
         .clone()
         .unwrap_or_else(crate::api::auth::generate)
         .into();
-    let admin_state = admin::AdminState {
+    let admin_state = admin::AdminState::new(
         metrics,
-        health: health.clone(),
-        api: crate::api::ApiState {
+        health.clone(),
+        crate::api::ApiState {
             controller: controller.clone(),
             api_key: api_key.clone(),
             started: std::time::SystemTime::now(),
         },
-    };
+    );
     let (admin_stop, admin_stop_rx) = oneshot::channel();
     let admin = std::thread::Builder::new()
         .name("switchyard-admin".into())

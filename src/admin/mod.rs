@@ -1,59 +1,128 @@
-//! The admin listener: `/metrics`, `/livez`, `/readyz`. (The management API joins it later.)
+//! The admin listener: the management API under `/v1` (see [`crate::api`]), its OpenAPI
+//! document at `/openapi.json`, Prometheus `/metrics`, and `/livez` and `/readyz`, which this
+//! module owns: readiness turns to 503 as soon as the server starts draining.
 
 use std::convert::Infallible;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use axum::body::Body;
+use axum::response::Response;
 use bytes::Bytes;
-use http::{header, Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full};
+use http::{header, HeaderValue, Method, Request, StatusCode, Uri};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use tokio::sync::oneshot;
+use tower::ServiceExt;
 
-use crate::api::{ApiBody, ApiState};
+use crate::api::{ApiError, ApiState};
 use crate::metrics::Metrics;
-use crate::server::Health;
+
+/// Process-wide state the admin listener reports on.
+#[derive(Default)]
+pub struct Health {
+    shutting_down: AtomicBool,
+}
+
+impl Health {
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::Relaxed)
+    }
+
+    /// From now on `/readyz` answers 503, so load balancers stop sending new work.
+    pub fn start_shutdown(&self) {
+        self.shutting_down.store(true, Ordering::Relaxed);
+    }
+}
 
 #[derive(Clone)]
 pub struct AdminState {
-    pub metrics: Metrics,
-    pub health: Arc<Health>,
-    pub api: ApiState,
+    metrics: Metrics,
+    health: Arc<Health>,
+    api: ApiState,
+    api_router: axum::Router,
 }
 
-/// Routes an admin request: `/v1/...` to the management API, the rest to [`handle`].
-pub async fn route(state: &AdminState, req: Request<Incoming>) -> Response<ApiBody> {
-    if req.uri().path().starts_with("/v1/") || req.uri().path() == "/v1" {
-        return crate::api::handle(&state.api, req).await;
+impl AdminState {
+    pub fn new(metrics: Metrics, health: Arc<Health>, api: ApiState) -> Self {
+        AdminState {
+            metrics,
+            health,
+            api_router: crate::api::router(api.clone()),
+            api,
+        }
     }
-    if req.uri().path() == "/openapi.json" {
-        return crate::api::json_response(StatusCode::OK, &crate::api::openapi());
-    }
-    handle(state, &req).map(|b| b.map_err(|e| match e {}).boxed())
 }
 
-/// Answers one admin request.
-pub fn handle(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+/// Routes an admin request: `/v1/...` to the management API (after the API key check), the
+/// rest to [`handle`].
+pub async fn route(state: &AdminState, req: Request<Incoming>) -> Response {
+    let path = req.uri().path();
+    if path.starts_with("/v1/") || path == "/v1" {
+        if let Err(msg) = crate::api::auth::check(&state.api.api_key, req.headers()) {
+            return axum::response::IntoResponse::into_response(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                msg,
+            ));
+        }
+        let req = without_trailing_slash(req.map(Body::new));
+        return match state.api_router.clone().oneshot(req).await {
+            Ok(r) => r,
+            Err(e) => match e {},
+        };
+    }
+    handle(state, &req)
+}
+
+/// `/v1/models/` and `/v1/models` are the same route.
+fn without_trailing_slash(mut req: Request<Body>) -> Request<Body> {
+    let path = req.uri().path();
+    if path.len() > 1 && path.ends_with('/') {
+        let trimmed = path.trim_end_matches('/');
+        let pq = match req.uri().query() {
+            Some(q) => format!("{trimmed}?{q}"),
+            None => trimmed.to_owned(),
+        };
+        if let Ok(uri) = Uri::builder().path_and_query(pq).build() {
+            *req.uri_mut() = uri;
+        }
+    }
+    req
+}
+
+/// Answers one request outside the API.
+pub fn handle(state: &AdminState, req: &Request<Incoming>) -> Response {
     let text = |status: StatusCode, body: &'static str| {
-        let mut r = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+        let mut r = Response::new(Body::from(Bytes::from_static(body.as_bytes())));
         *r.status_mut() = status;
         r.headers_mut().insert(
             header::CONTENT_TYPE,
-            header::HeaderValue::from_static("text/plain; charset=utf-8"),
+            HeaderValue::from_static("text/plain; charset=utf-8"),
         );
         r
     };
     if req.method() != Method::GET && req.method() != Method::HEAD {
-        return text(StatusCode::METHOD_NOT_ALLOWED, "use GET\n");
+        let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "use GET\n");
+        r.headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+        return r;
     }
     match req.uri().path() {
-        "/metrics" => {
-            let mut r = Response::new(Full::new(Bytes::from(state.metrics.encode())));
+        "/openapi.json" => {
+            let mut r = Response::new(Body::from(crate::api::openapi_json()));
             r.headers_mut().insert(
                 header::CONTENT_TYPE,
-                header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+                HeaderValue::from_static("application/json"),
+            );
+            r
+        }
+        "/metrics" => {
+            let mut r = Response::new(Body::from(state.metrics.encode()));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
             );
             r
         }
@@ -64,7 +133,7 @@ pub fn handle(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Byte
         "/readyz" => text(StatusCode::OK, "ready\n"),
         _ => text(
             StatusCode::NOT_FOUND,
-            "not found: try /metrics, /livez, /readyz or the API under /v1\n",
+            "not found: try /metrics, /livez, /readyz, /openapi.json or the API under /v1\n",
         ),
     }
 }

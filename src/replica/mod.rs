@@ -20,8 +20,6 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use serde_json::{json, Value};
 
-use crate::channel_body::ChannelBody;
-
 /// How the replica behaves.
 #[derive(Debug, Clone)]
 pub struct ReplicaOptions {
@@ -281,6 +279,16 @@ fn sse(state: &State, chat: bool, tokens: u32) -> Response<ReplicaBody> {
         .header(header::CONTENT_TYPE, "text/event-stream")
         .header(header::CACHE_CONTROL, "no-cache")
         .header("x-replica-version", state.opts.version.as_str())
-        .body(ChannelBody(rx).boxed())
+        .body(channel_body(rx))
         .unwrap_or_else(|_| Response::new(Full::new(Bytes::new()).boxed()))
+}
+
+/// A body fed by a channel: it ends when the sender is dropped, and a send fails once the
+/// client went away, which is how the producer learns to stop.
+fn channel_body(rx: tokio::sync::mpsc::Receiver<Bytes>) -> ReplicaBody {
+    let frames = futures_util::stream::unfold(rx, |mut rx| async move {
+        let chunk = rx.recv().await?;
+        Some((Ok(http_body::Frame::data(chunk)), rx))
+    });
+    http_body_util::StreamBody::new(frames).boxed()
 }

@@ -88,6 +88,8 @@ pub struct EnvironmentView {
     pub promotion: Option<PromotionView>,
     pub settings: PromotionConfig,
     pub autoscaling: Option<super::autoscale::AutoscalingSettings>,
+    /// Replicas of the current deployment while no promotion runs (without autoscaling).
+    pub replicas: u32,
     /// Replica state of every deployment of the model.
     pub deployments: BTreeMap<String, DeploymentView>,
 }
@@ -634,6 +636,7 @@ impl Controller {
             promotion,
             settings: env.settings.clone(),
             autoscaling: env.autoscaler.as_ref().map(|a| a.settings),
+            replicas: env.replicas,
             deployments,
         })
     }

@@ -1,0 +1,580 @@
+//! One handler per operation. Each `#[utoipa::path]` is the route's only declaration: the
+//! router and the OpenAPI document are both built from it ([`routes`]).
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use http::{header, HeaderMap, HeaderValue, StatusCode};
+use tokio::sync::broadcast::error::RecvError;
+use utoipa::openapi::security::{ApiKey, ApiKeyValue, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::types::{
+    CancelPromotionResponse, CreateDeploymentRequest, Deployment, Deployments, EmptyRequest,
+    Environment, Environments, ErrorBody, Events, Model, Models, PromoteRequest, PromotionStatus,
+    SignalPromotionResponse, UpdateEnvironmentRequest, UpdateEnvironmentResponse, UpdateStatus,
+};
+use super::{accepts_event_stream, json_response, views, ApiError, ApiPath, ApiState, JsonBody};
+use crate::replicas::ProviderSpec;
+use crate::rollout::driver::ControllerError;
+
+type ApiResult<T> = Result<axum::Json<T>, ApiError>;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "switchyard management API",
+        description = "Baseten-shaped management API of switchyard, on the admin listener. Every /v1 call needs `Authorization: Api-Key <key>` (or `Bearer <key>`)."
+    ),
+    security(("ApiKey" = [])),
+    modifiers(&ApiKeyScheme),
+    components(schemas(ErrorBody))
+)]
+struct ApiDoc;
+
+struct ApiKeyScheme;
+
+impl Modify for ApiKeyScheme {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        let components = doc.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "ApiKey",
+            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::with_description(
+                "Authorization",
+                "`Api-Key <key>` or `Bearer <key>`",
+            ))),
+        );
+    }
+}
+
+/// Every route with its handler and its documentation.
+pub fn routes() -> OpenApiRouter<ApiState> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(list_models))
+        .routes(routes!(get_model))
+        .routes(routes!(list_deployments, create_deployment))
+        .routes(routes!(get_deployment))
+        .routes(routes!(activate_deployment))
+        .routes(routes!(deactivate_deployment))
+        .routes(routes!(list_environments))
+        .routes(routes!(get_environment, update_environment))
+        .routes(routes!(promote))
+        .routes(routes!(pause_promotion))
+        .routes(routes!(resume_promotion))
+        .routes(routes!(cancel_promotion))
+        .routes(routes!(force_cancel_promotion))
+        .routes(routes!(force_roll_forward_promotion))
+        .routes(routes!(events))
+}
+
+#[utoipa::path(get, path = "/v1/models", operation_id = "listModels", tag = "models",
+    responses(
+        (status = 200, body = Models),
+        (status = 401, body = ErrorBody),
+    ))]
+async fn list_models(State(s): State<ApiState>) -> ApiResult<Models> {
+    let models = s
+        .controller
+        .models()
+        .iter()
+        .map(|m| views::model(&s, m))
+        .collect();
+    Ok(axum::Json(Models { models }))
+}
+
+#[utoipa::path(get, path = "/v1/models/{model_id}", operation_id = "getModel", tag = "models",
+    params(("model_id" = String, Path)),
+    responses(
+        (status = 200, body = Model),
+        (status = 401, body = ErrorBody),
+        (status = 404, body = ErrorBody),
+    ))]
+async fn get_model(State(s): State<ApiState>, ApiPath(m): ApiPath<String>) -> ApiResult<Model> {
+    match s.controller.models().into_iter().find(|x| x.id == m) {
+        Some(model) => Ok(axum::Json(views::model(&s, &model))),
+        None => Err(ControllerError::UnknownModel(m).into()),
+    }
+}
+
+#[utoipa::path(get, path = "/v1/models/{model_id}/deployments", operation_id = "listDeployments",
+    tag = "deployments",
+    params(("model_id" = String, Path)),
+    responses(
+        (status = 200, body = Deployments),
+        (status = 401, body = ErrorBody),
+        (status = 404, body = ErrorBody),
+    ))]
+async fn list_deployments(
+    State(s): State<ApiState>,
+    ApiPath(m): ApiPath<String>,
+) -> ApiResult<Deployments> {
+    Ok(axum::Json(Deployments {
+        deployments: views::deployments(&s, &m)?,
+    }))
+}
+
+/// Registers a deployment without a restart. It starts with no replicas (static: every listed
+/// endpoint admitted) until a promotion scales it.
+#[utoipa::path(post, path = "/v1/models/{model_id}/deployments", operation_id = "createDeployment",
+    tag = "deployments",
+    params(("model_id" = String, Path)),
+    request_body = CreateDeploymentRequest,
+    responses(
+        (status = 200, body = Deployment),
+        (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody),
+        (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody),
+        (status = 413, body = ErrorBody),
+    ))]
+async fn create_deployment(
+    State(s): State<ApiState>,
+    ApiPath(m): ApiPath<String>,
+    JsonBody(req): JsonBody<CreateDeploymentRequest>,
+) -> ApiResult<Deployment> {
+    let (id, spec) = provider_spec(req).map_err(ApiError::bad_request)?;
+    s.controller.add_deployment(&m, &id, spec)?;
+    Ok(axum::Json(views::one_deployment(&s, &m, &id)?))
+}
+
+/// Checks a registration and turns it into a provider spec; the error names the field.
+fn provider_spec(req: CreateDeploymentRequest) -> Result<(String, ProviderSpec), String> {
+    let id = req.id().to_owned();
+    let ok_id = !id.is_empty()
+        && id.len() <= 128
+        && id != "."
+        && id != ".."
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+    if !ok_id {
+        return Err(format!(
+            "id: {id:?} must be 1-128 characters of letters, digits, '-', '_' or '.' (not \".\" or \"..\")"
+        ));
+    }
+    let spec = match req {
+        CreateDeploymentRequest::Process {
+            command,
+            health_path,
+            ..
+        } => {
+            if command.first().is_none_or(|c| c.is_empty()) {
+                return Err("command: must name a program".into());
+            }
+            if !command.iter().any(|a| a.contains("{port}")) {
+                return Err("command: must pass {port} to the replica somewhere".into());
+            }
+            if !health_path.starts_with('/') {
+                return Err(format!("health_path: {health_path:?} must start with '/'"));
+            }
+            ProviderSpec::Process {
+                command,
+                health_path,
+            }
+        }
+        CreateDeploymentRequest::Static { endpoints, .. } => {
+            if endpoints.is_empty() {
+                return Err("endpoints: list at least one IP:PORT".into());
+            }
+            let mut addrs = Vec::with_capacity(endpoints.len());
+            for (i, e) in endpoints.iter().enumerate() {
+                let addr: std::net::SocketAddr = e
+                    .parse()
+                    .map_err(|_| format!("endpoints[{i}]: {e:?} is not an IP:PORT address"))?;
+                if addr.port() == 0 || addr.ip().is_unspecified() {
+                    return Err(format!(
+                        "endpoints[{i}]: {e:?} cannot be connected to (port 0 or an unspecified address)"
+                    ));
+                }
+                addrs.push(addr);
+            }
+            ProviderSpec::Static { endpoints: addrs }
+        }
+    };
+    Ok((id, spec))
+}
+
+#[utoipa::path(get, path = "/v1/models/{model_id}/deployments/{deployment_id}",
+    operation_id = "getDeployment", tag = "deployments",
+    params(("model_id" = String, Path), ("deployment_id" = String, Path)),
+    responses(
+        (status = 200, body = Deployment),
+        (status = 401, body = ErrorBody),
+        (status = 404, body = ErrorBody),
+    ))]
+async fn get_deployment(
+    State(s): State<ApiState>,
+    ApiPath((m, d)): ApiPath<(String, String)>,
+) -> ApiResult<Deployment> {
+    Ok(axum::Json(views::one_deployment(&s, &m, &d)?))
+}
+
+async fn set_active(
+    s: &ApiState,
+    m: &str,
+    d: &str,
+    active: bool,
+) -> ApiResult<SignalPromotionResponse> {
+    s.controller.set_active(m, d, active)?;
+    Ok(axum::Json(SignalPromotionResponse { success: true }))
+}
+
+/// Activates a deployment.
+#[utoipa::path(post, path = "/v1/models/{model_id}/deployments/{deployment_id}/activate",
+    operation_id = "activateDeployment", tag = "deployments",
+    params(("model_id" = String, Path), ("deployment_id" = String, Path)),
+    request_body(content = Option<EmptyRequest>, description = "empty, or `{}`"),
+    responses(
+        (status = 200, body = SignalPromotionResponse),
+        (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody),
+        (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody),
+        (status = 413, body = ErrorBody),
+    ))]
+async fn activate_deployment(
+    State(s): State<ApiState>,
+    ApiPath((m, d)): ApiPath<(String, String)>,
+    JsonBody(_): JsonBody<EmptyRequest>,
+) -> ApiResult<SignalPromotionResponse> {
+    set_active(&s, &m, &d, true).await
+}
+
+/// Deactivates a deployment: no replicas, no traffic (pinned requests included). A current or
+/// promoting deployment cannot be deactivated (409).
+#[utoipa::path(post, path = "/v1/models/{model_id}/deployments/{deployment_id}/deactivate",
+    operation_id = "deactivateDeployment", tag = "deployments",
+    params(("model_id" = String, Path), ("deployment_id" = String, Path)),
+    request_body(content = Option<EmptyRequest>, description = "empty, or `{}`"),
+    responses(
+        (status = 200, body = SignalPromotionResponse),
+        (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody),
+        (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody),
+        (status = 413, body = ErrorBody),
+    ))]
+async fn deactivate_deployment(
+    State(s): State<ApiState>,
+    ApiPath((m, d)): ApiPath<(String, String)>,
+    JsonBody(_): JsonBody<EmptyRequest>,
+) -> ApiResult<SignalPromotionResponse> {
+    set_active(&s, &m, &d, false).await
+}
+
+#[utoipa::path(get, path = "/v1/models/{model_id}/environments", operation_id = "listEnvironments",
+    tag = "environments",
+    params(("model_id" = String, Path)),
+    responses(
+        (status = 200, body = Environments),
+        (status = 401, body = ErrorBody),
+        (status = 404, body = ErrorBody),
+    ))]
+async fn list_environments(
+    State(s): State<ApiState>,
+    ApiPath(m): ApiPath<String>,
+) -> ApiResult<Environments> {
+    let model = s
+        .controller
+        .models()
+        .into_iter()
+        .find(|x| x.id == m)
+        .ok_or_else(|| ControllerError::UnknownModel(m.clone()))?;
+    let environments = model
+        .environments
+        .iter()
+        .map(|e| views::environment(&s, &m, e))
+        .collect::<Result<_, _>>()?;
+    Ok(axum::Json(Environments { environments }))
+}
+
+#[utoipa::path(get, path = "/v1/models/{model_id}/environments/{env_name}",
+    operation_id = "getEnvironment", tag = "environments",
+    params(("model_id" = String, Path), ("env_name" = String, Path)),
+    responses(
+        (status = 200, body = Environment),
+        (status = 401, body = ErrorBody),
+        (status = 404, body = ErrorBody),
+    ))]
+async fn get_environment(
+    State(s): State<ApiState>,
+    ApiPath((m, e)): ApiPath<(String, String)>,
+) -> ApiResult<Environment> {
+    Ok(axum::Json(views::environment(&s, &m, &e)?))
+}
+
+/// Partial update of the environment's promotion and autoscaling settings. Omitted or null
+/// fields keep their value; a promotion in progress keeps the settings it started with.
+#[utoipa::path(patch, path = "/v1/models/{model_id}/environments/{env_name}",
+    operation_id = "updateEnvironment", tag = "environments",
+    params(("model_id" = String, Path), ("env_name" = String, Path)),
+    request_body = UpdateEnvironmentRequest,
+    responses(
+        (status = 200, body = UpdateEnvironmentResponse),
+        (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody),
+        (status = 404, body = ErrorBody),
+        (status = 413, body = ErrorBody),
+    ))]
+async fn update_environment(
+    State(s): State<ApiState>,
+    ApiPath((m, e)): ApiPath<(String, String)>,
+    JsonBody(req): JsonBody<UpdateEnvironmentRequest>,
+) -> ApiResult<UpdateEnvironmentResponse> {
+    let view = s.controller.environment(&m, &e)?;
+    let (settings, autoscaling) =
+        super::update::apply(&view, &req).map_err(ApiError::bad_request)?;
+    let changed = s
+        .controller
+        .set_environment_settings(&m, &e, settings, autoscaling)?;
+    Ok(axum::Json(UpdateEnvironmentResponse {
+        environment: views::environment(&s, &m, &e)?,
+        status: if changed {
+            UpdateStatus::Accepted
+        } else {
+            UpdateStatus::Unchanged
+        },
+        message: if changed {
+            "Settings updated; a promotion in progress keeps the settings it started with."
+        } else {
+            "Nothing to change."
+        }
+        .into(),
+    }))
+}
+
+/// Starts promoting a deployment to the environment with the environment's settings; answers
+/// the promoted deployment.
+#[utoipa::path(post, path = "/v1/models/{model_id}/environments/{env_name}/promote",
+    operation_id = "promote", tag = "environments",
+    params(("model_id" = String, Path), ("env_name" = String, Path)),
+    request_body = PromoteRequest,
+    responses(
+        (status = 200, body = Deployment),
+        (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody),
+        (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody),
+        (status = 413, body = ErrorBody),
+    ))]
+async fn promote(
+    State(s): State<ApiState>,
+    ApiPath((m, e)): ApiPath<(String, String)>,
+    JsonBody(req): JsonBody<PromoteRequest>,
+) -> ApiResult<Deployment> {
+    if req.deployment_id.is_empty() {
+        return Err(ApiError::bad_request(
+            "deployment_id: must not be empty (the id of the deployment to promote)",
+        ));
+    }
+    if req.environment_settings_update.is_some() {
+        return Err(ApiError::bad_request(
+            "environment_settings_update: not supported by switchyard (only null); PATCH the environment first",
+        ));
+    }
+    if req.promotion_settings_override.is_some() {
+        return Err(ApiError::bad_request(
+            "promotion_settings_override: not supported by switchyard (only null); PATCH the environment's promotion_settings first",
+        ));
+    }
+    s.controller.promote(&m, &e, &req.deployment_id)?;
+    Ok(axum::Json(views::one_deployment(
+        &s,
+        &m,
+        &req.deployment_id,
+    )?))
+}
+
+macro_rules! signal {
+    ($name:ident, $path:literal, $doc:literal, $call:ident) => {
+        #[doc = $doc]
+        #[utoipa::path(post, path = $path, operation_id = stringify!($name), tag = "environments",
+            params(("model_id" = String, Path), ("env_name" = String, Path)),
+            request_body(content = Option<EmptyRequest>, description = "empty, or `{}`"),
+            responses(
+                (status = 200, body = SignalPromotionResponse),
+                (status = 400, body = ErrorBody),
+                (status = 401, body = ErrorBody),
+                (status = 404, body = ErrorBody),
+                (status = 409, body = ErrorBody, description = "no promotion is in progress, or it cannot do this now"),
+                (status = 413, body = ErrorBody),
+            ))]
+        async fn $name(
+            State(s): State<ApiState>,
+            ApiPath((m, e)): ApiPath<(String, String)>,
+            JsonBody(_): JsonBody<EmptyRequest>,
+        ) -> ApiResult<SignalPromotionResponse> {
+            s.controller.$call(&m, &e)?;
+            Ok(axum::Json(SignalPromotionResponse { success: true }))
+        }
+    };
+}
+
+signal!(
+    pause_promotion,
+    "/v1/models/{model_id}/environments/{env_name}/pause_promotion",
+    "Pauses the promotion at the next step boundary.",
+    pause
+);
+signal!(
+    resume_promotion,
+    "/v1/models/{model_id}/environments/{env_name}/resume_promotion",
+    "Resumes a paused promotion.",
+    resume
+);
+signal!(
+    force_cancel_promotion,
+    "/v1/models/{model_id}/environments/{env_name}/force_cancel_promotion",
+    "Cancels at once: all traffic back to the previous deployment now.",
+    force_cancel
+);
+signal!(
+    force_roll_forward_promotion,
+    "/v1/models/{model_id}/environments/{env_name}/force_roll_forward_promotion",
+    "Finishes at once: all traffic to the candidate at the next step boundary.",
+    force_roll_forward
+);
+
+/// Cancels the promotion: ramps traffic back to the previous deployment (`RAMPING_DOWN`), or
+/// ends it at once when nothing moved yet (`CANCELED`).
+#[utoipa::path(post, path = "/v1/models/{model_id}/environments/{env_name}/cancel_promotion",
+    operation_id = "cancel_promotion", tag = "environments",
+    params(("model_id" = String, Path), ("env_name" = String, Path)),
+    request_body(content = Option<EmptyRequest>, description = "empty, or `{}`"),
+    responses(
+        (status = 200, body = CancelPromotionResponse),
+        (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody),
+        (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody),
+        (status = 413, body = ErrorBody),
+    ))]
+async fn cancel_promotion(
+    State(s): State<ApiState>,
+    ApiPath((m, e)): ApiPath<(String, String)>,
+    JsonBody(_): JsonBody<EmptyRequest>,
+) -> ApiResult<CancelPromotionResponse> {
+    let status: PromotionStatus = s.controller.cancel(&m, &e)?.into();
+    let message = if status == PromotionStatus::Canceled {
+        format!("Promotion to {e} was successfully canceled.")
+    } else {
+        format!("Promotion to {e} is ramping traffic back to the previous deployment.")
+    };
+    Ok(axum::Json(CancelPromotionResponse { status, message }))
+}
+
+/// The environment's event log (`application/json`), or with `Accept: text/event-stream` its
+/// new events as they happen, one `data:` line of JSON (an `Event`) each.
+#[utoipa::path(get, path = "/v1/models/{model_id}/environments/{env_name}/events",
+    operation_id = "events", tag = "environments",
+    params(("model_id" = String, Path), ("env_name" = String, Path)),
+    responses(
+        (status = 200, content(
+            (Events = "application/json"),
+            (String = "text/event-stream"),
+        )),
+        (status = 401, body = ErrorBody),
+        (status = 404, body = ErrorBody),
+    ))]
+async fn events(
+    State(s): State<ApiState>,
+    ApiPath((m, e)): ApiPath<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let log = s.controller.events(&m, &e)?; // 404 for unknown names
+    if accepts_event_stream(&headers) {
+        return Ok(event_stream(&s, m, e));
+    }
+    let events = log.iter().map(views::event).collect();
+    Ok(json_response(StatusCode::OK, &Events { events }))
+}
+
+/// `text/event-stream` of an environment's new events; a comment every 15 s keeps idle
+/// connections (and proxies in between) open.
+fn event_stream(s: &ApiState, model: String, environment: String) -> Response {
+    let rx = s.controller.subscribe();
+    let first = Bytes::from_static(b": switchyard events\n\n");
+    let stream = futures_util::stream::unfold((rx, Some(first)), move |(mut rx, first)| {
+        let (model, environment) = (model.clone(), environment.clone());
+        async move {
+            if let Some(chunk) = first {
+                return Some((Ok::<_, Infallible>(chunk), (rx, None)));
+            }
+            loop {
+                let chunk = match tokio::time::timeout(Duration::from_secs(15), rx.recv()).await {
+                    Err(_) => Bytes::from_static(b": keep-alive\n\n"),
+                    Ok(Ok(ev)) if ev.model == model && ev.environment == environment => {
+                        match serde_json::to_string(&views::event(&ev.event)) {
+                            Ok(json) => Bytes::from(format!("data: {json}\n\n")),
+                            Err(_) => continue,
+                        }
+                    }
+                    Ok(Ok(_)) => continue,
+                    Ok(Err(RecvError::Lagged(n))) => {
+                        Bytes::from(format!(": {n} events were dropped (slow reader)\n\n"))
+                    }
+                    Ok(Err(RecvError::Closed)) => return None,
+                };
+                return Some((Ok(chunk), (rx, None)));
+            }
+        }
+    });
+    let mut r = Body::from_stream(stream).into_response();
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn registrations_are_checked_field_by_field() {
+        let p = |body: &str| {
+            super::super::parse_json::<CreateDeploymentRequest>(body.as_bytes())
+                .and_then(provider_spec)
+        };
+        assert!(p(r#"{"id": "v3", "provider": "static", "endpoints": ["127.0.0.1:9"]}"#).is_ok());
+        for (body, field) in [
+            (
+                r#"{"id": "..", "provider": "static", "endpoints": ["127.0.0.1:9"]}"#,
+                "id",
+            ),
+            (
+                r#"{"id": ".", "provider": "static", "endpoints": ["127.0.0.1:9"]}"#,
+                "id",
+            ),
+            (
+                r#"{"id": "v3", "provider": "static", "endpoints": ["127.0.0.1:0"]}"#,
+                "endpoints[0]",
+            ),
+            (
+                r#"{"id": "v3", "provider": "static", "endpoints": []}"#,
+                "endpoints",
+            ),
+            (
+                r#"{"id": "v3", "provider": "static", "endpoints": ["nope"]}"#,
+                "endpoints[0]",
+            ),
+            (
+                r#"{"id": "x", "provider": "process", "command": ["srv"]}"#,
+                "command",
+            ),
+            (r#"{"id": "x", "provider": "ftp"}"#, "provider"),
+        ] {
+            let e = p(body).unwrap_err();
+            assert!(e.contains(field), "{body}: {e}");
+        }
+    }
+}

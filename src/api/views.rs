@@ -1,0 +1,299 @@
+//! The API's answers, built from the controller's views.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use super::types::{
+    AutoscalingSettings, Deployment, DeploymentStatus, Environment, Event, InProgressPromotion,
+    InstanceType, Model, PromotionSettings, Replicas, RequestBackpressureSettings,
+    RollingDeployConfig, RollingDeployStrategy,
+};
+use super::ApiState;
+use crate::rollout::driver::{ControllerError, DeploymentView, EnvironmentView, ModelSummary};
+
+/// RFC 3339 UTC, seconds precision.
+pub fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+/// What switchyard knows of a replica's resources when the deployment declares none: a process
+/// replica runs on this host with no limit of its own; a static endpoint's are unknown.
+pub fn default_instance_type(provider: &str) -> InstanceType {
+    if provider == "process" {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u64);
+        InstanceType {
+            id: "host".into(),
+            name: "host (no per-replica limit)".into(),
+            memory_limit_mib: host_memory_mib(),
+            millicpu_limit: cpus * 1000,
+            gpu_count: 0,
+            gpu_type: None,
+            gpu_memory_limit_mib: None,
+        }
+    } else {
+        InstanceType {
+            id: "unspecified".into(),
+            name: "unspecified".into(),
+            memory_limit_mib: 0,
+            millicpu_limit: 0,
+            gpu_count: 0,
+            gpu_type: None,
+            gpu_memory_limit_mib: None,
+        }
+    }
+}
+
+/// `MemTotal` of /proc/meminfo in MiB, 0 where there is none.
+fn host_memory_mib() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map_or(0, |kib| kib / 1024)
+}
+
+pub fn model(state: &ApiState, m: &ModelSummary) -> Model {
+    let production = state
+        .controller
+        .environment(&m.id, "production")
+        .ok()
+        .and_then(|e| {
+            let id = e.current_deployment.clone()?;
+            let d = e.deployments.get(&id)?;
+            Some((id, default_instance_type(d.provider).name))
+        });
+    Model {
+        id: m.id.clone(),
+        name: m.id.clone(),
+        created_at: rfc3339(state.started),
+        deployments_count: m.deployments.len() as u32,
+        production_deployment_id: production.as_ref().map(|(id, _)| id.clone()),
+        development_deployment_id: None,
+        instance_type_name: production.map_or_else(|| "unspecified".into(), |(_, name)| name),
+        team_name: "default".into(),
+        environments: m.environments.clone(),
+    }
+}
+
+/// Baseten's `DeploymentStatusV1`, from what the provider reports.
+fn deployment_status(d: &DeploymentView) -> DeploymentStatus {
+    if !d.active {
+        DeploymentStatus::Inactive
+    } else if d.failure.is_some() {
+        DeploymentStatus::Unhealthy
+    } else if d.ready_replicas > 0 {
+        DeploymentStatus::Active
+    } else if d.starting_replicas > 0 {
+        DeploymentStatus::LoadingModel
+    } else if d.desired_replicas == 0 {
+        DeploymentStatus::ScaledToZero
+    } else {
+        DeploymentStatus::Deploying
+    }
+}
+
+/// The environment's autoscaling settings; a fixed replica count is `min` = `max`.
+pub fn autoscaling(v: &EnvironmentView) -> AutoscalingSettings {
+    match &v.autoscaling {
+        Some(a) => AutoscalingSettings {
+            min_replica: a.min_replica,
+            max_replica: a.max_replica,
+            autoscaling_window: Some(a.autoscaling_window),
+            scale_down_delay: Some(a.scale_down_delay),
+            concurrency_target: a.concurrency_target,
+            target_utilization_percentage: Some(a.target_utilization_percentage),
+            target_in_flight_tokens: None,
+            max_scale_down_rate: None,
+            enabled: true,
+        },
+        None => {
+            let fixed = fixed_replicas(v);
+            let d = crate::rollout::autoscale::AutoscalingSettings::default();
+            AutoscalingSettings {
+                min_replica: fixed,
+                max_replica: fixed,
+                autoscaling_window: Some(d.autoscaling_window),
+                scale_down_delay: Some(d.scale_down_delay),
+                concurrency_target: d.concurrency_target,
+                target_utilization_percentage: Some(d.target_utilization_percentage),
+                target_in_flight_tokens: None,
+                max_scale_down_rate: None,
+                enabled: false,
+            }
+        }
+    }
+}
+
+/// The replica count of an environment without autoscaling.
+pub fn fixed_replicas(v: &EnvironmentView) -> u32 {
+    v.replicas.max(1)
+}
+
+fn deployment(
+    state: &ApiState,
+    model: &str,
+    id: &str,
+    d: &DeploymentView,
+    env: Option<&EnvironmentView>,
+) -> Deployment {
+    Deployment {
+        id: id.to_owned(),
+        created_at: rfc3339(state.started),
+        name: id.to_owned(),
+        model_id: model.to_owned(),
+        is_production: env
+            .is_some_and(|e| e.name == "production" && e.current_deployment.as_deref() == Some(id)),
+        is_development: false,
+        status: deployment_status(d),
+        active_replica_count: d.ready_replicas,
+        autoscaling_settings: env.map(autoscaling),
+        instance_type_name: Some(default_instance_type(d.provider).name),
+        environment: env.map(|e| e.name.clone()),
+        request_backpressure_settings: RequestBackpressureSettings::default(),
+        labels: None,
+        region: None,
+        replicas: Replicas {
+            provider: d.provider.to_owned(),
+            desired: d.desired_replicas,
+            ready: d.ready_replicas,
+            starting: d.starting_replicas,
+            draining: d.draining_replicas,
+            failure: d.failure.clone(),
+        },
+    }
+}
+
+/// Every deployment of a model, each with the environment it serves (current or candidate).
+pub fn deployments(state: &ApiState, model: &str) -> Result<Vec<Deployment>, ControllerError> {
+    let c = &state.controller;
+    let summary = c
+        .models()
+        .into_iter()
+        .find(|m| m.id == model)
+        .ok_or_else(|| ControllerError::UnknownModel(model.to_owned()))?;
+    let envs: Vec<EnvironmentView> = summary
+        .environments
+        .iter()
+        .filter_map(|e| c.environment(model, e).ok())
+        .collect();
+    let Some(first) = envs.first() else {
+        return Ok(Vec::new());
+    };
+    Ok(summary
+        .deployments
+        .iter()
+        .filter_map(|id| {
+            let view = first.deployments.get(id)?;
+            let env = envs.iter().find(|e| {
+                e.current_deployment.as_deref() == Some(id.as_str())
+                    || e.candidate_deployment.as_deref() == Some(id.as_str())
+            });
+            Some(deployment(state, model, id, view, env))
+        })
+        .collect())
+}
+
+/// One deployment, or `UnknownDeployment`.
+pub fn one_deployment(
+    state: &ApiState,
+    model: &str,
+    id: &str,
+) -> Result<Deployment, ControllerError> {
+    deployments(state, model)?
+        .into_iter()
+        .find(|d| d.id == id)
+        .ok_or_else(|| ControllerError::UnknownDeployment {
+            model: model.to_owned(),
+            deployment: id.to_owned(),
+        })
+}
+
+/// Baseten's `EnvironmentV1`.
+pub fn environment(
+    state: &ApiState,
+    model: &str,
+    name: &str,
+) -> Result<Environment, ControllerError> {
+    let v = state.controller.environment(model, name)?;
+    Ok(environment_of(state, &v))
+}
+
+pub fn environment_of(state: &ApiState, v: &EnvironmentView) -> Environment {
+    let dep = |id: &Option<String>| {
+        let id = id.as_deref()?;
+        let d = v.deployments.get(id)?;
+        Some(deployment(state, &v.model, id, d, Some(v)))
+    };
+    let s = &v.settings;
+    let rc = &s.rolling_config;
+    let instance_type = v
+        .current_deployment
+        .as_deref()
+        .and_then(|id| v.deployments.get(id))
+        .map_or_else(
+            || default_instance_type("static"),
+            |d| default_instance_type(d.provider),
+        );
+    Environment {
+        name: v.name.clone(),
+        created_at: rfc3339(state.started),
+        model_id: v.model.clone(),
+        current_deployment: dep(&v.current_deployment),
+        candidate_deployment: dep(&v.candidate_deployment),
+        in_progress_promotion: v.promotion.as_ref().map(|p| InProgressPromotion {
+            status: p.status.into(),
+            percent_traffic_to_new_version: p.percent_traffic_to_new_version,
+            error_message: p.error_message.clone(),
+            rolling_deploy: p.rolling_deploy,
+            previous_deployment_id: p.previous_deployment.clone(),
+            candidate_deployment_id: p.candidate_deployment.clone(),
+        }),
+        autoscaling_settings: autoscaling(v),
+        promotion_settings: PromotionSettings {
+            redeploy_on_promotion: false,
+            rolling_deploy: s.rolling,
+            promotion_cleanup_strategy: s.cleanup.into(),
+            rolling_deploy_config: RollingDeployConfig {
+                rolling_deploy_strategy: RollingDeployStrategy::Replica,
+                max_surge_percent: rc.max_surge_percent,
+                max_unavailable_percent: rc.max_unavailable_percent,
+                stabilization_time_seconds: rc.stabilization_time_seconds,
+                replica_overhead_percent: rc.replica_overhead_percent,
+            },
+            ramp_up_while_promoting: false,
+            ramp_up_duration_seconds: None,
+        },
+        instance_type,
+        request_backpressure_settings: RequestBackpressureSettings::default(),
+        autoscaling_schedules: None,
+    }
+}
+
+pub fn event(e: &crate::rollout::machine::Event) -> Event {
+    Event {
+        at: rfc3339(UNIX_EPOCH + Duration::from_millis(e.at_ms)),
+        at_ms: e.at_ms,
+        status: e.status.into(),
+        percent_traffic_to_new_version: e.percent_traffic_to_new_version,
+        candidate_replicas: e.candidate_replicas,
+        previous_replicas: e.previous_replicas,
+        reason: e.reason.clone(),
+        terminal: e.status.is_terminal(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_formats_known_instants() {
+        assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00Z");
+        let t = UNIX_EPOCH + Duration::from_secs(1_795_000_000);
+        assert_eq!(rfc3339(t), "2026-11-18T11:06:40Z");
+        let leap = UNIX_EPOCH + Duration::from_secs(951_782_400); // 2000-02-29
+        assert_eq!(rfc3339(leap), "2000-02-29T00:00:00Z");
+    }
+}
