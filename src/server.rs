@@ -165,6 +165,7 @@ pub fn start(settings: Settings) -> Result<RunningProxy, StartError> {
             controller: controller.clone(),
             api_key: api_key.clone(),
             started: std::time::SystemTime::now(),
+            instance_types: Arc::new(settings.instance_types.clone()),
         },
     );
     let (admin_stop, admin_stop_rx) = oneshot::channel();

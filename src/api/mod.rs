@@ -15,6 +15,7 @@ pub mod types;
 mod update;
 pub mod views;
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, OnceLock};
 use std::time::SystemTime;
 
@@ -38,6 +39,9 @@ pub struct ApiState {
     pub api_key: Arc<str>,
     /// Reported as `created_at` of models, deployments and environments.
     pub started: SystemTime,
+    /// Declared instance types by (model, deployment); the others get what switchyard knows
+    /// ([`views::default_instance_type`]).
+    pub instance_types: Arc<BTreeMap<(String, String), types::InstanceType>>,
 }
 
 /// Largest request body the API reads.

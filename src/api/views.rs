@@ -15,6 +15,15 @@ pub fn rfc3339(t: SystemTime) -> String {
     humantime::format_rfc3339_seconds(t).to_string()
 }
 
+/// One replica's resources: as declared for the deployment, else what switchyard knows.
+pub fn instance_type(state: &ApiState, model: &str, id: &str, provider: &str) -> InstanceType {
+    state
+        .instance_types
+        .get(&(model.to_owned(), id.to_owned()))
+        .cloned()
+        .unwrap_or_else(|| default_instance_type(provider))
+}
+
 /// What switchyard knows of a replica's resources when the deployment declares none: a process
 /// replica runs on this host with no limit of its own; a static endpoint's are unknown.
 pub fn default_instance_type(provider: &str) -> InstanceType {
@@ -62,7 +71,8 @@ pub fn model(state: &ApiState, m: &ModelSummary) -> Model {
         .and_then(|e| {
             let id = e.current_deployment.clone()?;
             let d = e.deployments.get(&id)?;
-            Some((id, default_instance_type(d.provider).name))
+            let name = instance_type(state, &m.id, &id, d.provider).name;
+            Some((id, name))
         });
     Model {
         id: m.id.clone(),
@@ -149,7 +159,7 @@ fn deployment(
         status: deployment_status(d),
         active_replica_count: d.ready_replicas,
         autoscaling_settings: env.map(autoscaling),
-        instance_type_name: Some(default_instance_type(d.provider).name),
+        instance_type_name: Some(instance_type(state, model, id, d.provider).name),
         environment: env.map(|e| e.name.clone()),
         request_backpressure_settings: RequestBackpressureSettings::default(),
         labels: None,
@@ -231,10 +241,10 @@ pub fn environment_of(state: &ApiState, v: &EnvironmentView) -> Environment {
     let instance_type = v
         .current_deployment
         .as_deref()
-        .and_then(|id| v.deployments.get(id))
+        .and_then(|id| Some((id, v.deployments.get(id)?)))
         .map_or_else(
             || default_instance_type("static"),
-            |d| default_instance_type(d.provider),
+            |(id, d)| instance_type(state, &v.model, id, d.provider),
         );
     Environment {
         name: v.name.clone(),

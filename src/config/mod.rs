@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::api::types::InstanceType;
+
 mod model;
 
 pub use model::{
@@ -94,6 +96,9 @@ pub struct Settings {
     pub api_key: Option<String>,
     /// Where controller state persists; `None`: nothing survives a restart.
     pub data_dir: Option<PathBuf>,
+    /// What the API reports as a deployment's `instance_type`, by (model, deployment), where
+    /// the config declares one.
+    pub instance_types: BTreeMap<(String, String), InstanceType>,
 }
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -119,6 +124,7 @@ impl Settings {
             models,
             api_key: None,
             data_dir: None,
+            instance_types: BTreeMap::new(),
         }
     }
 }
@@ -201,6 +207,22 @@ struct DeploymentSection {
     /// Process provider: this command, with `{port}` substituted.
     command: Option<Vec<String>>,
     health_path: Option<String>,
+    /// What one replica has, as the API reports it (Baseten's `instance_type`).
+    instance_type: Option<InstanceTypeSection>,
+}
+
+/// Baseten's `InstanceTypeV1`: the resources of one replica of a deployment.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InstanceTypeSection {
+    id: String,
+    name: Option<String>,
+    memory_limit_mib: u64,
+    millicpu_limit: u64,
+    #[serde(default)]
+    gpu_count: u32,
+    gpu_type: Option<String>,
+    gpu_memory_limit_mib: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -384,6 +406,34 @@ fn from_file(f: FileConfig) -> Result<Settings, ConfigError> {
                     ProviderSpec::Static { endpoints }
                 }
             };
+            if let Some(it) = d.instance_type {
+                let iat = format!("{dat}.instance_type");
+                if it.id.trim().is_empty() {
+                    return Err(err(
+                        format!("{iat}.id"),
+                        "must not be empty (e.g. \"L4:4x16\")",
+                    ));
+                }
+                if it.gpu_count == 0 && (it.gpu_type.is_some() || it.gpu_memory_limit_mib.is_some())
+                {
+                    return Err(err(
+                        format!("{iat}.gpu_count"),
+                        "is 0, but gpu_type or gpu_memory_limit_mib is set",
+                    ));
+                }
+                s.instance_types.insert(
+                    (m.id.clone(), d.id.clone()),
+                    InstanceType {
+                        name: it.name.unwrap_or_else(|| it.id.clone()),
+                        id: it.id,
+                        memory_limit_mib: it.memory_limit_mib,
+                        millicpu_limit: it.millicpu_limit,
+                        gpu_count: it.gpu_count,
+                        gpu_type: it.gpu_type,
+                        gpu_memory_limit_mib: it.gpu_memory_limit_mib,
+                    },
+                );
+            }
             deployments.push(DeploymentConfig { id: d.id, provider });
         }
         if m.environments.is_empty() {
@@ -978,5 +1028,28 @@ mod tests {
         assert_eq!(e.field, "upstream.connect_timeout_seconds");
         let e = parse_str("[[models]]\nid = \"bad id\"\n").unwrap_err();
         assert_eq!(e.field, "models[0].id");
+    }
+
+    #[test]
+    fn instance_types_are_declared_per_deployment() {
+        let base = "[[models]]\nid = \"m\"\n[[models.deployments]]\nid = \"v1\"\nreplicas = [\"127.0.0.1:9001\"]\n";
+        let env = "[[models.environments]]\nname = \"production\"\ncurrent = \"v1\"\n";
+        let s = parse_str(&format!(
+            "{base}[models.deployments.instance_type]\nid = \"L4:4x16\"\nmemory_limit_mib = 16384\nmillicpu_limit = 4000\ngpu_count = 1\ngpu_type = \"L4\"\n{env}"
+        ))
+        .unwrap();
+        let it = &s.instance_types[&("m".to_owned(), "v1".to_owned())];
+        assert_eq!((it.id.as_str(), it.name.as_str()), ("L4:4x16", "L4:4x16"));
+        assert_eq!((it.memory_limit_mib, it.gpu_count), (16384, 1));
+        let e = parse_str(&format!(
+            "{base}[models.deployments.instance_type]\nid = \"cpu\"\nmemory_limit_mib = 1\nmillicpu_limit = 1\ngpu_type = \"L4\"\n{env}"
+        ))
+        .unwrap_err();
+        assert_eq!(e.field, "models[0].deployments[0].instance_type.gpu_count");
+        let e = parse_str(&format!(
+            "{base}[models.deployments.instance_type]\nid = \"cpu\"\nmemory_limit_mib = 1\n{env}"
+        ))
+        .unwrap_err();
+        assert!(e.to_string().contains("millicpu_limit"), "{e}");
     }
 }

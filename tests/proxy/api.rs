@@ -63,6 +63,18 @@ async fn api_proxy() -> (switchyard::server::RunningProxy, Vec<Upstream>) {
     s.listen = "127.0.0.1:0".parse().unwrap();
     s.admin_listen = "127.0.0.1:0".parse().unwrap();
     s.api_key = Some(KEY.into());
+    s.instance_types.insert(
+        ("m".into(), "v1".into()),
+        switchyard::api::types::InstanceType {
+            id: "L4:4x16".into(),
+            name: "L4 4 vCPU 16 GiB".into(),
+            memory_limit_mib: 16_384,
+            millicpu_limit: 4_000,
+            gpu_count: 1,
+            gpu_type: Some("L4".into()),
+            gpu_memory_limit_mib: Some(24_576),
+        },
+    );
     (switchyard::server::start(s).unwrap(), ups)
 }
 
@@ -194,8 +206,34 @@ async fn shapes_follow_baseten() {
         v["promotion_settings"]["promotion_cleanup_strategy"],
         "SCALE_TO_ZERO"
     );
+    // What Baseten's SDK requires: an instance type object, autoscaling settings as an object
+    // (a fixed count is min = max), and the model's team and instance type names.
+    assert_eq!(v["instance_type"]["id"], "L4:4x16", "declared for v1: {v}");
+    assert_eq!(v["instance_type"]["gpu_count"], 1);
+    assert_eq!(
+        v["current_deployment"]["instance_type_name"],
+        "L4 4 vCPU 16 GiB"
+    );
+    assert_eq!(
+        (
+            &v["autoscaling_settings"]["min_replica"],
+            &v["autoscaling_settings"]["max_replica"],
+            &v["autoscaling_settings"]["enabled"]
+        ),
+        (&json!(1), &json!(1), &json!(false))
+    );
+    let (_, model) = call(a, Method::GET, "/v1/models/m", auth(), None).await;
+    assert_eq!(model["instance_type_name"], "L4 4 vCPU 16 GiB");
+    assert_eq!(model["team_name"], "default");
+    assert!(model
+        .get("development_deployment_id")
+        .is_some_and(Value::is_null));
     let (_, d) = call(a, Method::GET, "/v1/models/m/deployments", auth(), None).await;
     assert_eq!(d["deployments"].as_array().unwrap().len(), 2);
+    assert_eq!(
+        d["deployments"][1]["instance_type_name"], "unspecified",
+        "a static deployment with none declared: {d}"
+    );
     let (_, d) = call(a, Method::GET, "/v1/models/m/deployments/v2", auth(), None).await;
     assert_eq!(d["environment"], Value::Null);
     let (_, envs) = call(a, Method::GET, "/v1/models/m/environments", auth(), None).await;
