@@ -314,7 +314,7 @@ async fn get_environment(
 #[utoipa::path(patch, path = "/v1/models/{model_id}/environments/{env_name}",
     operation_id = "updateEnvironment", tag = "environments",
     params(("model_id" = String, Path), ("env_name" = String, Path)),
-    request_body = UpdateEnvironmentRequest,
+    request_body(content = Option<UpdateEnvironmentRequest>, description = "the fields to change; an empty body changes nothing"),
     responses(
         (status = 200, body = UpdateEnvironmentResponse),
         (status = 400, body = ErrorBody),

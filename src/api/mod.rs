@@ -147,7 +147,7 @@ impl From<ControllerError> for ApiError {
 /// (else 413); a body that does not fit `T` is a 400 naming the field's path.
 pub struct JsonBody<T>(pub T);
 
-impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
+impl<T: DeserializeOwned + Serialize, S: Send + Sync> FromRequest<S> for JsonBody<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, _: &S) -> Result<Self, ApiError> {
@@ -173,8 +173,46 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
 
 /// Parses a request body into `T`. Errors start with the JSON path of the field at fault
 /// (`promotion_settings.rolling_deploy_config.max_surge_percent: ...`).
-pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
-    let text: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
+pub fn parse_json<T: DeserializeOwned + Serialize>(bytes: &[u8]) -> Result<T, String> {
+    let typed: T = parse_typed(bytes)?;
+    // serde also reads a JSON array into a struct's fields by position (`[null, 1]`); compare
+    // the shape that was sent with the typed result so an array never stands for an object.
+    if let (Ok(sent), Ok(read)) = (
+        serde_json::from_slice::<serde_json::Value>(bytes),
+        serde_json::to_value(&typed),
+    ) {
+        if let Some(at) = array_for_object(&sent, &read, "") {
+            return Err(format!("{at}: must be a JSON object, not an array"));
+        }
+    }
+    Ok(typed)
+}
+
+/// The path where `sent` has an array and `read` (the typed value) an object, if any.
+fn array_for_object(
+    sent: &serde_json::Value,
+    read: &serde_json::Value,
+    at: &str,
+) -> Option<String> {
+    use serde_json::Value;
+    match (sent, read) {
+        (Value::Array(_), Value::Object(_)) => Some(at.to_owned()),
+        (Value::Object(s), Value::Object(r)) => s.iter().find_map(|(k, v)| {
+            let path = if at.is_empty() {
+                k.clone()
+            } else {
+                format!("{at}.{k}")
+            };
+            r.get(k).and_then(|rv| array_for_object(v, rv, &path))
+        }),
+        _ => None,
+    }
+}
+
+fn parse_typed<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
+    // No body, or a JSON null, asks for nothing: the same as `{}`.
+    let text: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) || bytes.trim_ascii() == b"null"
+    {
         b"{}"
     } else {
         bytes
@@ -356,6 +394,15 @@ mod tests {
         assert!(parse_json::<types::EmptyRequest>(b"").is_ok());
         assert!(parse_json::<types::EmptyRequest>(b" {} ").is_ok());
         assert!(parse_json::<types::EmptyRequest>(br#"{"x": 1}"#).is_err());
+        assert!(parse_json::<types::EmptyRequest>(b"null").is_ok());
+        let e = parse_json::<UpdateEnvironmentRequest>(
+            br#"{"promotion_settings": {"rolling_deploy_config": [null, null]}}"#,
+        )
+        .unwrap_err();
+        assert_eq!(
+            e,
+            "promotion_settings.rolling_deploy_config: must be a JSON object, not an array"
+        );
     }
 
     #[test]

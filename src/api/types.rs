@@ -8,6 +8,58 @@
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+/// Schema of a Baseten field switchyard does not support: only `null` is accepted.
+pub struct NullOnly;
+
+impl utoipa::PartialSchema for NullOnly {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::Null)
+            .description(Some("not supported by switchyard: only null"))
+            .into()
+    }
+}
+impl ToSchema for NullOnly {}
+
+/// Schema of a Baseten switch switchyard does not support: only `false` or `null`.
+pub struct FalseOrNull;
+
+impl utoipa::PartialSchema for FalseOrNull {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{SchemaType, Type};
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(SchemaType::from_iter([Type::Boolean, Type::Null]))
+            .enum_values(Some([
+                serde_json::Value::Bool(false),
+                serde_json::Value::Null,
+            ]))
+            .description(Some("not supported by switchyard: only false or null"))
+            .into()
+    }
+}
+impl ToSchema for FalseOrNull {}
+
+/// Schema of a Baseten settings object switchyard does not support: only `null`, `{}` or an
+/// object of nulls and empty lists (what clients send to ask for nothing).
+pub struct EmptyOrNull;
+
+impl utoipa::PartialSchema for EmptyOrNull {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{AdditionalProperties, ArrayBuilder, SchemaType, Type};
+        let empty = ArrayBuilder::new()
+            .schema_type(SchemaType::from_iter([Type::Array, Type::Null]))
+            .max_items(Some(0));
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(SchemaType::from_iter([Type::Object, Type::Null]))
+            .additional_properties(Some(AdditionalProperties::RefOr(empty.into())))
+            .description(Some(
+                "not supported by switchyard: only null, {} or empty lists",
+            ))
+            .into()
+    }
+}
+impl ToSchema for EmptyOrNull {}
+
 /// `{"error": "..."}`: what went wrong and, where it helps, what to do.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct ErrorBody {
@@ -322,6 +374,7 @@ pub struct Environments {
 #[serde(deny_unknown_fields)]
 pub struct PromoteRequest {
     /// The deployment to promote.
+    #[schema(min_length = 1)]
     pub deployment_id: String,
     /// Accepted for Baseten's clients; the cleanup strategy decides what happens to the
     /// previous deployment.
@@ -332,11 +385,11 @@ pub struct PromoteRequest {
     pub preserve_env_instance_type: Option<bool>,
     /// Not supported by switchyard: only null.
     #[serde(default)]
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = NullOnly)]
     pub environment_settings_update: Option<serde_json::Value>,
     /// Not supported by switchyard: only null (PATCH the environment's settings instead).
     #[serde(default)]
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = NullOnly)]
     pub promotion_settings_override: Option<serde_json::Value>,
 }
 
@@ -348,15 +401,19 @@ pub struct UpdateRollingDeployConfig {
     pub rolling_deploy_strategy: Option<RollingDeployStrategy>,
     /// 0-50. Setting one of the two percents non-zero alone sets the other to 0.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 0, maximum = 50)]
     pub max_surge_percent: Option<i64>,
     /// 0-50. Setting one of the two percents non-zero alone sets the other to 0.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 0, maximum = 50)]
     pub max_unavailable_percent: Option<i64>,
     /// 0-3600.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 0, maximum = 3600)]
     pub stabilization_time_seconds: Option<i64>,
     /// 0-500.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 0, maximum = 500)]
     pub replica_overhead_percent: Option<i64>,
 }
 
@@ -366,6 +423,7 @@ pub struct UpdateRollingDeployConfig {
 pub struct UpdatePromotionSettings {
     /// Not supported by switchyard: only false or null.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = FalseOrNull)]
     pub redeploy_on_promotion: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rolling_deploy: Option<bool>,
@@ -375,9 +433,11 @@ pub struct UpdatePromotionSettings {
     pub rolling_deploy_config: Option<UpdateRollingDeployConfig>,
     /// Not supported by switchyard: only false or null.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = FalseOrNull)]
     pub ramp_up_while_promoting: Option<bool>,
     /// Not supported by switchyard: only null.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = NullOnly)]
     pub ramp_up_duration_seconds: Option<i64>,
 }
 
@@ -386,22 +446,30 @@ pub struct UpdatePromotionSettings {
 #[serde(deny_unknown_fields)]
 pub struct UpdateAutoscalingSettings {
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 1000)]
     pub min_replica: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 1000)]
     pub max_replica: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 10, maximum = 3600)]
     pub autoscaling_window: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 0, maximum = 3600)]
     pub scale_down_delay: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 256)]
     pub concurrency_target: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 100)]
     pub target_utilization_percentage: Option<i64>,
     /// Not supported by switchyard: only null.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = NullOnly)]
     pub target_in_flight_tokens: Option<i64>,
     /// Not supported by switchyard: only null.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = NullOnly)]
     pub max_scale_down_rate: Option<i64>,
 }
 
@@ -410,6 +478,7 @@ pub struct UpdateAutoscalingSettings {
 #[serde(deny_unknown_fields)]
 pub struct UpdateRequestBackpressureSettings {
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = NullOnly)]
     pub policy: Option<String>,
 }
 
@@ -426,11 +495,11 @@ pub struct UpdateEnvironmentRequest {
     pub request_backpressure_settings: Option<UpdateRequestBackpressureSettings>,
     /// Not supported by switchyard: only null.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = EmptyOrNull)]
     pub autoscaling_schedule_settings: Option<serde_json::Value>,
     /// Not supported by switchyard: only null.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = EmptyOrNull)]
     pub traffic_routing_settings: Option<serde_json::Value>,
 }
 

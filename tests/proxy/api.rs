@@ -702,3 +702,156 @@ async fn deployments_can_be_registered_activated_and_deactivated_without_a_resta
     assert_ne!(d["status"], "INACTIVE");
     proxy.shutdown().await;
 }
+
+/// Every field is applied or refused by name, never dropped; what hardening found refused.
+#[tokio::test]
+async fn input_is_applied_or_refused_by_name_never_dropped() {
+    let (proxy, _ups) = api_proxy().await;
+    let a = proxy.admin_addr;
+    let env = "/v1/models/m/environments/production";
+    let before = call(a, Method::GET, env, auth(), None).await.1;
+    for (body, names) in [
+        (
+            r#"{"promotion_settings": {"ramp_up_duration_seconds": 30}}"#,
+            "promotion_settings.ramp_up_duration_seconds",
+        ),
+        (
+            r#"{"promotion_settings": {"ramp_up_duration_seconds": 1e12}}"#,
+            "promotion_settings.ramp_up_duration_seconds",
+        ),
+        (
+            r#"{"request_backpressure_settings": 7}"#,
+            "request_backpressure_settings",
+        ),
+        (
+            r#"{"request_backpressure_settings": {"x": 1}}"#,
+            "request_backpressure_settings.x",
+        ),
+        (
+            r#"{"promotion_settings": {"rolling_deploy_config": [null, 10]}}"#,
+            "promotion_settings.rolling_deploy_config",
+        ),
+        (
+            r#"{"traffic_routing_settings": {"rules": [{"x": 1}]}}"#,
+            "traffic_routing_settings",
+        ),
+    ] {
+        let (s, v) = call(a, Method::PATCH, env, auth(), Some(body)).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{body}: {v}");
+        assert!(
+            v["error"].as_str().unwrap().starts_with(names),
+            "{body}: {v}"
+        );
+    }
+    assert_eq!(call(a, Method::GET, env, auth(), None).await.1, before);
+
+    // What Baseten's clients send to ask for nothing is accepted as nothing.
+    let (s, v) = call(
+        a,
+        Method::PATCH,
+        env,
+        auth(),
+        Some(r#"{"traffic_routing_settings": {"rules": []}, "request_backpressure_settings": {"policy": null}}"#),
+    )
+    .await;
+    assert_eq!(
+        (s, &v["status"]),
+        (StatusCode::OK, &json!("UNCHANGED")),
+        "{v}"
+    );
+
+    // The two modes switch the same way in both directions.
+    for (body, surge, unavailable) in [
+        (r#"{"max_unavailable_percent": 25}"#, 0, 25),
+        (r#"{"max_surge_percent": 10}"#, 10, 0),
+    ] {
+        let body = format!(r#"{{"promotion_settings": {{"rolling_deploy_config": {body}}}}}"#);
+        let (s, v) = call(a, Method::PATCH, env, auth(), Some(&body)).await;
+        assert_eq!(s, StatusCode::OK, "{body}: {v}");
+        let rc = &v["environment"]["promotion_settings"]["rolling_deploy_config"];
+        assert_eq!(
+            (&rc["max_surge_percent"], &rc["max_unavailable_percent"]),
+            (&json!(surge), &json!(unavailable)),
+            "{body}"
+        );
+    }
+
+    // An empty deployment id is named as such.
+    let (s, v) = call(
+        a,
+        Method::POST,
+        &format!("{env}/promote"),
+        auth(),
+        Some(r#"{"deployment_id": ""}"#),
+    )
+    .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert!(
+        v["error"].as_str().unwrap().contains("must not be empty"),
+        "{v}"
+    );
+
+    // Path segments are percent-decoded once.
+    let (s, v) = call(a, Method::GET, "/v1/models/%6D", auth(), None).await;
+    assert_eq!((s, &v["id"]), (StatusCode::OK, &json!("m")), "{v}");
+
+    // Ids that are path tricks, and endpoints nothing can connect to, are refused.
+    for body in [
+        r#"{"id": "..", "provider": "static", "endpoints": ["127.0.0.1:9"]}"#,
+        r#"{"id": "v4", "provider": "static", "endpoints": ["127.0.0.1:0"]}"#,
+        r#"{"id": "v4", "provider": "static", "endpoints": ["0.0.0.0:80"]}"#,
+    ] {
+        let (s, v) = call(
+            a,
+            Method::POST,
+            "/v1/models/m/deployments",
+            auth(),
+            Some(body),
+        )
+        .await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{body}: {v}");
+    }
+
+    // A wrong method gets 405 with the methods that work.
+    let got = send(
+        a,
+        Request::builder()
+            .method(Method::DELETE)
+            .uri(env)
+            .header("host", "admin")
+            .header("authorization", auth().unwrap())
+            .body(empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(got.status, StatusCode::METHOD_NOT_ALLOWED);
+    let allow = got.headers["allow"].to_str().unwrap().to_owned();
+    assert!(allow.contains("GET") && allow.contains("PATCH"), "{allow}");
+
+    // Accept is read as media ranges: case-insensitive, and q=0 means "not this".
+    for (accept, streams) in [
+        ("TEXT/EVENT-STREAM", true),
+        ("text/event-stream;q=0", false),
+        ("application/json, text/event-stream;q=0.1", true),
+    ] {
+        let got = tokio::time::timeout(Duration::from_secs(5), async {
+            let mut c = h1(a).await;
+            let resp = c
+                .send_request(
+                    Request::get(format!("{env}/events"))
+                        .header("host", "admin")
+                        .header("authorization", auth().unwrap())
+                        .header("accept", accept)
+                        .body(empty())
+                        .unwrap(),
+                )
+                .await
+                .unwrap();
+            resp.headers()["content-type"].to_str().unwrap().to_owned()
+        })
+        .await
+        .unwrap();
+        assert_eq!(got == "text/event-stream", streams, "{accept}: {got}");
+    }
+    proxy.shutdown().await;
+}
