@@ -166,6 +166,7 @@ pub fn start(settings: Settings) -> Result<RunningProxy, StartError> {
             api_key: api_key.clone(),
             started: std::time::SystemTime::now(),
             instance_types: Arc::new(settings.instance_types.clone()),
+            process_deployments: settings.api_process_deployments,
         },
     );
     let (admin_stop, admin_stop_rx) = oneshot::channel();

@@ -129,6 +129,7 @@ async fn list_deployments(
         (status = 200, body = Deployment),
         (status = 400, body = ErrorBody),
         (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody, description = "a `process` deployment while the server does not allow them"),
         (status = 404, body = ErrorBody),
         (status = 409, body = ErrorBody),
         (status = 413, body = ErrorBody),
@@ -138,6 +139,12 @@ async fn create_deployment(
     ApiPath(m): ApiPath<String>,
     JsonBody(req): JsonBody<CreateDeploymentRequest>,
 ) -> ApiResult<Deployment> {
+    if matches!(req, CreateDeploymentRequest::Process { .. }) && !s.process_deployments {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "provider: process deployments through the API are off, since they run a command of the caller's choosing; set [server] api_process_deployments = true to allow them, or register a static deployment",
+        ));
+    }
     let (id, spec) = provider_spec(req).map_err(ApiError::bad_request)?;
     s.controller.add_deployment(&m, &id, spec)?;
     Ok(axum::Json(views::one_deployment(&s, &m, &id)?))

@@ -42,6 +42,8 @@ pub struct ApiState {
     /// Declared instance types by (model, deployment); the others get what switchyard knows
     /// ([`views::default_instance_type`]).
     pub instance_types: Arc<BTreeMap<(String, String), types::InstanceType>>,
+    /// Whether `POST .../deployments` may register `process` deployments.
+    pub process_deployments: bool,
 }
 
 /// Largest request body the API reads.

@@ -565,7 +565,7 @@ pub struct Events {
 pub enum CreateDeploymentRequest {
     /// switchyard starts the replicas: `command` is the argv, `{port}` is required,
     /// `{deployment}` and `{model}` are substituted. Only when the server allows it
-    /// (`api_process_deployments`).
+    /// (`[server] api_process_deployments = true`; else 403).
     Process {
         id: String,
         command: Vec<String>,

@@ -99,6 +99,9 @@ pub struct Settings {
     /// What the API reports as a deployment's `instance_type`, by (model, deployment), where
     /// the config declares one.
     pub instance_types: BTreeMap<(String, String), InstanceType>,
+    /// Whether the API may register `process` deployments (which run a command of the
+    /// caller's choosing). Off by default, so a leaked API key cannot run code.
+    pub api_process_deployments: bool,
 }
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -125,6 +128,7 @@ impl Settings {
             api_key: None,
             data_dir: None,
             instance_types: BTreeMap::new(),
+            api_process_deployments: false,
         }
     }
 }
@@ -163,6 +167,7 @@ struct ServerSection {
     tls: Option<TlsSection>,
     api_key: Option<String>,
     data_dir: Option<PathBuf>,
+    api_process_deployments: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -319,6 +324,9 @@ fn from_file(f: FileConfig) -> Result<Settings, ConfigError> {
     }
     if let Some(d) = f.server.data_dir {
         s.data_dir = Some(d);
+    }
+    if let Some(b) = f.server.api_process_deployments {
+        s.api_process_deployments = b;
     }
     if let Some(k) = f.server.api_key {
         s.api_key = Some(check_api_key("server.api_key", k)?);

@@ -17,6 +17,12 @@ use crate::support::*;
 const KEY: &str = "api-test-key-0123456789";
 
 async fn api_proxy() -> (switchyard::server::RunningProxy, Vec<Upstream>) {
+    api_proxy_with(true).await
+}
+
+async fn api_proxy_with(
+    process_deployments: bool,
+) -> (switchyard::server::RunningProxy, Vec<Upstream>) {
     let ups = vec![
         named("v1").await,
         named("v1").await,
@@ -63,6 +69,7 @@ async fn api_proxy() -> (switchyard::server::RunningProxy, Vec<Upstream>) {
     s.listen = "127.0.0.1:0".parse().unwrap();
     s.admin_listen = "127.0.0.1:0".parse().unwrap();
     s.api_key = Some(KEY.into());
+    s.api_process_deployments = process_deployments;
     s.instance_types.insert(
         ("m".into(), "v1".into()),
         switchyard::api::types::InstanceType {
@@ -853,5 +860,33 @@ async fn input_is_applied_or_refused_by_name_never_dropped() {
         .unwrap();
         assert_eq!(got == "text/event-stream", streams, "{accept}: {got}");
     }
+    proxy.shutdown().await;
+}
+
+/// A leaked key must not run code: registering a process deployment is opt-in.
+#[tokio::test]
+async fn process_deployments_through_the_api_are_off_unless_allowed() {
+    let (proxy, _ups) = api_proxy_with(false).await;
+    let body = r#"{"id": "v9", "provider": "process", "command": ["sh", "-c", "touch /tmp/pwned", "{port}"]}"#;
+    let (s, v) = call(
+        proxy.admin_addr,
+        Method::POST,
+        "/v1/models/m/deployments",
+        auth(),
+        Some(body),
+    )
+    .await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "{v}");
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap()
+            .contains("api_process_deployments"),
+        "{v}"
+    );
+    assert!(proxy.controller().models()[0]
+        .deployments
+        .iter()
+        .all(|d| d != "v9"));
     proxy.shutdown().await;
 }
