@@ -1,8 +1,10 @@
 //! switchyard: a Layer-7 traffic-splitting reverse proxy for model-inference replicas.
 //!
-//! The data plane (`proxy`) and whatever changes routing (config today, the rollout controller
-//! next) meet only through [`routing::Router`]: an immutable [`routing::Snapshot`] behind
-//! `arc-swap`. The request path loads it once per request and never takes a lock.
+//! The data plane (`proxy`) and what changes routing (the configuration at start, then the
+//! rollout controller) meet only through [`routing::Router`]: an immutable
+//! [`routing::Snapshot`] behind `arc-swap`. The request path loads it once per request and
+//! never takes a lock. The admin listener (`admin`) serves the management API (`api`), whose
+//! types the CLI's client (`client`) shares.
 #![forbid(unsafe_code)]
 
 pub mod admin;

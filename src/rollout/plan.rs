@@ -1,7 +1,7 @@
 //! The rolling-deployment plan: pure step arithmetic, no I/O and no clock.
 //!
-//! This follows the step engine of the seed page's `RollingDeployViz` widget
-//! (`shared/seed/rolling-deployments.md`, functions `cP()` and `step()`), where N is the
+//! This follows the step engine of the `RollingDeployViz` widget on Baseten's "Rolling
+//! deployments" documentation page (its functions `cP()` and `step()`), where N is the
 //! previous deployment's replica count and p whichever of `max_surge_percent` /
 //! `max_unavailable_percent` is non-zero:
 //!
