@@ -168,6 +168,7 @@ pub fn start(settings: Settings) -> Result<RunningProxy, StartError> {
             instance_types: Arc::new(settings.instance_types.clone()),
             process_deployments: settings.api_process_deployments,
         },
+        settings.admin_header_timeout,
     );
     let (admin_stop, admin_stop_rx) = oneshot::channel();
     let admin = std::thread::Builder::new()

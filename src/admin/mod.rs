@@ -5,6 +5,7 @@
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::response::Response;
@@ -12,13 +13,18 @@ use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, StatusCode, Uri};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, Semaphore};
 use tower::ServiceExt;
 
 use crate::api::{ApiError, ApiState};
 use crate::metrics::Metrics;
+
+/// Connections the admin listener serves at once; more are closed as they arrive. Idle and
+/// trickling clients lose theirs after the header timeout (`server.admin_header_timeout_seconds`,
+/// default 30 s; event streams are responses, not idle, and stay open).
+pub const MAX_CONNECTIONS: usize = 1024;
 
 /// Process-wide state the admin listener reports on.
 #[derive(Default)]
@@ -43,13 +49,20 @@ pub struct AdminState {
     health: Arc<Health>,
     api: ApiState,
     api_router: axum::Router,
+    header_timeout: Duration,
 }
 
 impl AdminState {
-    pub fn new(metrics: Metrics, health: Arc<Health>, api: ApiState) -> Self {
+    pub fn new(
+        metrics: Metrics,
+        health: Arc<Health>,
+        api: ApiState,
+        header_timeout: Duration,
+    ) -> Self {
         AdminState {
             metrics,
             health,
+            header_timeout,
             api_router: crate::api::router(api.clone()),
             api,
         }
@@ -159,19 +172,41 @@ pub fn run(listener: std::net::TcpListener, state: AdminState, mut stop: oneshot
                 return;
             }
         };
-        let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));
+        let header_timeout = state.header_timeout;
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(header_timeout);
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .keep_alive_interval(Some(header_timeout));
+        let builder = Arc::new(builder);
+        let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
         loop {
             tokio::select! {
                 _ = &mut stop => break,
                 accepted = listener.accept() => {
                     let Ok((stream, _)) = accepted else { continue };
+                    // Over the cap the connection is closed at once: the timeouts below free
+                    // the slots idle or trickling clients hold.
+                    let Ok(slot) = slots.clone().try_acquire_owned() else { continue };
                     let state = state.clone();
                     let builder = builder.clone();
                     tokio::spawn(async move {
+                        let _slot = slot;
                         let svc = service_fn(move |req| {
                             let state = state.clone();
                             async move { Ok::<_, Infallible>(route(&state, req).await) }
                         });
+                        // A client must start its first request within the header timeout;
+                        // hyper's timer covers every head after that, idle keep-alive included.
+                        let mut first = [0u8; 1];
+                        match tokio::time::timeout(header_timeout, stream.peek(&mut first)).await {
+                            Ok(Ok(n)) if n > 0 => {}
+                            _ => return,
+                        }
                         let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
                     });
                 }

@@ -102,6 +102,9 @@ pub struct Settings {
     /// Whether the API may register `process` deployments (which run a command of the
     /// caller's choosing). Off by default, so a leaked API key cannot run code.
     pub api_process_deployments: bool,
+    /// How long an admin client has to send a request head; idle admin connections close
+    /// after it too.
+    pub admin_header_timeout: Duration,
 }
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -129,6 +132,7 @@ impl Settings {
             data_dir: None,
             instance_types: BTreeMap::new(),
             api_process_deployments: false,
+            admin_header_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -168,6 +172,7 @@ struct ServerSection {
     api_key: Option<String>,
     data_dir: Option<PathBuf>,
     api_process_deployments: Option<bool>,
+    admin_header_timeout_seconds: Option<f64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -324,6 +329,9 @@ fn from_file(f: FileConfig) -> Result<Settings, ConfigError> {
     }
     if let Some(d) = f.server.data_dir {
         s.data_dir = Some(d);
+    }
+    if let Some(v) = f.server.admin_header_timeout_seconds {
+        s.admin_header_timeout = seconds("server.admin_header_timeout_seconds", v, 0.1, 3600.0)?;
     }
     if let Some(b) = f.server.api_process_deployments {
         s.api_process_deployments = b;

@@ -3,6 +3,7 @@
 
 mod support;
 
+mod admin_limits;
 mod api;
 mod failover;
 mod framing;
