@@ -1,15 +1,18 @@
-//! HTTP/1.1 to a replica, without I/O: request heads out, response heads and chunked bodies
-//! in (RFC 9112). The connection code in `conn.rs` moves the bytes.
+//! HTTP/1.1 to a replica, without I/O: request heads out, response heads and bodies (by length,
+//! chunked or until close) in (RFC 9112). The connection code in `conn.rs` moves the bytes.
 
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode, Version};
+use http_body::{Frame, SizeHint};
 
 /// Response heads larger than this are refused (hyper's client allows ~400 kB; inference
 /// replicas send a few hundred bytes).
 pub const MAX_HEAD: usize = 64 * 1024;
 /// Header lines per response head or trailer section.
 const MAX_HEADERS: usize = 128;
+/// A replica may send this many 1xx heads before its response; more is a loop.
+pub const MAX_INTERIM: u32 = 16;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ProtocolError {
@@ -25,6 +28,8 @@ pub enum ProtocolError {
     Chunked(&'static str),
     #[error("malformed trailers: {0}")]
     Trailers(httparse::Error),
+    #[error("more than {MAX_INTERIM} interim (1xx) responses")]
+    TooManyInterim,
 }
 
 /// How the request body is framed on the wire.
@@ -193,6 +198,27 @@ pub fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Parsed, Protoco
     }))
 }
 
+/// Parses heads off the front of `buf` until the final (non-1xx, or 101) one, skipping at most
+/// [`MAX_INTERIM`] interim heads over the whole response (`interim` counts them across calls).
+/// `None`: not a whole final head yet, read more.
+pub fn parse_final_head(
+    buf: &mut BytesMut,
+    method: &Method,
+    interim: &mut u32,
+) -> Result<Option<Head>, ProtocolError> {
+    while !buf.is_empty() {
+        match parse_head(buf, method)? {
+            Parsed::Head(head) => return Ok(Some(head)),
+            Parsed::Interim if *interim >= MAX_INTERIM => {
+                return Err(ProtocolError::TooManyInterim)
+            }
+            Parsed::Interim => *interim += 1,
+            Parsed::Partial => break,
+        }
+    }
+    Ok(None)
+}
+
 /// The body framing, and whether the connection can be reused after it.
 fn framing(
     headers: &HeaderMap,
@@ -357,6 +383,91 @@ impl ChunkedDecoder {
             let _ = buf.split_to(eol + 1);
             self.remaining = size;
             self.in_data = true;
+        }
+    }
+}
+
+/// A response body as its framing delimits it, decoded from bytes already read (no I/O).
+#[derive(Debug)]
+pub enum BodyDecoder {
+    /// Bytes left of a Content-Length body (never 0: that is `Done`).
+    Length(u64),
+    Chunked(ChunkedDecoder),
+    /// Everything until the replica closes the connection.
+    UntilClose,
+    /// The body ended, or there was none.
+    Done,
+}
+
+/// What a [`BodyDecoder`] produced.
+#[derive(Debug)]
+pub enum Decoded {
+    /// A piece of data, or the trailers (which end the body).
+    Frame(Frame<Bytes>),
+    /// More bytes are needed.
+    NeedMore,
+    /// The body is complete.
+    End,
+}
+
+impl BodyDecoder {
+    pub fn new(framing: BodyFraming) -> Self {
+        match framing {
+            BodyFraming::Empty | BodyFraming::Length(0) => BodyDecoder::Done,
+            BodyFraming::Length(n) => BodyDecoder::Length(n),
+            BodyFraming::Chunked => BodyDecoder::Chunked(ChunkedDecoder::default()),
+            BodyFraming::UntilClose => BodyDecoder::UntilClose,
+        }
+    }
+
+    /// Takes the next piece of the body off the front of `buf`; bytes after the body stay.
+    pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Decoded, ProtocolError> {
+        let frame = match self {
+            BodyDecoder::Done => return Ok(Decoded::End),
+            _ if buf.is_empty() => return Ok(Decoded::NeedMore),
+            BodyDecoder::Length(left) => {
+                let n = (*left).min(buf.len() as u64);
+                *left -= n;
+                if *left == 0 {
+                    *self = BodyDecoder::Done;
+                }
+                Frame::data(buf.split_to(n as usize).freeze())
+            }
+            BodyDecoder::UntilClose => Frame::data(buf.split().freeze()),
+            BodyDecoder::Chunked(decoder) => match decoder.decode(buf)? {
+                Chunk::NeedMore => return Ok(Decoded::NeedMore),
+                Chunk::Data(data) => Frame::data(data),
+                Chunk::End(trailers) => {
+                    *self = BodyDecoder::Done;
+                    match trailers {
+                        Some(t) => Frame::trailers(t),
+                        None => return Ok(Decoded::End),
+                    }
+                }
+            },
+        };
+        Ok(Decoded::Frame(frame))
+    }
+
+    /// The replica closed the connection: true when that ends the body (it ended already, or
+    /// it is delimited by the close), false when the body was cut short.
+    pub fn close(&mut self) -> bool {
+        let ended = matches!(self, BodyDecoder::Done | BodyDecoder::UntilClose);
+        if ended {
+            *self = BodyDecoder::Done;
+        }
+        ended
+    }
+
+    pub fn is_done(&self) -> bool {
+        matches!(self, BodyDecoder::Done)
+    }
+
+    pub fn size_hint(&self) -> SizeHint {
+        match self {
+            BodyDecoder::Length(n) => SizeHint::with_exact(*n),
+            BodyDecoder::Done => SizeHint::with_exact(0),
+            _ => SizeHint::default(),
         }
     }
 }
