@@ -15,6 +15,8 @@ const MAX_HEADERS: usize = 128;
 pub const MAX_INTERIM: u32 = 16;
 /// Chunk extension bytes per body (hyper's limit): extensions are ignored, but not unbounded.
 const MAX_EXTENSION_BYTES: usize = 16 * 1024;
+/// The largest Content-Length taken (hyper's: it keeps the two values above for itself).
+const MAX_CONTENT_LENGTH: u64 = u64::MAX - 2;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ProtocolError {
@@ -256,24 +258,57 @@ fn framing(
     if !has_length {
         return Ok((BodyFraming::UntilClose, false));
     }
+    let length = content_length(headers)?;
+    Ok((BodyFraming::Length(length), true))
+}
+
+/// The Content-Length, as hyper's client reads it: every value (and every comma-separated part
+/// of one) visible ASCII, digits only between optional spaces and tabs, all equal, and at most
+/// [`MAX_CONTENT_LENGTH`].
+fn content_length(headers: &HeaderMap) -> Result<u64, ProtocolError> {
     let mut length: Option<u64> = None;
     for v in headers.get_all(header::CONTENT_LENGTH) {
-        for part in v.as_bytes().split(|b| *b == b',') {
-            let text = std::str::from_utf8(part).unwrap_or("").trim();
+        let invalid = || ProtocolError::ContentLength(String::from_utf8_lossy(v.as_bytes()).into());
+        let bytes = v.as_bytes();
+        // `HeaderValue::to_str`'s rule: obs-text is no length, not even around digits.
+        if !bytes
+            .iter()
+            .all(|&b| b == b'\t' || (b' '..=b'~').contains(&b))
+        {
+            return Err(invalid());
+        }
+        for part in bytes.split(|b| *b == b',') {
             // Digits only: `u64::from_str` would also take a leading `+`.
-            let digits = !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit());
-            let n: u64 = (if digits { text } else { "x" }).parse().map_err(|_| {
-                ProtocolError::ContentLength(String::from_utf8_lossy(v.as_bytes()).into())
-            })?;
-            if length.is_some_and(|l| l != n) {
-                return Err(ProtocolError::ContentLength(
-                    String::from_utf8_lossy(v.as_bytes()).into(),
-                ));
+            let n = decimal(trim_ows(part)).ok_or_else(invalid)?;
+            if length.is_some_and(|l| l != n) || n > MAX_CONTENT_LENGTH {
+                return Err(invalid());
             }
             length = Some(n);
         }
     }
-    Ok((BodyFraming::Length(length.unwrap_or(0)), true))
+    length.ok_or(ProtocolError::ContentLength(String::new()))
+}
+
+/// A non-empty run of decimal digits that fits a `u64`.
+fn decimal(digits: &[u8]) -> Option<u64> {
+    if digits.is_empty() {
+        return None;
+    }
+    digits.iter().try_fold(0u64, |n, &b| {
+        let d = (b as char).to_digit(10)?;
+        n.checked_mul(10)?.checked_add(u64::from(d))
+    })
+}
+
+/// Drops spaces and tabs (optional whitespace) at both ends.
+fn trim_ows(mut s: &[u8]) -> &[u8] {
+    while let [b' ' | b'\t', rest @ ..] = s {
+        s = rest;
+    }
+    while let [rest @ .., b' ' | b'\t'] = s {
+        s = rest;
+    }
+    s
 }
 
 fn keep_alive(headers: &HeaderMap, version: Version) -> bool {
@@ -945,5 +980,48 @@ mod tests {
         let trailers = trailers.unwrap();
         assert_eq!(trailers["x-a"], "1");
         assert_eq!(trailers["x-b"], "2");
+    }
+
+    #[test]
+    fn content_length_with_non_ascii_whitespace_is_refused() {
+        // U+00A0 is whitespace to `str::trim`, but not a digit or optional whitespace.
+        for value in ["5\u{a0}", "\u{a0}5", "5, \u{a0}5"] {
+            let wire = format!("HTTP/1.1 200 OK\r\nContent-Length: {value}\r\n\r\nhello");
+            assert!(
+                matches!(
+                    head(wire.as_bytes(), Method::GET),
+                    Err(ProtocolError::ContentLength(_))
+                ),
+                "{value:?}"
+            );
+        }
+        let h = must_head(
+            b"HTTP/1.1 200 OK\r\nContent-Length: \t5 , 5\t\r\n\r\nhello",
+            Method::GET,
+        );
+        assert_eq!(h.framing, BodyFraming::Length(5));
+    }
+
+    #[test]
+    fn content_length_above_hypers_maximum_is_refused() {
+        let max = must_head(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 18446744073709551613\r\n\r\n",
+            Method::GET,
+        );
+        assert_eq!(max.framing, BodyFraming::Length(u64::MAX - 2));
+        for too_big in [
+            "18446744073709551614",
+            "18446744073709551615",
+            "18446744073709551616",
+        ] {
+            let wire = format!("HTTP/1.1 200 OK\r\nContent-Length: {too_big}\r\n\r\n");
+            assert!(
+                matches!(
+                    head(wire.as_bytes(), Method::GET),
+                    Err(ProtocolError::ContentLength(_))
+                ),
+                "{too_big}"
+            );
+        }
     }
 }
