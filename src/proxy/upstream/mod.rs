@@ -7,6 +7,8 @@
 
 pub mod codec;
 pub mod conn;
+#[cfg(test)]
+mod differential;
 
 use std::cell::RefCell;
 use std::collections::HashMap;
