@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use tokio::time::Sleep;
+use tracing::field;
 
 use super::upstream::{self, ResponseBody, UpstreamError};
 use crate::metrics::UpstreamErrorKind;
@@ -101,8 +102,8 @@ impl Body for UpstreamBody {
             Poll::Ready(Some(Err(e @ UpstreamError::ClientBody(_)))) => {
                 // The client's request body broke mid-stream; the replica did nothing wrong.
                 tracing::debug!(
-                    deployment = %this.in_flight.pool.deployment,
-                    error = %e,
+                    deployment = field::display(&this.in_flight.pool.deployment),
+                    error = field::display(&e),
                     "request body failed while the response streamed"
                 );
                 Poll::Ready(Some(Err(e.into())))
@@ -113,9 +114,9 @@ impl Body for UpstreamBody {
                     .metrics
                     .count_error(UpstreamErrorKind::Protocol);
                 tracing::warn!(
-                    deployment = %this.in_flight.pool.deployment,
-                    replica = %this.in_flight.replica.addr,
-                    error = %e,
+                    deployment = field::display(&this.in_flight.pool.deployment),
+                    replica = field::display(this.in_flight.replica.addr),
+                    error = field::display(&e),
                     "response body from replica broke off"
                 );
                 Poll::Ready(Some(Err(e.into())))

@@ -1,5 +1,17 @@
-//! One request, from routing to the response handed back to hyper.
+//! One request, from routing to the response handed back to hyper, in four stages:
+//!
+//! 1. `route`: one snapshot load chooses the pool, a replica and the prefix to strip.
+//! 2. `connect`: a pooled or new connection; a failed connect moves on to another replica.
+//! 3. `send`: the request goes out and the response head comes back, within the
+//!    response-header timeout. No retry once a byte went upstream.
+//! 4. `respond`: the head as the client gets it, and the body streaming behind it.
+//!
+//! Every way these can fail is a `ForwardError`, which alone decides the status code,
+//! body, deployment tag, metrics and log line of the answer.
 
+mod error;
+
+use std::io;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -8,15 +20,17 @@ use http::header::{self, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
+use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio::io::AsyncWriteExt;
+use tracing::field;
 
+use self::error::ForwardError;
 use super::body::{InFlight, ProxyBody, UpstreamBody};
 use super::headers;
-use super::upstream::{self, SendError};
+use super::upstream::{self, Conn, ResponseBody, SendError, UpstreamError};
 use crate::config::UpstreamSettings;
-use crate::metrics::UpstreamErrorKind;
-use crate::routing::{Pool, Route, Router};
+use crate::routing::{Pool, Replica, Route, Router};
 
 /// What every request on every worker shares.
 pub struct ProxyContext {
@@ -34,12 +48,14 @@ pub struct ConnInfo {
 
 /// At most this many replicas are tried for one request (config caps attempts at 16).
 const MAX_TRIED: usize = 16;
+/// Pooled connections found closing (no byte of the request sent) before giving up.
+const MAX_STALE_RETRIES: u32 = 2;
 
 /// Proxies one request. Never fails: problems become 4xx/5xx responses with a short body.
 pub async fn proxy(
     ctx: &ProxyContext,
     conn: &ConnInfo,
-    mut req: Request<Incoming>,
+    req: Request<Incoming>,
 ) -> Response<ProxyBody> {
     let started = Instant::now();
     if req.method() == Method::CONNECT {
@@ -54,43 +70,24 @@ pub async fn proxy(
         );
         return resp;
     }
+    match forward(ctx, conn, req, started).await {
+        Ok(resp) => resp,
+        Err(e) => e.into_response(ctx.deployment_header),
+    }
+}
 
-    // Routing decision: one snapshot load, then only the Arcs needed across awaits.
-    let (pool, replica, strip) = {
-        let snapshot = ctx.router.load();
-        let host = request_host(&req);
-        let resolved = match snapshot.resolve(host, req.uri().path()) {
-            Ok(r) => r,
-            Err(e) => return local(StatusCode::NOT_FOUND, e.to_string()),
-        };
-        let mut rng = rand::rng();
-        let pool = match resolved.route {
-            Route::Pinned(p) => p,
-            Route::Split(env) => match env.pick_pool(&mut rng) {
-                Some(p) => p,
-                None => {
-                    return local(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        format!(
-                            "environment {:?} of model {:?} sends no traffic to any deployment",
-                            env.name, resolved.model.id
-                        ),
-                    )
-                }
-            },
-        };
-        let replica = pool.pick_replica(&mut rng, &[]).cloned();
-        (pool.clone(), replica, resolved.strip)
-    };
-    let Some(mut replica) = replica else {
-        tracing::warn!(deployment = %pool.deployment, "no ready replica");
-        return pool_error(
-            &pool,
-            ctx.deployment_header,
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("deployment {:?} has no ready replica", pool.deployment),
-        );
-    };
+/// The stages in order: route, prepare the request, connect and send, respond.
+async fn forward(
+    ctx: &ProxyContext,
+    conn: &ConnInfo,
+    mut req: Request<Incoming>,
+    started: Instant,
+) -> Result<Response<ProxyBody>, ForwardError> {
+    let Target {
+        pool,
+        replica,
+        strip,
+    } = route(&ctx.router, &req)?;
 
     let client_version = req.version();
     let upgrade = headers::is_upgrade(req.headers()) && req.version() == Version::HTTP_11;
@@ -100,186 +97,241 @@ pub async fn proxy(
     // Strip before adding forwarding headers, so `Connection: x-forwarded-for` cannot remove
     // the client address the proxy adds.
     headers::strip_hop_by_hop(req.headers_mut(), upgrade);
-    if let Err(msg) = rewrite_request(&mut req, strip, conn, host) {
-        return local(StatusCode::BAD_REQUEST, msg);
-    }
+    rewrite_request(&mut req, strip, conn, host).map_err(ForwardError::BadRequest)?;
     *req.version_mut() = Version::HTTP_11;
 
-    let cfg = &ctx.upstream;
-    let mut tried = [0u64; MAX_TRIED];
-    let mut attempts = 0usize;
+    let (in_flight, response) = exchange(&ctx.upstream, &pool, replica, req, started).await?;
+    respond(
+        ctx,
+        in_flight,
+        response,
+        client_version,
+        client_upgrade,
+        started,
+    )
+}
+
+/// Where the routing decision sends a request.
+struct Target {
+    pool: Arc<Pool>,
+    replica: Arc<Replica>,
+    /// Bytes of routing prefix to strip from the path.
+    strip: usize,
+}
+
+/// Stage 1, route: one snapshot load chooses the pool and a replica; only the Arcs needed
+/// across awaits are kept.
+fn route(router: &Router, req: &Request<Incoming>) -> Result<Target, ForwardError> {
+    let snapshot = router.load();
+    let resolved = snapshot
+        .resolve(request_host(req), req.uri().path())
+        .map_err(ForwardError::NoRoute)?;
+    let mut rng = rand::rng();
+    let pool = match resolved.route {
+        Route::Pinned(p) => p,
+        Route::Split(env) => env
+            .pick_pool(&mut rng)
+            .ok_or_else(|| ForwardError::NoTraffic {
+                environment: env.name.clone(),
+                model: resolved.model.id.clone(),
+            })?,
+    };
+    match pool.pick_replica(&mut rng, &[]) {
+        Some(replica) => Ok(Target {
+            pool: pool.clone(),
+            replica: replica.clone(),
+            strip: resolved.strip,
+        }),
+        None => Err(ForwardError::NoReplica { pool: pool.clone() }),
+    }
+}
+
+/// Stages 2 and 3: a connection (stage 2), the request sent on it and the response head
+/// awaited (stage 3). A pooled connection found closing before a byte of the request went out
+/// is replaced; once bytes went upstream there is no retry.
+async fn exchange(
+    cfg: &UpstreamSettings,
+    pool: &Arc<Pool>,
+    mut replica: Arc<Replica>,
+    mut req: Request<Incoming>,
+    started: Instant,
+) -> Result<(InFlight, Response<ResponseBody>), ForwardError> {
+    let mut tried = Tried::default();
     let mut stale_retries = 0u32;
-    let (in_flight, response) = loop {
-        // A pooled connection, or a new one; a failed connect moves on to another replica.
-        let conn = match upstream::checkout(replica.id, cfg.pool_idle_timeout) {
-            Some(s) => s,
-            None => match upstream::connect(replica.addr, cfg.connect_timeout).await {
-                Ok(s) => {
-                    replica.record_connect_success();
-                    s
-                }
-                Err(e) => {
-                    pool.metrics.count_error(UpstreamErrorKind::Connect);
-                    let ejected = replica
-                        .record_connect_failure(cfg.eject_after_failures, cfg.eject_duration);
-                    tracing::warn!(
-                        deployment = %pool.deployment,
-                        replica = %replica.addr,
-                        error = %e,
-                        ejected,
-                        "cannot connect to replica"
-                    );
-                    tried[attempts] = replica.id;
-                    attempts += 1;
-                    let next = (attempts < cfg.max_connect_attempts as usize)
-                        .then(|| {
-                            pool.pick_replica(&mut rand::rng(), &tried[..attempts])
-                                .cloned()
-                        })
-                        .flatten();
-                    match next {
-                        Some(r) => {
-                            replica = r;
-                            continue;
-                        }
-                        None => {
-                            return pool_error(
-        &pool,
-        ctx.deployment_header,
-                                StatusCode::BAD_GATEWAY,
-                                format!(
-                                    "no replica of deployment {:?} could be reached (last tried {}: {e})",
-                                    pool.deployment, replica.addr
-                                ),
-                            )
-                        }
-                    }
-                }
-            },
-        };
+    loop {
+        let conn = connect(cfg, pool, &mut replica, &mut tried).await?;
         let in_flight = InFlight::begin(replica.clone(), pool.clone(), started);
-        let send = conn.send(req);
-        let result = match cfg.response_header_timeout {
-            Some(t) => match tokio::time::timeout(t, send).await {
-                Ok(r) => r,
-                Err(_) => {
-                    pool.metrics.count_error(UpstreamErrorKind::HeaderTimeout);
-                    tracing::warn!(
-                        deployment = %pool.deployment,
-                        replica = %replica.addr,
-                        timeout = ?t,
-                        "no response headers from replica in time"
-                    );
-                    return pool_error(
-                        &pool,
-                        ctx.deployment_header,
-                        StatusCode::GATEWAY_TIMEOUT,
-                        format!(
-                            "deployment {:?} replica {} sent no response headers within {t:?}",
-                            pool.deployment, replica.addr
-                        ),
-                    );
-                }
-            },
-            None => send.await,
-        };
-        match result {
-            Ok(resp) => break (in_flight, resp),
-            // Not a byte sent: the pooled connection was closing. Retry on another one.
-            Err(SendError::NotSent(back, _)) if stale_retries < 2 => {
+        match send(cfg, pool, &replica, conn, req).await {
+            Ok(response) => return Ok((in_flight, response)),
+            Err(Unanswered::NotSent(back, _)) if stale_retries < MAX_STALE_RETRIES => {
                 stale_retries += 1;
                 req = *back;
-                drop(in_flight);
             }
-            Err(SendError::Failed(e @ upstream::UpstreamError::ClientBody(_))) => {
-                // The client's own body broke (it went away, or sent bad framing): not the
-                // replica's fault, and nobody may be left to read the answer.
-                tracing::debug!(deployment = %pool.deployment, error = %e, "request body failed");
-                return local(StatusCode::BAD_REQUEST, e.to_string());
+            Err(Unanswered::NotSent(_, e)) => {
+                return Err(ForwardError::Upstream {
+                    pool: pool.clone(),
+                    replica: replica.addr,
+                    error: UpstreamError::Send(e),
+                })
             }
-            Err(e) => {
-                let e = match e {
-                    SendError::NotSent(_, e) => upstream::UpstreamError::Send(e),
-                    SendError::Failed(e) => e,
-                };
-                pool.metrics.count_error(UpstreamErrorKind::Protocol);
-                tracing::warn!(
-                    deployment = %pool.deployment,
-                    replica = %replica.addr,
-                    error = %e,
-                    "replica failed the request"
-                );
-                return pool_error(
-                    &pool,
-                    ctx.deployment_header,
-                    StatusCode::BAD_GATEWAY,
-                    format!(
-                        "deployment {:?} replica {} failed the request: {e}",
-                        pool.deployment, replica.addr
-                    ),
-                );
-            }
+            Err(Unanswered::Failed(e)) => return Err(e),
         }
-    };
+    }
+}
 
+/// Replicas a request failed to connect to, so that a retry picks another.
+#[derive(Default)]
+struct Tried {
+    ids: [u64; MAX_TRIED],
+    len: usize,
+}
+
+/// Stage 2, connect: a pooled connection to `replica`, or a new one. A failed connect (nothing
+/// was sent) moves on to another replica of the pool, up to `max_connect_attempts` in all;
+/// `replica` is left naming the one connected to.
+async fn connect(
+    cfg: &UpstreamSettings,
+    pool: &Arc<Pool>,
+    replica: &mut Arc<Replica>,
+    tried: &mut Tried,
+) -> Result<Conn, ForwardError> {
+    let max_attempts = (cfg.max_connect_attempts as usize).min(MAX_TRIED);
+    loop {
+        if let Some(conn) = upstream::checkout(replica.id, cfg.pool_idle_timeout) {
+            return Ok(conn);
+        }
+        let error = match upstream::connect(replica.addr, cfg.connect_timeout).await {
+            Ok(conn) => {
+                replica.record_connect_success();
+                return Ok(conn);
+            }
+            Err(e) => e,
+        };
+        let ejected = replica.record_connect_failure(cfg.eject_after_failures, cfg.eject_duration);
+        let failed = ForwardError::Connect {
+            pool: pool.clone(),
+            replica: replica.addr,
+            error,
+            ejected,
+        };
+        tried.ids[tried.len] = replica.id;
+        tried.len += 1;
+        let next = if tried.len < max_attempts {
+            pool.pick_replica(&mut rand::rng(), &tried.ids[..tried.len])
+        } else {
+            None
+        };
+        match next {
+            Some(next) => {
+                // Counted and logged like the last failure, which becomes the response.
+                failed.record();
+                *replica = next.clone();
+            }
+            None => return Err(failed),
+        }
+    }
+}
+
+/// Why stage 3 produced no response head.
+enum Unanswered {
+    /// Not a byte reached the replica (a pooled connection was closing): the request is back.
+    NotSent(Box<Request<Incoming>>, io::Error),
+    Failed(ForwardError),
+}
+
+/// Stage 3, send: writes the request and waits for the response head, at most
+/// `response_header_timeout`. The request body keeps streaming with the response body.
+async fn send(
+    cfg: &UpstreamSettings,
+    pool: &Arc<Pool>,
+    replica: &Replica,
+    conn: Conn,
+    req: Request<Incoming>,
+) -> Result<Response<ResponseBody>, Unanswered> {
+    let sent = conn.send(req);
+    let result = match cfg.response_header_timeout {
+        Some(after) => match tokio::time::timeout(after, sent).await {
+            Ok(result) => result,
+            Err(_) => {
+                return Err(Unanswered::Failed(ForwardError::HeaderTimeout {
+                    pool: pool.clone(),
+                    replica: replica.addr,
+                    after,
+                }))
+            }
+        },
+        None => sent.await,
+    };
+    result.map_err(|e| match e {
+        SendError::NotSent(back, e) => Unanswered::NotSent(back, e),
+        SendError::Failed(error @ UpstreamError::ClientBody(_)) => {
+            Unanswered::Failed(ForwardError::ClientBody {
+                pool: pool.clone(),
+                error,
+            })
+        }
+        SendError::Failed(error) => Unanswered::Failed(ForwardError::Upstream {
+            pool: pool.clone(),
+            replica: replica.addr,
+            error,
+        }),
+    })
+}
+
+/// Stage 4, respond: the replica's head as the client gets it (its protocol version, hop-by-hop
+/// headers dropped, the deployment tag), with a body that counts the request in flight until it
+/// ends; or, for a 101, the tunnel.
+fn respond(
+    ctx: &ProxyContext,
+    in_flight: InFlight,
+    response: Response<ResponseBody>,
+    client_version: Version,
+    client_upgrade: Option<OnUpgrade>,
+    started: Instant,
+) -> Result<Response<ProxyBody>, ForwardError> {
     if response.status() == StatusCode::SWITCHING_PROTOCOLS && client_upgrade.is_none() {
-        // A 101 the client did not ask for (RFC 9110 15.2.2 forbids it): nothing can be
-        // tunnelled, and the socket now speaks an unknown protocol, so it is dropped.
-        pool.metrics.count_error(UpstreamErrorKind::Protocol);
-        tracing::warn!(
-            deployment = %pool.deployment,
-            replica = %replica.addr,
-            "replica switched protocols without being asked"
-        );
-        return pool_error(
-            &pool,
-            ctx.deployment_header,
-            StatusCode::BAD_GATEWAY,
-            format!(
-                "deployment {:?} replica {} switched protocols without being asked",
-                pool.deployment, replica.addr
-            ),
-        );
+        // The socket now speaks an unknown protocol: dropped with the response.
+        return Err(ForwardError::UnaskedSwitch {
+            pool: in_flight.pool.clone(),
+            replica: in_flight.replica.addr,
+        });
     }
 
-    let m = &pool.metrics;
+    let m = &in_flight.pool.metrics;
     m.first_byte.observe(started.elapsed().as_secs_f64());
     m.count_response(response.status());
     let (mut parts, body) = response.into_parts();
     // Answer in the client's protocol version, whatever the replica spoke.
     parts.version = client_version;
     if ctx.deployment_header {
-        parts
-            .headers
-            .insert(&headers::X_SWITCHYARD_DEPLOYMENT, pool.header_value.clone());
+        parts.headers.insert(
+            &headers::X_SWITCHYARD_DEPLOYMENT,
+            in_flight.pool.header_value.clone(),
+        );
     }
 
     if parts.status == StatusCode::SWITCHING_PROTOCOLS {
         return match (client_upgrade, body.into_upgraded()) {
             (Some(client_upgrade), Some(upstream)) => {
                 tokio::spawn(tunnel(client_upgrade, upstream, in_flight));
-                Response::from_parts(parts, ProxyBody::empty())
+                Ok(Response::from_parts(parts, ProxyBody::empty()))
             }
             // The request body was still uploading: the socket cannot change protocols.
-            _ => pool_error(
-                &pool,
-                ctx.deployment_header,
-                StatusCode::BAD_GATEWAY,
-                format!(
-                    "deployment {:?} replica {} switched protocols before the request body was sent",
-                    pool.deployment, replica.addr
-                ),
-            ),
+            _ => Err(ForwardError::SwitchedEarly {
+                pool: in_flight.pool.clone(),
+                replica: in_flight.replica.addr,
+            }),
         };
     }
     headers::strip_hop_by_hop(&mut parts.headers, false);
+    let cfg = &ctx.upstream;
     let body = UpstreamBody::new(
         body,
         in_flight,
         cfg.pool_max_idle_per_replica,
         cfg.body_idle_timeout,
     );
-    Response::from_parts(parts, ProxyBody::Upstream(body))
+    Ok(Response::from_parts(parts, ProxyBody::Upstream(body)))
 }
 
 /// The Host the client addressed: the `Host` header (HTTP/1.1) or the URI authority (HTTP/2).
@@ -343,8 +395,8 @@ async fn tunnel(
         Ok(c) => c,
         Err(e) => {
             tracing::warn!(
-                deployment = %in_flight.pool.deployment,
-                error = %e,
+                deployment = field::display(&in_flight.pool.deployment),
+                error = field::display(e),
                 "protocol upgrade did not complete"
             );
             return;
@@ -354,12 +406,20 @@ async fn tunnel(
     // Bytes of the new protocol the replica sent right behind its 101.
     if !early.is_empty() {
         if let Err(e) = client.write_all(&early).await {
-            tracing::debug!(deployment = %in_flight.pool.deployment, error = %e, "upgraded connection closed");
+            tracing::debug!(
+                deployment = field::display(&in_flight.pool.deployment),
+                error = field::display(e),
+                "upgraded connection closed"
+            );
             return;
         }
     }
     if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
-        tracing::debug!(deployment = %in_flight.pool.deployment, error = %e, "upgraded connection closed");
+        tracing::debug!(
+            deployment = field::display(&in_flight.pool.deployment),
+            error = field::display(e),
+            "upgraded connection closed"
+        );
     }
     drop(in_flight);
 }
@@ -374,16 +434,5 @@ pub fn local(status: StatusCode, message: impl Into<String>) -> Response<ProxyBo
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
-    resp
-}
-
-/// An error response on behalf of a deployment: counted in its metrics, and tagged with it.
-fn pool_error(pool: &Pool, tag: bool, status: StatusCode, message: String) -> Response<ProxyBody> {
-    pool.metrics.count_response(status);
-    let mut resp = local(status, message);
-    if tag {
-        resp.headers_mut()
-            .insert(&headers::X_SWITCHYARD_DEPLOYMENT, pool.header_value.clone());
-    }
     resp
 }

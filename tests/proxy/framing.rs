@@ -298,3 +298,53 @@ async fn a_pooled_connection_the_replica_closed_while_idle_is_not_used() {
     assert_eq!(conns.load(Ordering::SeqCst), 3);
     proxy.shutdown().await;
 }
+
+#[tokio::test]
+async fn framing_hyper_would_refuse_is_not_passed_on() {
+    // A Content-Length that `str::trim` would have read as 5 (U+00A0 after the digit): a 502.
+    let (addr, _) =
+        raw_replica(|_, _| reply(b"HTTP/1.1 200 OK\r\ncontent-length: 5\xc2\xa0\r\n\r\nhello"))
+            .await;
+    let proxy = start(settings(spec(&[("v1", vec![addr], 100)])));
+    let got = get(proxy.listen_addr, "/").await;
+    assert_eq!(got.status, 502);
+    let text = got.text();
+    assert!(text.contains(&addr.to_string()), "{text}");
+    assert!(text.contains("invalid Content-Length"), "{text}");
+    proxy.shutdown().await;
+
+    // A chunk-size line ending in a bare LF: the body is cut, and the connection not reused.
+    let (addr, conns) = raw_replica(|n, _| {
+        if n == 0 {
+            reply(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\nhello\r\n0\r\n\r\n")
+        } else {
+            reply(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+        }
+    })
+    .await;
+    let mut s = settings(spec(&[("v1", vec![addr], 100)]));
+    s.workers = 1;
+    let proxy = start(s);
+    let mut c = h1(proxy.listen_addr).await;
+    let request = Request::get("/")
+        .header("host", "m.local")
+        .body(empty())
+        .unwrap();
+    // The error may come before hyper flushed the head (the whole reply arrived in one read):
+    // either way the client sees a broken response, never a body framed differently.
+    if let Ok(resp) = c.send_request(request).await {
+        assert_eq!(resp.status(), 200);
+        let body = tokio::time::timeout(Duration::from_secs(5), resp.into_body().collect())
+            .await
+            .expect("the broken body ends at once");
+        assert!(body.is_err(), "a bare LF in chunk framing breaks the body");
+    }
+    let got = get(proxy.listen_addr, "/").await;
+    assert_eq!((got.status.as_u16(), got.text().as_str()), (200, "ok"));
+    assert_eq!(
+        conns.load(Ordering::SeqCst),
+        2,
+        "the broken connection was reused"
+    );
+    proxy.shutdown().await;
+}

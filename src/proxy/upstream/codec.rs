@@ -1,15 +1,22 @@
-//! HTTP/1.1 to a replica, without I/O: request heads out, response heads and chunked bodies
-//! in (RFC 9112). The connection code in `conn.rs` moves the bytes.
+//! HTTP/1.1 to a replica, without I/O: request heads out, response heads and bodies (by length,
+//! chunked or until close) in (RFC 9112). The connection code in `conn.rs` moves the bytes.
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode, Version};
+use http_body::{Frame, SizeHint};
 
 /// Response heads larger than this are refused (hyper's client allows ~400 kB; inference
 /// replicas send a few hundred bytes).
 pub const MAX_HEAD: usize = 64 * 1024;
 /// Header lines per response head or trailer section.
 const MAX_HEADERS: usize = 128;
+/// A replica may send this many 1xx heads before its response; more is a loop.
+pub const MAX_INTERIM: u32 = 16;
+/// Chunk extension bytes per body (hyper's limit): extensions are ignored, but not unbounded.
+const MAX_EXTENSION_BYTES: usize = 16 * 1024;
+/// The largest Content-Length taken (hyper's: it keeps the two values above for itself).
+const MAX_CONTENT_LENGTH: u64 = u64::MAX - 2;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ProtocolError {
@@ -25,6 +32,8 @@ pub enum ProtocolError {
     Chunked(&'static str),
     #[error("malformed trailers: {0}")]
     Trailers(httparse::Error),
+    #[error("more than {MAX_INTERIM} interim (1xx) responses")]
+    TooManyInterim,
 }
 
 /// How the request body is framed on the wire.
@@ -193,6 +202,27 @@ pub fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Parsed, Protoco
     }))
 }
 
+/// Parses heads off the front of `buf` until the final (non-1xx, or 101) one, skipping at most
+/// [`MAX_INTERIM`] interim heads over the whole response (`interim` counts them across calls).
+/// `None`: not a whole final head yet, read more.
+pub fn parse_final_head(
+    buf: &mut BytesMut,
+    method: &Method,
+    interim: &mut u32,
+) -> Result<Option<Head>, ProtocolError> {
+    while !buf.is_empty() {
+        match parse_head(buf, method)? {
+            Parsed::Head(head) => return Ok(Some(head)),
+            Parsed::Interim if *interim >= MAX_INTERIM => {
+                return Err(ProtocolError::TooManyInterim)
+            }
+            Parsed::Interim => *interim += 1,
+            Parsed::Partial => break,
+        }
+    }
+    Ok(None)
+}
+
 /// The body framing, and whether the connection can be reused after it.
 fn framing(
     headers: &HeaderMap,
@@ -228,24 +258,57 @@ fn framing(
     if !has_length {
         return Ok((BodyFraming::UntilClose, false));
     }
+    let length = content_length(headers)?;
+    Ok((BodyFraming::Length(length), true))
+}
+
+/// The Content-Length, as hyper's client reads it: every value (and every comma-separated part
+/// of one) visible ASCII, digits only between optional spaces and tabs, all equal, and at most
+/// [`MAX_CONTENT_LENGTH`].
+fn content_length(headers: &HeaderMap) -> Result<u64, ProtocolError> {
     let mut length: Option<u64> = None;
     for v in headers.get_all(header::CONTENT_LENGTH) {
-        for part in v.as_bytes().split(|b| *b == b',') {
-            let text = std::str::from_utf8(part).unwrap_or("").trim();
+        let invalid = || ProtocolError::ContentLength(String::from_utf8_lossy(v.as_bytes()).into());
+        let bytes = v.as_bytes();
+        // `HeaderValue::to_str`'s rule: obs-text is no length, not even around digits.
+        if !bytes
+            .iter()
+            .all(|&b| b == b'\t' || (b' '..=b'~').contains(&b))
+        {
+            return Err(invalid());
+        }
+        for part in bytes.split(|b| *b == b',') {
             // Digits only: `u64::from_str` would also take a leading `+`.
-            let digits = !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit());
-            let n: u64 = (if digits { text } else { "x" }).parse().map_err(|_| {
-                ProtocolError::ContentLength(String::from_utf8_lossy(v.as_bytes()).into())
-            })?;
-            if length.is_some_and(|l| l != n) {
-                return Err(ProtocolError::ContentLength(
-                    String::from_utf8_lossy(v.as_bytes()).into(),
-                ));
+            let n = decimal(trim_ows(part)).ok_or_else(invalid)?;
+            if length.is_some_and(|l| l != n) || n > MAX_CONTENT_LENGTH {
+                return Err(invalid());
             }
             length = Some(n);
         }
     }
-    Ok((BodyFraming::Length(length.unwrap_or(0)), true))
+    length.ok_or(ProtocolError::ContentLength(String::new()))
+}
+
+/// A non-empty run of decimal digits that fits a `u64`.
+fn decimal(digits: &[u8]) -> Option<u64> {
+    if digits.is_empty() {
+        return None;
+    }
+    digits.iter().try_fold(0u64, |n, &b| {
+        let d = (b as char).to_digit(10)?;
+        n.checked_mul(10)?.checked_add(u64::from(d))
+    })
+}
+
+/// Drops spaces and tabs (optional whitespace) at both ends.
+fn trim_ows(mut s: &[u8]) -> &[u8] {
+    while let [b' ' | b'\t', rest @ ..] = s {
+        s = rest;
+    }
+    while let [rest @ .., b' ' | b'\t'] = s {
+        s = rest;
+    }
+    s
 }
 
 fn keep_alive(headers: &HeaderMap, version: Version) -> bool {
@@ -267,96 +330,283 @@ pub enum Chunk {
     /// More bytes are needed.
     NeedMore,
     Data(Bytes),
-    /// The last chunk and its trailers (possibly empty): the body is complete.
+    /// The last chunk and its trailers (if the body had a trailer section): the body is
+    /// complete.
     End(Option<HeaderMap>),
 }
 
-/// Incremental decoder of a chunked body (RFC 9112 section 7.1).
-#[derive(Debug, Default)]
-pub struct ChunkedDecoder {
-    /// Bytes left in the current chunk's data, then its CRLF.
-    remaining: u64,
-    in_data: bool,
+/// Where a [`ChunkedDecoder`] is in the body. These are the states of hyper's client decoder
+/// (`proto/h1/decode.rs`), so that both accept and refuse the same bytes: CRLF everywhere (a
+/// bare LF is refused), whitespace only after the size digits, extensions up to CR.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+enum ChunkedState {
+    /// A chunk size starts: a hex digit must come.
+    #[default]
+    Start,
+    /// In the size: more hex digits, then spaces or tabs, `;` or CR.
+    Size,
+    /// Whitespace after the size: more of it, `;` or CR.
+    SizeLws,
+    /// In chunk extensions, which are ignored: anything but LF, up to CR.
+    Extension,
+    /// The size line's CR was seen: LF must follow.
+    SizeLf,
+    /// In chunk data: `size` bytes left.
+    Data,
+    /// After chunk data: CR, then LF.
+    DataCr,
+    DataLf,
+    /// After the last chunk's size line, and after each trailer line: CR ends the body,
+    /// anything else starts a trailer line.
+    EndCr,
+    /// In a trailer line, up to CR.
+    Trailer,
+    TrailerLf,
+    /// The final CR was seen: LF must follow.
+    EndLf,
+    /// The body is complete.
+    End,
 }
 
-/// Size lines longer than this (with extensions) are refused.
-const MAX_SIZE_LINE: usize = 4096;
+/// Incremental decoder of a chunked body (RFC 9112 section 7.1), byte-compatible with hyper's
+/// client. Chunk data is handed on without copying; only trailers are collected.
+#[derive(Debug, Default)]
+pub struct ChunkedDecoder {
+    state: ChunkedState,
+    /// The size being read, then the bytes left of the chunk's data.
+    size: u64,
+    /// Extension bytes seen in the whole body.
+    extension_bytes: usize,
+    /// The trailer section as received (lines with their CRLF), once one started.
+    trailers: Option<BytesMut>,
+    trailer_lines: usize,
+}
+
+fn chunked(what: &'static str) -> ProtocolError {
+    ProtocolError::Chunked(what)
+}
 
 impl ChunkedDecoder {
-    /// Decodes from the front of `buf`, consuming what it uses.
+    /// Decodes from the front of `buf`, consuming what it uses. Bytes after the body stay.
     pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Chunk, ProtocolError> {
+        use ChunkedState::*;
         loop {
-            if self.in_data {
-                if self.remaining > 0 {
-                    if buf.is_empty() {
-                        return Ok(Chunk::NeedMore);
+            match self.state {
+                Data if buf.is_empty() => return Ok(Chunk::NeedMore),
+                Data => {
+                    let n = self.size.min(buf.len() as u64);
+                    self.size -= n;
+                    if self.size == 0 {
+                        self.state = DataCr;
                     }
-                    let n = (self.remaining.min(buf.len() as u64)) as usize;
-                    self.remaining -= n as u64;
-                    return Ok(Chunk::Data(buf.split_to(n).freeze()));
+                    return Ok(Chunk::Data(buf.split_to(n as usize).freeze()));
                 }
-                if buf.len() < 2 {
-                    return Ok(Chunk::NeedMore);
-                }
-                if &buf[..2] != b"\r\n" {
-                    return Err(ProtocolError::Chunked("chunk data not followed by CRLF"));
-                }
-                let _ = buf.split_to(2);
-                self.in_data = false;
-                continue;
+                // The trailers go with the first `End`; any later call gets none.
+                End => return self.end(),
+                _ => {}
             }
-            let Some(eol) = buf.iter().position(|b| *b == b'\n') else {
-                if buf.len() > MAX_SIZE_LINE {
-                    return Err(ProtocolError::Chunked("chunk size line too long"));
-                }
+            // Everything else goes a byte at a time: size lines, CRLFs and trailers are short.
+            let Some(&b) = buf.first() else {
                 return Ok(Chunk::NeedMore);
             };
-            let line = &buf[..eol];
-            let line = line.strip_suffix(b"\r").unwrap_or(line);
-            let digits = line.split(|b| *b == b';').next().unwrap_or(b"");
-            let digits = std::str::from_utf8(digits)
-                .map_err(|_| ProtocolError::Chunked("chunk size is not hex"))?
-                .trim_matches([' ', '\t']);
-            if digits.is_empty()
-                || digits.len() > 16
-                || !digits.bytes().all(|b| b.is_ascii_hexdigit())
-            {
-                return Err(ProtocolError::Chunked("chunk size is not hex"));
-            }
-            let size = u64::from_str_radix(digits, 16)
-                .map_err(|_| ProtocolError::Chunked("chunk size is not hex"))?;
-            if size == 0 {
-                // Last chunk: trailer section up to an empty line.
-                let rest = &buf[eol + 1..];
-                if rest.starts_with(b"\r\n") || rest.starts_with(b"\n") {
-                    let skip = eol + 1 + if rest[0] == b'\r' { 2 } else { 1 };
-                    let _ = buf.split_to(skip);
-                    return Ok(Chunk::End(None));
+            let next = match (self.state, b) {
+                (Start, _) => {
+                    self.size = hex_digit(b).ok_or(chunked("chunk size is not hex"))?;
+                    Size
                 }
-                let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-                return match httparse::parse_headers(rest, &mut slots) {
-                    Ok(httparse::Status::Complete((used, parsed))) => {
-                        let mut trailers = HeaderMap::with_capacity(parsed.len());
-                        for h in parsed.iter() {
-                            let name = HeaderName::from_bytes(h.name.as_bytes())
-                                .map_err(|_| ProtocolError::Header(h.name.to_owned()))?;
-                            let value = HeaderValue::from_bytes(h.value)
-                                .map_err(|_| ProtocolError::Header(h.name.to_owned()))?;
-                            trailers.append(name, value);
-                        }
-                        let _ = buf.split_to(eol + 1 + used);
-                        Ok(Chunk::End(Some(trailers)))
+                (Size, b' ' | b'\t') | (SizeLws, b' ' | b'\t') => SizeLws,
+                (Size | SizeLws, b';') => Extension,
+                (Size | SizeLws | Extension, b'\r') => SizeLf,
+                (Size | SizeLws, b'\n') => {
+                    return Err(chunked("chunk size line ends in a bare LF"))
+                }
+                (Size, _) => {
+                    let digit = hex_digit(b).ok_or(chunked("chunk size is not hex"))?;
+                    self.size = self
+                        .size
+                        .checked_mul(16)
+                        .and_then(|n| n.checked_add(digit))
+                        .ok_or(chunked("chunk size overflows"))?;
+                    Size
+                }
+                (SizeLws, _) => return Err(chunked("chunk size followed by whitespace and more")),
+                (Extension, b'\n') => return Err(chunked("chunk extension ends in a bare LF")),
+                (Extension, _) => {
+                    self.extension_bytes += 1;
+                    if self.extension_bytes >= MAX_EXTENSION_BYTES {
+                        return Err(chunked("chunk extensions too long"));
                     }
-                    Ok(httparse::Status::Partial) if rest.len() > MAX_HEAD => {
-                        Err(ProtocolError::Chunked("trailer section too large"))
+                    Extension
+                }
+                (SizeLf, b'\n') if self.size == 0 => EndCr,
+                (SizeLf, b'\n') => Data,
+                (SizeLf, _) => return Err(chunked("chunk size line not ended by CRLF")),
+                (DataCr, b'\r') => DataLf,
+                (DataLf, b'\n') => Start,
+                (DataCr | DataLf, _) => return Err(chunked("chunk data not followed by CRLF")),
+                (EndCr, b'\r') => {
+                    self.push_trailer_byte(b, false)?;
+                    EndLf
+                }
+                (EndCr, _) => {
+                    self.push_trailer_byte(b, true)?;
+                    Trailer
+                }
+                (Trailer, b'\r') => {
+                    self.push_trailer_byte(b, true)?;
+                    TrailerLf
+                }
+                (Trailer, _) => {
+                    self.push_trailer_byte(b, true)?;
+                    Trailer
+                }
+                (TrailerLf, b'\n') => {
+                    if self.trailer_lines >= MAX_HEADERS {
+                        return Err(chunked("too many trailer lines"));
                     }
-                    Ok(httparse::Status::Partial) => Ok(Chunk::NeedMore),
-                    Err(e) => Err(ProtocolError::Trailers(e)),
-                };
+                    self.trailer_lines += 1;
+                    self.push_trailer_byte(b, true)?;
+                    EndCr
+                }
+                (TrailerLf, _) => return Err(chunked("trailer line not ended by CRLF")),
+                (EndLf, b'\n') => {
+                    self.push_trailer_byte(b, false)?;
+                    End
+                }
+                (EndLf, _) => return Err(chunked("chunked body not ended by CRLF")),
+                // Handled above, without taking a byte.
+                (Data | End, _) => continue,
+            };
+            buf.advance(1);
+            self.state = next;
+        }
+    }
+
+    /// Adds a byte to the trailer section; `start` begins one if there is none yet.
+    fn push_trailer_byte(&mut self, b: u8, start: bool) -> Result<(), ProtocolError> {
+        let section = match (&mut self.trailers, start) {
+            (Some(section), _) => section,
+            (None, true) => self.trailers.insert(BytesMut::with_capacity(64)),
+            (None, false) => return Ok(()),
+        };
+        section.extend_from_slice(&[b]);
+        if section.len() >= MAX_HEAD {
+            return Err(chunked("trailer section too large"));
+        }
+        Ok(())
+    }
+
+    /// The body ended: its trailers, parsed as hyper does (one field per CRLF-ended line).
+    fn end(&mut self) -> Result<Chunk, ProtocolError> {
+        let Some(section) = self.trailers.take() else {
+            return Ok(Chunk::End(None));
+        };
+        let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let slots = &mut slots[..self.trailer_lines.min(MAX_HEADERS)];
+        match httparse::parse_headers(&section, slots) {
+            Ok(httparse::Status::Complete((_, parsed))) => {
+                let mut trailers = HeaderMap::with_capacity(parsed.len());
+                for h in parsed.iter() {
+                    let name = HeaderName::from_bytes(h.name.as_bytes())
+                        .map_err(|_| ProtocolError::Header(h.name.to_owned()))?;
+                    let value = HeaderValue::from_bytes(h.value)
+                        .map_err(|_| ProtocolError::Header(h.name.to_owned()))?;
+                    trailers.append(name, value);
+                }
+                Ok(Chunk::End(Some(trailers)))
             }
-            let _ = buf.split_to(eol + 1);
-            self.remaining = size;
-            self.in_data = true;
+            Ok(httparse::Status::Partial) => Err(chunked("trailer section incomplete")),
+            Err(e) => Err(ProtocolError::Trailers(e)),
+        }
+    }
+}
+
+/// The value of a hex digit.
+fn hex_digit(b: u8) -> Option<u64> {
+    (b as char).to_digit(16).map(u64::from)
+}
+
+/// A response body as its framing delimits it, decoded from bytes already read (no I/O).
+#[derive(Debug)]
+pub enum BodyDecoder {
+    /// Bytes left of a Content-Length body (never 0: that is `Done`).
+    Length(u64),
+    Chunked(ChunkedDecoder),
+    /// Everything until the replica closes the connection.
+    UntilClose,
+    /// The body ended, or there was none.
+    Done,
+}
+
+/// What a [`BodyDecoder`] produced.
+#[derive(Debug)]
+pub enum Decoded {
+    /// A piece of data, or the trailers (which end the body).
+    Frame(Frame<Bytes>),
+    /// More bytes are needed.
+    NeedMore,
+    /// The body is complete.
+    End,
+}
+
+impl BodyDecoder {
+    pub fn new(framing: BodyFraming) -> Self {
+        match framing {
+            BodyFraming::Empty | BodyFraming::Length(0) => BodyDecoder::Done,
+            BodyFraming::Length(n) => BodyDecoder::Length(n),
+            BodyFraming::Chunked => BodyDecoder::Chunked(ChunkedDecoder::default()),
+            BodyFraming::UntilClose => BodyDecoder::UntilClose,
+        }
+    }
+
+    /// Takes the next piece of the body off the front of `buf`; bytes after the body stay.
+    pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Decoded, ProtocolError> {
+        let frame = match self {
+            BodyDecoder::Done => return Ok(Decoded::End),
+            _ if buf.is_empty() => return Ok(Decoded::NeedMore),
+            BodyDecoder::Length(left) => {
+                let n = (*left).min(buf.len() as u64);
+                *left -= n;
+                if *left == 0 {
+                    *self = BodyDecoder::Done;
+                }
+                Frame::data(buf.split_to(n as usize).freeze())
+            }
+            BodyDecoder::UntilClose => Frame::data(buf.split().freeze()),
+            BodyDecoder::Chunked(decoder) => match decoder.decode(buf)? {
+                Chunk::NeedMore => return Ok(Decoded::NeedMore),
+                Chunk::Data(data) => Frame::data(data),
+                Chunk::End(trailers) => {
+                    *self = BodyDecoder::Done;
+                    match trailers {
+                        Some(t) => Frame::trailers(t),
+                        None => return Ok(Decoded::End),
+                    }
+                }
+            },
+        };
+        Ok(Decoded::Frame(frame))
+    }
+
+    /// The replica closed the connection: true when that ends the body (it ended already, or
+    /// it is delimited by the close), false when the body was cut short.
+    pub fn close(&mut self) -> bool {
+        let ended = matches!(self, BodyDecoder::Done | BodyDecoder::UntilClose);
+        if ended {
+            *self = BodyDecoder::Done;
+        }
+        ended
+    }
+
+    pub fn is_done(&self) -> bool {
+        matches!(self, BodyDecoder::Done)
+    }
+
+    pub fn size_hint(&self) -> SizeHint {
+        match self {
+            BodyDecoder::Length(n) => SizeHint::with_exact(*n),
+            BodyDecoder::Done => SizeHint::with_exact(0),
+            _ => SizeHint::default(),
         }
     }
 }
@@ -540,10 +790,11 @@ mod tests {
             ),
             Err(ProtocolError::ContentLength(_))
         ));
-        assert!(matches!(
-            head(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n", Method::GET),
-            Ok(Parsed::Head(h)) if h.framing == BodyFraming::Length(5)
-        ));
+        let twice = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n";
+        assert_eq!(
+            must_head(twice, Method::GET).framing,
+            BodyFraming::Length(5)
+        );
         assert!(matches!(
             head(b"HTTP/1.1 2x0 OK\r\n\r\n", Method::GET),
             Err(ProtocolError::Head(_))
@@ -569,6 +820,9 @@ mod tests {
         );
     }
 
+    /// What [`decode_in_steps`] answers when the decoder wants more than the whole body.
+    const INCOMPLETE: ProtocolError = ProtocolError::Chunked("test: the body never ended");
+
     /// Feeds `wire` to a decoder `step` bytes at a time; returns the data and trailers.
     fn decode_in_steps(
         wire: &[u8],
@@ -582,8 +836,8 @@ mod tests {
             match d.decode(&mut buf)? {
                 Chunk::Data(b) => data.extend_from_slice(&b),
                 Chunk::End(t) => return Ok((data, t, buf.len())),
+                Chunk::NeedMore if fed == wire.len() => return Err(INCOMPLETE),
                 Chunk::NeedMore => {
-                    assert!(fed < wire.len(), "decoder wants more than the whole body");
                     let end = (fed + step).min(wire.len());
                     buf.extend_from_slice(&wire[fed..end]);
                     fed = end;
@@ -620,5 +874,154 @@ mod tests {
         assert!(decode_in_steps(b"zz\r\nabc\r\n0\r\n\r\n", 100).is_err());
         assert!(decode_in_steps(b"3\r\nabcX\r\n0\r\n\r\n", 100).is_err());
         assert!(decode_in_steps(b"fffffffffffffffff\r\n", 100).is_err());
+    }
+
+    // Regression tests for what the differential test against hyper's client
+    // (`differential.rs`) found the codec accepting or refusing where hyper does the opposite.
+    // Each decodes a whole body in one piece and a byte at a time.
+
+    /// Decodes `wire` as a chunked body, whole and a byte at a time; both must agree.
+    fn chunked_body(wire: &[u8]) -> Result<(Vec<u8>, Option<HeaderMap>), ProtocolError> {
+        let whole = decode_in_steps(wire, wire.len().max(1)).map(|(d, t, _)| (d, t));
+        let bytewise = decode_in_steps(wire, 1).map(|(d, t, _)| (d, t));
+        assert_eq!(whole, bytewise, "{:?}", String::from_utf8_lossy(wire));
+        whole
+    }
+
+    #[test]
+    fn a_chunk_size_line_ending_in_a_bare_lf_is_refused() {
+        let bare_lf = Err(ProtocolError::Chunked("chunk size line ends in a bare LF"));
+        assert_eq!(chunked_body(b"5\nhello\r\n0\r\n\r\n"), bare_lf);
+        assert_eq!(chunked_body(b"5 \nhello\r\n0\r\n\r\n"), bare_lf);
+        assert_eq!(chunked_body(b"0\n\r\n"), bare_lf);
+        assert_eq!(
+            chunked_body(b"5;name=value\nhello\r\n0\r\n\r\n"),
+            Err(ProtocolError::Chunked("chunk extension ends in a bare LF"))
+        );
+        assert_eq!(
+            chunked_body(b"5\r\nhello\n0\r\n\r\n"),
+            Err(ProtocolError::Chunked("chunk data not followed by CRLF"))
+        );
+    }
+
+    #[test]
+    fn a_lone_cr_in_a_chunk_size_line_is_refused() {
+        let not_crlf = Err(ProtocolError::Chunked("chunk size line not ended by CRLF"));
+        assert_eq!(chunked_body(b"5;x\ry\r\nhello\r\n0\r\n\r\n"), not_crlf);
+        assert_eq!(chunked_body(b"5\r\r\nhello\r\n0\r\n\r\n"), not_crlf);
+        assert_eq!(chunked_body(b"0;name\r \n\r\n"), not_crlf);
+    }
+
+    #[test]
+    fn whitespace_may_follow_a_chunk_size_but_not_precede_or_split_it() {
+        assert_eq!(
+            chunked_body(b"5 \t ;ext\r\nhello\r\n0\t\r\n\r\n").unwrap(),
+            (b"hello".to_vec(), None)
+        );
+        assert_eq!(
+            chunked_body(b" 5\r\nhello\r\n0\r\n\r\n"),
+            Err(ProtocolError::Chunked("chunk size is not hex"))
+        );
+        assert_eq!(
+            chunked_body(b"5 5\r\nhello\r\n0\r\n\r\n"),
+            Err(ProtocolError::Chunked(
+                "chunk size followed by whitespace and more"
+            ))
+        );
+    }
+
+    #[test]
+    fn chunk_sizes_may_carry_any_number_of_leading_zeros_but_not_overflow() {
+        assert_eq!(
+            chunked_body(b"000000000000000000005\r\nhello\r\n00000000000000000000\r\n\r\n")
+                .unwrap(),
+            (b"hello".to_vec(), None)
+        );
+        let overflow = Err(ProtocolError::Chunked("chunk size overflows"));
+        assert_eq!(chunked_body(b"10000000000000000\r\n"), overflow);
+        assert_eq!(chunked_body(b"fffffffffffffffff\r\n"), overflow);
+        // The largest size is a size: the body then ends too early.
+        assert_eq!(chunked_body(b"ffffffffffffffff\r\nabc"), Err(INCOMPLETE));
+    }
+
+    #[test]
+    fn chunk_extensions_are_limited_per_body_not_per_line() {
+        // One 10 kB extension is fine (the old 4 kB line limit refused it; hyper takes it)...
+        let mut wire = format!("5;{}\r\nhello\r\n0\r\n\r\n", "e".repeat(10_000));
+        assert_eq!(chunked_body(wire.as_bytes()).unwrap().0, b"hello");
+        // ...but 16 KiB of them in one body is not.
+        wire = format!("1;{}\r\na\r\n", "e".repeat(9_000)).repeat(2) + "0\r\n\r\n";
+        assert_eq!(
+            chunked_body(wire.as_bytes()),
+            Err(ProtocolError::Chunked("chunk extensions too long"))
+        );
+    }
+
+    #[test]
+    fn trailer_lines_and_the_end_of_a_chunked_body_need_crlf() {
+        // A bare LF inside the trailer section: hyper counts fields by CRLF, so two fields on
+        // one CRLF line are one field too many.
+        assert_eq!(
+            chunked_body(b"0\r\nx-a: 1\nx-b: 2\r\n\r\n"),
+            Err(ProtocolError::Trailers(httparse::Error::TooManyHeaders))
+        );
+        assert_eq!(
+            chunked_body(b"0\r\nx-a: 1\rx\r\n\r\n"),
+            Err(ProtocolError::Chunked("trailer line not ended by CRLF"))
+        );
+        // The empty line ending the body must be CRLF: a bare LF starts a trailer line.
+        assert_eq!(chunked_body(b"0\r\n\n"), Err(INCOMPLETE));
+        assert_eq!(chunked_body(b"0\r\nx-a: 1\r\n\n"), Err(INCOMPLETE));
+        assert_eq!(
+            chunked_body(b"0\r\n\rx"),
+            Err(ProtocolError::Chunked("chunked body not ended by CRLF"))
+        );
+        let (_, trailers) = chunked_body(b"0\r\nx-a: 1\r\nx-b: 2\r\n\r\n").unwrap();
+        let trailers = trailers.unwrap();
+        assert_eq!(trailers["x-a"], "1");
+        assert_eq!(trailers["x-b"], "2");
+    }
+
+    #[test]
+    fn content_length_with_non_ascii_whitespace_is_refused() {
+        // U+00A0 is whitespace to `str::trim`, but not a digit or optional whitespace.
+        for value in ["5\u{a0}", "\u{a0}5", "5, \u{a0}5"] {
+            let wire = format!("HTTP/1.1 200 OK\r\nContent-Length: {value}\r\n\r\nhello");
+            assert!(
+                matches!(
+                    head(wire.as_bytes(), Method::GET),
+                    Err(ProtocolError::ContentLength(_))
+                ),
+                "{value:?}"
+            );
+        }
+        let h = must_head(
+            b"HTTP/1.1 200 OK\r\nContent-Length: \t5 , 5\t\r\n\r\nhello",
+            Method::GET,
+        );
+        assert_eq!(h.framing, BodyFraming::Length(5));
+    }
+
+    #[test]
+    fn content_length_above_hypers_maximum_is_refused() {
+        let max = must_head(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 18446744073709551613\r\n\r\n",
+            Method::GET,
+        );
+        assert_eq!(max.framing, BodyFraming::Length(u64::MAX - 2));
+        for too_big in [
+            "18446744073709551614",
+            "18446744073709551615",
+            "18446744073709551616",
+        ] {
+            let wire = format!("HTTP/1.1 200 OK\r\nContent-Length: {too_big}\r\n\r\n");
+            assert!(
+                matches!(
+                    head(wire.as_bytes(), Method::GET),
+                    Err(ProtocolError::ContentLength(_))
+                ),
+                "{too_big}"
+            );
+        }
     }
 }

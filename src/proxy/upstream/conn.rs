@@ -21,16 +21,12 @@ use hyper::body::Incoming;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::codec::{
-    self, BodyFraming, Chunk, ChunkedDecoder, Parsed, ProtocolError, RequestFraming,
-};
+use super::codec::{self, BodyDecoder, Decoded, ProtocolError, RequestFraming};
 
 /// First read of a response: enough for the head and a small body (inference JSON, SSE events).
 const FIRST_READ: usize = 4096;
 /// Reads of a long body grow up to this when they keep filling the buffer.
 const MAX_READ: usize = 64 * 1024;
-/// A replica may send this many 1xx heads before its response; more is a loop.
-const MAX_INTERIM: u32 = 16;
 /// Request body pieces up to this size are copied into one write with their chunk framing.
 const COALESCE: usize = 8 * 1024;
 
@@ -40,8 +36,6 @@ pub enum UpstreamError {
     Protocol(#[from] ProtocolError),
     #[error("connection closed before a response head arrived")]
     ClosedBeforeHead,
-    #[error("more than {MAX_INTERIM} interim (1xx) responses")]
-    TooManyInterim,
     #[error("connection closed before the response body ended")]
     ClosedMidBody,
     #[error("{0}")]
@@ -150,12 +144,10 @@ impl Conn {
         // No head after a failed upload: the upload's error says more than the read's.
         let head = head.map_err(|e| SendError::Failed(upload_failed.take().unwrap_or(e)))?;
 
-        let state = match head.framing {
-            _ if head.status == http::StatusCode::SWITCHING_PROTOCOLS => State::Upgrade,
-            BodyFraming::Empty | BodyFraming::Length(0) => State::Done,
-            BodyFraming::Length(n) => State::Length(n),
-            BodyFraming::Chunked => State::Chunked(ChunkedDecoder::default()),
-            BodyFraming::UntilClose => State::UntilClose,
+        let state = if head.status == http::StatusCode::SWITCHING_PROTOCOLS {
+            State::Upgrade
+        } else {
+            State::Body(BodyDecoder::new(head.framing))
         };
         let mut resp = Response::new(ResponseBody {
             conn: Some(Conn { io, buf }),
@@ -278,18 +270,8 @@ fn poll_head(
     cx: &mut Context<'_>,
 ) -> Poll<Result<codec::Head, UpstreamError>> {
     loop {
-        if !buf.is_empty() {
-            match codec::parse_head(buf, method)? {
-                Parsed::Head(head) => return Poll::Ready(Ok(head)),
-                Parsed::Interim if *interim >= MAX_INTERIM => {
-                    return Poll::Ready(Err(UpstreamError::TooManyInterim));
-                }
-                Parsed::Interim => {
-                    *interim += 1;
-                    continue;
-                }
-                Parsed::Partial => {}
-            }
+        if let Some(head) = codec::parse_final_head(buf, method, interim)? {
+            return Poll::Ready(Ok(head));
         }
         if buf.capacity() - buf.len() < FIRST_READ / 4 {
             buf.reserve(FIRST_READ);
@@ -301,12 +283,9 @@ fn poll_head(
 }
 
 enum State {
-    Length(u64),
-    Chunked(ChunkedDecoder),
-    UntilClose,
+    Body(BodyDecoder),
     /// 101: the body is empty and the socket now carries the new protocol.
     Upgrade,
-    Done,
 }
 
 /// A response body read straight off the replica's socket.
@@ -324,7 +303,7 @@ pub struct ResponseBody {
 impl ResponseBody {
     /// The connection, when the body ended cleanly and the replica allows another request.
     pub fn take_reusable(&mut self) -> Option<Conn> {
-        let done = matches!(self.state, State::Done | State::Length(0));
+        let done = matches!(&self.state, State::Body(body) if body.is_done());
         if !(done && self.reusable && self.upload.is_none()) {
             return None;
         }
@@ -349,7 +328,7 @@ impl ResponseBody {
 
     fn fail(&mut self, e: UpstreamError) -> Poll<Option<Result<Frame<Bytes>, UpstreamError>>> {
         self.conn = None;
-        self.state = State::Done;
+        self.state = State::Body(BodyDecoder::Done);
         self.reusable = false;
         Poll::Ready(Some(Err(e)))
     }
@@ -381,27 +360,15 @@ impl Body for ResponseBody {
             let Some(conn) = this.conn.as_mut() else {
                 return Poll::Ready(None);
             };
+            let State::Body(body) = &mut this.state else {
+                return Poll::Ready(None);
+            };
             let buf = &mut conn.buf;
-            match &mut this.state {
-                State::Done | State::Upgrade | State::Length(0) => return Poll::Ready(None),
-                State::Length(left) if !buf.is_empty() => {
-                    let n = (*left).min(buf.len() as u64);
-                    *left -= n;
-                    return Poll::Ready(Some(Ok(Frame::data(buf.split_to(n as usize).freeze()))));
-                }
-                State::UntilClose if !buf.is_empty() => {
-                    return Poll::Ready(Some(Ok(Frame::data(buf.split().freeze()))));
-                }
-                State::Chunked(decoder) if !buf.is_empty() => match decoder.decode(buf) {
-                    Ok(Chunk::Data(data)) => return Poll::Ready(Some(Ok(Frame::data(data)))),
-                    Ok(Chunk::End(trailers)) => {
-                        this.state = State::Done;
-                        return Poll::Ready(trailers.map(|t| Ok(Frame::trailers(t))));
-                    }
-                    Ok(Chunk::NeedMore) => {}
-                    Err(e) => return this.fail(e.into()),
-                },
-                _ => {}
+            match body.decode(buf) {
+                Ok(Decoded::Frame(frame)) => return Poll::Ready(Some(Ok(frame))),
+                Ok(Decoded::End) => return Poll::Ready(None),
+                Ok(Decoded::NeedMore) => {}
+                Err(e) => return this.fail(e.into()),
             }
             // Nothing usable buffered: read more.
             if buf.capacity() - buf.len() < this.read_size / 4 {
@@ -417,8 +384,7 @@ impl Body for ResponseBody {
                 Err(e) => return this.fail(e.into()),
             };
             if n == 0 {
-                if matches!(this.state, State::UntilClose) {
-                    this.state = State::Done;
+                if body.close() {
                     return Poll::Ready(None);
                 }
                 return this.fail(UpstreamError::ClosedMidBody);
@@ -430,14 +396,16 @@ impl Body for ResponseBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        matches!(self.state, State::Done | State::Upgrade | State::Length(0))
+        match &self.state {
+            State::Body(body) => body.is_done(),
+            State::Upgrade => true,
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        match self.state {
-            State::Length(n) => SizeHint::with_exact(n),
-            State::Done | State::Upgrade => SizeHint::with_exact(0),
-            _ => SizeHint::default(),
+        match &self.state {
+            State::Body(body) => body.size_hint(),
+            State::Upgrade => SizeHint::with_exact(0),
         }
     }
 }

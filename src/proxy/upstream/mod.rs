@@ -2,11 +2,13 @@
 //! thread-local state (each worker runs a current-thread runtime, and every task it spawns
 //! stays on it).
 //!
-//! - [`codec`]: HTTP/1.1 heads and chunked bodies, without I/O.
+//! - [`codec`]: HTTP/1.1 heads and body framing (length, chunked, until close), without I/O.
 //! - [`conn`]: one connection: sends a request, streams the response body.
 
 pub mod codec;
 pub mod conn;
+#[cfg(test)]
+mod differential;
 
 use std::cell::RefCell;
 use std::collections::HashMap;
