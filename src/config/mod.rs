@@ -52,6 +52,9 @@ pub struct UpstreamSettings {
     pub response_header_timeout: Option<Duration>,
     /// Longest silence allowed between two body chunks of a response; `None` waits forever.
     pub body_idle_timeout: Option<Duration>,
+    /// A request body that sends nothing for this long is cut (408), its replica connection
+    /// closed and its slot freed. `None`: never.
+    pub request_body_idle_timeout: Option<Duration>,
     /// Idle upstream connections older than this are closed.
     pub pool_idle_timeout: Duration,
     /// Idle connections kept per replica on each worker.
@@ -69,6 +72,7 @@ impl Default for UpstreamSettings {
             connect_timeout: Duration::from_secs(2),
             response_header_timeout: Some(Duration::from_secs(300)),
             body_idle_timeout: Some(Duration::from_secs(300)),
+            request_body_idle_timeout: Some(Duration::from_secs(30)),
             pool_idle_timeout: Duration::from_secs(30),
             pool_max_idle_per_replica: 256,
             max_connect_attempts: 3,
@@ -188,6 +192,7 @@ struct UpstreamSection {
     connect_timeout_seconds: Option<f64>,
     response_header_timeout_seconds: Option<f64>,
     body_idle_timeout_seconds: Option<f64>,
+    request_body_idle_timeout_seconds: Option<f64>,
     pool_idle_timeout_seconds: Option<f64>,
     pool_max_idle_per_replica: Option<usize>,
     max_connect_attempts: Option<u32>,
@@ -356,6 +361,10 @@ fn from_file(f: FileConfig) -> Result<Settings, ConfigError> {
     }
     if let Some(v) = u.body_idle_timeout_seconds {
         d.body_idle_timeout = optional_seconds("upstream.body_idle_timeout_seconds", v)?;
+    }
+    if let Some(v) = u.request_body_idle_timeout_seconds {
+        d.request_body_idle_timeout =
+            optional_seconds("upstream.request_body_idle_timeout_seconds", v)?;
     }
     if let Some(v) = u.pool_idle_timeout_seconds {
         d.pool_idle_timeout = seconds("upstream.pool_idle_timeout_seconds", v, 0.0, 86_400.0)?;

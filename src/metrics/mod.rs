@@ -25,14 +25,18 @@ pub enum UpstreamErrorKind {
     BodyIdleTimeout,
     /// The upstream closed or broke the connection after the request was sent.
     Protocol,
+    /// The client sent no request body bytes within the request-body idle timeout; the request
+    /// was cut and its replica connection closed.
+    ClientBodyTimeout,
 }
 
 impl UpstreamErrorKind {
-    pub const ALL: [UpstreamErrorKind; 4] = [
+    pub const ALL: [UpstreamErrorKind; 5] = [
         UpstreamErrorKind::Connect,
         UpstreamErrorKind::HeaderTimeout,
         UpstreamErrorKind::BodyIdleTimeout,
         UpstreamErrorKind::Protocol,
+        UpstreamErrorKind::ClientBodyTimeout,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -41,6 +45,7 @@ impl UpstreamErrorKind {
             UpstreamErrorKind::HeaderTimeout => "header_timeout",
             UpstreamErrorKind::BodyIdleTimeout => "body_idle_timeout",
             UpstreamErrorKind::Protocol => "protocol",
+            UpstreamErrorKind::ClientBodyTimeout => "client_body_timeout",
         }
     }
 }
@@ -201,7 +206,7 @@ pub struct PoolMetrics {
     pub duration: Histogram,
     pub first_byte: Histogram,
     pub in_flight: IntGauge,
-    errors: [IntCounter; 4],
+    errors: [IntCounter; 5],
     pub weight: Gauge,
     pub ready_replicas: IntGauge,
     families: Metrics,

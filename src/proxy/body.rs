@@ -99,7 +99,13 @@ impl Body for UpstreamBody {
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
-            Poll::Ready(Some(Err(e @ UpstreamError::ClientBody(_)))) => {
+            Poll::Ready(Some(Err(e))) if e.is_client_body() => {
+                if matches!(e, UpstreamError::ClientBodyTimeout(_)) {
+                    this.in_flight
+                        .pool
+                        .metrics
+                        .count_error(UpstreamErrorKind::ClientBodyTimeout);
+                }
                 // The client's request body broke mid-stream; the replica did nothing wrong.
                 tracing::debug!(
                     deployment = field::display(&this.in_flight.pool.deployment),

@@ -248,7 +248,7 @@ async fn send(
     conn: Conn,
     req: Request<Incoming>,
 ) -> Result<Response<ResponseBody>, Unanswered> {
-    let sent = conn.send(req);
+    let sent = conn.send(req, cfg.request_body_idle_timeout);
     let result = match cfg.response_header_timeout {
         Some(after) => match tokio::time::timeout(after, sent).await {
             Ok(result) => result,
@@ -264,7 +264,7 @@ async fn send(
     };
     result.map_err(|e| match e {
         SendError::NotSent(back, e) => Unanswered::NotSent(back, e),
-        SendError::Failed(error @ UpstreamError::ClientBody(_)) => {
+        SendError::Failed(error) if error.is_client_body() => {
             Unanswered::Failed(ForwardError::ClientBody {
                 pool: pool.clone(),
                 error,

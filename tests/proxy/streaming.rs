@@ -275,3 +275,84 @@ async fn a_request_body_that_breaks_mid_stream_closes_the_replica_connection() {
         .expect("the replica's connection stayed open after the client's body broke");
     proxy.shutdown().await;
 }
+
+/// A client that stops sending its request body partway holds nothing for long: the request is
+/// cut with 408 after the request-body idle timeout, the replica's connection is closed, the
+/// slot is free again, and the metrics say why.
+#[tokio::test]
+async fn a_stalled_request_body_is_cut_and_frees_its_slot() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // The replica reads the whole body before answering, and says when its connection ends.
+    let (closed_tx, mut closed_rx) = mpsc::channel::<()>(1);
+    let up = upstream(move |req| {
+        let closed = closed_tx.clone();
+        async move {
+            let got = req.into_body().collect().await;
+            if got.is_err() {
+                let _ = closed.send(()).await;
+            }
+            Response::new(full("read it all"))
+        }
+    })
+    .await;
+    let mut s = settings(spec(&[("v1", vec![up.addr], 100)]));
+    s.upstream.request_body_idle_timeout = Some(Duration::from_secs(1));
+    let proxy = start(s);
+
+    let mut client = tokio::net::TcpStream::connect(proxy.listen_addr)
+        .await
+        .unwrap();
+    client
+        .write_all(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{",
+        )
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut buf = [0u8; 1024];
+        loop {
+            match client.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => {
+                    answer.extend_from_slice(&buf[..n]);
+                    if answer.windows(4).any(|w| w == b"\r\n\r\n") {
+                        return;
+                    }
+                }
+            }
+        }
+    })
+    .await;
+    assert!(read.is_ok(), "no answer 10 s after the body stalled");
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    // The replica's connection was closed, not left waiting for the rest of the body.
+    tokio::time::timeout(Duration::from_secs(5), closed_rx.recv())
+        .await
+        .expect("the replica's connection stayed open");
+    // Nothing is counted in flight any more, and the metric names the cause.
+    let metrics = admin(proxy.admin_addr, "/metrics").await.1;
+    assert_eq!(
+        sample(
+            &metrics,
+            r#"switchyard_upstream_errors_total{deployment="v1",environment="production",kind="client_body_timeout",model="m"}"#
+        ),
+        Some(1.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        sample(
+            &metrics,
+            r#"switchyard_in_flight_requests{deployment="v1",environment="production",model="m"}"#
+        ),
+        Some(0.0)
+    );
+    proxy.shutdown().await;
+}

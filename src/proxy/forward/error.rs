@@ -73,6 +73,10 @@ impl ForwardError {
     pub(super) fn status(&self) -> StatusCode {
         match self {
             ForwardError::NoRoute(_) => StatusCode::NOT_FOUND,
+            ForwardError::ClientBody {
+                error: UpstreamError::ClientBodyTimeout(_),
+                ..
+            } => StatusCode::REQUEST_TIMEOUT,
             ForwardError::BadRequest(_) | ForwardError::ClientBody { .. } => {
                 StatusCode::BAD_REQUEST
             }
@@ -122,6 +126,16 @@ impl ForwardError {
     pub(super) fn record(&self) {
         if let (Some(pool), Some(kind)) = (self.deployment(), self.kind()) {
             pool.metrics.count_error(kind);
+        }
+        if let ForwardError::ClientBody {
+            pool,
+            error: UpstreamError::ClientBodyTimeout(_),
+        } = self
+        {
+            // Not the replica's fault, but worth seeing: clients holding slots with stalled
+            // uploads.
+            pool.metrics
+                .count_error(UpstreamErrorKind::ClientBodyTimeout);
         }
         match self {
             ForwardError::NoRoute(_)

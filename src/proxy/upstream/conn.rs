@@ -12,6 +12,7 @@ use std::collections::VecDeque;
 use std::io;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
+use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderValue};
@@ -44,6 +45,18 @@ pub enum UpstreamError {
     Send(io::Error),
     #[error("the client's request body failed: {0}")]
     ClientBody(hyper::Error),
+    #[error("the client sent no request body bytes for {0:?}")]
+    ClientBodyTimeout(Duration),
+}
+
+impl UpstreamError {
+    /// The client's doing, not the replica's.
+    pub fn is_client_body(&self) -> bool {
+        matches!(
+            self,
+            UpstreamError::ClientBody(_) | UpstreamError::ClientBodyTimeout(_)
+        )
+    }
 }
 
 /// Why a request did not get a response.
@@ -79,9 +92,11 @@ impl Conn {
     /// Sends the request and waits for the response head; the body streams after. The request
     /// body keeps streaming after the response head arrives (full duplex), driven by the
     /// response body.
+    /// A request body idle for `body_idle` is cut with [`UpstreamError::ClientBodyTimeout`].
     pub async fn send(
         mut self,
         mut req: Request<Incoming>,
+        body_idle: Option<Duration>,
     ) -> Result<Response<ResponseBody>, SendError> {
         if !req.headers().contains_key(header::HOST) {
             // HTTP/1.1 requires Host; an HTTP/1.0 client may have sent none. Name the replica.
@@ -118,8 +133,13 @@ impl Conn {
         self.io.write_all(&head[written..]).await.map_err(fail)?;
         drop(head);
 
-        let mut upload = (framing != RequestFraming::None)
-            .then(|| Upload::new(req.into_body(), framing == RequestFraming::Chunked));
+        let mut upload = (framing != RequestFraming::None).then(|| {
+            Upload::new(
+                req.into_body(),
+                framing == RequestFraming::Chunked,
+                body_idle,
+            )
+        });
         let mut upload_failed = None;
         let mut interim = 0;
         let Conn { mut io, mut buf } = self;
@@ -127,9 +147,7 @@ impl Conn {
             if let Some(up) = upload.as_mut() {
                 match up.poll(&mut io, cx) {
                     Poll::Ready(Ok(())) => upload = None,
-                    Poll::Ready(Err(e @ UpstreamError::ClientBody(_))) => {
-                        return Poll::Ready(Err(e));
-                    }
+                    Poll::Ready(Err(e)) if e.is_client_body() => return Poll::Ready(Err(e)),
                     // The replica stopped reading; it may still have answered.
                     Poll::Ready(Err(e)) => {
                         upload = None;
@@ -193,16 +211,46 @@ struct Upload {
     pending: VecDeque<Bytes>,
     trailers: Option<HeaderMap>,
     ended: bool,
+    idle_timeout: Option<Duration>,
+    /// Armed the first time the client keeps us waiting, reset by each frame it sends.
+    idle: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl Upload {
-    fn new(body: Incoming, chunked: bool) -> Self {
+    fn new(body: Incoming, chunked: bool, idle_timeout: Option<Duration>) -> Self {
         Upload {
             body,
             chunked,
             pending: VecDeque::new(),
             trailers: None,
             ended: false,
+            idle_timeout,
+            idle: None,
+        }
+    }
+
+    /// The client's next frame; an error once it has sent nothing for the idle timeout.
+    fn poll_client(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, UpstreamError>>> {
+        match Pin::new(&mut self.body).poll_frame(cx) {
+            Poll::Ready(frame) => {
+                if let (Some(sleep), Some(t)) = (self.idle.as_mut(), self.idle_timeout) {
+                    sleep.as_mut().reset(tokio::time::Instant::now() + t);
+                }
+                Poll::Ready(frame.map(|f| f.map_err(UpstreamError::ClientBody)))
+            }
+            Poll::Pending => {
+                let Some(t) = self.idle_timeout else {
+                    return Poll::Pending;
+                };
+                let sleep = self
+                    .idle
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(t)));
+                ready!(std::future::Future::poll(sleep.as_mut(), cx));
+                Poll::Ready(Some(Err(UpstreamError::ClientBodyTimeout(t))))
+            }
         }
     }
 
@@ -227,7 +275,7 @@ impl Upload {
             if self.ended {
                 return Poll::Ready(Ok(()));
             }
-            match ready!(Pin::new(&mut self.body).poll_frame(cx)) {
+            match ready!(self.poll_client(cx)) {
                 None => {
                     self.ended = true;
                     if self.chunked {
@@ -235,7 +283,7 @@ impl Upload {
                         self.pending.push_back(Bytes::from(last));
                     }
                 }
-                Some(Err(e)) => return Poll::Ready(Err(UpstreamError::ClientBody(e))),
+                Some(Err(e)) => return Poll::Ready(Err(e)),
                 Some(Ok(frame)) => match frame.into_data() {
                     Ok(data) if data.is_empty() => {}
                     Ok(data) if !self.chunked => self.pending.push_back(data),
