@@ -70,6 +70,19 @@ pub async fn proxy(
         );
         return resp;
     }
+    // RFC 9112 3.2: a request with more than one Host, or an HTTP/1.1 request with none, gets
+    // a 400 (HTTP/2 carries the authority in `:authority`; HTTP/1.0 may omit Host).
+    let hosts = req.headers().get_all(header::HOST).iter().count();
+    if hosts > 1 || (hosts == 0 && req.version() == Version::HTTP_11) {
+        return local(
+            StatusCode::BAD_REQUEST,
+            if hosts > 1 {
+                "more than one Host header"
+            } else {
+                "an HTTP/1.1 request needs a Host header"
+            },
+        );
+    }
     match forward(ctx, conn, req, started).await {
         Ok(resp) => resp,
         Err(e) => e.into_response(ctx.deployment_header),

@@ -166,8 +166,9 @@ pub fn start(settings: Settings) -> RunningProxy {
     switchyard::server::start(settings).unwrap()
 }
 
-/// An HTTP/1.1 client connection.
-pub async fn h1(addr: SocketAddr) -> hyper::client::conn::http1::SendRequest<TestBody> {
+/// An HTTP/1.1 client connection. Like every real client it sends `Host` (HTTP/1.1 requires
+/// it): `test.local` unless the request names one.
+pub async fn h1(addr: SocketAddr) -> H1 {
     let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
@@ -175,7 +176,24 @@ pub async fn h1(addr: SocketAddr) -> hyper::client::conn::http1::SendRequest<Tes
     tokio::spawn(async move {
         let _ = conn.with_upgrades().await;
     });
-    sender
+    H1(sender)
+}
+
+pub struct H1(hyper::client::conn::http1::SendRequest<TestBody>);
+
+impl H1 {
+    pub async fn send_request(
+        &mut self,
+        mut req: Request<TestBody>,
+    ) -> hyper::Result<Response<Incoming>> {
+        if !req.headers().contains_key(http::header::HOST) {
+            req.headers_mut().insert(
+                http::header::HOST,
+                http::HeaderValue::from_static("test.local"),
+            );
+        }
+        self.0.send_request(req).await
+    }
 }
 
 /// An HTTP/2 prior-knowledge (h2c) client connection.
