@@ -5,7 +5,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde_json::{json, Map, Value};
 
 use super::ApiState;
-use crate::rollout::driver::{ControllerError, DeploymentView, EnvironmentView, ModelSummary};
+use crate::rollout::controller::{ControllerError, DeploymentView, EnvironmentView, ModelSummary};
 use crate::rollout::machine::Event;
 
 /// RFC 3339 UTC, seconds precision (civil-from-days, no calendar crate needed for this).

@@ -20,7 +20,7 @@ use crate::channel_body::ChannelBody;
 use hyper::body::Incoming;
 use serde_json::{json, Value};
 
-use crate::rollout::driver::{Controller, ControllerError};
+use crate::rollout::controller::{Controller, ControllerError};
 use crate::rollout::machine::Status;
 
 pub type ApiBody = BoxBody<Bytes, Infallible>;

@@ -93,7 +93,7 @@ async fn wait_for(
     proxy: &RunningProxy,
     what: &str,
     within: Duration,
-    f: impl Fn(&switchyard::rollout::driver::EnvironmentView) -> bool,
+    f: impl Fn(&switchyard::rollout::controller::EnvironmentView) -> bool,
 ) {
     let deadline = Instant::now() + within;
     loop {
