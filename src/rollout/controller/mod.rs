@@ -39,7 +39,7 @@ mod tests;
 
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::{broadcast, Notify};
+use tokio::sync::{broadcast, watch, Notify};
 
 pub use clock::Clock;
 pub use events::EnvironmentEvent;
@@ -64,6 +64,8 @@ pub struct Controller {
     clock: Clock,
     /// When autoscaled environments are sampled next (tokio time).
     autoscale_due: Mutex<Option<tokio::time::Instant>>,
+    /// Counts the run loop's passes: views may have changed after each.
+    passes: watch::Sender<u64>,
 }
 
 impl Controller {
@@ -117,6 +119,7 @@ impl Controller {
             providers,
             clock: Clock::start(),
             autoscale_due: Mutex::new(None),
+            passes: watch::channel(0).0,
         });
         controller.save(&mut controller.lock());
         Ok(controller)

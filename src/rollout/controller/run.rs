@@ -28,6 +28,7 @@ impl Controller {
     pub async fn run(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
         loop {
             let next = self.tick();
+            self.passes.send_modify(|n| *n += 1);
             let deadline = async {
                 match next {
                     Some(at) => tokio::time::sleep_until(at).await,
@@ -43,6 +44,12 @@ impl Controller {
         if let Some(saver) = self.saver.clone() {
             let _ = tokio::task::spawn_blocking(move || saver.flush(FLUSH_TIMEOUT)).await;
         }
+    }
+
+    /// Changes after every pass of the run loop, which follows every provider change, command
+    /// and timer: a view read after a change reflects everything that happened before it.
+    pub fn changed(&self) -> watch::Receiver<u64> {
+        self.passes.subscribe()
     }
 
     /// One pass: tick every running promotion, apply its effects, autoscale when due, rebuild
