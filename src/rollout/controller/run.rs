@@ -123,27 +123,43 @@ impl Controller {
     }
 }
 
+/// How often one pass may tick a promotion again after it changed replica targets.
+const RETICKS: usize = 8;
+
 /// Ticks one environment's running promotion, if any. Returns whether saved state changed.
+///
+/// After a tick that changed replica targets the promotion is observed and ticked again: the
+/// observation is capped at the targets it was taken under, and a provider whose target moves
+/// back and forth before it acts (down a step, then up again on a cancel) reports no change,
+/// so no notification would come to look again.
 fn tick_promotion(
     events: &tokio::sync::broadcast::Sender<super::EnvironmentEvent>,
     m: &mut ModelState,
     ei: usize,
     now: u64,
 ) -> bool {
-    let Some(p) = m.environments[ei].running_promotion() else {
-        return false;
-    };
-    let mut obs = observe(m, &p.previous, &p.candidate);
-    // Autoscaled extras are not rollout progress.
-    obs.candidate_ready = obs.candidate_ready.min(p.machine.candidate_target);
-    obs.previous_ready = obs.previous_ready.min(p.machine.previous_target);
-    let before = p.machine.clone();
-    let Some(p) = m.environments[ei].promotion.as_mut() else {
-        return false;
-    };
-    let fx = p.machine.tick(&obs, now);
-    let changed = p.machine != before || fx != Effects::default();
-    apply(events, m, ei, fx);
+    let mut changed = false;
+    for _ in 0..RETICKS {
+        let Some(p) = m.environments[ei].running_promotion() else {
+            break;
+        };
+        let mut obs = observe(m, &p.previous, &p.candidate);
+        // Autoscaled extras are not rollout progress.
+        obs.candidate_ready = obs.candidate_ready.min(p.machine.candidate_target);
+        obs.previous_ready = obs.previous_ready.min(p.machine.previous_target);
+        let before = p.machine.clone();
+        let Some(p) = m.environments[ei].promotion.as_mut() else {
+            break;
+        };
+        let fx = p.machine.tick(&obs, now);
+        let moved = p.machine != before || fx != Effects::default();
+        let rescaled = fx.candidate_replicas.is_some() || fx.previous_replicas.is_some();
+        apply(events, m, ei, fx);
+        changed |= moved;
+        if !rescaled {
+            break;
+        }
+    }
     changed
 }
 
