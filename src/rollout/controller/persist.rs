@@ -175,7 +175,10 @@ pub(super) fn restore(st: &mut State, saved: Persisted, providers: &Providers) {
 }
 
 /// How long a failed commit waits before it is tried again.
+#[cfg(not(test))]
 const RETRY_AFTER: Duration = Duration::from_secs(1);
+#[cfg(test)]
+const RETRY_AFTER: Duration = Duration::from_millis(20);
 
 /// Commits states to a store from a thread of its own, latest first.
 pub(super) struct Saver {
