@@ -2,7 +2,7 @@
 //! may have changed, and sleep otherwise.
 //!
 //! The controller wakes when a provider's status changes (every provider's change notification
-//! is wired to [`Controller::wake`], including those registered after start), when a command
+//! is wired to the controller's `wake`, including those registered after start), when a command
 //! changed the state, at the earliest deadline a running promotion waits for (stabilization,
 //! ready wait, readiness deadline), and on the autoscaling period while an environment has
 //! autoscaling settings. Nothing else polls.
