@@ -22,7 +22,7 @@ use crate::metrics::Metrics;
 use crate::proxy::client_conn::{self, Protocols};
 use crate::proxy::{forward, tls, ConnInfo, ProxyContext};
 use crate::replicas::ProviderTiming;
-use crate::rollout::driver::Controller;
+use crate::rollout::controller::{Controller, ModelSetup};
 use crate::routing::Router;
 
 #[derive(Debug, thiserror::Error)]
@@ -200,7 +200,7 @@ fn start_control(
     router: Arc<Router>,
     mut stop: watch::Receiver<bool>,
 ) -> Result<(Arc<Controller>, JoinHandle<()>), StartError> {
-    let models = settings.models.clone();
+    let models: Vec<ModelSetup> = settings.models.iter().map(ModelSetup::from).collect();
     let store: Option<Arc<dyn crate::store::Store>> = match &settings.data_dir {
         Some(dir) => Some(Arc::new(crate::store::RedbStore::open(dir).map_err(
             |e| {

@@ -22,9 +22,21 @@ use super::types::{
 };
 use super::{accepts_event_stream, json_response, views, ApiError, ApiPath, ApiState, JsonBody};
 use crate::replicas::ProviderSpec;
-use crate::rollout::driver::ControllerError;
+use crate::rollout::controller::ControllerError;
 
 type ApiResult<T> = Result<axum::Json<T>, ApiError>;
+
+/// A change answers only once the store committed it, so what a 200 reported survives a crash.
+async fn saved(s: &ApiState) -> Result<(), ApiError> {
+    if s.controller.saved(Duration::from_secs(5)).await {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the change is applied but the store did not commit it within 5 s; see the log",
+        ))
+    }
+}
 
 #[derive(OpenApi)]
 #[openapi(
@@ -133,6 +145,7 @@ async fn list_deployments(
         (status = 404, body = ErrorBody),
         (status = 409, body = ErrorBody),
         (status = 413, body = ErrorBody),
+        (status = 503, body = ErrorBody, description = "applied, but the store did not commit it in time"),
     ))]
 async fn create_deployment(
     State(s): State<ApiState>,
@@ -147,6 +160,7 @@ async fn create_deployment(
     }
     let (id, spec) = provider_spec(req).map_err(ApiError::bad_request)?;
     s.controller.add_deployment(&m, &id, spec)?;
+    saved(&s).await?;
     Ok(axum::Json(views::one_deployment(&s, &m, &id)?))
 }
 
@@ -229,6 +243,7 @@ async fn set_active(
     active: bool,
 ) -> ApiResult<SignalPromotionResponse> {
     s.controller.set_active(m, d, active)?;
+    saved(s).await?;
     Ok(axum::Json(SignalPromotionResponse { success: true }))
 }
 
@@ -244,6 +259,7 @@ async fn set_active(
         (status = 404, body = ErrorBody),
         (status = 409, body = ErrorBody),
         (status = 413, body = ErrorBody),
+        (status = 503, body = ErrorBody, description = "applied, but the store did not commit it in time"),
     ))]
 async fn activate_deployment(
     State(s): State<ApiState>,
@@ -266,6 +282,7 @@ async fn activate_deployment(
         (status = 404, body = ErrorBody),
         (status = 409, body = ErrorBody),
         (status = 413, body = ErrorBody),
+        (status = 503, body = ErrorBody, description = "applied, but the store did not commit it in time"),
     ))]
 async fn deactivate_deployment(
     State(s): State<ApiState>,
@@ -328,6 +345,7 @@ async fn get_environment(
         (status = 401, body = ErrorBody),
         (status = 404, body = ErrorBody),
         (status = 413, body = ErrorBody),
+        (status = 503, body = ErrorBody, description = "applied, but the store did not commit it in time"),
     ))]
 async fn update_environment(
     State(s): State<ApiState>,
@@ -340,6 +358,7 @@ async fn update_environment(
     let changed = s
         .controller
         .set_environment_settings(&m, &e, settings, autoscaling)?;
+    saved(&s).await?;
     Ok(axum::Json(UpdateEnvironmentResponse {
         environment: views::environment(&s, &m, &e)?,
         status: if changed {
@@ -369,6 +388,7 @@ async fn update_environment(
         (status = 404, body = ErrorBody),
         (status = 409, body = ErrorBody),
         (status = 413, body = ErrorBody),
+        (status = 503, body = ErrorBody, description = "applied, but the store did not commit it in time"),
     ))]
 async fn promote(
     State(s): State<ApiState>,
@@ -391,6 +411,7 @@ async fn promote(
         ));
     }
     s.controller.promote(&m, &e, &req.deployment_id)?;
+    saved(&s).await?;
     Ok(axum::Json(views::one_deployment(
         &s,
         &m,
@@ -411,6 +432,7 @@ macro_rules! signal {
                 (status = 404, body = ErrorBody),
                 (status = 409, body = ErrorBody, description = "no promotion is in progress, or it cannot do this now"),
                 (status = 413, body = ErrorBody),
+                (status = 503, body = ErrorBody, description = "applied, but the store did not commit it in time"),
             ))]
         async fn $name(
             State(s): State<ApiState>,
@@ -418,6 +440,7 @@ macro_rules! signal {
             JsonBody(_): JsonBody<EmptyRequest>,
         ) -> ApiResult<SignalPromotionResponse> {
             s.controller.$call(&m, &e)?;
+            saved(&s).await?;
             Ok(axum::Json(SignalPromotionResponse { success: true }))
         }
     };
@@ -461,6 +484,7 @@ signal!(
         (status = 404, body = ErrorBody),
         (status = 409, body = ErrorBody),
         (status = 413, body = ErrorBody),
+        (status = 503, body = ErrorBody, description = "applied, but the store did not commit it in time"),
     ))]
 async fn cancel_promotion(
     State(s): State<ApiState>,
@@ -468,6 +492,7 @@ async fn cancel_promotion(
     JsonBody(_): JsonBody<EmptyRequest>,
 ) -> ApiResult<CancelPromotionResponse> {
     let status: PromotionStatus = s.controller.cancel(&m, &e)?.into();
+    saved(&s).await?;
     let message = if status == PromotionStatus::Canceled {
         format!("Promotion to {e} was successfully canceled.")
     } else {

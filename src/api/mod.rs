@@ -29,7 +29,7 @@ use http_body_util::{BodyExt, Limited};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::rollout::driver::{Controller, ControllerError};
+use crate::rollout::controller::{Controller, ControllerError};
 use types::ErrorBody;
 
 /// What the API handlers share.

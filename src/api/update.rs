@@ -8,7 +8,7 @@ use super::types::{
     UpdateRollingDeployConfig,
 };
 use crate::rollout::autoscale::AutoscalingSettings;
-use crate::rollout::driver::EnvironmentView;
+use crate::rollout::controller::EnvironmentView;
 use crate::rollout::machine::PromotionConfig;
 use crate::rollout::plan::RollingConfig;
 

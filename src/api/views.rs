@@ -8,7 +8,7 @@ use super::types::{
     RollingDeployConfig, RollingDeployStrategy,
 };
 use super::ApiState;
-use crate::rollout::driver::{ControllerError, DeploymentView, EnvironmentView, ModelSummary};
+use crate::rollout::controller::{ControllerError, DeploymentView, EnvironmentView, ModelSummary};
 
 /// RFC 3339 UTC, seconds precision.
 pub fn rfc3339(t: SystemTime) -> String {

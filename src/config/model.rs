@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use crate::replicas::ProviderSpec;
 use crate::rollout::autoscale::AutoscalingSettings;
+use crate::rollout::controller::{EnvironmentSetup, ModelSetup, TrafficSetup};
 use crate::rollout::machine::PromotionConfig;
 use crate::routing::spec::{DeploymentSpec, EnvironmentSpec, ModelSpec, WEIGHT_SCALE};
 use crate::routing::RoutingSpec;
@@ -116,4 +117,39 @@ pub fn models_from_routing(spec: &RoutingSpec) -> Vec<ModelConfig> {
                 .collect(),
         })
         .collect()
+}
+
+impl From<&ModelConfig> for ModelSetup {
+    /// What the controller is told about a configured model.
+    fn from(m: &ModelConfig) -> ModelSetup {
+        ModelSetup {
+            id: m.id.clone(),
+            hosts: m.hosts.clone(),
+            deployments: m
+                .deployments
+                .iter()
+                .map(|d| (d.id.clone(), d.provider.clone()))
+                .collect(),
+            environments: m
+                .environments
+                .iter()
+                .map(|e| EnvironmentSetup {
+                    name: e.name.clone(),
+                    hosts: e.hosts.clone(),
+                    traffic: match &e.traffic {
+                        Traffic::Weights(w) => TrafficSetup::Weights(w.clone()),
+                        Traffic::Current {
+                            deployment,
+                            replicas,
+                        } => TrafficSetup::Current {
+                            deployment: deployment.clone(),
+                            replicas: *replicas,
+                        },
+                    },
+                    promotion: e.promotion.clone(),
+                    autoscaling: e.autoscaling,
+                })
+                .collect(),
+        }
+    }
 }

@@ -142,8 +142,13 @@ impl Actor {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut stopping = false;
         loop {
+            // With no replica and none wanted there is nothing to check: only a new target
+            // or the stop wakes the actor. Otherwise it polls on `health_interval`: readiness
+            // is an HTTP probe, a drain ends when the data plane's in-flight counter (which
+            // has no notification) reaches zero, and crashes are found with `try_wait`.
+            let idle = self.members.is_empty() && (stopping || *desired_rx.borrow() == 0);
             tokio::select! {
-                _ = tick.tick() => {}
+                _ = tick.tick(), if !idle => {}
                 r = desired_rx.changed() => if r.is_err() { stopping = true },
                 r = stop_rx.changed() => if r.is_err() || *stop_rx.borrow() { stopping = true },
             }

@@ -121,13 +121,16 @@ impl Autoscaler {
         }
     }
 
+    /// Records a sample of the load. A sample stands for the period before it, so one taken a
+    /// whole window ago covers no part of the window and drops out: with 1 s samples and a
+    /// 10 s window, the average is over the last 10 samples.
     pub fn record(&mut self, now: u64, in_flight: u32) {
         self.samples.push_back((now, in_flight));
         let window = u64::from(self.settings.autoscaling_window) * 1000;
         while self
             .samples
             .front()
-            .is_some_and(|(t, _)| now.saturating_sub(*t) > window)
+            .is_some_and(|(t, _)| now.saturating_sub(*t) >= window)
         {
             self.samples.pop_front();
         }
@@ -210,6 +213,13 @@ mod tests {
         assert_eq!(a.desired(1000, 1), 4);
         // Samples older than the window drop out.
         a.record(20_000, 1);
+        assert_eq!(a.recommended(), 1);
+        // One a whole window old too: it stands for the second before it.
+        let mut a = Autoscaler::new(settings(1, 10));
+        a.record(0, 9);
+        a.record(9_000, 1);
+        assert_eq!(a.recommended(), 5);
+        a.record(10_000, 1);
         assert_eq!(a.recommended(), 1);
         let mut a = Autoscaler::new(settings(2, 5));
         a.record(0, 100);

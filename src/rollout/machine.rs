@@ -715,6 +715,35 @@ impl Promotion {
             _ => None,
         }
     }
+
+    /// The earliest time after `now` at which [`Promotion::tick`] may move on with the same
+    /// observation: the end of stabilization, of a ready wait or of the readiness deadline.
+    /// `None` when only an observation or a control call can move it (or it is over).
+    pub fn next_deadline_ms(&self, now: u64) -> Option<u64> {
+        if self.status.is_terminal() {
+            return None;
+        }
+        let deadlines = match self.phase {
+            // A partial step counts once the ready wait is over, but only with more candidate
+            // replicas ready than at the step's start: past the wait, an observation moves it.
+            Phase::WaitCandidate { since_ms, .. } => [
+                self.config
+                    .rolling
+                    .then(|| since_ms.saturating_add(self.config.ready_wait_ms)),
+                (self.status != Status::Paused).then(|| {
+                    self.last_progress_ms
+                        .saturating_add(self.config.ready_deadline_ms)
+                }),
+            ],
+            Phase::WaitPrevious { since_ms } => [
+                Some(since_ms.saturating_add(self.config.ready_wait_ms)),
+                None,
+            ],
+            Phase::Stabilizing { until_ms } => [Some(until_ms), None],
+            Phase::Boundary | Phase::Done => [None, None],
+        };
+        deadlines.into_iter().flatten().filter(|t| *t > now).min()
+    }
 }
 
 impl Effects {
@@ -858,6 +887,42 @@ mod tests {
             p.percent, 0,
             "no traffic until the step's replicas are ready"
         );
+    }
+
+    #[test]
+    fn nothing_moves_before_the_next_deadline_and_something_does_at_it() {
+        // Stabilization: 5 s after the first shift.
+        let (mut p, _) = Promotion::start(2, cfg(50, 0, 5, 0), 0).unwrap();
+        let mut now = 0;
+        drive_until(&mut p, &mut now, |p| {
+            matches!(p.phase, Phase::Stabilizing { .. })
+        });
+        let at = p.next_deadline_ms(now).unwrap();
+        assert_eq!(at, now + 5000);
+        let obs = instant(&p);
+        let before = p.clone();
+        assert_eq!(p.tick(&obs, at - 1), Effects::default());
+        assert_eq!(p, before, "nothing moves before the deadline");
+        assert!(!p.tick(&obs, at).events.is_empty(), "the deadline moves it");
+        // Readiness deadline: the candidate never becomes ready.
+        let (mut p, _) = Promotion::start(2, cfg(50, 0, 0, 0), 0).unwrap();
+        let stuck = Observation {
+            candidate_ready: 0,
+            previous_ready: 2,
+            candidate_failure: None,
+        };
+        p.tick(&stuck, 0);
+        let mut now = 0;
+        while let Some(at) = p.next_deadline_ms(now) {
+            assert!(at > now, "a deadline in the past would spin");
+            let before = p.clone();
+            p.tick(&stuck, at - 1);
+            assert_eq!(p, before);
+            now = at;
+            p.tick(&stuck, now);
+        }
+        assert_eq!(p.status, Status::Failed);
+        assert_eq!(now, 60_000);
     }
 
     /// Drives with `ready` candidate replicas until the machine asks for `target`.

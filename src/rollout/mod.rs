@@ -8,5 +8,5 @@ pub mod plan;
 
 pub use plan::{Action, Field, Mode, Plan, PlanError, Problem, RollingConfig, Step};
 pub mod autoscale;
-pub mod driver;
+pub mod controller;
 pub mod machine;

@@ -2,8 +2,10 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use http::HeaderValue;
 
@@ -20,34 +22,31 @@ pub struct Replica {
     /// Requests sent to this replica whose response body has not ended.
     outstanding: AtomicU32,
     consecutive_connect_failures: AtomicU32,
-    /// Milliseconds since [`epoch`] until which the replica gets no new requests; 0 = never.
+    /// Ejection's clock: tokio's (paused in tests), from when the replica was created.
+    created: Instant,
+    /// Milliseconds since `created` (+1) until which the replica gets no new requests; 0 = never.
     ejected_until_ms: AtomicU64,
     /// Set when the replica is chosen for removal: it gets no new requests while it drains.
     draining: AtomicBool,
 }
 
-fn epoch() -> Instant {
-    static EPOCH: OnceLock<Instant> = OnceLock::new();
-    *EPOCH.get_or_init(Instant::now)
-}
-
-fn now_ms() -> u64 {
-    // +1 so that a timestamp is never 0, which means "not ejected".
-    epoch().elapsed().as_millis() as u64 + 1
-}
-
 impl Replica {
     pub fn new(id: u64, addr: SocketAddr, deployment: Arc<str>) -> Self {
-        epoch();
         Replica {
             id,
             addr,
             deployment,
             outstanding: AtomicU32::new(0),
             consecutive_connect_failures: AtomicU32::new(0),
+            created: Instant::now(),
             ejected_until_ms: AtomicU64::new(0),
             draining: AtomicBool::new(false),
         }
+    }
+
+    fn now_ms(&self) -> u64 {
+        // +1 so that a timestamp is never 0, which means "not ejected".
+        self.created.elapsed().as_millis() as u64 + 1
     }
 
     pub fn outstanding(&self) -> u32 {
@@ -69,12 +68,12 @@ impl Replica {
             return false;
         }
         let until = self.ejected_until_ms.load(Ordering::Relaxed);
-        until == 0 || now_ms() >= until
+        until == 0 || self.now_ms() >= until
     }
 
     pub fn is_ejected(&self) -> bool {
         let until = self.ejected_until_ms.load(Ordering::Relaxed);
-        until != 0 && now_ms() < until
+        until != 0 && self.now_ms() < until
     }
 
     pub fn set_draining(&self, draining: bool) {
@@ -94,7 +93,7 @@ impl Replica {
         if eject_after > 0 && n >= eject_after {
             self.consecutive_connect_failures
                 .store(0, Ordering::Relaxed);
-            let until = now_ms() + eject_for.as_millis() as u64;
+            let until = self.now_ms() + eject_for.as_millis() as u64;
             self.ejected_until_ms.store(until, Ordering::Relaxed);
             return true;
         }
@@ -320,15 +319,19 @@ mod tests {
         assert_eq!(strip_port("[::1]:80"), "[::1]");
     }
 
-    #[test]
-    fn ejection_expires() {
+    #[tokio::test(start_paused = true)]
+    async fn ejection_expires_exactly_after_its_duration() {
         let r = Replica::new(1, "127.0.0.1:1".parse().unwrap(), "d".into());
         assert!(r.is_available());
         assert!(!r.record_connect_failure(2, Duration::from_millis(30)));
         assert!(r.is_available());
         assert!(r.record_connect_failure(2, Duration::from_millis(30)));
         assert!(!r.is_available());
-        std::thread::sleep(Duration::from_millis(40));
+        assert!(r.is_ejected());
+        tokio::time::advance(Duration::from_millis(29)).await;
+        assert!(!r.is_available(), "still ejected 1 ms before the end");
+        tokio::time::advance(Duration::from_millis(1)).await;
         assert!(r.is_available());
+        assert!(!r.is_ejected());
     }
 }

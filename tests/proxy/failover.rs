@@ -43,10 +43,14 @@ async fn an_ejected_replica_gets_traffic_again_after_the_back_off() {
     for _ in 0..20 {
         assert_eq!(get(proxy.listen_addr, "/").await.status, 200);
     }
+    // The ejection happened before now, so it ends by now + its duration.
+    let ejected_by = tokio::time::Instant::now();
     let (_, m) = admin(proxy.admin_addr, "/metrics").await;
     let before = sample(&m, CONNECT_ERRORS).unwrap();
     assert_eq!(before, 1.0);
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    // A wall-clock wait: the back-off runs on the proxy workers' own runtimes, whose clocks
+    // a paused test clock would not move.
+    tokio::time::sleep_until(ejected_by + Duration::from_millis(300)).await;
     for _ in 0..20 {
         assert_eq!(get(proxy.listen_addr, "/").await.status, 200);
     }
@@ -98,11 +102,8 @@ async fn a_deployment_without_ready_replicas_is_a_503() {
 
 #[tokio::test]
 async fn slow_response_headers_are_a_504() {
-    let slow = upstream(|_req| async {
-        tokio::time::sleep(Duration::from_secs(30)).await;
-        Response::new(empty())
-    })
-    .await;
+    // Never answers.
+    let slow = upstream(|_req| std::future::pending::<Response<TestBody>>()).await;
     let mut s = settings(spec(&[("v1", vec![slow.addr], 100)]));
     s.upstream.response_header_timeout = Some(Duration::from_millis(200));
     let proxy = start(s);
@@ -155,7 +156,8 @@ async fn a_request_that_reached_a_replica_is_never_retried() {
     .await;
     assert_eq!(got.status, 502);
     assert!(got.text().contains("failed the request"), "{}", got.text());
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // No wait needed: an upstream counts a request before it hangs up, and the proxy answers
+    // only after the hang-up of its last attempt, so a retry would already be counted.
     assert_eq!(
         seen_a.load(Ordering::SeqCst) + seen_b.load(Ordering::SeqCst),
         1,
@@ -170,9 +172,11 @@ async fn idle_upstream_connections_closed_by_the_replica_are_not_used() {
     // pooled connection is dead by the second request; the proxy must notice, not fail.
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
+    let (closed_tx, mut closed) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(async move {
         loop {
             let Ok((s, _)) = l.accept().await else { return };
+            let closed_tx = closed_tx.clone();
             tokio::spawn(async move {
                 let svc = hyper::service::service_fn(|_req| async {
                     Ok::<_, std::convert::Infallible>(Response::new(full("once")))
@@ -181,6 +185,7 @@ async fn idle_upstream_connections_closed_by_the_replica_are_not_used() {
                     .keep_alive(false)
                     .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
                     .await;
+                let _ = closed_tx.send(());
             });
         }
     });
@@ -194,7 +199,10 @@ async fn idle_upstream_connections_closed_by_the_replica_are_not_used() {
         )
         .await;
         assert_eq!(got.status, 200, "{}", got.text());
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        // The replica has closed that connection before the next request goes out.
+        tokio::time::timeout(Duration::from_secs(5), closed.recv())
+            .await
+            .expect("the replica did not close the connection");
     }
     proxy.shutdown().await;
 }

@@ -3,7 +3,7 @@
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use http_body_util::BodyExt;
 
@@ -93,19 +93,25 @@ async fn wait_for(
     proxy: &RunningProxy,
     what: &str,
     within: Duration,
-    f: impl Fn(&switchyard::rollout::driver::EnvironmentView) -> bool,
+    f: impl Fn(&switchyard::rollout::controller::EnvironmentView) -> bool,
 ) {
-    let deadline = Instant::now() + within;
+    // The controller makes a pass after every provider change, command and timer; a view
+    // read after a pass has everything before it. So: check, then wait for the next pass.
+    let mut passes = proxy.controller().changed();
+    let deadline = tokio::time::Instant::now() + within;
     loop {
+        passes.borrow_and_update();
         let v = proxy.controller().environment("m", "production").unwrap();
         if f(&v) {
             return;
         }
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for {what}: {v:#?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        if tokio::time::timeout_at(deadline, passes.changed())
+            .await
+            .is_err()
+        {
+            let v = proxy.controller().environment("m", "production").unwrap();
+            panic!("timed out waiting for {what}: {v:#?}");
+        }
     }
 }
 
@@ -114,7 +120,39 @@ struct Load {
     ok: AtomicUsize,
     streams_completed: AtomicUsize,
     failures: Mutex<Vec<String>>,
+    /// Requests that started in the current epoch and succeeded, by deployment.
     served: Mutex<std::collections::BTreeMap<String, usize>>,
+    /// Bumped by the test to count only requests that start from then on in `served`.
+    epoch: AtomicUsize,
+    /// Notified after every successful request.
+    progress: tokio::sync::Notify,
+}
+
+impl Load {
+    /// Waits until `f` holds, re-checking after each successful request.
+    async fn until(&self, within: Duration, f: impl Fn(&Load) -> bool) {
+        let wait = async {
+            loop {
+                let next = self.progress.notified();
+                if f(self) {
+                    return;
+                }
+                next.await;
+            }
+        };
+        if tokio::time::timeout(within, wait).await.is_err() {
+            panic!(
+                "the load made no such progress: {} ok, failures {:?}",
+                self.ok.load(Ordering::Relaxed),
+                self.failures.lock().unwrap()
+            );
+        }
+    }
+
+    /// Successful requests that started in the current epoch.
+    fn served_total(&self) -> usize {
+        self.served.lock().unwrap().values().sum()
+    }
 }
 
 /// Clients that send requests until `stop`: half of them stream 40-token completions (about a
@@ -132,6 +170,7 @@ fn start_load(
             tokio::spawn(async move {
                 let mut c = h1(addr).await;
                 while !stop.load(Ordering::Relaxed) {
+                    let epoch = load.epoch.load(Ordering::SeqCst);
                     let body = if streaming {
                         r#"{"stream": true, "max_tokens": 40}"#
                     } else {
@@ -170,7 +209,10 @@ fn start_load(
                                     load.streams_completed.fetch_add(1, Ordering::Relaxed);
                                 }
                                 load.ok.fetch_add(1, Ordering::Relaxed);
-                                *load.served.lock().unwrap().entry(dep).or_default() += 1;
+                                if epoch == load.epoch.load(Ordering::SeqCst) {
+                                    *load.served.lock().unwrap().entry(dep).or_default() += 1;
+                                }
+                                load.progress.notify_waiters();
                             }
                         }
                         Ok(b) => load.failures.lock().unwrap().push(format!(
@@ -210,7 +252,11 @@ async fn a_rolling_promotion_under_load_loses_no_request_and_cancel_ramps_back()
     let stop = Arc::new(AtomicBool::new(false));
     let load = Arc::new(Load::default());
     let clients = start_load(proxy.listen_addr, 8, stop.clone(), load.clone());
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Every client has requests in flight before the promotion starts.
+    load.until(Duration::from_secs(10), |l| {
+        l.ok.load(Ordering::Relaxed) >= 8
+    })
+    .await;
 
     // Forward: v1 → v2, three steps of one replica and 34% (capped at 100).
     proxy.controller().promote("m", "production", "v2").unwrap();
@@ -285,11 +331,16 @@ async fn a_rolling_promotion_under_load_loses_no_request_and_cancel_ramps_back()
         "cancel did not ramp monotonically: {back:?}"
     );
 
-    // After the cancel every request lands on v2. Wait out streams that started before it
-    // (40 tokens at 40/s: about a second); they are counted when they end.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // After the cancel every request lands on v2: count only requests that start from now
+    // on (streams that started before it may still end on v1), until each client finished
+    // a few (four streams of about a second each among them).
+    load.epoch.fetch_add(1, Ordering::SeqCst);
     load.served.lock().unwrap().clear();
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let streams_before = load.streams_completed.load(Ordering::Relaxed);
+    load.until(Duration::from_secs(30), |l| {
+        l.served_total() >= 16 && l.streams_completed.load(Ordering::Relaxed) >= streams_before + 8
+    })
+    .await;
     stop.store(true, Ordering::Relaxed);
     for c in clients {
         c.await.unwrap();
@@ -388,12 +439,15 @@ async fn autoscaling_adds_replicas_under_load_and_removes_them_after_the_delay()
         v.deployments["v1"].ready_replicas == 3
     })
     .await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let v = proxy.controller().environment("m", "production").unwrap();
-    assert_eq!(
-        v.deployments["v1"].desired_replicas, 3,
-        "never above max_replica"
-    );
+    // Still under load for another second (an autoscaling period): never above max_replica.
+    let above = tokio::time::timeout(
+        Duration::from_secs(1),
+        wait_for(&proxy, "more than three", Duration::from_secs(2), |v| {
+            v.deployments["v1"].desired_replicas != 3
+        }),
+    )
+    .await;
+    assert!(above.is_err(), "never above max_replica");
     stop.store(true, Ordering::Relaxed);
     for c in clients {
         c.await.unwrap();
