@@ -400,6 +400,8 @@ mod tests {
     }
 
     /// What lets the API answer only once a change would survive a crash.
+    // The held gate stalls the writer's OS thread, not this task's runtime.
+    #[allow(clippy::await_holding_lock)]
     #[tokio::test]
     async fn committed_resolves_only_after_the_store_commits() {
         let store = Arc::new(Recording::default());
