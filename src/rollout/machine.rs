@@ -695,11 +695,15 @@ impl Promotion {
         Ok(fx)
     }
 
-    /// All traffic to the candidate at the next step boundary, even during a ramp-down.
+    /// All traffic to the candidate at the next step boundary, even during a ramp-down. A
+    /// stabilization wait is no replica change in progress: it ends at once.
     pub fn force_roll_forward(&mut self, now: u64) -> Result<Effects, ControlError> {
         self.check_live()?;
         let mut fx = Effects::default();
         self.roll_forward_requested = true;
+        if matches!(self.phase, Phase::Stabilizing { .. }) {
+            self.phase = Phase::Boundary;
+        }
         self.event(
             &mut fx,
             now,
@@ -1157,6 +1161,21 @@ mod tests {
             p.force_cancel(now).unwrap_err(),
             ControlError::Terminal(Status::Canceled)
         );
+    }
+
+    #[test]
+    fn force_roll_forward_cuts_a_stabilization_wait_short() {
+        let (mut p, _) = Promotion::start(2, cfg(50, 0, 3600, 0), 0).unwrap();
+        let mut now = 0;
+        drive_until(&mut p, &mut now, |p| {
+            matches!(p.phase, Phase::Stabilizing { .. })
+        });
+        p.force_roll_forward(now).unwrap();
+        assert_eq!(p.next_deadline_ms(now), None, "nothing left to wait for");
+        let obs = instant(&p);
+        let fx = p.tick(&obs, now + 1);
+        assert_eq!(p.status, Status::Succeeded);
+        assert_eq!(fx.percent, Some(100));
     }
 
     #[test]

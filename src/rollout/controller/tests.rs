@@ -143,6 +143,26 @@ async fn stabilization_waits_exactly_its_time_and_nothing_else_takes_time() {
     r.stop().await;
 }
 
+/// A stabilization wait is no replica change: force roll forward and cancel end it at once.
+#[tokio::test(start_paused = true)]
+async fn force_roll_forward_during_an_hour_of_stabilization_succeeds_at_once() {
+    let r = Running::start(&[model(3600)], None);
+    let mut rx = r.ctl.subscribe();
+    r.ctl.promote("m", "production", "v2").unwrap();
+    loop {
+        let e = rx.recv().await.unwrap();
+        if e.event.reason.starts_with("stabilizing") {
+            break;
+        }
+    }
+    let t0 = Instant::now();
+    r.ctl.force_roll_forward("m", "production").unwrap();
+    let events = events_until(&mut rx, Status::Succeeded).await;
+    let (end, _) = events.last().unwrap();
+    assert_eq!(*end - t0, Duration::ZERO, "{events:#?}");
+    r.stop().await;
+}
+
 #[tokio::test(start_paused = true)]
 async fn an_idle_controller_sets_no_timer_and_a_command_wakes_it_at_once() {
     let r = Running::start(&[model(0)], None);
