@@ -65,6 +65,37 @@ impl Modify for ApiKeyScheme {
     }
 }
 
+/// Any route answers a method it does not serve with 405 and `Allow`: documented on every
+/// operation once the routes are in the document.
+pub fn document_405(doc: &mut utoipa::openapi::OpenApi) {
+    let not_allowed = utoipa::openapi::ResponseBuilder::new()
+        .description("the method is not served on this path; `Allow` lists those that are")
+        .content(
+            "application/json",
+            utoipa::openapi::ContentBuilder::new()
+                .schema(Some(utoipa::openapi::Ref::from_schema_name("ErrorBody")))
+                .build(),
+        )
+        .build();
+    for item in doc.paths.paths.values_mut() {
+        for op in [
+            &mut item.get,
+            &mut item.post,
+            &mut item.patch,
+            &mut item.put,
+            &mut item.delete,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            op.responses
+                .responses
+                .entry("405".into())
+                .or_insert_with(|| not_allowed.clone().into());
+        }
+    }
+}
+
 /// Every route with its handler and its documentation.
 pub fn routes() -> OpenApiRouter<ApiState> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())

@@ -61,7 +61,11 @@ pub fn router(state: ApiState) -> axum::Router {
 /// The OpenAPI 3.1 document of this API, generated from the handlers and types.
 pub fn openapi() -> &'static utoipa::openapi::OpenApi {
     static DOC: OnceLock<utoipa::openapi::OpenApi> = OnceLock::new();
-    DOC.get_or_init(|| handlers::routes().split_for_parts().1)
+    DOC.get_or_init(|| {
+        let mut doc = handlers::routes().split_for_parts().1;
+        handlers::document_405(&mut doc);
+        doc
+    })
 }
 
 /// `/openapi.json`'s body, serialized once.
