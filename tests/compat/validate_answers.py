@@ -53,6 +53,18 @@ def check(op: str, sdk_method: str, model: type[pydantic.BaseModel], resp: httpx
     return body
 
 
+def wait_for(c: httpx.Client, envp: str, ok, what: str, within: float = 30.0) -> None:
+    """Polls the environment until `ok(in_progress_promotion)`; a failure names `what`."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        p = c.get(envp).json().get("in_progress_promotion")
+        if ok(p):
+            return
+        time.sleep(0.2)
+    FAILED.append(f"waited {within:.0f} s for {what}")
+    print(f"FAIL   waited {within:.0f} s for {what}")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--admin-url", required=True)
@@ -100,17 +112,25 @@ def main() -> int:
     check(f"GET {envp} (paused)", "get_models_environments_env_name", M.Environment, c.get(envp))
     check(f"POST {envp}/resume_promotion", "post_models_environments_resume_promotion",
           M.SignalPromotionResponse, c.post(f"{envp}/resume_promotion"))
-    check(f"POST {envp}/force_roll_forward_promotion", "post_models_environments_force_roll_forward_promotion",
-          M.SignalPromotionResponse, c.post(f"{envp}/force_roll_forward_promotion"))
+    # Cancel ramps back only once traffic moved; wait for that (stabilization keeps it there).
+    wait_for(c, envp, lambda p: p and p["percent_traffic_to_new_version"] > 0, "traffic on the candidate")
     check(f"POST {envp}/cancel_promotion", "post_models_environments_cancel_promotion",
           M.CancelPromotionResponse, c.post(f"{envp}/cancel_promotion"))
     check(f"GET {envp} (ramping down)", "get_models_environments_env_name", M.Environment, c.get(envp))
     check(f"POST {envp}/force_cancel_promotion", "post_models_environments_force_cancel_promotion",
           M.SignalPromotionResponse, c.post(f"{envp}/force_cancel_promotion"))
-    time.sleep(1)
     check(f"GET {envp} (after cancel)", "get_models_environments_env_name", M.Environment, c.get(envp))
     check(f"GET /v1/models/{m}/deployments (after cancel)", "get_models_deployments", M.Deployments,
           c.get(f"/v1/models/{m}/deployments"))
+    # Force roll forward ends the promotion at the next step boundary (a stabilization wait ends
+    # at once).
+    check(f"POST {envp}/promote {json.dumps(body)}", "post_models_environments_promote", M.Deployment,
+          c.post(f"{envp}/promote", json=body))
+    check(f"POST {envp}/force_roll_forward_promotion", "post_models_environments_force_roll_forward_promotion",
+          M.SignalPromotionResponse, c.post(f"{envp}/force_roll_forward_promotion"))
+    wait_for(c, envp, lambda p: p and p["status"] == "SUCCEEDED", "SUCCEEDED")
+    check(f"GET {envp} (after force roll forward)", "get_models_environments_env_name", M.Environment,
+          c.get(envp))
     return report()
 
 
