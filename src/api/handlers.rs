@@ -96,6 +96,65 @@ pub fn document_405(doc: &mut utoipa::openapi::OpenApi) {
     }
 }
 
+/// A model in the path.
+#[derive(serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+struct ModelPath {
+    model_id: String,
+}
+
+/// A deployment of a model in the path.
+#[derive(serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+struct DeploymentPath {
+    model_id: String,
+    deployment_id: String,
+}
+
+/// An environment of a model in the path.
+#[derive(serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+struct EnvPath {
+    model_id: String,
+    env_name: String,
+}
+
+/// The errors a read can answer.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)] // documentation only: the answers are built by `ApiError`
+enum ReadErrors {
+    /// No or a wrong API key.
+    #[response(status = 401)]
+    Unauthorized(ErrorBody),
+    /// No such model, deployment or environment.
+    #[response(status = 404)]
+    NotFound(ErrorBody),
+}
+
+/// The errors a change can answer; nothing changed unless it is a 503.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)] // documentation only: the answers are built by `ApiError`
+enum WriteErrors {
+    /// The body does not fit the request type; the error names the field.
+    #[response(status = 400)]
+    BadRequest(ErrorBody),
+    /// No or a wrong API key.
+    #[response(status = 401)]
+    Unauthorized(ErrorBody),
+    /// No such model, deployment or environment.
+    #[response(status = 404)]
+    NotFound(ErrorBody),
+    /// Not possible in the current state (e.g. no promotion in progress, or one already is).
+    #[response(status = 409)]
+    Conflict(ErrorBody),
+    /// The body is over 64 KiB.
+    #[response(status = 413)]
+    TooLarge(ErrorBody),
+    /// Applied, but the store did not commit it within 5 s.
+    #[response(status = 503)]
+    NotSaved(ErrorBody),
+}
+
 /// Every route with its handler and its documentation.
 pub fn routes() -> OpenApiRouter<ApiState> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
@@ -119,7 +178,7 @@ pub fn routes() -> OpenApiRouter<ApiState> {
 #[utoipa::path(get, path = "/v1/models", operation_id = "listModels", tag = "models",
     responses(
         (status = 200, body = Models),
-        (status = 401, body = ErrorBody),
+        (status = 401, body = ErrorBody, description = "no or a wrong API key"),
     ))]
 async fn list_models(State(s): State<ApiState>) -> ApiResult<Models> {
     let models = s
@@ -132,13 +191,15 @@ async fn list_models(State(s): State<ApiState>) -> ApiResult<Models> {
 }
 
 #[utoipa::path(get, path = "/v1/models/{model_id}", operation_id = "getModel", tag = "models",
-    params(("model_id" = String, Path)),
+    params(ModelPath),
     responses(
         (status = 200, body = Model),
-        (status = 401, body = ErrorBody),
-        (status = 404, body = ErrorBody),
+        ReadErrors,
     ))]
-async fn get_model(State(s): State<ApiState>, ApiPath(m): ApiPath<String>) -> ApiResult<Model> {
+async fn get_model(
+    State(s): State<ApiState>,
+    ApiPath(ModelPath { model_id: m }): ApiPath<ModelPath>,
+) -> ApiResult<Model> {
     match s.controller.models().into_iter().find(|x| x.id == m) {
         Some(model) => Ok(axum::Json(views::model(&s, &model))),
         None => Err(ControllerError::UnknownModel(m).into()),
@@ -147,15 +208,14 @@ async fn get_model(State(s): State<ApiState>, ApiPath(m): ApiPath<String>) -> Ap
 
 #[utoipa::path(get, path = "/v1/models/{model_id}/deployments", operation_id = "listDeployments",
     tag = "deployments",
-    params(("model_id" = String, Path)),
+    params(ModelPath),
     responses(
         (status = 200, body = Deployments),
-        (status = 401, body = ErrorBody),
-        (status = 404, body = ErrorBody),
+        ReadErrors,
     ))]
 async fn list_deployments(
     State(s): State<ApiState>,
-    ApiPath(m): ApiPath<String>,
+    ApiPath(ModelPath { model_id: m }): ApiPath<ModelPath>,
 ) -> ApiResult<Deployments> {
     Ok(axum::Json(Deployments {
         deployments: views::deployments(&s, &m)?,
@@ -166,21 +226,16 @@ async fn list_deployments(
 /// endpoint admitted) until a promotion scales it.
 #[utoipa::path(post, path = "/v1/models/{model_id}/deployments", operation_id = "createDeployment",
     tag = "deployments",
-    params(("model_id" = String, Path)),
+    params(ModelPath),
     request_body = CreateDeploymentRequest,
     responses(
         (status = 200, body = Deployment),
-        (status = 400, body = ErrorBody),
-        (status = 401, body = ErrorBody),
         (status = 403, body = ErrorBody, description = "a `process` deployment while the server does not allow them"),
-        (status = 404, body = ErrorBody),
-        (status = 409, body = ErrorBody),
-        (status = 413, body = ErrorBody),
-        (status = 503, body = ErrorBody, description = "applied, but the store did not commit it in time"),
+        WriteErrors,
     ))]
 async fn create_deployment(
     State(s): State<ApiState>,
-    ApiPath(m): ApiPath<String>,
+    ApiPath(ModelPath { model_id: m }): ApiPath<ModelPath>,
     JsonBody(req): JsonBody<CreateDeploymentRequest>,
 ) -> ApiResult<Deployment> {
     if matches!(req, CreateDeploymentRequest::Process { .. }) && !s.process_deployments {
@@ -254,15 +309,17 @@ fn provider_spec(req: CreateDeploymentRequest) -> Result<(String, ProviderSpec),
 
 #[utoipa::path(get, path = "/v1/models/{model_id}/deployments/{deployment_id}",
     operation_id = "getDeployment", tag = "deployments",
-    params(("model_id" = String, Path), ("deployment_id" = String, Path)),
+    params(DeploymentPath),
     responses(
         (status = 200, body = Deployment),
-        (status = 401, body = ErrorBody),
-        (status = 404, body = ErrorBody),
+        ReadErrors,
     ))]
 async fn get_deployment(
     State(s): State<ApiState>,
-    ApiPath((m, d)): ApiPath<(String, String)>,
+    ApiPath(DeploymentPath {
+        model_id: m,
+        deployment_id: d,
+    }): ApiPath<DeploymentPath>,
 ) -> ApiResult<Deployment> {
     Ok(axum::Json(views::one_deployment(&s, &m, &d)?))
 }
@@ -281,20 +338,18 @@ async fn set_active(
 /// Activates a deployment.
 #[utoipa::path(post, path = "/v1/models/{model_id}/deployments/{deployment_id}/activate",
     operation_id = "activateDeployment", tag = "deployments",
-    params(("model_id" = String, Path), ("deployment_id" = String, Path)),
+    params(DeploymentPath),
     request_body(content = Option<EmptyRequest>, description = "empty, or `{}`"),
     responses(
         (status = 200, body = SignalPromotionResponse),
-        (status = 400, body = ErrorBody),
-        (status = 401, body = ErrorBody),
-        (status = 404, body = ErrorBody),
-        (status = 409, body = ErrorBody),
-        (status = 413, body = ErrorBody),
-        (status = 503, body = ErrorBody, description = "applied, but the store did not commit it in time"),
+        WriteErrors,
     ))]
 async fn activate_deployment(
     State(s): State<ApiState>,
-    ApiPath((m, d)): ApiPath<(String, String)>,
+    ApiPath(DeploymentPath {
+        model_id: m,
+        deployment_id: d,
+    }): ApiPath<DeploymentPath>,
     JsonBody(_): JsonBody<EmptyRequest>,
 ) -> ApiResult<SignalPromotionResponse> {
     set_active(&s, &m, &d, true).await
@@ -304,20 +359,18 @@ async fn activate_deployment(
 /// promoting deployment cannot be deactivated (409).
 #[utoipa::path(post, path = "/v1/models/{model_id}/deployments/{deployment_id}/deactivate",
     operation_id = "deactivateDeployment", tag = "deployments",
-    params(("model_id" = String, Path), ("deployment_id" = String, Path)),
+    params(DeploymentPath),
     request_body(content = Option<EmptyRequest>, description = "empty, or `{}`"),
     responses(
         (status = 200, body = SignalPromotionResponse),
-        (status = 400, body = ErrorBody),
-        (status = 401, body = ErrorBody),
-        (status = 404, body = ErrorBody),
-        (status = 409, body = ErrorBody),
-        (status = 413, body = ErrorBody),
-        (status = 503, body = ErrorBody, description = "applied, but the store did not commit it in time"),
+        WriteErrors,
     ))]
 async fn deactivate_deployment(
     State(s): State<ApiState>,
-    ApiPath((m, d)): ApiPath<(String, String)>,
+    ApiPath(DeploymentPath {
+        model_id: m,
+        deployment_id: d,
+    }): ApiPath<DeploymentPath>,
     JsonBody(_): JsonBody<EmptyRequest>,
 ) -> ApiResult<SignalPromotionResponse> {
     set_active(&s, &m, &d, false).await
@@ -325,15 +378,14 @@ async fn deactivate_deployment(
 
 #[utoipa::path(get, path = "/v1/models/{model_id}/environments", operation_id = "listEnvironments",
     tag = "environments",
-    params(("model_id" = String, Path)),
+    params(ModelPath),
     responses(
         (status = 200, body = Environments),
-        (status = 401, body = ErrorBody),
-        (status = 404, body = ErrorBody),
+        ReadErrors,
     ))]
 async fn list_environments(
     State(s): State<ApiState>,
-    ApiPath(m): ApiPath<String>,
+    ApiPath(ModelPath { model_id: m }): ApiPath<ModelPath>,
 ) -> ApiResult<Environments> {
     let model = s
         .controller
@@ -351,15 +403,17 @@ async fn list_environments(
 
 #[utoipa::path(get, path = "/v1/models/{model_id}/environments/{env_name}",
     operation_id = "getEnvironment", tag = "environments",
-    params(("model_id" = String, Path), ("env_name" = String, Path)),
+    params(EnvPath),
     responses(
         (status = 200, body = Environment),
-        (status = 401, body = ErrorBody),
-        (status = 404, body = ErrorBody),
+        ReadErrors,
     ))]
 async fn get_environment(
     State(s): State<ApiState>,
-    ApiPath((m, e)): ApiPath<(String, String)>,
+    ApiPath(EnvPath {
+        model_id: m,
+        env_name: e,
+    }): ApiPath<EnvPath>,
 ) -> ApiResult<Environment> {
     Ok(axum::Json(views::environment(&s, &m, &e)?))
 }
@@ -368,19 +422,18 @@ async fn get_environment(
 /// fields keep their value; a promotion in progress keeps the settings it started with.
 #[utoipa::path(patch, path = "/v1/models/{model_id}/environments/{env_name}",
     operation_id = "updateEnvironment", tag = "environments",
-    params(("model_id" = String, Path), ("env_name" = String, Path)),
+    params(EnvPath),
     request_body(content = Option<UpdateEnvironmentRequest>, description = "the fields to change; an empty body changes nothing"),
     responses(
         (status = 200, body = UpdateEnvironmentResponse),
-        (status = 400, body = ErrorBody),
-        (status = 401, body = ErrorBody),
-        (status = 404, body = ErrorBody),
-        (status = 413, body = ErrorBody),
-        (status = 503, body = ErrorBody, description = "applied, but the store did not commit it in time"),
+        WriteErrors,
     ))]
 async fn update_environment(
     State(s): State<ApiState>,
-    ApiPath((m, e)): ApiPath<(String, String)>,
+    ApiPath(EnvPath {
+        model_id: m,
+        env_name: e,
+    }): ApiPath<EnvPath>,
     JsonBody(req): JsonBody<UpdateEnvironmentRequest>,
 ) -> ApiResult<UpdateEnvironmentResponse> {
     let view = s.controller.environment(&m, &e)?;
@@ -410,20 +463,18 @@ async fn update_environment(
 /// the promoted deployment.
 #[utoipa::path(post, path = "/v1/models/{model_id}/environments/{env_name}/promote",
     operation_id = "promote", tag = "environments",
-    params(("model_id" = String, Path), ("env_name" = String, Path)),
+    params(EnvPath),
     request_body = PromoteRequest,
     responses(
         (status = 200, body = Deployment),
-        (status = 400, body = ErrorBody),
-        (status = 401, body = ErrorBody),
-        (status = 404, body = ErrorBody),
-        (status = 409, body = ErrorBody),
-        (status = 413, body = ErrorBody),
-        (status = 503, body = ErrorBody, description = "applied, but the store did not commit it in time"),
+        WriteErrors,
     ))]
 async fn promote(
     State(s): State<ApiState>,
-    ApiPath((m, e)): ApiPath<(String, String)>,
+    ApiPath(EnvPath {
+        model_id: m,
+        env_name: e,
+    }): ApiPath<EnvPath>,
     JsonBody(req): JsonBody<PromoteRequest>,
 ) -> ApiResult<Deployment> {
     if req.deployment_id.is_empty() {
@@ -454,20 +505,18 @@ macro_rules! signal {
     ($name:ident, $path:literal, $doc:literal, $call:ident) => {
         #[doc = $doc]
         #[utoipa::path(post, path = $path, operation_id = stringify!($name), tag = "environments",
-            params(("model_id" = String, Path), ("env_name" = String, Path)),
-            request_body(content = Option<EmptyRequest>, description = "empty, or `{}`"),
-            responses(
-                (status = 200, body = SignalPromotionResponse),
-                (status = 400, body = ErrorBody),
-                (status = 401, body = ErrorBody),
-                (status = 404, body = ErrorBody),
-                (status = 409, body = ErrorBody, description = "no promotion is in progress, or it cannot do this now"),
-                (status = 413, body = ErrorBody),
-                (status = 503, body = ErrorBody, description = "applied, but the store did not commit it in time"),
-            ))]
+                    params(EnvPath),
+                    request_body(content = Option<EmptyRequest>, description = "empty, or `{}`"),
+                    responses(
+                        (status = 200, body = SignalPromotionResponse),
+                        WriteErrors,
+                    ))]
         async fn $name(
             State(s): State<ApiState>,
-            ApiPath((m, e)): ApiPath<(String, String)>,
+            ApiPath(EnvPath {
+                model_id: m,
+                env_name: e,
+            }): ApiPath<EnvPath>,
             JsonBody(_): JsonBody<EmptyRequest>,
         ) -> ApiResult<SignalPromotionResponse> {
             s.controller.$call(&m, &e)?;
@@ -506,20 +555,18 @@ signal!(
 /// ends it at once when nothing moved yet (`CANCELED`).
 #[utoipa::path(post, path = "/v1/models/{model_id}/environments/{env_name}/cancel_promotion",
     operation_id = "cancel_promotion", tag = "environments",
-    params(("model_id" = String, Path), ("env_name" = String, Path)),
+    params(EnvPath),
     request_body(content = Option<EmptyRequest>, description = "empty, or `{}`"),
     responses(
         (status = 200, body = CancelPromotionResponse),
-        (status = 400, body = ErrorBody),
-        (status = 401, body = ErrorBody),
-        (status = 404, body = ErrorBody),
-        (status = 409, body = ErrorBody),
-        (status = 413, body = ErrorBody),
-        (status = 503, body = ErrorBody, description = "applied, but the store did not commit it in time"),
+        WriteErrors,
     ))]
 async fn cancel_promotion(
     State(s): State<ApiState>,
-    ApiPath((m, e)): ApiPath<(String, String)>,
+    ApiPath(EnvPath {
+        model_id: m,
+        env_name: e,
+    }): ApiPath<EnvPath>,
     JsonBody(_): JsonBody<EmptyRequest>,
 ) -> ApiResult<CancelPromotionResponse> {
     let status: PromotionStatus = s.controller.cancel(&m, &e)?.into();
@@ -536,18 +583,20 @@ async fn cancel_promotion(
 /// new events as they happen, one `data:` line of JSON (an `Event`) each.
 #[utoipa::path(get, path = "/v1/models/{model_id}/environments/{env_name}/events",
     operation_id = "events", tag = "environments",
-    params(("model_id" = String, Path), ("env_name" = String, Path)),
+    params(EnvPath),
     responses(
         (status = 200, content(
             (Events = "application/json"),
             (String = "text/event-stream"),
         )),
-        (status = 401, body = ErrorBody),
-        (status = 404, body = ErrorBody),
+        ReadErrors,
     ))]
 async fn events(
     State(s): State<ApiState>,
-    ApiPath((m, e)): ApiPath<(String, String)>,
+    ApiPath(EnvPath {
+        model_id: m,
+        env_name: e,
+    }): ApiPath<EnvPath>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let log = s.controller.events(&m, &e)?; // 404 for unknown names
