@@ -257,11 +257,11 @@ enum Unanswered {
 async fn send(
     cfg: &UpstreamSettings,
     pool: &Arc<Pool>,
-    replica: &Replica,
+    replica: &Arc<Replica>,
     conn: Conn,
     req: Request<Incoming>,
 ) -> Result<Response<ResponseBody>, Unanswered> {
-    let sent = conn.send(req, cfg.request_body_idle_timeout);
+    let sent = conn.send(req, cfg.request_body_idle_timeout, replica);
     let result = match cfg.response_header_timeout {
         Some(after) => match tokio::time::timeout(after, sent).await {
             Ok(result) => result,

@@ -21,6 +21,8 @@ pub struct Replica {
     pub deployment: Arc<str>,
     /// Requests sent to this replica whose response body has not ended.
     outstanding: AtomicU32,
+    /// Of those, the ones whose request body is still arriving from the client.
+    uploading: AtomicU32,
     consecutive_connect_failures: AtomicU32,
     /// Ejection's clock: tokio's (paused in tests), from when the replica was created.
     created: Instant,
@@ -37,6 +39,7 @@ impl Replica {
             addr,
             deployment,
             outstanding: AtomicU32::new(0),
+            uploading: AtomicU32::new(0),
             consecutive_connect_failures: AtomicU32::new(0),
             created: Instant::now(),
             ejected_until_ms: AtomicU64::new(0),
@@ -51,6 +54,13 @@ impl Replica {
 
     pub fn outstanding(&self) -> u32 {
         self.outstanding.load(Ordering::Relaxed)
+    }
+
+    /// Requests the replica can work on: in flight, less those still waiting for the client's
+    /// request body (a stalled upload is not load, and must not make autoscaling add replicas).
+    pub fn working(&self) -> u32 {
+        self.outstanding()
+            .saturating_sub(self.uploading.load(Ordering::Relaxed))
     }
 
     pub fn begin_request(&self) {
@@ -291,6 +301,22 @@ fn strip_port(host: &str) -> &str {
     match host.rfind(':') {
         Some(i) if host[i + 1..].bytes().all(|b| b.is_ascii_digit()) => &host[..i],
         _ => host,
+    }
+}
+
+/// Counts a request whose body is still arriving from the client, for as long as it lives.
+pub struct Uploading(Arc<Replica>);
+
+impl Uploading {
+    pub fn new(replica: Arc<Replica>) -> Self {
+        replica.uploading.fetch_add(1, Ordering::Relaxed);
+        Uploading(replica)
+    }
+}
+
+impl Drop for Uploading {
+    fn drop(&mut self) {
+        self.0.uploading.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

@@ -468,6 +468,55 @@ async fn autoscaling_adds_replicas_under_load_and_removes_them_after_the_delay()
     proxy.shutdown().await;
 }
 
+/// Clients that stall their request bodies hold no load a replica works on: autoscaling adds
+/// nothing for them (before, 40 such connections scaled a deployment from 2 to 4 in 5 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_request_bodies_do_not_make_autoscaling_add_replicas() {
+    use tokio::io::AsyncWriteExt;
+    let mut s = rolling_settings(process(&[]));
+    let env = &mut s.models[0].environments[0];
+    env.traffic = Traffic::Current {
+        deployment: "v1".into(),
+        replicas: 1,
+    };
+    env.autoscaling = Some(switchyard::rollout::autoscale::AutoscalingSettings {
+        min_replica: 1,
+        max_replica: 3,
+        autoscaling_window: 10,
+        scale_down_delay: 2,
+        concurrency_target: 1,
+        target_utilization_percentage: 100,
+    });
+    let proxy = switchyard::server::start(s).unwrap();
+    wait_for(&proxy, "one replica", Duration::from_secs(20), |v| {
+        v.deployments["v1"].ready_replicas == 1
+    })
+    .await;
+    let mut stalled = Vec::new();
+    for _ in 0..40 {
+        let mut c = tokio::net::TcpStream::connect(proxy.listen_addr)
+            .await
+            .unwrap();
+        c.write_all(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{",
+        )
+        .await
+        .unwrap();
+        stalled.push(c);
+    }
+    // Four autoscaling periods with 40 requests in flight, every one of them uploading.
+    let scaled = tokio::time::timeout(
+        Duration::from_secs(4),
+        wait_for(&proxy, "a scale-up", Duration::from_secs(5), |v| {
+            v.deployments["v1"].desired_replicas != 1
+        }),
+    )
+    .await;
+    assert!(scaled.is_err(), "stalled uploads scaled the deployment");
+    drop(stalled);
+    proxy.shutdown().await;
+}
+
 fn static_models(
     v1: Vec<std::net::SocketAddr>,
     v2: Vec<std::net::SocketAddr>,

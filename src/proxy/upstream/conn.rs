@@ -11,6 +11,7 @@
 use std::collections::VecDeque;
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
@@ -23,6 +24,7 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::codec::{self, BodyDecoder, Decoded, ProtocolError, RequestFraming};
+use crate::routing::snapshot::{Replica, Uploading};
 
 /// First read of a response: enough for the head and a small body (inference JSON, SSE events).
 const FIRST_READ: usize = 4096;
@@ -92,11 +94,13 @@ impl Conn {
     /// Sends the request and waits for the response head; the body streams after. The request
     /// body keeps streaming after the response head arrives (full duplex), driven by the
     /// response body.
-    /// A request body idle for `body_idle` is cut with [`UpstreamError::ClientBodyTimeout`].
+    /// A request body idle for `body_idle` is cut with [`UpstreamError::ClientBodyTimeout`];
+    /// while it uploads, it counts as [`Uploading`] on `replica`.
     pub async fn send(
         mut self,
         mut req: Request<Incoming>,
         body_idle: Option<Duration>,
+        replica: &Arc<Replica>,
     ) -> Result<Response<ResponseBody>, SendError> {
         if !req.headers().contains_key(header::HOST) {
             // HTTP/1.1 requires Host; an HTTP/1.0 client may have sent none. Name the replica.
@@ -138,6 +142,7 @@ impl Conn {
                 req.into_body(),
                 framing == RequestFraming::Chunked,
                 body_idle,
+                Uploading::new(replica.clone()),
             )
         });
         let mut upload_failed = None;
@@ -214,10 +219,17 @@ struct Upload {
     idle_timeout: Option<Duration>,
     /// Armed the first time the client keeps us waiting, reset by each frame it sends.
     idle: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Released with the upload: until then the request is not load the replica works on.
+    _uploading: Uploading,
 }
 
 impl Upload {
-    fn new(body: Incoming, chunked: bool, idle_timeout: Option<Duration>) -> Self {
+    fn new(
+        body: Incoming,
+        chunked: bool,
+        idle_timeout: Option<Duration>,
+        uploading: Uploading,
+    ) -> Self {
         Upload {
             body,
             chunked,
@@ -226,6 +238,7 @@ impl Upload {
             ended: false,
             idle_timeout,
             idle: None,
+            _uploading: uploading,
         }
     }
 

@@ -38,7 +38,7 @@ impl Controller {
                 e.pools
                     .iter()
                     .flat_map(|p| p.replicas.iter())
-                    .map(|r| r.outstanding())
+                    .map(|r| r.working())
                     .sum()
             })
     }
