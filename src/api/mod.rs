@@ -326,14 +326,22 @@ fn allowed_methods(path: &str) -> Vec<String> {
                 .zip(&p)
                 .all(|(t, p)| t == p || (t.starts_with('{') && !p.is_empty()))
     };
-    let doc = serde_json::to_value(openapi()).unwrap_or_default();
-    let mut out: Vec<String> = doc["paths"]
-        .as_object()
-        .into_iter()
-        .flatten()
+    let mut out: Vec<String> = openapi()
+        .paths
+        .paths
+        .iter()
         .filter(|(t, _)| matches(t))
-        .flat_map(|(_, ops)| ops.as_object().into_iter().flatten())
-        .map(|(m, _)| m.to_uppercase())
+        .flat_map(|(_, item)| {
+            [
+                ("GET", item.get.is_some()),
+                ("POST", item.post.is_some()),
+                ("PATCH", item.patch.is_some()),
+                ("PUT", item.put.is_some()),
+                ("DELETE", item.delete.is_some()),
+            ]
+        })
+        .filter(|(_, served)| *served)
+        .map(|(m, _)| m.to_owned())
         .collect();
     out.sort();
     out

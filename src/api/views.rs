@@ -28,16 +28,21 @@ pub fn instance_type(state: &ApiState, model: &str, id: &str, provider: &str) ->
 /// replica runs on this host with no limit of its own; a static endpoint's are unknown.
 pub fn default_instance_type(provider: &str) -> InstanceType {
     if provider == "process" {
-        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u64);
-        InstanceType {
-            id: "host".into(),
-            name: "host (no per-replica limit)".into(),
-            memory_limit_mib: host_memory_mib(),
-            millicpu_limit: cpus * 1000,
-            gpu_count: 0,
-            gpu_type: None,
-            gpu_memory_limit_mib: None,
-        }
+        // The host does not change while we run: read it once.
+        static HOST: std::sync::OnceLock<InstanceType> = std::sync::OnceLock::new();
+        HOST.get_or_init(|| {
+            let cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u64);
+            InstanceType {
+                id: "host".into(),
+                name: "host (no per-replica limit)".into(),
+                memory_limit_mib: host_memory_mib(),
+                millicpu_limit: cpus * 1000,
+                gpu_count: 0,
+                gpu_type: None,
+                gpu_memory_limit_mib: None,
+            }
+        })
+        .clone()
     } else {
         InstanceType {
             id: "unspecified".into(),
