@@ -16,9 +16,9 @@ async fn idle_and_trickling_admin_clients_are_cut_and_livez_answers_throughout()
     let proxy = start(s);
     let a = proxy.admin_addr;
 
-    // 300 silent connections, one that trickles a request head, one idle after a request.
+    // 1,000 silent connections, one that trickles a request head, one idle after a request.
     let mut silent = Vec::new();
-    for _ in 0..300 {
+    for _ in 0..1000 {
         silent.push(TcpStream::connect(a).await.unwrap());
     }
     let mut trickle = TcpStream::connect(a).await.unwrap();
