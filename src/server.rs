@@ -146,6 +146,7 @@ pub fn start(settings: Settings) -> Result<RunningProxy, StartError> {
             tls: acceptor.clone(),
             stop: stop_rx.clone(),
             grace: settings.shutdown_grace,
+            header_timeout: settings.client_header_timeout,
         };
         let handle = std::thread::Builder::new()
             .name(format!("switchyard-worker-{i}"))
@@ -284,6 +285,7 @@ struct Worker {
     tls: Option<tokio_rustls::TlsAcceptor>,
     stop: watch::Receiver<bool>,
     grace: Duration,
+    header_timeout: Duration,
 }
 
 impl Worker {
@@ -310,7 +312,7 @@ impl Worker {
                 return;
             }
         };
-        let protocols = Arc::new(Protocols::new());
+        let protocols = Arc::new(Protocols::new(self.header_timeout));
         // Every connection holds a receiver; the drain is over when all are dropped.
         let (drain, _) = watch::channel(());
         let idle = self.ctx.upstream.pool_idle_timeout;

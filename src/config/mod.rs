@@ -109,6 +109,8 @@ pub struct Settings {
     /// How long an admin client has to send a request head; idle admin connections close
     /// after it too.
     pub admin_header_timeout: Duration,
+    /// The same for proxy clients (their first bytes, every request head, idle keep-alive).
+    pub client_header_timeout: Duration,
 }
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -137,6 +139,7 @@ impl Settings {
             instance_types: BTreeMap::new(),
             api_process_deployments: false,
             admin_header_timeout: Duration::from_secs(30),
+            client_header_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -177,6 +180,7 @@ struct ServerSection {
     data_dir: Option<PathBuf>,
     api_process_deployments: Option<bool>,
     admin_header_timeout_seconds: Option<f64>,
+    client_header_timeout_seconds: Option<f64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -334,6 +338,9 @@ fn from_file(f: FileConfig) -> Result<Settings, ConfigError> {
     }
     if let Some(d) = f.server.data_dir {
         s.data_dir = Some(d);
+    }
+    if let Some(v) = f.server.client_header_timeout_seconds {
+        s.client_header_timeout = seconds("server.client_header_timeout_seconds", v, 0.1, 3600.0)?;
     }
     if let Some(v) = f.server.admin_header_timeout_seconds {
         s.admin_header_timeout = seconds("server.admin_header_timeout_seconds", v, 0.1, 3600.0)?;

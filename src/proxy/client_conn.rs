@@ -29,7 +29,8 @@ use super::body::ProxyBody;
 const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// A client that opened a connection must send its first request head (or the HTTP/2 preface)
-/// within this time; hyper's header read timeout takes over from there.
+/// within this time by default; hyper's header read timeout takes over from there
+/// (`server.client_header_timeout_seconds`).
 pub const FIRST_BYTES_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Time a client has to complete the TLS handshake.
@@ -39,26 +40,32 @@ const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct Protocols {
     http1: http1::Builder,
     http2: http2::Builder<TokioExecutor>,
+    /// For the first bytes, then for every request head (idle keep-alive included).
+    header_timeout: Duration,
 }
 
 impl Protocols {
-    pub fn new() -> Self {
+    pub fn new(header_timeout: Duration) -> Self {
         let mut http1 = http1::Builder::new();
         http1
             .timer(TokioTimer::new())
-            .header_read_timeout(FIRST_BYTES_TIMEOUT);
+            .header_read_timeout(header_timeout);
         let mut http2 = http2::Builder::new(TokioExecutor::new());
         http2
             .timer(TokioTimer::new())
             .max_concurrent_streams(1024)
             .keep_alive_interval(Some(Duration::from_secs(30)));
-        Protocols { http1, http2 }
+        Protocols {
+            http1,
+            http2,
+            header_timeout,
+        }
     }
 }
 
 impl Default for Protocols {
     fn default() -> Self {
-        Self::new()
+        Self::new(FIRST_BYTES_TIMEOUT)
     }
 }
 
@@ -83,7 +90,7 @@ pub async fn serve_plain<S>(
     let mut drain = drain;
     // A connection that has sent nothing yet is simply closed when the worker drains.
     let protocol = tokio::select! {
-        p = sniff(&stream) => p,
+        p = sniff(&stream, protocols.header_timeout) => p,
         _ = drain.changed() => None,
     };
     let Some(protocol) = protocol else {
@@ -148,7 +155,7 @@ impl<S> ProxyService for S where
 
 /// Tells HTTP/2 with prior knowledge from HTTP/1.1 by peeking at the first bytes, leaving them in
 /// the socket for hyper. `None` when the client sent nothing usable in time.
-async fn sniff(stream: &TcpStream) -> Option<Protocol> {
+async fn sniff(stream: &TcpStream, within: Duration) -> Option<Protocol> {
     let sniffing = async {
         let mut buf = [0u8; H2_PREFACE.len()];
         loop {
@@ -167,10 +174,7 @@ async fn sniff(stream: &TcpStream) -> Option<Protocol> {
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
     };
-    tokio::time::timeout(FIRST_BYTES_TIMEOUT, sniffing)
-        .await
-        .ok()
-        .flatten()
+    tokio::time::timeout(within, sniffing).await.ok().flatten()
 }
 
 /// Serves the connection until it closes. When `drain` changes, the connection finishes the

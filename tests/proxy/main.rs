@@ -3,10 +3,10 @@
 
 mod support;
 
-mod admin_limits;
 mod api;
 mod failover;
 mod framing;
+mod idle_clients;
 mod protocols;
 mod rollout;
 mod routes;

@@ -1,4 +1,4 @@
-//! The admin listener holds no resources for clients that say nothing: idle and trickling
+//! Neither listener holds resources for clients that say nothing: idle and trickling
 //! connections are closed after the header timeout, and `/livez` answers throughout.
 
 use std::time::{Duration, Instant};
@@ -68,5 +68,42 @@ async fn idle_and_trickling_admin_clients_are_cut_and_livez_answers_throughout()
         "the event stream was closed: {still_open:?}"
     );
     assert_eq!(admin(a, "/livez").await.0, 200);
+    proxy.shutdown().await;
+}
+
+/// The proxy listener does the same for clients that open connections and say nothing.
+#[tokio::test]
+async fn idle_proxy_clients_are_cut_after_the_header_timeout() {
+    let up = named("v1").await;
+    let mut s = settings(spec(&[("v1", vec![up.addr], 1)]));
+    s.client_header_timeout = Duration::from_secs(1);
+    let proxy = start(s);
+    let mut silent = Vec::new();
+    for _ in 0..1000 {
+        silent.push(TcpStream::connect(proxy.listen_addr).await.unwrap());
+    }
+    let mut keep_alive = TcpStream::connect(proxy.listen_addr).await.unwrap();
+    keep_alive
+        .write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 1024];
+    let n = keep_alive.read(&mut buf).await.unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+    assert_eq!(get(proxy.listen_addr, "/").await.status, 200);
+    let started = Instant::now();
+    for (i, mut c) in silent.into_iter().chain([keep_alive]).enumerate() {
+        let read = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                match c.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => continue,
+                }
+            }
+        })
+        .await;
+        assert!(read.is_ok(), "proxy connection {i} still open after 10 s");
+    }
+    assert!(started.elapsed() < Duration::from_secs(10));
     proxy.shutdown().await;
 }
