@@ -406,9 +406,10 @@ async fn a_crash_looping_candidate_fails_and_traffic_stays_on_the_previous() {
     proxy.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn autoscaling_adds_replicas_under_load_and_removes_them_after_the_delay() {
-    let mut s = rolling_settings(process(&["--tokens-per-second", "40"]));
+/// v1 on one process replica, autoscaled 1..=3 at one request per replica, 10 s window, 2 s
+/// scale-down delay; started and with its replica ready.
+async fn autoscaled_v1(v2: ProviderSpec) -> RunningProxy {
+    let mut s = rolling_settings(v2);
     let env = &mut s.models[0].environments[0];
     env.traffic = Traffic::Current {
         deployment: "v1".into(),
@@ -427,6 +428,12 @@ async fn autoscaling_adds_replicas_under_load_and_removes_them_after_the_delay()
         v.deployments["v1"].ready_replicas == 1
     })
     .await;
+    proxy
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn autoscaling_adds_replicas_under_load_and_removes_them_after_the_delay() {
+    let proxy = autoscaled_v1(process(&["--tokens-per-second", "40"])).await;
 
     // Six clients, each always holding a one-second stream open: 6 in flight against a
     // target of 1 per replica, capped at max_replica 3.
@@ -473,25 +480,7 @@ async fn autoscaling_adds_replicas_under_load_and_removes_them_after_the_delay()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stalled_request_bodies_do_not_make_autoscaling_add_replicas() {
     use tokio::io::AsyncWriteExt;
-    let mut s = rolling_settings(process(&[]));
-    let env = &mut s.models[0].environments[0];
-    env.traffic = Traffic::Current {
-        deployment: "v1".into(),
-        replicas: 1,
-    };
-    env.autoscaling = Some(switchyard::rollout::autoscale::AutoscalingSettings {
-        min_replica: 1,
-        max_replica: 3,
-        autoscaling_window: 10,
-        scale_down_delay: 2,
-        concurrency_target: 1,
-        target_utilization_percentage: 100,
-    });
-    let proxy = switchyard::server::start(s).unwrap();
-    wait_for(&proxy, "one replica", Duration::from_secs(20), |v| {
-        v.deployments["v1"].ready_replicas == 1
-    })
-    .await;
+    let proxy = autoscaled_v1(process(&[])).await;
     let mut stalled = Vec::new();
     for _ in 0..40 {
         let mut c = tokio::net::TcpStream::connect(proxy.listen_addr)
