@@ -277,3 +277,16 @@ pub async fn eventually(within: Duration, mut f: impl FnMut() -> bool) -> bool {
     }
     f()
 }
+
+/// Writes raw bytes on a new connection and reads until the server closes it (at most 5 s).
+pub async fn raw_exchange(addr: SocketAddr, request: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(request).await.unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out))
+        .await
+        .unwrap()
+        .unwrap();
+    String::from_utf8_lossy(&out).into_owned()
+}

@@ -368,17 +368,7 @@ async fn an_http10_request_without_host_reaches_the_replica_with_one() {
     })
     .await;
     let proxy = start(settings(spec(&[("v1", vec![up.addr], 100)])));
-    let mut s = tokio::net::TcpStream::connect(proxy.listen_addr)
-        .await
-        .unwrap();
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    s.write_all(b"GET /old HTTP/1.0\r\n\r\n").await.unwrap();
-    let mut out = Vec::new();
-    tokio::time::timeout(std::time::Duration::from_secs(5), s.read_to_end(&mut out))
-        .await
-        .unwrap()
-        .unwrap();
-    let out = String::from_utf8_lossy(&out);
+    let out = raw_exchange(proxy.listen_addr, b"GET /old HTTP/1.0\r\n\r\n").await;
     assert!(out.starts_with("HTTP/1.0 200"), "{out}");
     assert!(out.ends_with(&format!("Some(\"{}\")", up.addr)), "{out}");
     proxy.shutdown().await;
@@ -388,23 +378,13 @@ async fn an_http10_request_without_host_reaches_the_replica_with_one() {
 /// reaches a replica.
 #[tokio::test]
 async fn a_request_with_two_hosts_or_an_http11_request_with_none_is_refused() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let up = named("v1").await;
     let proxy = start(settings(spec(&[("v1", vec![up.addr], 100)])));
     for raw in [
         &b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\nConnection: close\r\n\r\n"[..],
         &b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n"[..],
     ] {
-        let mut s = tokio::net::TcpStream::connect(proxy.listen_addr)
-            .await
-            .unwrap();
-        s.write_all(raw).await.unwrap();
-        let mut out = Vec::new();
-        tokio::time::timeout(std::time::Duration::from_secs(5), s.read_to_end(&mut out))
-            .await
-            .unwrap()
-            .unwrap();
-        let out = String::from_utf8_lossy(&out);
+        let out = raw_exchange(proxy.listen_addr, raw).await;
         assert!(out.starts_with("HTTP/1.1 400"), "{out}");
     }
     assert_eq!(up.requests.load(std::sync::atomic::Ordering::SeqCst), 0);

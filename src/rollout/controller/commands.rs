@@ -13,6 +13,16 @@ use crate::rollout::autoscale::{Autoscaler, AutoscalingSettings};
 use crate::rollout::machine::{ControlError, Effects, Event, Promotion, PromotionConfig, Status};
 
 impl Controller {
+    /// After a command changed the state: new routing, queued for the store, and the run loop
+    /// woken (after the lock is released) to act on it.
+    fn commit(&self, mut st: std::sync::MutexGuard<'_, super::state::State>) {
+        st.dirty = true;
+        self.reroute(&mut st);
+        self.save(&mut st);
+        drop(st);
+        self.wake.notify_one();
+    }
+
     fn with_env<T>(
         &self,
         model: &str,
@@ -23,11 +33,7 @@ impl Controller {
         let (mi, ei) = env_index(&st, model, environment)?;
         let m = &mut st.models[mi];
         let out = f(m, ei)?;
-        st.dirty = true;
-        self.reroute(&mut st);
-        self.save(&mut st);
-        drop(st);
-        self.wake.notify_one();
+        self.commit(st);
         Ok(out)
     }
 
@@ -214,11 +220,7 @@ impl Controller {
             provider = kind.name(),
             "deployment registered"
         );
-        st.dirty = true;
-        self.reroute(&mut st);
-        self.save(&mut st);
-        drop(st);
-        self.wake.notify_one();
+        self.commit(st);
         Ok(())
     }
 
@@ -255,11 +257,7 @@ impl Controller {
                 d.provider.scale(0);
             }
         }
-        st.dirty = true;
-        self.reroute(&mut st);
-        self.save(&mut st);
-        drop(st);
-        self.wake.notify_one();
+        self.commit(st);
         Ok(())
     }
 }
