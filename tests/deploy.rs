@@ -67,7 +67,7 @@ fn the_dashboard_only_queries_metrics_the_binary_exports() {
     for family in [
         "switchyard_requests_total",
         "switchyard_request_duration_seconds_bucket",
-        "switchyard_response_first_byte_seconds_bucket",
+        "switchyard_time_to_first_byte_seconds_bucket",
         "switchyard_in_flight_requests",
         "switchyard_upstream_errors_total",
         "switchyard_traffic_weight",

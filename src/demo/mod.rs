@@ -7,6 +7,7 @@ use std::path::PathBuf;
 
 use crate::config::{DeploymentConfig, EnvironmentConfig, ModelConfig, Settings, Traffic};
 use crate::replicas::ProviderSpec;
+use crate::rollout::analysis::AnalysisSettings;
 use crate::rollout::autoscale::AutoscalingSettings;
 use crate::rollout::machine::{CleanupStrategy, PromotionConfig};
 use crate::rollout::plan::RollingConfig;
@@ -69,6 +70,7 @@ pub fn settings(
                 cleanup: CleanupStrategy::ScaleToZero,
                 ready_wait_ms: 15_000,
                 ready_deadline_ms: 60_000,
+                analysis: AnalysisSettings::default(),
             },
             autoscaling: Some(AutoscalingSettings {
                 min_replica: 2,

@@ -1,6 +1,8 @@
 //! Prometheus metrics. Families are registered once; each routing pool resolves its label
 //! children when a snapshot is built ([`PoolMetrics`]), so the request path only touches atomics.
 
+pub mod window;
+
 use std::sync::{Arc, OnceLock};
 
 use prometheus::{
@@ -57,10 +59,12 @@ pub struct Metrics {
     requests_total: IntCounterVec,
     request_duration: HistogramVec,
     first_byte: HistogramVec,
+    inter_chunk: HistogramVec,
     in_flight: IntGaugeVec,
     upstream_errors: IntCounterVec,
     traffic_weight: GaugeVec,
     ready_replicas: IntGaugeVec,
+    analysis_verdicts: IntCounterVec,
 }
 
 const POOL_LABELS: &[&str] = &["model", "environment", "deployment"];
@@ -87,11 +91,28 @@ impl Metrics {
         .expect("static metric definition");
         let first_byte = HistogramVec::new(
             HistogramOpts::new(
-                "switchyard_response_first_byte_seconds",
-                "Time from request received to upstream response headers.",
+                "switchyard_time_to_first_byte_seconds",
+                "Time from request received to the first byte of the response body (the first token of a stream); to the end of the response when it has no body.",
             )
             .buckets(LATENCY_BUCKETS.to_vec()),
             POOL_LABELS,
+        )
+        .expect("static metric definition");
+        let inter_chunk = HistogramVec::new(
+            HistogramOpts::new(
+                "switchyard_inter_chunk_seconds",
+                "Gaps between body chunks of streamed responses (SSE or chunked): inter-token latency.",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            POOL_LABELS,
+        )
+        .expect("static metric definition");
+        let analysis_verdicts = IntCounterVec::new(
+            Opts::new(
+                "switchyard_analysis_verdicts_total",
+                "Canary analysis verdicts by result (pass, fail, inconclusive).",
+            ),
+            &["model", "environment", "result"],
         )
         .expect("static metric definition");
         let in_flight = IntGaugeVec::new(
@@ -130,10 +151,12 @@ impl Metrics {
             Box::new(requests_total.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(request_duration.clone()),
             Box::new(first_byte.clone()),
+            Box::new(inter_chunk.clone()),
             Box::new(in_flight.clone()),
             Box::new(upstream_errors.clone()),
             Box::new(traffic_weight.clone()),
             Box::new(ready_replicas.clone()),
+            Box::new(analysis_verdicts.clone()),
         ] {
             registry.register(c).expect("metric names are unique");
         }
@@ -142,10 +165,12 @@ impl Metrics {
             requests_total,
             request_duration,
             first_byte,
+            inter_chunk,
             in_flight,
             upstream_errors,
             traffic_weight,
             ready_replicas,
+            analysis_verdicts,
         }
     }
 
@@ -161,6 +186,8 @@ impl Metrics {
             codes: (0..CODE_SLOTS).map(|_| OnceLock::new()).collect(),
             duration: self.request_duration.with_label_values(&l),
             first_byte: self.first_byte.with_label_values(&l),
+            inter_chunk: self.inter_chunk.with_label_values(&l),
+            stats: window::PoolStats::default(),
             in_flight: self.in_flight.with_label_values(&l),
             errors: UpstreamErrorKind::ALL.map(|k| {
                 self.upstream_errors.with_label_values(&[
@@ -184,6 +211,13 @@ impl Metrics {
         buf
     }
 
+    /// Counts one canary analysis verdict of an environment.
+    pub fn count_verdict(&self, model: &str, environment: &str, result: &str) {
+        self.analysis_verdicts
+            .with_label_values(&[model, environment, result])
+            .inc();
+    }
+
     pub fn registry(&self) -> &Registry {
         &self.registry
     }
@@ -205,6 +239,9 @@ pub struct PoolMetrics {
     codes: Box<[OnceLock<IntCounter>]>,
     pub duration: Histogram,
     pub first_byte: Histogram,
+    pub inter_chunk: Histogram,
+    /// Windowed figures for canary analysis and live views.
+    pub stats: window::PoolStats,
     pub in_flight: IntGauge,
     errors: [IntCounter; 5],
     pub weight: Gauge,
@@ -216,6 +253,7 @@ impl PoolMetrics {
     /// Counts one response with this status code.
     pub fn count_response(&self, status: http::StatusCode) {
         let code = status.as_u16();
+        self.stats.response(code);
         let slot = usize::from(code).wrapping_sub(100);
         match self.codes.get(slot) {
             Some(cell) => cell
@@ -247,6 +285,7 @@ impl PoolMetrics {
         let f = &self.families;
         let _ = f.request_duration.remove_label_values(&l);
         let _ = f.first_byte.remove_label_values(&l);
+        let _ = f.inter_chunk.remove_label_values(&l);
         let _ = f.in_flight.remove_label_values(&l);
         let _ = f.traffic_weight.remove_label_values(&l);
         let _ = f.ready_replicas.remove_label_values(&l);

@@ -42,7 +42,65 @@ impl Drop for InFlight {
         self.replica.end_request();
         let m = &self.pool.metrics;
         m.in_flight.dec();
-        m.duration.observe(self.started.elapsed().as_secs_f64());
+        let took = self.started.elapsed();
+        m.duration.observe(took.as_secs_f64());
+        m.stats.latency(took);
+    }
+}
+
+/// When the body's chunks arrived, for time to first byte, inter-chunk gaps and time per
+/// output chunk. Only streamed bodies (SSE, chunked) take a clock reading per chunk.
+struct ChunkTiming {
+    streamed: bool,
+    first: Option<Instant>,
+    last: Option<Instant>,
+    chunks: u32,
+    ended: bool,
+}
+
+impl ChunkTiming {
+    fn chunk(&mut self, in_flight: &InFlight) {
+        self.chunks = self.chunks.saturating_add(1);
+        let m = &in_flight.pool.metrics;
+        match self.last {
+            None => {
+                let now = Instant::now();
+                let ttfb = now.duration_since(in_flight.started);
+                m.first_byte.observe(ttfb.as_secs_f64());
+                m.stats.first_byte(ttfb);
+                self.first = Some(now);
+                self.last = Some(now);
+            }
+            Some(last) if self.streamed => {
+                let now = Instant::now();
+                let gap = now.duration_since(last);
+                m.inter_chunk.observe(gap.as_secs_f64());
+                m.stats.inter_chunk(gap);
+                self.last = Some(now);
+            }
+            Some(_) => {}
+        }
+    }
+
+    /// The body ended cleanly (or was empty from the start).
+    fn end(&mut self, in_flight: &InFlight) {
+        if self.ended {
+            return;
+        }
+        self.ended = true;
+        let m = &in_flight.pool.metrics;
+        match (self.first, self.last) {
+            (None, _) => {
+                let ttfb = in_flight.started.elapsed();
+                m.first_byte.observe(ttfb.as_secs_f64());
+                m.stats.first_byte(ttfb);
+            }
+            (Some(first), Some(last)) if self.streamed && self.chunks > 1 => {
+                let per = last.duration_since(first) / (self.chunks - 1);
+                m.stats.time_per_output_chunk(per);
+            }
+            _ => {}
+        }
     }
 }
 
@@ -56,6 +114,7 @@ pub struct UpstreamBody {
     idle_timeout: Option<Duration>,
     /// Armed only once the body has to wait, so quick responses allocate no timer.
     idle: Option<Pin<Box<Sleep>>>,
+    timing: ChunkTiming,
 }
 
 impl UpstreamBody {
@@ -64,6 +123,7 @@ impl UpstreamBody {
         in_flight: InFlight,
         max_idle_per_replica: usize,
         idle_timeout: Option<Duration>,
+        streamed: bool,
     ) -> Self {
         UpstreamBody {
             inner,
@@ -71,6 +131,13 @@ impl UpstreamBody {
             max_idle_per_replica,
             idle_timeout,
             idle: None,
+            timing: ChunkTiming {
+                streamed,
+                first: None,
+                last: None,
+                chunks: 0,
+                ended: false,
+            },
         }
     }
 }
@@ -97,6 +164,9 @@ impl Body for UpstreamBody {
                 if let (Some(sleep), Some(t)) = (this.idle.as_mut(), this.idle_timeout) {
                     sleep.as_mut().reset(tokio::time::Instant::now() + t);
                 }
+                if frame.data_ref().is_some_and(|d| !d.is_empty()) {
+                    this.timing.chunk(&this.in_flight);
+                }
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) if e.is_client_body() => {
@@ -115,10 +185,9 @@ impl Body for UpstreamBody {
                 Poll::Ready(Some(Err(e.into())))
             }
             Poll::Ready(Some(Err(e))) => {
-                this.in_flight
-                    .pool
-                    .metrics
-                    .count_error(UpstreamErrorKind::Protocol);
+                let m = &this.in_flight.pool.metrics;
+                m.count_error(UpstreamErrorKind::Protocol);
+                m.stats.stream_cut();
                 tracing::warn!(
                     deployment = field::display(&this.in_flight.pool.deployment),
                     replica = field::display(this.in_flight.replica.addr),
@@ -127,7 +196,10 @@ impl Body for UpstreamBody {
                 );
                 Poll::Ready(Some(Err(e.into())))
             }
-            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Ready(None) => {
+                this.timing.end(&this.in_flight);
+                Poll::Ready(None)
+            }
             Poll::Pending => {
                 let Some(t) = this.idle_timeout else {
                     return Poll::Pending;
@@ -140,6 +212,7 @@ impl Body for UpstreamBody {
                     Poll::Ready(()) => {
                         let p = &this.in_flight.pool;
                         p.metrics.count_error(UpstreamErrorKind::BodyIdleTimeout);
+                        p.metrics.stats.stream_cut();
                         let e = BodyIdleTimeout {
                             deployment: p.deployment.to_string(),
                             replica: this.in_flight.replica.addr,
@@ -165,6 +238,10 @@ impl Body for UpstreamBody {
 
 impl Drop for UpstreamBody {
     fn drop(&mut self) {
+        // hyper does not poll a body that says it has ended (a 204, or a HEAD answer).
+        if self.inner.is_end_stream() {
+            self.timing.end(&self.in_flight);
+        }
         if let Some(conn) = self.inner.take_reusable() {
             upstream::checkin(self.in_flight.replica.id, conn, self.max_idle_per_replica);
         }

@@ -114,14 +114,7 @@ async fn forward(
     *req.version_mut() = Version::HTTP_11;
 
     let (in_flight, response) = exchange(&ctx.upstream, &pool, replica, req, started).await?;
-    respond(
-        ctx,
-        in_flight,
-        response,
-        client_version,
-        client_upgrade,
-        started,
-    )
+    respond(ctx, in_flight, response, client_version, client_upgrade)
 }
 
 /// Where the routing decision sends a request.
@@ -300,7 +293,6 @@ fn respond(
     response: Response<ResponseBody>,
     client_version: Version,
     client_upgrade: Option<OnUpgrade>,
-    started: Instant,
 ) -> Result<Response<ProxyBody>, ForwardError> {
     if response.status() == StatusCode::SWITCHING_PROTOCOLS && client_upgrade.is_none() {
         // The socket now speaks an unknown protocol: dropped with the response.
@@ -310,9 +302,7 @@ fn respond(
         });
     }
 
-    let m = &in_flight.pool.metrics;
-    m.first_byte.observe(started.elapsed().as_secs_f64());
-    m.count_response(response.status());
+    in_flight.pool.metrics.count_response(response.status());
     let (mut parts, body) = response.into_parts();
     // Answer in the client's protocol version, whatever the replica spoke.
     parts.version = client_version;
@@ -343,8 +333,18 @@ fn respond(
         in_flight,
         cfg.pool_max_idle_per_replica,
         cfg.body_idle_timeout,
+        is_streamed(&parts.headers),
     );
     Ok(Response::from_parts(parts, ProxyBody::Upstream(body)))
+}
+
+/// A body that arrives in chunks over time (SSE, or no length announced): its chunk gaps are
+/// inter-token latency.
+fn is_streamed(headers: &http::HeaderMap) -> bool {
+    !headers.contains_key(header::CONTENT_LENGTH)
+        || headers
+            .get(header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"))
 }
 
 /// The Host the client addressed: the `Host` header (HTTP/1.1) or the URI authority (HTTP/2).

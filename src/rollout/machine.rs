@@ -23,6 +23,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::analysis::{AnalysisSettings, AnalysisState, OnFailure, Verdict, VerdictResult};
 use super::plan::{self, Mode, PlanError, RollingConfig};
 
 /// Baseten's promotion statuses.
@@ -86,6 +87,9 @@ pub struct PromotionConfig {
     pub ready_wait_ms: u64,
     /// No candidate replica ready for this long: FAILED.
     pub ready_deadline_ms: u64,
+    /// Canary analysis: each traffic shift waits for a passing verdict on live traffic.
+    #[serde(default)]
+    pub analysis: AnalysisSettings,
 }
 
 impl Default for PromotionConfig {
@@ -96,6 +100,7 @@ impl Default for PromotionConfig {
             cleanup: CleanupStrategy::default(),
             ready_wait_ms: 120_000,
             ready_deadline_ms: 600_000,
+            analysis: AnalysisSettings::default(),
         }
     }
 }
@@ -167,6 +172,8 @@ pub enum Phase {
     Stabilizing {
         until_ms: u64,
     },
+    /// Canary analysis is on and no interval passed since the last traffic shift.
+    AwaitVerdict,
     /// Between steps; `next` runs when not paused.
     Boundary,
     Done,
@@ -206,6 +213,11 @@ pub struct Promotion {
     roll_forward_requested: bool,
     pub error_message: Option<String>,
     pub started_ms: u64,
+    #[serde(default)]
+    pub analysis: AnalysisState,
+    /// Set when analysis rolls the promotion back: the ramp-down ends FAILED with this.
+    #[serde(default)]
+    rollback_reason: Option<String>,
 }
 
 impl Promotion {
@@ -240,6 +252,8 @@ impl Promotion {
             roll_forward_requested: false,
             error_message: None,
             started_ms: now,
+            analysis: AnalysisState::default(),
+            rollback_reason: None,
             config,
         };
         let mut fx = Effects::default();
@@ -380,6 +394,8 @@ impl Promotion {
                         break;
                     }
                 }
+                // A verdict (or a roll forward, or a cancel) moves it on.
+                Phase::AwaitVerdict => break,
                 Phase::Boundary => {
                     if self.roll_forward_requested {
                         self.finish_success(&mut fx, now, "forced roll forward");
@@ -425,6 +441,19 @@ impl Promotion {
                 );
             }
             Next::Shift => {
+                let a = &self.config.analysis;
+                if a.enabled && self.percent > 0 && !self.analysis.passed_since_shift {
+                    self.phase = Phase::AwaitVerdict;
+                    self.event(
+                        fx,
+                        now,
+                        format!(
+                            "waiting for a passing analysis interval before shifting more traffic (every {} s)",
+                            a.interval_seconds
+                        ),
+                    );
+                    return;
+                }
                 let mut percent = plan::next_traffic(self.percent, ts);
                 if obs.candidate_ready < self.candidate_target {
                     // Only what is ready takes traffic.
@@ -434,6 +463,9 @@ impl Promotion {
                 }
                 self.percent = percent;
                 fx.percent = Some(percent);
+                // The next interval measures this step alone.
+                self.analysis.passed_since_shift = false;
+                self.analysis.interval_started_ms = Some(now);
                 self.event(
                     fx,
                     now,
@@ -593,7 +625,125 @@ impl Promotion {
         fx.candidate_replicas = Some(0);
         fx.previous_replicas = Some(self.previous_target);
         self.phase = Phase::Done;
-        self.set_status(fx, now, Status::Canceled, reason);
+        match self.rollback_reason.take() {
+            // An analysis rollback is a failure, whatever ended the ramp-down.
+            Some(why) => {
+                self.error_message = Some(why.clone());
+                self.set_status(fx, now, Status::Failed, format!("rolled back: {why}"));
+            }
+            None => self.set_status(fx, now, Status::Canceled, reason),
+        }
+    }
+
+    /// Whether analysis measures intervals now: traffic is split and the promotion moves up.
+    fn judging(&self) -> bool {
+        self.config.analysis.enabled
+            && self.status == Status::RampingUp
+            && self.percent > 0
+            && self.percent < 100
+    }
+
+    /// Start of the interval being measured, while one is.
+    pub fn analysis_interval_start(&self) -> Option<u64> {
+        self.analysis.interval_started_ms.filter(|_| self.judging())
+    }
+
+    /// When the interval being measured ends and a verdict is due.
+    pub fn analysis_due_ms(&self) -> Option<u64> {
+        self.analysis_interval_start()
+            .map(|t| t.saturating_add(self.config.analysis.interval_ms()))
+    }
+
+    /// Takes the verdict of the interval that just ended: a pass lets the next shift go, a
+    /// failure or a run of inconclusive intervals acts as the settings say.
+    pub fn record_verdict(&mut self, v: Verdict, now: u64) -> Effects {
+        let mut fx = Effects::default();
+        if !self.judging() {
+            return fx;
+        }
+        let s = self.config.analysis.clone();
+        let a = &mut self.analysis;
+        a.verdicts = a.verdicts.saturating_add(1);
+        a.interval_started_ms = Some(now);
+        let summary = v.summary.clone();
+        let result = v.result;
+        a.last = Some(v);
+        match result {
+            VerdictResult::Pass => {
+                a.consecutive_failures = 0;
+                a.consecutive_inconclusive = 0;
+                a.passed_since_shift = true;
+                self.event(&mut fx, now, format!("analysis PASS: {summary}"));
+                if self.phase == Phase::AwaitVerdict {
+                    self.phase = Phase::Boundary;
+                }
+            }
+            VerdictResult::Inconclusive => {
+                a.consecutive_inconclusive += 1;
+                let n = a.consecutive_inconclusive;
+                self.event(
+                    &mut fx,
+                    now,
+                    format!(
+                        "analysis INCONCLUSIVE ({n} of {} in a row): {summary}",
+                        s.max_inconclusive_intervals
+                    ),
+                );
+                if n >= s.max_inconclusive_intervals {
+                    self.resume_to = Status::RampingUp;
+                    self.set_status(
+                        &mut fx,
+                        now,
+                        Status::Paused,
+                        format!("paused by analysis: {n} inconclusive intervals in a row ({summary}); resume to judge again"),
+                    );
+                }
+            }
+            VerdictResult::Fail => {
+                a.consecutive_failures += 1;
+                a.consecutive_inconclusive = 0;
+                a.passed_since_shift = false;
+                let n = a.consecutive_failures;
+                self.event(
+                    &mut fx,
+                    now,
+                    format!(
+                        "analysis FAIL ({n} of {} in a row): {summary}",
+                        s.failure_limit
+                    ),
+                );
+                if n >= s.failure_limit {
+                    let why = format!("analysis failed {n} intervals in a row: {summary}");
+                    self.act_on_failure(&mut fx, now, s.on_failure, why);
+                }
+            }
+        }
+        fx
+    }
+
+    fn act_on_failure(&mut self, fx: &mut Effects, now: u64, on: OnFailure, why: String) {
+        match on {
+            OnFailure::Rollback => {
+                // Like a graceful cancel: make-before-break back to the previous deployment.
+                self.candidate_target = self.candidate_target.min(self.best_ready.max(1));
+                fx.candidate_replicas = Some(self.candidate_target);
+                self.phase = Phase::Boundary;
+                self.next = Next::ScaleUp;
+                self.roll_forward_requested = false;
+                self.rollback_reason = Some(why.clone());
+                self.set_status(fx, now, Status::RampingDown, format!("{why}; rolling back"));
+            }
+            OnFailure::Pause => {
+                self.resume_to = Status::RampingUp;
+                self.set_status(
+                    fx,
+                    now,
+                    Status::Paused,
+                    format!("paused by analysis: {why}; resume to judge again"),
+                );
+            }
+            OnFailure::ForceCancel => self.fail(fx, now, why),
+        }
     }
 
     fn fail(&mut self, fx: &mut Effects, now: u64, why: String) {
@@ -648,6 +798,14 @@ impl Promotion {
         let mut fx = Effects::default();
         // Paused time does not count against the readiness deadline.
         self.last_progress_ms = now;
+        // Judged afresh: what failed before the pause does not count against what follows.
+        let a = &mut self.analysis;
+        a.consecutive_failures = 0;
+        a.consecutive_inconclusive = 0;
+        a.passed_since_shift = false;
+        if a.interval_started_ms.is_some() {
+            a.interval_started_ms = Some(now);
+        }
         if let Phase::WaitCandidate { ready_at_start, .. } = self.phase {
             self.phase = Phase::WaitCandidate {
                 since_ms: now,
@@ -701,7 +859,7 @@ impl Promotion {
         self.check_live()?;
         let mut fx = Effects::default();
         self.roll_forward_requested = true;
-        if matches!(self.phase, Phase::Stabilizing { .. }) {
+        if matches!(self.phase, Phase::Stabilizing { .. } | Phase::AwaitVerdict) {
             self.phase = Phase::Boundary;
         }
         self.event(
@@ -744,9 +902,14 @@ impl Promotion {
                 None,
             ],
             Phase::Stabilizing { until_ms } => [Some(until_ms), None],
-            Phase::Boundary | Phase::Done => [None, None],
+            Phase::AwaitVerdict | Phase::Boundary | Phase::Done => [None, None],
         };
-        deadlines.into_iter().flatten().filter(|t| *t > now).min()
+        deadlines
+            .into_iter()
+            .chain([self.analysis_due_ms()])
+            .flatten()
+            .filter(|t| *t > now)
+            .min()
     }
 }
 
@@ -775,6 +938,7 @@ mod tests {
             cleanup: CleanupStrategy::ScaleToZero,
             ready_wait_ms: 10_000,
             ready_deadline_ms: 60_000,
+            analysis: AnalysisSettings::default(),
         }
     }
 
@@ -1305,5 +1469,177 @@ mod tests {
         assert_eq!(back, p);
         drive_until(&mut back, &mut now, |p| p.status.is_terminal());
         assert_eq!(back.status, Status::Succeeded);
+    }
+
+    fn analyzed(on_failure: OnFailure) -> PromotionConfig {
+        let mut c = cfg(20, 0, 0, 0);
+        c.analysis = AnalysisSettings {
+            enabled: true,
+            interval_seconds: 5,
+            failure_limit: 2,
+            max_inconclusive_intervals: 3,
+            on_failure,
+            ..AnalysisSettings::default()
+        };
+        c
+    }
+
+    fn verdict(result: VerdictResult, summary: &str) -> Verdict {
+        Verdict {
+            result,
+            from_ms: 0,
+            to_ms: 0,
+            candidate: Default::default(),
+            previous: Default::default(),
+            checks: Vec::new(),
+            summary: summary.into(),
+        }
+    }
+
+    /// Ticks and judges with `result` whenever an interval is due, until `until`.
+    fn judge_until(
+        p: &mut Promotion,
+        now: &mut u64,
+        result: VerdictResult,
+        until: impl Fn(&Promotion) -> bool,
+    ) -> Vec<Event> {
+        let mut events = Vec::new();
+        for _ in 0..1000 {
+            if until(p) {
+                return events;
+            }
+            *now += 1000;
+            if p.analysis_due_ms().is_some_and(|t| t <= *now) {
+                events.extend(p.record_verdict(verdict(result, "figures"), *now).events);
+            }
+            let obs = instant(p);
+            events.extend(p.tick(&obs, *now).events);
+        }
+        panic!("condition never reached: {p:?}");
+    }
+
+    #[test]
+    fn with_analysis_every_shift_after_the_first_waits_for_a_passing_interval() {
+        let (mut p, _) = Promotion::start(10, analyzed(OnFailure::Rollback), 0).unwrap();
+        let mut now = 0;
+        drive_until(&mut p, &mut now, |p| p.percent == 20);
+        // Without verdicts, nothing moves past the first step, however long it waits.
+        for _ in 0..30 {
+            now += 1000;
+            let obs = instant(&p);
+            p.tick(&obs, now);
+        }
+        assert_eq!((p.percent, p.phase), (20, Phase::AwaitVerdict));
+        assert_eq!(p.next_deadline_ms(now), None, "the interval is overdue");
+        let events = judge_until(&mut p, &mut now, VerdictResult::Pass, |p| {
+            p.status.is_terminal()
+        });
+        assert_eq!(p.status, Status::Succeeded);
+        // Each shift is preceded by a passing verdict since the previous shift.
+        let mut passed = true;
+        for e in &events {
+            if e.reason.starts_with("analysis PASS") {
+                passed = true;
+            } else if e.reason.starts_with("shifted") {
+                assert!(passed, "a shift without a pass before it: {events:#?}");
+                passed = false;
+            }
+        }
+    }
+
+    #[test]
+    fn failing_intervals_roll_back_gracefully_and_end_failed() {
+        let (mut p, _) = Promotion::start(10, analyzed(OnFailure::Rollback), 0).unwrap();
+        let mut now = 0;
+        judge_until(&mut p, &mut now, VerdictResult::Pass, |p| p.percent == 40);
+        let events = judge_until(&mut p, &mut now, VerdictResult::Fail, |p| {
+            p.status != Status::RampingUp
+        });
+        assert_eq!(p.status, Status::RampingDown);
+        assert_eq!(p.percent, 40, "a rollback steps back, it does not jump");
+        assert!(events
+            .iter()
+            .any(|e| e.reason.starts_with("analysis FAIL (1 of 2")));
+        let events = judge_until(&mut p, &mut now, VerdictResult::Fail, |p| {
+            p.status.is_terminal()
+        });
+        assert_eq!((p.status, p.percent), (Status::Failed, 0));
+        assert!(states(&events).iter().any(|s| s.2 == 20), "{events:#?}");
+        assert_eq!(
+            p.error_message.as_deref(),
+            Some("analysis failed 2 intervals in a row: figures")
+        );
+    }
+
+    #[test]
+    fn on_failure_pause_pauses_and_resume_judges_afresh() {
+        let (mut p, _) = Promotion::start(10, analyzed(OnFailure::Pause), 0).unwrap();
+        let mut now = 0;
+        judge_until(&mut p, &mut now, VerdictResult::Fail, |p| {
+            p.status == Status::Paused
+        });
+        assert_eq!(p.percent, 20);
+        assert_eq!(p.analysis.consecutive_failures, 2);
+        assert_eq!(p.analysis_due_ms(), None, "no judging while paused");
+        p.resume(now).unwrap();
+        assert_eq!(p.analysis.consecutive_failures, 0);
+        assert_eq!(p.analysis_due_ms(), Some(now + 5000));
+        judge_until(&mut p, &mut now, VerdictResult::Pass, |p| {
+            p.status.is_terminal()
+        });
+        assert_eq!(p.status, Status::Succeeded);
+    }
+
+    #[test]
+    fn on_failure_force_cancel_returns_all_traffic_at_once() {
+        let (mut p, _) = Promotion::start(10, analyzed(OnFailure::ForceCancel), 0).unwrap();
+        let mut now = 0;
+        judge_until(&mut p, &mut now, VerdictResult::Pass, |p| p.percent == 40);
+        judge_until(&mut p, &mut now, VerdictResult::Fail, |p| {
+            p.status.is_terminal()
+        });
+        assert_eq!(
+            (p.status, p.percent, p.candidate_target),
+            (Status::Failed, 0, 0)
+        );
+    }
+
+    #[test]
+    fn a_run_of_inconclusive_intervals_pauses_with_the_reason() {
+        let (mut p, _) = Promotion::start(10, analyzed(OnFailure::Rollback), 0).unwrap();
+        let mut now = 0;
+        let events = judge_until(&mut p, &mut now, VerdictResult::Inconclusive, |p| {
+            p.status == Status::Paused
+        });
+        assert_eq!(p.percent, 20, "never advances blind");
+        let last = events.last().unwrap();
+        assert!(
+            last.reason
+                .starts_with("paused by analysis: 3 inconclusive intervals in a row"),
+            "{}",
+            last.reason
+        );
+    }
+
+    #[test]
+    fn analysis_state_survives_serialization() {
+        let (mut p, _) = Promotion::start(10, analyzed(OnFailure::Rollback), 0).unwrap();
+        let mut now = 0;
+        judge_until(&mut p, &mut now, VerdictResult::Pass, |p| p.percent == 40);
+        judge_until(&mut p, &mut now, VerdictResult::Fail, |p| {
+            p.analysis.consecutive_failures == 1
+        });
+        let back: Promotion = serde_json::from_str(&serde_json::to_string(&p).unwrap()).unwrap();
+        assert_eq!(back, p);
+        assert_eq!(
+            back.analysis.last.as_ref().unwrap().result,
+            VerdictResult::Fail
+        );
+        // A promotion saved before analysis existed still loads.
+        let mut old = serde_json::to_value(&p).unwrap();
+        old.as_object_mut().unwrap().remove("analysis");
+        old["config"].as_object_mut().unwrap().remove("analysis");
+        let back: Promotion = serde_json::from_value(old).unwrap();
+        assert!(!back.config.analysis.enabled);
     }
 }

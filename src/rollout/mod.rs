@@ -7,6 +7,7 @@
 pub mod plan;
 
 pub use plan::{Action, Field, Mode, Plan, PlanError, Problem, RollingConfig, Step};
+pub mod analysis;
 pub mod autoscale;
 pub mod controller;
 pub mod machine;

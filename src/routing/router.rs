@@ -9,6 +9,7 @@ use http::HeaderValue;
 
 use super::snapshot::{Environment, Model, Pool, Replica, Snapshot};
 use super::spec::{RoutingSpec, WEIGHT_SCALE};
+use crate::metrics::window::StatsSnapshot;
 use crate::metrics::{Metrics, PoolMetrics};
 
 /// Holds the current [`Snapshot`] for the data plane and builds new ones for the control plane.
@@ -85,6 +86,20 @@ impl Router {
 
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
+    }
+
+    /// The cumulative figures of one deployment as seen from one environment; zero while no
+    /// snapshot has that pool.
+    pub fn pool_stats(&self, model: &str, environment: &str, deployment: &str) -> StatsSnapshot {
+        let st = self.build.lock().unwrap_or_else(|e| e.into_inner());
+        st.pools
+            .get(&(
+                model.to_owned(),
+                environment.to_owned(),
+                deployment.to_owned(),
+            ))
+            .map(|p| p.stats.snapshot())
+            .unwrap_or_default()
     }
 
     /// Validates `spec`, builds a snapshot from it and swaps it in. Replicas and metric handles

@@ -33,7 +33,7 @@ async fn metrics_show_per_deployment_series_and_drop_removed_ones() {
     assert_eq!(
         sample(
             &m,
-            &series("switchyard_response_first_byte_seconds_count", "v2")
+            &series("switchyard_time_to_first_byte_seconds_count", "v2")
         ),
         Some(4.0)
     );

@@ -16,11 +16,14 @@
 //! - `providers`: provider kinds, building providers, their starting replica counts;
 //! - `effects`: applying the machine's effects;
 //! - `autoscaling`: sampling load and applying autoscaling decisions;
+//! - `analysis`: measuring analysis intervals from the proxy's windows and handing verdicts
+//!   to the machine;
 //! - `routes`: building the routing spec from the state;
 //! - `commands`: what the API asks (promote, pause, ..., register, activate);
 //! - `run`: the event-driven run loop and shutdown;
 //! - [`clock`]: the one clock (tokio's, anchored to the wall clock at start).
 
+mod analysis;
 mod autoscaling;
 pub mod clock;
 mod commands;

@@ -4,7 +4,7 @@
 //! The controller wakes when a provider's status changes (every provider's change notification
 //! is wired to the controller's `wake`, including those registered after start), when a command
 //! changed the state, at the earliest deadline a running promotion waits for (stabilization,
-//! ready wait, readiness deadline), and on the autoscaling period while an environment has
+//! ready wait, readiness deadline, the end of an analysis interval), and on the autoscaling period while an environment has
 //! autoscaling settings. Nothing else polls.
 
 use std::sync::Arc;
@@ -13,6 +13,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use super::analysis::analyze;
 use super::autoscaling;
 use super::effects::apply;
 use super::state::{ModelState, State};
@@ -61,7 +62,12 @@ impl Controller {
         let st = &mut *guard;
         for m in &mut st.models {
             for ei in 0..m.environments.len() {
-                if tick_promotion(&self.events, m, ei, now) {
+                // Judge a due analysis interval before the tick that may act on its verdict,
+                // and look again after it: a shift it made starts a new interval now.
+                let judged = analyze(&self.router, &self.events, m, ei, now);
+                let ticked = tick_promotion(&self.events, m, ei, now);
+                analyze(&self.router, &self.events, m, ei, now);
+                if judged || ticked {
                     st.dirty = true;
                 }
             }

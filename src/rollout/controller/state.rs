@@ -41,6 +41,8 @@ pub(super) struct EnvironmentState {
     pub extra: (u32, u32),
     /// Replicas of the current deployment while no promotion runs.
     pub replicas: u32,
+    /// Both deployments' cumulative figures when the analysis interval being measured began.
+    pub analysis_baseline: Option<super::analysis::Baseline>,
 }
 
 impl EnvironmentState {
@@ -121,6 +123,7 @@ impl State {
                             TrafficSetup::Current { replicas, .. } => *replicas,
                             TrafficSetup::Weights(_) => 0,
                         },
+                        analysis_baseline: None,
                     })
                     .collect(),
             })

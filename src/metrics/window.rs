@@ -1,0 +1,330 @@
+//! What canary analysis and live figures read: per-pool counters and latency histograms that
+//! the request path bumps with relaxed atomics and the controller reads off the hot path.
+//!
+//! Counters are cumulative; a window is the difference of two [`StatsSnapshot`]s, so any number
+//! of readers can keep their own windows (analysis intervals, dashboard figures) without the
+//! request path knowing. Each pool's counters are sharded per worker thread and cache-line
+//! aligned, so two cores serving the same deployment do not bounce one line between them; they
+//! are allocated on a pool's first request, so deployments without traffic cost a pointer.
+//!
+//! Histograms use log buckets with 8 sub-buckets per power of two of microseconds (values are
+//! reported within ±6%), from 1 µs to 71 minutes: fixed memory, no allocation per sample.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+const SUB_BITS: u32 = 3;
+const SUB: usize = 1 << SUB_BITS;
+/// Values up to 2^32 µs; larger ones land in the last bucket.
+const MAX_EXP: u32 = 32;
+pub const BUCKETS: usize = SUB + (MAX_EXP - SUB_BITS) as usize * SUB;
+/// Worker shards per pool. More threads than this share shards (still correct, just contended).
+const SHARDS: usize = 4;
+
+fn bucket_of(us: u64) -> usize {
+    let v = us.min((1u64 << MAX_EXP) - 1);
+    if v < SUB as u64 {
+        return v as usize;
+    }
+    let e = 63 - v.leading_zeros();
+    let sub = ((v >> (e - SUB_BITS)) as usize) & (SUB - 1);
+    SUB + (e - SUB_BITS) as usize * SUB + sub
+}
+
+/// The range `[lower, upper)` of a bucket, in microseconds.
+fn bucket_range(i: usize) -> (u64, u64) {
+    if i < SUB {
+        return (i as u64, i as u64 + 1);
+    }
+    let k = i - SUB;
+    let shift = (k / SUB) as u32;
+    let lower = ((SUB + k % SUB) as u64) << shift;
+    (lower, lower + (1u64 << shift))
+}
+
+struct Histogram {
+    buckets: [AtomicU64; BUCKETS],
+}
+
+impl Histogram {
+    fn new() -> Self {
+        Histogram {
+            buckets: std::array::from_fn(|_| AtomicU64::new(0)),
+        }
+    }
+
+    fn record(&self, d: Duration) {
+        let us = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        self.buckets[bucket_of(us)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn add_to(&self, out: &mut Counts) {
+        for (o, b) in out.0.iter_mut().zip(&self.buckets) {
+            *o += b.load(Ordering::Relaxed);
+        }
+    }
+}
+
+#[repr(align(128))]
+struct Shard {
+    requests: AtomicU64,
+    errors: AtomicU64,
+    latency: Histogram,
+    ttfb: Histogram,
+    inter_chunk: Histogram,
+    tpot: Histogram,
+}
+
+/// One pool's measurements (one deployment as seen from one environment).
+#[derive(Default)]
+pub struct PoolStats {
+    shards: OnceLock<Box<[Shard]>>,
+}
+
+static NEXT_SHARD: AtomicUsize = AtomicUsize::new(0);
+
+thread_local! {
+    static SHARD: usize = NEXT_SHARD.fetch_add(1, Ordering::Relaxed) % SHARDS;
+}
+
+impl PoolStats {
+    #[inline]
+    fn shard(&self) -> &Shard {
+        let shards = self.shards.get_or_init(|| {
+            (0..SHARDS)
+                .map(|_| Shard {
+                    requests: AtomicU64::new(0),
+                    errors: AtomicU64::new(0),
+                    latency: Histogram::new(),
+                    ttfb: Histogram::new(),
+                    inter_chunk: Histogram::new(),
+                    tpot: Histogram::new(),
+                })
+                .collect()
+        });
+        let i = SHARD.with(|s| *s);
+        &shards[i]
+    }
+
+    /// A response with this status was decided (the replica's, or switchyard's own for the
+    /// deployment). 5xx counts as an error.
+    #[inline]
+    pub fn response(&self, status: u16) {
+        let s = self.shard();
+        s.requests.fetch_add(1, Ordering::Relaxed);
+        if status >= 500 {
+            s.errors.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// A response body that broke off before its end (replica reset, idle timeout).
+    pub fn stream_cut(&self) {
+        self.shard().errors.fetch_add(1, Ordering::Relaxed);
+    }
+
+    #[inline]
+    pub fn latency(&self, d: Duration) {
+        self.shard().latency.record(d);
+    }
+
+    #[inline]
+    pub fn first_byte(&self, d: Duration) {
+        self.shard().ttfb.record(d);
+    }
+
+    #[inline]
+    pub fn inter_chunk(&self, d: Duration) {
+        self.shard().inter_chunk.record(d);
+    }
+
+    pub fn time_per_output_chunk(&self, d: Duration) {
+        self.shard().tpot.record(d);
+    }
+
+    /// Sums the shards; cumulative since the pool appeared.
+    pub fn snapshot(&self) -> StatsSnapshot {
+        let mut out = StatsSnapshot::default();
+        let Some(shards) = self.shards.get() else {
+            return out;
+        };
+        for s in shards.iter() {
+            out.requests += s.requests.load(Ordering::Relaxed);
+            out.errors += s.errors.load(Ordering::Relaxed);
+            s.latency.add_to(&mut out.latency);
+            s.ttfb.add_to(&mut out.ttfb);
+            s.inter_chunk.add_to(&mut out.inter_chunk);
+            s.tpot.add_to(&mut out.tpot);
+        }
+        out
+    }
+}
+
+/// Bucket counts of one histogram.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Counts(Box<[u64; BUCKETS]>);
+
+impl Default for Counts {
+    fn default() -> Self {
+        Counts(Box::new([0; BUCKETS]))
+    }
+}
+
+impl std::fmt::Debug for Counts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Counts(n={}, p99={:?})",
+            self.count(),
+            self.quantile(0.99)
+        )
+    }
+}
+
+impl Counts {
+    pub fn count(&self) -> u64 {
+        self.0.iter().sum()
+    }
+
+    /// The value below which a share `q` (0-1) of the samples fall, as the middle of its
+    /// bucket; `None` without samples.
+    pub fn quantile(&self, q: f64) -> Option<Duration> {
+        let n = self.count();
+        if n == 0 {
+            return None;
+        }
+        // The rank of the sample, 1-based: p99 of 100 samples is the 99th.
+        let rank = ((q.clamp(0.0, 1.0) * n as f64).ceil() as u64).max(1);
+        let mut seen = 0;
+        for (i, c) in self.0.iter().enumerate() {
+            seen += c;
+            if seen >= rank {
+                let (lo, hi) = bucket_range(i);
+                let mid = if hi - lo == 1 { lo } else { lo + (hi - lo) / 2 };
+                return Some(Duration::from_micros(mid));
+            }
+        }
+        None
+    }
+
+    fn since(&self, earlier: &Counts) -> Counts {
+        let mut out = self.clone();
+        for (o, e) in out.0.iter_mut().zip(earlier.0.iter()) {
+            *o = o.saturating_sub(*e);
+        }
+        out
+    }
+
+    /// Records a sample (for tests and tools that build histograms off the request path).
+    pub fn record(&mut self, d: Duration) {
+        let us = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        self.0[bucket_of(us)] += 1;
+    }
+}
+
+/// Cumulative figures of one pool at one moment; subtract two to get a window.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StatsSnapshot {
+    pub requests: u64,
+    pub errors: u64,
+    /// Request received to the end of the response body.
+    pub latency: Counts,
+    /// Request received to the first byte of the response body (the first token of a stream).
+    pub ttfb: Counts,
+    /// Gaps between body chunks of streamed responses (inter-token latency).
+    pub inter_chunk: Counts,
+    /// Per streamed response: (end − first byte) / (chunks − 1).
+    pub tpot: Counts,
+}
+
+impl StatsSnapshot {
+    /// What happened between `earlier` and this snapshot.
+    pub fn since(&self, earlier: &StatsSnapshot) -> StatsSnapshot {
+        StatsSnapshot {
+            requests: self.requests.saturating_sub(earlier.requests),
+            errors: self.errors.saturating_sub(earlier.errors),
+            latency: self.latency.since(&earlier.latency),
+            ttfb: self.ttfb.since(&earlier.ttfb),
+            inter_chunk: self.inter_chunk.since(&earlier.inter_chunk),
+            tpot: self.tpot.since(&earlier.tpot),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_cover_every_value_in_order_without_gaps() {
+        let mut prev_upper = 0;
+        for i in 0..BUCKETS {
+            let (lo, hi) = bucket_range(i);
+            assert_eq!(lo, prev_upper, "bucket {i} starts where the last ended");
+            assert!(hi > lo);
+            assert_eq!(bucket_of(lo), i);
+            assert_eq!(bucket_of(hi - 1), i);
+            prev_upper = hi;
+        }
+        assert_eq!(prev_upper, 1 << MAX_EXP);
+        assert_eq!(bucket_of(u64::MAX), BUCKETS - 1);
+    }
+
+    #[test]
+    fn quantiles_are_within_the_bucket_resolution() {
+        let mut c = Counts::default();
+        for ms in 1..=1000u64 {
+            c.record(Duration::from_millis(ms));
+        }
+        for (q, want) in [(0.5, 500.0), (0.9, 900.0), (0.99, 990.0), (1.0, 1000.0)] {
+            let got = c.quantile(q).unwrap().as_secs_f64() * 1000.0;
+            assert!(
+                (got - want).abs() / want < 0.07,
+                "p{q}: {got} ms, want about {want}"
+            );
+        }
+        assert_eq!(Counts::default().quantile(0.99), None);
+    }
+
+    #[test]
+    fn a_window_is_the_difference_of_two_snapshots() {
+        let stats = PoolStats::default();
+        assert_eq!(stats.snapshot(), StatsSnapshot::default());
+        for _ in 0..10 {
+            stats.response(200);
+            stats.latency(Duration::from_millis(10));
+        }
+        let before = stats.snapshot();
+        stats.response(500);
+        stats.response(503);
+        stats.stream_cut();
+        stats.latency(Duration::from_millis(400));
+        let w = stats.snapshot().since(&before);
+        assert_eq!((w.requests, w.errors), (2, 3));
+        assert_eq!(w.latency.count(), 1);
+        let p99 = w.latency.quantile(0.99).unwrap();
+        assert!(p99 > Duration::from_millis(380) && p99 < Duration::from_millis(420));
+    }
+
+    #[test]
+    fn threads_on_different_shards_add_up() {
+        let stats = std::sync::Arc::new(PoolStats::default());
+        let handles: Vec<_> = (0..6)
+            .map(|_| {
+                let s = stats.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..1000 {
+                        s.response(200);
+                        s.first_byte(Duration::from_micros(50));
+                    }
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().unwrap();
+        }
+        let snap = stats.snapshot();
+        assert_eq!(snap.requests, 6000);
+        assert_eq!(snap.ttfb.count(), 6000);
+    }
+}
