@@ -382,5 +382,18 @@ pub fn progress_line(env: &Environment) -> String {
     if let Some(e) = p.and_then(|p| p.error_message.as_deref()) {
         line.push_str(&format!("  error: {e}"));
     }
+    if let Some(a) = p.and_then(|p| p.analysis.as_ref()) {
+        line.push_str("\n  analysis: ");
+        match &a.last_verdict {
+            Some(v) => line.push_str(&format!(
+                "{} ({} verdicts, {} failing in a row): {}",
+                v.result.as_str(),
+                a.verdicts,
+                a.consecutive_failures,
+                v.summary
+            )),
+            None => line.push_str("no verdict yet"),
+        }
+    }
     line
 }

@@ -6,11 +6,17 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use switchyard::api::types::{
-    CleanupStrategy, Environment, UpdateAutoscalingSettings, UpdateEnvironmentRequest,
-    UpdatePromotionSettings, UpdateRollingDeployConfig,
+    CleanupStrategy, Environment, OnFailure, UpdateAnalysis, UpdateAutoscalingSettings,
+    UpdateEnvironmentRequest, UpdatePromotionSettings, UpdateRollingDeployConfig,
 };
 use switchyard::client::{progress_line, Client, ClientError, Signal, SignalAnswer};
 use switchyard::config::ServeFlags;
+
+/// `--analysis-on-failure`, in any letter case.
+fn parse_on_failure(s: &str) -> Result<OnFailure, String> {
+    serde_json::from_value(serde_json::Value::String(s.to_ascii_uppercase()))
+        .map_err(|_| format!("{s:?}: expected ROLLBACK, PAUSE or FORCE_CANCEL"))
+}
 
 /// `--promotion-cleanup-strategy`, in any letter case.
 fn parse_cleanup(s: &str) -> Result<CleanupStrategy, String> {
@@ -112,6 +118,26 @@ struct SettingsArgs {
     concurrency_target: Option<i64>,
     #[arg(long)]
     target_utilization_percentage: Option<i64>,
+    /// Canary analysis on or off (promotion_settings.analysis.enabled).
+    #[arg(long)]
+    analysis: Option<bool>,
+    #[arg(long)]
+    analysis_interval_seconds: Option<i64>,
+    #[arg(long)]
+    analysis_min_requests: Option<i64>,
+    #[arg(long)]
+    analysis_failure_limit: Option<i64>,
+    /// ROLLBACK, PAUSE or FORCE_CANCEL.
+    #[arg(long, value_parser = parse_on_failure)]
+    analysis_on_failure: Option<OnFailure>,
+    #[arg(long)]
+    max_error_rate_percent: Option<f64>,
+    #[arg(long)]
+    max_p99_latency_ratio: Option<f64>,
+    #[arg(long)]
+    max_p99_ttft_ratio: Option<f64>,
+    #[arg(long)]
+    max_p99_itl_ratio: Option<f64>,
 }
 
 impl SettingsArgs {
@@ -124,11 +150,24 @@ impl SettingsArgs {
             stabilization_time_seconds: self.stabilization_time_seconds,
             replica_overhead_percent: self.replica_overhead_percent,
         };
+        let analysis = UpdateAnalysis {
+            enabled: self.analysis,
+            interval_seconds: self.analysis_interval_seconds,
+            min_requests: self.analysis_min_requests,
+            failure_limit: self.analysis_failure_limit,
+            on_failure: self.analysis_on_failure,
+            max_error_rate_percent: self.max_error_rate_percent.map(Some),
+            max_p99_latency_ratio: self.max_p99_latency_ratio.map(Some),
+            max_p99_ttft_ratio: self.max_p99_ttft_ratio.map(Some),
+            max_p99_itl_ratio: self.max_p99_itl_ratio.map(Some),
+            ..UpdateAnalysis::default()
+        };
         let promotion = UpdatePromotionSettings {
             rolling_deploy: self.rolling_deploy,
             promotion_cleanup_strategy: self.promotion_cleanup_strategy,
             rolling_deploy_config: (rolling != UpdateRollingDeployConfig::default())
                 .then_some(rolling),
+            analysis: (analysis != UpdateAnalysis::default()).then_some(analysis),
             ..UpdatePromotionSettings::default()
         };
         let autoscaling = UpdateAutoscalingSettings {
@@ -507,6 +546,36 @@ fn print_settings(model: &str, env: &str, v: &Environment, json: bool) {
         ("replica_overhead_percent", r.replica_overhead_percent),
     ] {
         println!("  {k:<28} {n}");
+    }
+    let a = &p.analysis;
+    if a.enabled {
+        let opt = |v: Option<f64>| v.map_or_else(|| "null".to_owned(), |v| v.to_string());
+        println!(
+            "  analysis                     on: every {} s, min_requests {}, failure_limit {}, max_inconclusive_intervals {}, on_failure {}",
+            a.interval_seconds,
+            a.min_requests,
+            a.failure_limit,
+            a.max_inconclusive_intervals,
+            serde_json::to_value(a.on_failure)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default()
+        );
+        for (k, v) in [
+            ("max_error_rate_percent", a.max_error_rate_percent),
+            ("max_error_rate_ratio", a.max_error_rate_ratio),
+            ("max_p99_latency_ratio", a.max_p99_latency_ratio),
+            ("max_p99_latency_ms", a.max_p99_latency_ms),
+            ("max_p99_ttft_ratio", a.max_p99_ttft_ratio),
+            ("max_p99_itl_ratio", a.max_p99_itl_ratio),
+        ] {
+            println!("    {k:<26} {}", opt(v));
+        }
+        for w in &a.webhooks {
+            println!("    webhook {} {:?} {}", w.name, w.when, w.url);
+        }
+    } else {
+        println!("  analysis                     off");
     }
     let au = &v.autoscaling_settings;
     if !au.enabled {

@@ -6,6 +6,11 @@
 //! Fields marked "switchyard's own" are extensions Baseten's clients ignore.
 
 use serde::{Deserialize, Serialize};
+
+pub use crate::rollout::analysis::{
+    AnalysisSettings, Check as AnalysisCheck, Counts as AnalysisCounts, OnFailure, VerdictResult,
+    Webhook, WebhookWhen,
+};
 use utoipa::ToSchema;
 
 /// Schema of a Baseten field switchyard does not support: only `null` is accepted.
@@ -281,6 +286,37 @@ pub struct InProgressPromotion {
     pub previous_deployment_id: String,
     /// switchyard's own.
     pub candidate_deployment_id: String,
+    /// switchyard's own: canary analysis of this promotion; null when it runs without.
+    pub analysis: Option<PromotionAnalysis>,
+}
+
+/// Canary analysis of a promotion: where it stands and the last verdict.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct PromotionAnalysis {
+    /// Intervals judged so far.
+    pub verdicts: u32,
+    pub consecutive_failures: u32,
+    pub consecutive_inconclusive: u32,
+    /// A passing verdict came after the last traffic shift, so the next shift may go.
+    pub passed_since_shift: bool,
+    /// When the interval being measured ends (RFC 3339); null while none is measured (before
+    /// the first shift, paused, ramping down, or over).
+    pub next_verdict_at: Option<String>,
+    pub last_verdict: Option<AnalysisVerdict>,
+}
+
+/// The judgement of one interval.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct AnalysisVerdict {
+    pub result: VerdictResult,
+    /// The interval judged (RFC 3339).
+    pub from: String,
+    pub to: String,
+    pub candidate: AnalysisCounts,
+    pub previous: AnalysisCounts,
+    /// Every metric compared: the candidate's value, the previous deployment's, the limit.
+    pub checks: Vec<AnalysisCheck>,
+    pub summary: String,
 }
 
 /// What happens to the previous deployment after a promotion succeeds.
@@ -343,6 +379,8 @@ pub struct PromotionSettings {
     pub ramp_up_while_promoting: bool,
     /// Not supported by switchyard: always null.
     pub ramp_up_duration_seconds: Option<u32>,
+    /// switchyard's own: canary analysis on live traffic.
+    pub analysis: AnalysisSettings,
 }
 
 /// Baseten's `EnvironmentV1`.
@@ -439,6 +477,88 @@ pub struct UpdatePromotionSettings {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = NullOnly)]
     pub ramp_up_duration_seconds: Option<i64>,
+    /// switchyard's own: canary analysis (applies to promotions started after the change).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub analysis: Option<UpdateAnalysis>,
+}
+
+/// A partial update of `promotion_settings.analysis`. Omitted fields keep their value; for
+/// the thresholds, `null` turns the check off; `webhooks` replaces the whole list.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateAnalysis {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 3600)]
+    pub interval_seconds: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 1000000)]
+    pub min_requests: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 100)]
+    pub failure_limit: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 1000)]
+    pub max_inconclusive_intervals: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_failure: Option<OnFailure>,
+    /// 0-100, or null to turn the check off.
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schema(value_type = Option<f64>, minimum = 0, maximum = 100)]
+    pub max_error_rate_percent: Option<Option<f64>>,
+    /// Above 0, or null to turn the check off.
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schema(value_type = Option<f64>, exclusive_minimum = 0)]
+    pub max_error_rate_ratio: Option<Option<f64>>,
+    /// Above 0, or null to turn the check off.
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schema(value_type = Option<f64>, exclusive_minimum = 0)]
+    pub max_p99_latency_ratio: Option<Option<f64>>,
+    /// Above 0, or null to turn the check off.
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schema(value_type = Option<f64>, exclusive_minimum = 0)]
+    pub max_p99_latency_ms: Option<Option<f64>>,
+    /// Above 0, or null to turn the check off.
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schema(value_type = Option<f64>, exclusive_minimum = 0)]
+    pub max_p99_ttft_ratio: Option<Option<f64>>,
+    /// Above 0, or null to turn the check off.
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schema(value_type = Option<f64>, exclusive_minimum = 0)]
+    pub max_p99_itl_ratio: Option<Option<f64>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhooks: Option<Vec<Webhook>>,
+}
+
+/// A field that is present (`null` included) becomes `Some`: `null` there means "turn off",
+/// while an omitted field keeps its value.
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<f64>>, D::Error> {
+    Option::<f64>::deserialize(d).map(Some)
 }
 
 /// Baseten's `UpdateAutoscalingSettingsV1`: omitted or null fields keep their value.

@@ -4,9 +4,10 @@
 //! too ([`RollingConfig::from_options`], [`AutoscalingSettings::validate`]).
 
 use super::types::{
-    UpdateAutoscalingSettings, UpdateEnvironmentRequest, UpdatePromotionSettings,
+    UpdateAnalysis, UpdateAutoscalingSettings, UpdateEnvironmentRequest, UpdatePromotionSettings,
     UpdateRollingDeployConfig,
 };
+use crate::rollout::analysis::AnalysisSettings;
 use crate::rollout::autoscale::AutoscalingSettings;
 use crate::rollout::controller::EnvironmentView;
 use crate::rollout::machine::PromotionConfig;
@@ -80,7 +81,57 @@ fn promotion(settings: &mut PromotionConfig, p: &UpdatePromotionSettings) -> Res
         settings.rolling_config = rolling(&settings.rolling_config, r)
             .map_err(|e| format!("{at}.rolling_deploy_config.{e}"))?;
     }
+    if let Some(a) = &p.analysis {
+        settings.analysis =
+            analysis(&settings.analysis, a).map_err(|e| format!("{at}.analysis.{e}"))?;
+    }
     Ok(())
+}
+
+/// The analysis settings with the update applied, checked as a whole.
+fn analysis(cur: &AnalysisSettings, a: &UpdateAnalysis) -> Result<AnalysisSettings, String> {
+    let mut s = cur.clone();
+    if let Some(v) = a.enabled {
+        s.enabled = v;
+    }
+    for (field, given, slot) in [
+        (
+            "interval_seconds",
+            a.interval_seconds,
+            &mut s.interval_seconds,
+        ),
+        ("min_requests", a.min_requests, &mut s.min_requests),
+        ("failure_limit", a.failure_limit, &mut s.failure_limit),
+        (
+            "max_inconclusive_intervals",
+            a.max_inconclusive_intervals,
+            &mut s.max_inconclusive_intervals,
+        ),
+    ] {
+        if let Some(n) = given {
+            *slot = u32::try_from(n).map_err(|_| format!("{field}: {n} is out of range"))?;
+        }
+    }
+    if let Some(v) = a.on_failure {
+        s.on_failure = v;
+    }
+    for (given, slot) in [
+        (a.max_error_rate_percent, &mut s.max_error_rate_percent),
+        (a.max_error_rate_ratio, &mut s.max_error_rate_ratio),
+        (a.max_p99_latency_ratio, &mut s.max_p99_latency_ratio),
+        (a.max_p99_latency_ms, &mut s.max_p99_latency_ms),
+        (a.max_p99_ttft_ratio, &mut s.max_p99_ttft_ratio),
+        (a.max_p99_itl_ratio, &mut s.max_p99_itl_ratio),
+    ] {
+        if let Some(v) = given {
+            *slot = v;
+        }
+    }
+    if let Some(w) = &a.webhooks {
+        s.webhooks = w.clone();
+    }
+    s.validate().map_err(|e| e.to_string())?;
+    Ok(s)
 }
 
 /// Exactly one of the two percents is non-zero, so setting one of them non-zero alone sets the

@@ -2,13 +2,38 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use super::types::{AnalysisVerdict, PromotionAnalysis};
 use super::types::{
     AutoscalingSettings, Deployment, DeploymentStatus, Environment, Event, InProgressPromotion,
     InstanceType, Model, PromotionSettings, Replicas, RequestBackpressureSettings,
     RollingDeployConfig, RollingDeployStrategy,
 };
 use super::ApiState;
+use crate::rollout::analysis::AnalysisState;
 use crate::rollout::controller::{ControllerError, DeploymentView, EnvironmentView, ModelSummary};
+
+fn rfc3339_ms(ms: u64) -> String {
+    rfc3339(UNIX_EPOCH + Duration::from_millis(ms))
+}
+
+fn promotion_analysis(a: &AnalysisState, next_ms: Option<u64>) -> PromotionAnalysis {
+    PromotionAnalysis {
+        verdicts: a.verdicts,
+        consecutive_failures: a.consecutive_failures,
+        consecutive_inconclusive: a.consecutive_inconclusive,
+        passed_since_shift: a.passed_since_shift,
+        next_verdict_at: next_ms.map(rfc3339_ms),
+        last_verdict: a.last.as_ref().map(|v| AnalysisVerdict {
+            result: v.result,
+            from: rfc3339_ms(v.from_ms),
+            to: rfc3339_ms(v.to_ms),
+            candidate: v.candidate,
+            previous: v.previous,
+            checks: v.checks.clone(),
+            summary: v.summary.clone(),
+        }),
+    }
+}
 
 /// RFC 3339 UTC, seconds precision.
 pub fn rfc3339(t: SystemTime) -> String {
@@ -264,6 +289,10 @@ pub fn environment_of(state: &ApiState, v: &EnvironmentView) -> Environment {
             rolling_deploy: p.rolling_deploy,
             previous_deployment_id: p.previous_deployment.clone(),
             candidate_deployment_id: p.candidate_deployment.clone(),
+            analysis: p
+                .analysis
+                .as_ref()
+                .map(|a| promotion_analysis(a, p.next_verdict_ms)),
         }),
         autoscaling_settings: autoscaling(v),
         promotion_settings: PromotionSettings {
@@ -279,6 +308,7 @@ pub fn environment_of(state: &ApiState, v: &EnvironmentView) -> Environment {
             },
             ramp_up_while_promoting: false,
             ramp_up_duration_seconds: None,
+            analysis: s.analysis.clone(),
         },
         instance_type,
         request_backpressure_settings: RequestBackpressureSettings::default(),

@@ -17,6 +17,7 @@ pub use model::{
 };
 
 use crate::replicas::ProviderSpec;
+use crate::rollout::analysis::AnalysisSettings;
 use crate::rollout::autoscale::AutoscalingSettings;
 use crate::rollout::machine::{CleanupStrategy, PromotionConfig};
 use crate::rollout::plan::RollingConfig;
@@ -279,6 +280,8 @@ struct PromotionSection {
     rolling_deploy_config: Option<RollingSection>,
     ready_wait_seconds: Option<f64>,
     ready_deadline_seconds: Option<f64>,
+    /// switchyard's canary analysis; omitted fields take their defaults.
+    analysis: Option<AnalysisSettings>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -604,6 +607,11 @@ fn promotion_settings(
     if let Some(v) = p.ready_deadline_seconds {
         c.ready_deadline_ms =
             seconds(&format!("{at}.ready_deadline_seconds"), v, 0.1, 86_400.0)?.as_millis() as u64;
+    }
+    if let Some(a) = p.analysis {
+        a.validate()
+            .map_err(|e| err(format!("{at}.analysis.{}", e.field), e.message))?;
+        c.analysis = a;
     }
     if let Some(r) = p.rolling_deploy_config {
         if let Some(st) = &r.rolling_deploy_strategy {

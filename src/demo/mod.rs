@@ -1,5 +1,6 @@
 //! `switchyard demo`: a complete setup with no configuration. A model `demo` whose production
-//! environment runs `v1` on built-in replica processes, with `v2` ready to promote; rolling
+//! environment runs `v1` on built-in replica processes, with `v2` ready to promote (and `v3`, a
+//! bad candidate answering 30% errors, for canary analysis to roll back); rolling
 //! deployments and autoscaling on, with settings that make a promotion take about 20 seconds.
 
 use std::net::SocketAddr;
@@ -19,7 +20,7 @@ pub fn settings(
     admin_listen: SocketAddr,
     data_dir: PathBuf,
 ) -> Settings {
-    let replica = |version: &str| ProviderSpec::Process {
+    let replica = |version: &str, extra: &[&str]| ProviderSpec::Process {
         command: [
             exe,
             "replica",
@@ -35,6 +36,7 @@ pub fn settings(
             "40",
         ]
         .iter()
+        .chain(extra)
         .map(|s| s.to_string())
         .collect(),
         health_path: "/healthz".into(),
@@ -45,11 +47,16 @@ pub fn settings(
         deployments: vec![
             DeploymentConfig {
                 id: "v1".into(),
-                provider: replica("v1"),
+                provider: replica("v1", &[]),
             },
             DeploymentConfig {
                 id: "v2".into(),
-                provider: replica("v2"),
+                provider: replica("v2", &[]),
+            },
+            // A bad candidate for canary analysis to catch: 30% of its answers are 500s.
+            DeploymentConfig {
+                id: "v3".into(),
+                provider: replica("v3", &["--error-rate", "0.3"]),
             },
         ],
         environments: vec![EnvironmentConfig {
@@ -108,6 +115,13 @@ In another terminal, promote v2 and watch it roll out:
   export SWITCHYARD_ADMIN_URL=http://{admin} SWITCHYARD_API_KEY={key}
   {exe} promote v2 --watch
   {exe} status      (also: pause, resume, cancel, events, settings, deployments)
+
+Canary analysis: v3 answers 30% errors. Turn analysis on, send steady traffic, promote v3,
+and watch switchyard roll it back on its own (it ends FAILED, naming the error rate):
+  {exe} settings --analysis true --analysis-interval-seconds 5 --analysis-min-requests 20
+  while :; do curl -s http://{proxy}/v1/chat/completions -d '{{"max_tokens": 4}}' >/dev/null; done &
+  {exe} promote v3 --watch
+  kill %1
 
 Ctrl-C stops everything (replicas included).
 "#

@@ -300,6 +300,7 @@ impl VerdictResult {
 
 /// One metric compared in a verdict.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[schema(as = AnalysisCheck)]
 pub struct Check {
     /// The setting it applies: `max_error_rate_percent`, `max_p99_ttft_ratio`, `webhook:NAME`...
     pub metric: String,
@@ -315,6 +316,7 @@ pub struct Check {
 
 /// Requests and errors of one deployment in the judged interval.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema, Default)]
+#[schema(as = AnalysisCounts)]
 pub struct Counts {
     pub requests: u64,
     pub errors: u64,

@@ -3,6 +3,7 @@
 
 mod support;
 
+mod analysis;
 mod api;
 mod failover;
 mod framing;

@@ -15,7 +15,7 @@ use switchyard::server::RunningProxy;
 
 use crate::support::*;
 
-fn replica_command(extra: &[&str]) -> Vec<String> {
+pub(crate) fn replica_command(extra: &[&str]) -> Vec<String> {
     let mut c: Vec<String> = [
         env!("CARGO_BIN_EXE_switchyard"),
         "replica",
@@ -31,14 +31,14 @@ fn replica_command(extra: &[&str]) -> Vec<String> {
     c
 }
 
-fn process(extra: &[&str]) -> ProviderSpec {
+pub(crate) fn process(extra: &[&str]) -> ProviderSpec {
     ProviderSpec::Process {
         command: replica_command(extra),
         health_path: "/healthz".into(),
     }
 }
 
-fn rolling_settings(v2: ProviderSpec) -> Settings {
+pub(crate) fn rolling_settings(v2: ProviderSpec) -> Settings {
     let fast = [
         "--latency-ms",
         "5",
@@ -89,7 +89,7 @@ fn rolling_settings(v2: ProviderSpec) -> Settings {
     s
 }
 
-async fn wait_for(
+pub(crate) async fn wait_for(
     proxy: &RunningProxy,
     what: &str,
     within: Duration,
@@ -116,10 +116,10 @@ async fn wait_for(
 }
 
 #[derive(Default)]
-struct Load {
-    ok: AtomicUsize,
+pub(crate) struct Load {
+    pub(crate) ok: AtomicUsize,
     streams_completed: AtomicUsize,
-    failures: Mutex<Vec<String>>,
+    pub(crate) failures: Mutex<Vec<String>>,
     /// Requests that started in the current epoch and succeeded, by deployment.
     served: Mutex<std::collections::BTreeMap<String, usize>>,
     /// Bumped by the test to count only requests that start from then on in `served`.
@@ -130,7 +130,7 @@ struct Load {
 
 impl Load {
     /// Waits until `f` holds, re-checking after each successful request.
-    async fn until(&self, within: Duration, f: impl Fn(&Load) -> bool) {
+    pub(crate) async fn until(&self, within: Duration, f: impl Fn(&Load) -> bool) {
         let wait = async {
             loop {
                 let next = self.progress.notified();
@@ -157,7 +157,7 @@ impl Load {
 
 /// Clients that send requests until `stop`: half of them stream 40-token completions (about a
 /// second each, so streams span scale-downs), half ask for whole answers.
-fn start_load(
+pub(crate) fn start_load(
     addr: std::net::SocketAddr,
     clients: usize,
     stop: Arc<AtomicBool>,

@@ -5,6 +5,8 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
+use crate::rollout::analysis::AnalysisState;
+
 use super::state::{find_env, State};
 use super::Controller;
 use crate::replicas::ReplicaSetStatus;
@@ -83,6 +85,10 @@ pub struct PromotionView {
     pub candidate_target: u32,
     pub previous_target: u32,
     pub fleet: u32,
+    /// Canary analysis state, when the promotion runs with it.
+    pub analysis: Option<AnalysisState>,
+    /// When the interval being measured ends (wall-clock ms).
+    pub next_verdict_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -141,6 +147,13 @@ fn environment_view(
         candidate_target: p.machine.candidate_target,
         previous_target: p.machine.previous_target,
         fleet: p.machine.fleet,
+        analysis: p
+            .machine
+            .config
+            .analysis
+            .enabled
+            .then(|| p.machine.analysis.clone()),
+        next_verdict_ms: p.machine.analysis_due_ms(),
     });
     let candidate_deployment = env.running_promotion().map(|p| p.candidate.clone());
     let deployments = m
