@@ -840,3 +840,162 @@ fn the_demo_rolls_out_and_back_under_load_without_a_failed_request() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+#[test]
+fn analysis_state_survives_a_kill_9_mid_promotion() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let key = "analysis-resume-key-0123456789";
+    let dir = std::env::temp_dir().join(format!("switchyard-analysis-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("analysis.toml");
+    let replica = |v: &str, extra: &str| {
+        format!(
+            r#"command = ["{}", "replica", "--port", "{{port}}", "--version", "{v}", "--latency-ms", "5"{extra}]"#,
+            env!("CARGO_BIN_EXE_switchyard")
+        )
+    };
+    // v2 fails half its requests; analysis fails it after 3 bad intervals of 2 s.
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[server]
+data_dir = "{data}"
+[[models]]
+id = "m"
+hosts = ["demo"]
+[[models.deployments]]
+id = "v1"
+{}
+[[models.deployments]]
+id = "v2"
+{}
+[[models.environments]]
+name = "production"
+current = "v1"
+replicas = 2
+[models.environments.promotion_settings]
+rolling_deploy = true
+[models.environments.promotion_settings.rolling_deploy_config]
+max_surge_percent = 50
+[models.environments.promotion_settings.analysis]
+enabled = true
+interval_seconds = 2
+min_requests = 5
+failure_limit = 3
+max_error_rate_percent = 5
+max_p99_latency_ratio = false
+max_p99_ttft_ratio = false
+max_p99_itl_ratio = false
+"#,
+            replica("v1", ""),
+            replica("v2", r#", "--error-rate", "0.5""#),
+            data = dir.join("data").display()
+        ),
+    )
+    .unwrap();
+    let start = || {
+        let mut child = bin()
+            .args([
+                "serve",
+                "--config",
+                config.to_str().unwrap(),
+                "--listen",
+                "127.0.0.1:0",
+                "--admin-listen",
+                "127.0.0.1:0",
+            ])
+            .env_remove("SWITCHYARD_EPHEMERAL")
+            .env("SWITCHYARD_API_KEY", key)
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (proxy, admin) = admin_addr_of(&mut child);
+        (child, proxy, admin.to_string())
+    };
+    let status = |admin: &str| -> serde_json::Value {
+        let (code, out, err) = client(admin, Some(key), &["status", "--json"]);
+        assert_eq!(code, 0, "{err}");
+        serde_json::from_str(&out).unwrap()
+    };
+    // Steady traffic to whichever proxy is current.
+    let target = Arc::new(std::sync::Mutex::new(None::<SocketAddr>));
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = {
+        let (target, stop) = (target.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                let addr = *target.lock().unwrap();
+                match addr {
+                    Some(a) => {
+                        let _ = raw_request(a, r#"{"max_tokens": 1}"#);
+                    }
+                    None => std::thread::sleep(Duration::from_millis(20)),
+                }
+            }
+        })
+    };
+
+    let (first, proxy, admin) = start();
+    let mut first = KillOnDrop(first);
+    *target.lock().unwrap() = Some(proxy);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while status(&admin)["current_deployment"]["active_replica_count"] != 2 {
+        assert!(Instant::now() < deadline, "v1 never got 2 ready replicas");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (code, _, err) = client(&admin, Some(key), &["promote", "v2"]);
+    assert_eq!(code, 0, "{err}");
+    // Kill right after the first failing verdict.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let before = loop {
+        let v = status(&admin);
+        let a = &v["in_progress_promotion"]["analysis"];
+        if a["consecutive_failures"].as_u64().unwrap_or(0) >= 1 {
+            break a.clone();
+        }
+        assert!(Instant::now() < deadline, "no failing verdict: {v}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    first.0.kill().unwrap(); // SIGKILL mid-promotion
+    first.0.wait().unwrap();
+    *target.lock().unwrap() = None;
+
+    let (second, proxy, admin) = start();
+    let mut second = KillOnDrop(second);
+    let v = status(&admin);
+    let a = &v["in_progress_promotion"]["analysis"];
+    assert_eq!(v["in_progress_promotion"]["status"], "RAMPING_UP", "{v}");
+    assert!(
+        a["consecutive_failures"].as_u64() >= before["consecutive_failures"].as_u64(),
+        "the failure count was reset: before {before}, after {a}"
+    );
+    assert_eq!(a["last_verdict"]["result"], "FAIL", "{a}");
+    assert_eq!(a["last_verdict"], before["last_verdict"], "{a}");
+    let (_, out, _) = client(&admin, Some(key), &["status"]);
+    assert!(out.contains("analysis: FAIL"), "{out}");
+
+    // With traffic again, the remaining failures end it: FAILED, back on v1.
+    *target.lock().unwrap() = Some(proxy);
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let v = loop {
+        let v = status(&admin);
+        if v["in_progress_promotion"]["status"] == "FAILED" {
+            break v;
+        }
+        assert!(Instant::now() < deadline, "never failed: {v}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(v["current_deployment"]["id"], "v1", "{v}");
+    let msg = v["in_progress_promotion"]["error_message"].as_str().unwrap();
+    assert!(msg.starts_with("analysis failed 3 intervals in a row: error rate"), "{msg}");
+    stop.store(true, Ordering::Relaxed);
+    let _ = load.join();
+    let _ = Command::new("kill")
+        .args(["-TERM", &second.0.id().to_string()])
+        .status();
+    let _ = second.0.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+}

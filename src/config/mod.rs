@@ -1051,6 +1051,43 @@ mod tests {
     }
 
     #[test]
+    fn analysis_settings_come_from_the_file_with_false_turning_a_check_off() {
+        let file = |analysis: &str| {
+            format!(
+                r#"
+                [[models]]
+                id = "m"
+                [[models.deployments]]
+                id = "v1"
+                replicas = ["127.0.0.1:9001"]
+                [[models.environments]]
+                name = "production"
+                current = "v1"
+                [models.environments.promotion_settings.analysis]
+                {analysis}
+                "#
+            )
+        };
+        let s = parse_str(&file(
+            "enabled = true\nmax_error_rate_percent = 5\nmax_p99_itl_ratio = false\non_failure = \"PAUSE\"",
+        ))
+        .unwrap();
+        let a = &s.models[0].environments[0].promotion.analysis;
+        assert!(a.enabled);
+        assert_eq!(a.max_error_rate_percent, Some(5.0));
+        assert_eq!(a.max_p99_itl_ratio, None);
+        assert_eq!(a.max_p99_ttft_ratio, Some(1.5), "unnamed fields keep their defaults");
+        let e = parse_str(&file("interval_seconds = 0")).unwrap_err();
+        assert_eq!(
+            e.field,
+            "models[0].environments[0].promotion_settings.analysis.interval_seconds"
+        );
+        let e = parse_str(&file("max_p99_ttft_ratio = -2")).unwrap_err();
+        assert!(e.field.ends_with("analysis.max_p99_ttft_ratio"), "{e}");
+        assert!(parse_str(&file("on_failure = \"SHRUG\"")).is_err());
+    }
+
+    #[test]
     fn file_errors_name_the_field() {
         let e = parse_str("[server]\nlisten = \"nope\"\n").unwrap_err();
         assert_eq!(e.field, "server.listen");

@@ -78,19 +78,42 @@ pub struct AnalysisSettings {
     pub on_failure: OnFailure,
     /// The candidate's error rate (5xx, switchyard's 502/503/504, streams cut) may not exceed
     /// this, in percent (0-100). Null: not checked.
+    #[serde(deserialize_with = "threshold")]
     pub max_error_rate_percent: Option<f64>,
     /// Candidate error rate / previous error rate (> 0). A previous deployment without errors
     /// counts as one error in its sample. Null: not checked.
+    #[serde(deserialize_with = "threshold")]
     pub max_error_rate_ratio: Option<f64>,
     /// Candidate p99 / previous p99 of the full response time (> 0). Null: not checked.
+    #[serde(deserialize_with = "threshold")]
     pub max_p99_latency_ratio: Option<f64>,
     /// The candidate's p99 full response time in milliseconds (> 0). Null: not checked.
+    #[serde(deserialize_with = "threshold")]
     pub max_p99_latency_ms: Option<f64>,
     /// Candidate p99 / previous p99 of time to first byte (first token of a stream).
+    #[serde(deserialize_with = "threshold")]
     pub max_p99_ttft_ratio: Option<f64>,
     /// Candidate p99 / previous p99 of the gaps between stream chunks (inter-token latency).
+    #[serde(deserialize_with = "threshold")]
     pub max_p99_itl_ratio: Option<f64>,
     pub webhooks: Vec<Webhook>,
+}
+
+/// A threshold: a number, or `null` (JSON) or `false` (TOML has no null) for "not checked".
+fn threshold<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Threshold {
+        Number(f64),
+        Off(bool),
+    }
+    match Option::<Threshold>::deserialize(d)? {
+        Some(Threshold::Number(v)) => Ok(Some(v)),
+        Some(Threshold::Off(false)) | None => Ok(None),
+        Some(Threshold::Off(true)) => Err(serde::de::Error::custom(
+            "expected a number, or false (or null) to turn the check off",
+        )),
+    }
 }
 
 impl Default for AnalysisSettings {

@@ -554,6 +554,62 @@ async fn patch_is_a_validated_partial_update() {
 }
 
 #[tokio::test]
+async fn analysis_settings_are_patched_by_name_and_bad_ones_refused() {
+    let (proxy, _ups) = api_proxy().await;
+    let a = proxy.admin_addr;
+    let path = "/v1/models/m/environments/production";
+    let (_, v) = call(a, Method::GET, path, auth(), None).await;
+    let an = &v["promotion_settings"]["analysis"];
+    assert_eq!(an["enabled"], false, "off by default: {an}");
+    assert_eq!(an["interval_seconds"], 10);
+    assert_eq!(an["max_p99_ttft_ratio"], 1.5);
+    let before = v;
+
+    for (body, field) in [
+        (r#"{"interval_seconds": 0}"#, "promotion_settings.analysis.interval_seconds"),
+        (r#"{"max_p99_latency_ratio": 0}"#, "promotion_settings.analysis.max_p99_latency_ratio"),
+        (r#"{"max_error_rate_ratio": -1.5}"#, "promotion_settings.analysis.max_error_rate_ratio"),
+        (r#"{"on_failure": "EXPLODE"}"#, "promotion_settings.analysis.on_failure"),
+        (r#"{"min_requests": 0}"#, "promotion_settings.analysis.min_requests"),
+        (
+            r#"{"webhooks": [{"name": "qa", "url": "ftp://qa.example/", "when": "BEFORE_SHIFT"}]}"#,
+            "promotion_settings.analysis.webhooks[0].url",
+        ),
+        (r#"{"thresholds": {}}"#, "thresholds"),
+    ] {
+        let body = format!(r#"{{"promotion_settings": {{"analysis": {body}}}}}"#);
+        let (s, v) = call(a, Method::PATCH, path, auth(), Some(&body)).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{body}: {v}");
+        assert!(v["error"].as_str().unwrap().contains(field), "{body}: {v}");
+    }
+    assert_eq!(
+        call(a, Method::GET, path, auth(), None).await.1,
+        before,
+        "a rejected PATCH changed state"
+    );
+
+    // Named fields change, null turns a check off, the rest stays.
+    let (s, v) = call(
+        a,
+        Method::PATCH,
+        path,
+        auth(),
+        Some(r#"{"promotion_settings": {"analysis": {"enabled": true, "interval_seconds": 5, "on_failure": "PAUSE", "max_p99_itl_ratio": null, "max_error_rate_ratio": 2}}}"#),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let an = &v["environment"]["promotion_settings"]["analysis"];
+    assert_eq!(an["enabled"], true);
+    assert_eq!(an["interval_seconds"], 5);
+    assert_eq!(an["on_failure"], "PAUSE");
+    assert_eq!(an["max_p99_itl_ratio"], Value::Null);
+    assert_eq!(an["max_error_rate_ratio"], 2.0);
+    assert_eq!(an["max_p99_ttft_ratio"], 1.5);
+    assert_eq!(an["min_requests"], 50);
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
 async fn the_openapi_document_matches_the_routes() {
     let (proxy, _ups) = api_proxy().await;
     let a = proxy.admin_addr;
