@@ -989,8 +989,13 @@ max_p99_itl_ratio = false
         std::thread::sleep(Duration::from_millis(100));
     };
     assert_eq!(v["current_deployment"]["id"], "v1", "{v}");
-    let msg = v["in_progress_promotion"]["error_message"].as_str().unwrap();
-    assert!(msg.starts_with("analysis failed 3 intervals in a row: error rate"), "{msg}");
+    let msg = v["in_progress_promotion"]["error_message"]
+        .as_str()
+        .unwrap();
+    assert!(
+        msg.starts_with("analysis failed 3 intervals in a row: error rate"),
+        "{msg}"
+    );
     stop.store(true, Ordering::Relaxed);
     let _ = load.join();
     let _ = Command::new("kill")

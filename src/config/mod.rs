@@ -1076,7 +1076,11 @@ mod tests {
         assert!(a.enabled);
         assert_eq!(a.max_error_rate_percent, Some(5.0));
         assert_eq!(a.max_p99_itl_ratio, None);
-        assert_eq!(a.max_p99_ttft_ratio, Some(1.5), "unnamed fields keep their defaults");
+        assert_eq!(
+            a.max_p99_ttft_ratio,
+            Some(1.5),
+            "unnamed fields keep their defaults"
+        );
         let e = parse_str(&file("interval_seconds = 0")).unwrap_err();
         assert_eq!(
             e.field,

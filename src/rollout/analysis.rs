@@ -285,6 +285,21 @@ impl Sample {
     }
 }
 
+/// What a webhook is POSTed: the promotion, and the interval's verdict on the metrics (before
+/// any gate's answer).
+#[derive(Debug, Clone, Serialize)]
+pub struct WebhookPayload {
+    pub webhook: String,
+    pub when: WebhookWhen,
+    pub model: String,
+    pub environment: String,
+    pub previous_deployment_id: String,
+    pub candidate_deployment_id: String,
+    pub status: crate::rollout::machine::Status,
+    pub percent_traffic_to_new_version: u32,
+    pub verdict: Verdict,
+}
+
 /// A BEFORE_SHIFT webhook's answer for an interval.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct GateOutcome {

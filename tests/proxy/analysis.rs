@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use switchyard::config::{DeploymentConfig, EnvironmentConfig, ModelConfig, Settings, Traffic};
-use switchyard::rollout::analysis::{AnalysisSettings, OnFailure};
+use switchyard::rollout::analysis::{AnalysisSettings, OnFailure, Webhook, WebhookWhen};
 use switchyard::rollout::machine::{Event, PromotionConfig, Status};
 use switchyard::rollout::plan::RollingConfig;
 use switchyard::server::RunningProxy;
@@ -382,4 +382,67 @@ async fn on_failure_force_cancel_returns_all_traffic_at_once_and_fails() {
         .as_deref()
         .unwrap()
         .starts_with("analysis failed 2 intervals in a row: error rate"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_before_shift_webhook_answering_500_blocks_shifts_and_on_failure_is_told() {
+    use http_body_util::BodyExt;
+    // The gate refuses every shift; the notification hook records what it was sent.
+    let gate = upstream(|_req| async {
+        let mut r = http::Response::new(full("not today"));
+        *r.status_mut() = http::StatusCode::INTERNAL_SERVER_ERROR;
+        r
+    })
+    .await;
+    let told = Arc::new(std::sync::Mutex::new(Vec::<serde_json::Value>::new()));
+    let t = told.clone();
+    let notified = upstream(move |req| {
+        let t = t.clone();
+        async move {
+            let body = req.into_body().collect().await.unwrap().to_bytes();
+            t.lock()
+                .unwrap()
+                .push(serde_json::from_slice(&body).unwrap());
+            http::Response::new(full("ok"))
+        }
+    })
+    .await;
+    let hook = |name: &str, addr: std::net::SocketAddr, when| Webhook {
+        name: name.into(),
+        url: format!("http://{addr}/hook"),
+        timeout_seconds: 5,
+        when,
+    };
+    let s = settings(
+        &[],
+        AnalysisSettings {
+            max_error_rate_percent: Some(5.0),
+            webhooks: vec![
+                hook("qa-gate", gate.addr, WebhookWhen::BeforeShift),
+                hook("pager", notified.addr, WebhookWhen::OnFailure),
+            ],
+            ..analysis()
+        },
+    );
+    let (proxy, stop, load, clients) = promote_under_load(s).await;
+    let events = ended(&proxy, Duration::from_secs(60)).await;
+    stop_load(stop, clients).await;
+    let v = proxy.controller().environment("m", "production").unwrap();
+    let p = v.promotion.as_ref().unwrap();
+    assert_eq!(p.status, Status::Failed, "{events:#?}");
+    assert_eq!(max_percent(&events), 34, "the gate let a shift through");
+    assert_eq!(
+        p.error_message.as_deref(),
+        Some("analysis failed 2 intervals in a row: webhook \"qa-gate\": HTTP 500")
+    );
+    assert_eq!(gate.requests.load(Ordering::SeqCst), 2);
+    assert!(load.failures.lock().unwrap().is_empty());
+    // The notification names the promotion and carries the failing verdict.
+    let within = Duration::from_secs(5);
+    assert!(eventually(within, || !told.lock().unwrap().is_empty()).await);
+    let n = told.lock().unwrap()[0].clone();
+    assert_eq!(n["webhook"], "pager");
+    assert_eq!(n["when"], "ON_FAILURE");
+    assert_eq!(n["candidate_deployment_id"], "v2");
+    assert_eq!(n["verdict"]["result"], "FAIL");
 }

@@ -566,11 +566,26 @@ async fn analysis_settings_are_patched_by_name_and_bad_ones_refused() {
     let before = v;
 
     for (body, field) in [
-        (r#"{"interval_seconds": 0}"#, "promotion_settings.analysis.interval_seconds"),
-        (r#"{"max_p99_latency_ratio": 0}"#, "promotion_settings.analysis.max_p99_latency_ratio"),
-        (r#"{"max_error_rate_ratio": -1.5}"#, "promotion_settings.analysis.max_error_rate_ratio"),
-        (r#"{"on_failure": "EXPLODE"}"#, "promotion_settings.analysis.on_failure"),
-        (r#"{"min_requests": 0}"#, "promotion_settings.analysis.min_requests"),
+        (
+            r#"{"interval_seconds": 0}"#,
+            "promotion_settings.analysis.interval_seconds",
+        ),
+        (
+            r#"{"max_p99_latency_ratio": 0}"#,
+            "promotion_settings.analysis.max_p99_latency_ratio",
+        ),
+        (
+            r#"{"max_error_rate_ratio": -1.5}"#,
+            "promotion_settings.analysis.max_error_rate_ratio",
+        ),
+        (
+            r#"{"on_failure": "EXPLODE"}"#,
+            "promotion_settings.analysis.on_failure",
+        ),
+        (
+            r#"{"min_requests": 0}"#,
+            "promotion_settings.analysis.min_requests",
+        ),
         (
             r#"{"webhooks": [{"name": "qa", "url": "ftp://qa.example/", "when": "BEFORE_SHIFT"}]}"#,
             "promotion_settings.analysis.webhooks[0].url",

@@ -17,7 +17,7 @@
 //! - `effects`: applying the machine's effects;
 //! - `autoscaling`: sampling load and applying autoscaling decisions;
 //! - `analysis`: measuring analysis intervals from the proxy's windows and handing verdicts
-//!   to the machine;
+//!   to the machine; `webhooks`: calling its gates and notifications;
 //! - `routes`: building the routing spec from the state;
 //! - `commands`: what the API asks (promote, pause, ..., register, activate);
 //! - `run`: the event-driven run loop and shutdown;
@@ -36,6 +36,7 @@ mod run;
 pub mod setup;
 mod state;
 mod views;
+mod webhooks;
 
 #[cfg(test)]
 mod tests;

@@ -13,7 +13,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::analysis::analyze;
+use super::analysis::{analyze, AnalysisIo};
 use super::autoscaling;
 use super::effects::apply;
 use super::state::{ModelState, State};
@@ -60,13 +60,19 @@ impl Controller {
         let now = self.clock.now_ms();
         let mut guard = self.lock();
         let st = &mut *guard;
+        let io = AnalysisIo {
+            router: &self.router,
+            events: &self.events,
+            runtime: &self.providers.runtime,
+            wake: &self.wake,
+        };
         for m in &mut st.models {
             for ei in 0..m.environments.len() {
                 // Judge a due analysis interval before the tick that may act on its verdict,
                 // and look again after it: a shift it made starts a new interval now.
-                let judged = analyze(&self.router, &self.events, m, ei, now);
+                let judged = analyze(&io, m, ei, now);
                 let ticked = tick_promotion(&self.events, m, ei, now);
-                analyze(&self.router, &self.events, m, ei, now);
+                analyze(&io, m, ei, now);
                 if judged || ticked {
                     st.dirty = true;
                 }
