@@ -86,7 +86,7 @@ enum Command {
         #[command(flatten)]
         args: ClientArgs,
         #[command(flatten)]
-        set: SettingsArgs,
+        set: Box<SettingsArgs>,
     },
 }
 

@@ -699,7 +699,8 @@ mod tests {
 
     #[test]
     fn settings_out_of_range_name_the_field() {
-        let cases: [(fn(&mut AnalysisSettings), &str); 6] = [
+        type Change = fn(&mut AnalysisSettings);
+        let cases: [(Change, &str); 6] = [
             (|s| s.interval_seconds = 0, "interval_seconds"),
             (|s| s.max_p99_ttft_ratio = Some(0.0), "max_p99_ttft_ratio"),
             (
