@@ -5,6 +5,9 @@
 #
 #   bash benches/e2e.sh                      # 5 rounds of 10 s per target
 #   DURATION=3 ROUNDS=2 bash benches/e2e.sh  # a quick look
+#   BASELINE_BIN=/path/to/older/switchyard bash benches/e2e.sh
+#                                            # also run another build, same config, interleaved:
+#                                            # the cost of a change, as a ratio in the same run
 set -euo pipefail
 
 DURATION=${DURATION:-10}        # seconds per measured wrk run
@@ -19,6 +22,7 @@ SKIP_BUILD=${SKIP_BUILD:-0}     # 1 = use the existing target/release/switchyard
 KEEP_WORK=${KEEP_WORK:-0}       # 1 = keep the temp dir (configs, logs, raw wrk output)
 MIN_RPS_RATIO=${MIN_RPS_RATIO:-0.85}
 MAX_P99_RATIO=${MAX_P99_RATIO:-1.3}
+BASELINE_BIN=${BASELINE_BIN:-}  # another switchyard binary to measure alongside (ports +6, +7)
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -33,6 +37,8 @@ P_V2=$((PORT_BASE + 2))     # nginx upstream, deployment v2
 P_NGINX=$((PORT_BASE + 3))  # nginx proxy baseline
 P_SY=$((PORT_BASE + 4))     # switchyard proxy
 P_ADMIN=$((PORT_BASE + 5))  # switchyard admin
+P_BASE=$((PORT_BASE + 6))   # baseline switchyard build (BASELINE_BIN)
+P_BASE_ADMIN=$((PORT_BASE + 7))
 
 LOG_TAG=e2e
 # shellcheck source=benches/common.sh
@@ -188,6 +194,19 @@ SY_PID=$!
 PIDS+=("$SY_PID")
 wait_http "http://127.0.0.1:$P_ADMIN/readyz" 15 "$SY_PID" ||
     die "switchyard not ready: $(tail -5 "$WORK/switchyard.log")"
+if [[ -n $BASELINE_BIN ]]; then
+    [[ -x $BASELINE_BIN ]] || die "BASELINE_BIN=$BASELINE_BIN is not an executable"
+    port_free "$P_BASE" && port_free "$P_BASE_ADMIN" || die "ports $P_BASE/$P_BASE_ADMIN are in use"
+    RUST_LOG=${RUST_LOG:-warn} "$BASELINE_BIN" serve \
+        --listen "127.0.0.1:$P_BASE" --admin-listen "127.0.0.1:$P_BASE_ADMIN" \
+        --upstream "v1=127.0.0.1:$P_V1" --upstream "v2=127.0.0.1:$P_V2" \
+        --weight v1=90 --weight v2=10 --workers "$WORKERS" --shutdown-grace-seconds 1 --ephemeral \
+        >"$WORK/baseline.log" 2>&1 &
+    BASE_PID=$!
+    PIDS+=("$BASE_PID")
+    wait_http "http://127.0.0.1:$P_BASE_ADMIN/readyz" 15 "$BASE_PID" ||
+        die "baseline switchyard not ready: $(tail -5 "$WORK/baseline.log")"
+fi
 
 declare -A URL=(
     [direct]="http://127.0.0.1:$P_V1/"
@@ -195,13 +214,17 @@ declare -A URL=(
     [switchyard]="http://127.0.0.1:$P_SY/"
 )
 TARGETS=(direct nginx switchyard)
+if [[ -n $BASELINE_BIN ]]; then
+    URL[baseline]="http://127.0.0.1:$P_BASE/"
+    TARGETS+=(baseline)
+fi
 for t in "${TARGETS[@]}"; do
     body=$(curl -fsS --max-time 5 "${URL[$t]}") || die "$t: ${URL[$t]} did not answer 2xx"
     [[ $body == "hello from v"[12] ]] || die "$t: unexpected body '$body'"
 done
 
 log "nginx $(nginx -v 2>&1 | sed 's/.*\///'), $(wrk -v 2>&1 | head -1 | awk '{print $1, $2}'), switchyard $("$BIN" --version | awk '{print $2}')"
-log "$ROUNDS rounds x 3 targets x (${WARMUP}s warm-up + ${DURATION}s), wrk -t$THREADS -c$CONNECTIONS, switchyard/nginx workers=$WORKERS"
+log "$ROUNDS rounds x ${#TARGETS[@]} targets x (${WARMUP}s warm-up + ${DURATION}s), wrk -t$THREADS -c$CONNECTIONS, switchyard/nginx workers=$WORKERS"
 
 # ---------------------------------------------------------------------------------------------
 # Rounds.
@@ -268,6 +291,12 @@ p99_ratio=$(awk -v a="${MED_P99[switchyard]}" -v b="${MED_P99[nginx]}" 'BEGIN { 
 echo
 printf 'switchyard/nginx req/s ratio: %s  (want >= %s)\n' "$rps_ratio" "$MIN_RPS_RATIO"
 printf 'switchyard/nginx p99 ratio:   %s  (want <= %s)\n' "$p99_ratio" "$MAX_P99_RATIO"
+if [[ -n $BASELINE_BIN ]]; then
+    printf 'switchyard/baseline req/s ratio: %s   p99 ratio: %s   (baseline: %s)\n' \
+        "$(awk -v a="${MED_RPS[switchyard]}" -v b="${MED_RPS[baseline]}" 'BEGIN { printf "%.3f", (b > 0 ? a / b : 0) }')" \
+        "$(awk -v a="${MED_P99[switchyard]}" -v b="${MED_P99[baseline]}" 'BEGIN { printf "%.3f", (b > 0 ? a / b : 999) }')" \
+        "$BASELINE_BIN"
+fi
 total=$((v1 + v2))
 if ((total > 0)); then
     share=$(awk -v a="$v1" -v t="$total" 'BEGIN { printf "%.2f", 100 * a / t }')
