@@ -552,29 +552,10 @@ stabilization_time_seconds = 3
     )
     .unwrap();
     let start = || {
-        let mut child = bin()
-            .args([
-                "serve",
-                "--config",
-                config.to_str().unwrap(),
-                "--listen",
-                "127.0.0.1:0",
-                "--admin-listen",
-                "127.0.0.1:0",
-            ])
-            .env_remove("SWITCHYARD_EPHEMERAL")
-            .env("SWITCHYARD_API_KEY", key)
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let (_, admin) = admin_addr_of(&mut child);
-        (child, admin.to_string())
+        let (child, _, admin) = serve_durable(&config, key);
+        (child, admin)
     };
-    let status = |admin: &str| -> serde_json::Value {
-        let (code, out, err) = client(admin, Some(key), &["status", "--json"]);
-        assert_eq!(code, 0, "{err}");
-        serde_json::from_str(&out).unwrap()
-    };
+    let status = |admin: &str| status_json(admin, key);
 
     let (first, admin) = start();
     let mut first = KillOnDrop(first);
@@ -659,6 +640,35 @@ stabilization_time_seconds = 3
         .status();
     let _ = second.0.wait();
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `serve --config` on ephemeral ports, keeping the config's data directory (the crash tests
+/// restart on it). Returns the child, the proxy and the admin address.
+fn serve_durable(config: &std::path::Path, key: &str) -> (Child, SocketAddr, String) {
+    let mut child = bin()
+        .args([
+            "serve",
+            "--config",
+            config.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ])
+        .env_remove("SWITCHYARD_EPHEMERAL")
+        .env("SWITCHYARD_API_KEY", key)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (proxy, admin) = admin_addr_of(&mut child);
+    (child, proxy, admin.to_string())
+}
+
+/// `switchyard status --json`, parsed.
+fn status_json(admin: &str, key: &str) -> serde_json::Value {
+    let (code, out, err) = client(admin, Some(key), &["status", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    serde_json::from_str(&out).unwrap()
 }
 
 /// Kills the child if the test fails before stopping it, so no server outlives the test.
@@ -896,30 +906,8 @@ max_p99_itl_ratio = false
         ),
     )
     .unwrap();
-    let start = || {
-        let mut child = bin()
-            .args([
-                "serve",
-                "--config",
-                config.to_str().unwrap(),
-                "--listen",
-                "127.0.0.1:0",
-                "--admin-listen",
-                "127.0.0.1:0",
-            ])
-            .env_remove("SWITCHYARD_EPHEMERAL")
-            .env("SWITCHYARD_API_KEY", key)
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let (proxy, admin) = admin_addr_of(&mut child);
-        (child, proxy, admin.to_string())
-    };
-    let status = |admin: &str| -> serde_json::Value {
-        let (code, out, err) = client(admin, Some(key), &["status", "--json"]);
-        assert_eq!(code, 0, "{err}");
-        serde_json::from_str(&out).unwrap()
-    };
+    let start = || serve_durable(&config, key);
+    let status = |admin: &str| status_json(admin, key);
     // Steady traffic to whichever proxy is current.
     let target = Arc::new(std::sync::Mutex::new(None::<SocketAddr>));
     let stop = Arc::new(AtomicBool::new(false));

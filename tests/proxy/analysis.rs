@@ -5,13 +5,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use switchyard::config::{DeploymentConfig, EnvironmentConfig, ModelConfig, Settings, Traffic};
+use switchyard::config::Settings;
 use switchyard::rollout::analysis::{AnalysisSettings, OnFailure, Webhook, WebhookWhen};
 use switchyard::rollout::machine::{Event, PromotionConfig, Status};
-use switchyard::rollout::plan::RollingConfig;
 use switchyard::server::RunningProxy;
 
-use crate::rollout::{process, start_load, wait_for, Load};
+use crate::rollout::{process, start_load, steps_of_34, two_deployments, wait_for, Load};
 use crate::support::*;
 
 /// 40 ms to the first token, 100 tokens/s: whole answers take ~80 ms, streams ~0.4 s.
@@ -54,47 +53,14 @@ fn settings(v2_args: &[&str], analysis: AnalysisSettings) -> Settings {
             None => v2.extend_from_slice(pair),
         }
     }
-    let models = vec![ModelConfig {
-        id: "m".into(),
-        hosts: vec![],
-        deployments: vec![
-            DeploymentConfig {
-                id: "v1".into(),
-                provider: process(V1),
-            },
-            DeploymentConfig {
-                id: "v2".into(),
-                provider: process(&v2),
-            },
-        ],
-        environments: vec![EnvironmentConfig {
-            name: "production".into(),
-            hosts: vec![],
-            traffic: Traffic::Current {
-                deployment: "v1".into(),
-                replicas: 3,
-            },
-            promotion: PromotionConfig {
-                rolling: true,
-                rolling_config: RollingConfig {
-                    max_surge_percent: 34,
-                    max_unavailable_percent: 0,
-                    stabilization_time_seconds: 1,
-                    replica_overhead_percent: 0,
-                },
-                ready_wait_ms: 5_000,
-                ready_deadline_ms: 20_000,
-                analysis,
-                ..PromotionConfig::default()
-            },
-            autoscaling: None,
-        }],
-    }];
-    let mut s = Settings::with_models(models);
-    s.listen = "127.0.0.1:0".parse().unwrap();
-    s.admin_listen = "127.0.0.1:0".parse().unwrap();
-    s.workers = 2;
-    s
+    two_deployments(
+        process(V1),
+        process(&v2),
+        PromotionConfig {
+            analysis,
+            ..steps_of_34()
+        },
+    )
 }
 
 /// Starts the proxy, waits for v1, starts 8 clients (half streaming) and promotes v2.

@@ -47,13 +47,38 @@ pub(crate) fn rolling_settings(v2: ProviderSpec) -> Settings {
         "--startup-delay-ms",
         "200",
     ];
+    two_deployments(process(&fast), v2, steps_of_34())
+}
+
+/// Rolling, surge 34%: with 3 replicas, steps at 34, 68 and 100%, 1 s stabilization.
+pub(crate) fn steps_of_34() -> PromotionConfig {
+    PromotionConfig {
+        rolling: true,
+        rolling_config: RollingConfig {
+            max_surge_percent: 34,
+            max_unavailable_percent: 0,
+            stabilization_time_seconds: 1,
+            replica_overhead_percent: 0,
+        },
+        ready_wait_ms: 5_000,
+        ready_deadline_ms: 20_000,
+        ..PromotionConfig::default()
+    }
+}
+
+/// Model `m` with deployments v1 (3 replicas, current in `production`) and v2.
+pub(crate) fn two_deployments(
+    v1: ProviderSpec,
+    v2: ProviderSpec,
+    promotion: PromotionConfig,
+) -> Settings {
     let models = vec![ModelConfig {
         id: "m".into(),
         hosts: vec![],
         deployments: vec![
             DeploymentConfig {
                 id: "v1".into(),
-                provider: process(&fast),
+                provider: v1,
             },
             DeploymentConfig {
                 id: "v2".into(),
@@ -67,18 +92,7 @@ pub(crate) fn rolling_settings(v2: ProviderSpec) -> Settings {
                 deployment: "v1".into(),
                 replicas: 3,
             },
-            promotion: PromotionConfig {
-                rolling: true,
-                rolling_config: RollingConfig {
-                    max_surge_percent: 34,
-                    max_unavailable_percent: 0,
-                    stabilization_time_seconds: 1,
-                    replica_overhead_percent: 0,
-                },
-                ready_wait_ms: 5_000,
-                ready_deadline_ms: 20_000,
-                ..PromotionConfig::default()
-            },
+            promotion,
             autoscaling: None,
         }],
     }];
