@@ -146,6 +146,19 @@ run_wrk() { # OUTFILE URL SECONDS
     WRK_PID=""
 }
 
+CLK_TCK=$(getconf CLK_TCK 2>/dev/null || echo 100)
+
+cpu_ticks() { # PID: user+system clock ticks of the process and its children (nginx workers)
+    local total=0 p f a
+    for p in "$1" $(pgrep -P "$1" 2>/dev/null || true); do
+        f=$(cat "/proc/$p/stat" 2>/dev/null) || continue
+        f=${f##*) }   # fields after "pid (comm) "; utime and stime are fields 14 and 15
+        read -r -a a <<<"$f"
+        total=$((total + a[11] + a[12]))
+    done
+    echo "$total"
+}
+
 median() {
     printf '%s\n' "$@" | sort -g | awk '{ a[NR] = $1 } END {
         if (NR % 2) printf "%.3f\n", a[(NR + 1) / 2]; else printf "%.3f\n", (a[NR / 2] + a[NR / 2 + 1]) / 2 }'
@@ -183,6 +196,7 @@ done
 
 write_proxy_conf
 start_nginx proxy
+NGINX_PID=$LAST_PID
 wait_http "http://127.0.0.1:$P_NGINX/" 10 "$LAST_PID" || die "nginx proxy did not answer on :$P_NGINX ($(tail -3 "$WORK/proxy-error.log"))"
 
 RUST_LOG=${RUST_LOG:-warn} "$BIN" serve \
@@ -208,6 +222,8 @@ if [[ -n $BASELINE_BIN ]]; then
         die "baseline switchyard not ready: $(tail -5 "$WORK/baseline.log")"
 fi
 
+declare -A PROC=([nginx]=$NGINX_PID [switchyard]=$SY_PID)
+[[ -n $BASELINE_BIN ]] && PROC[baseline]=$BASE_PID
 declare -A URL=(
     [direct]="http://127.0.0.1:$P_V1/"
     [nginx]="http://127.0.0.1:$P_NGINX/"
@@ -229,7 +245,7 @@ log "$ROUNDS rounds x ${#TARGETS[@]} targets x (${WARMUP}s warm-up + ${DURATION}
 # ---------------------------------------------------------------------------------------------
 # Rounds.
 
-declare -A RPS P50 P99 ERRS
+declare -A RPS P50 P99 ERRS CPU
 SY_ERRORS=0
 for ((r = 1; r <= ROUNDS; r++)); do
     for t in "${TARGETS[@]}"; do
@@ -242,15 +258,20 @@ for ((r = 1; r <= ROUNDS; r++)); do
             fi
         fi
         out="$WORK/wrk-$t-$r.txt"
+        pid=${PROC[$t]:-}
+        t0=$([[ -n $pid ]] && cpu_ticks "$pid" || echo 0)
         run_wrk "$out" "${URL[$t]}" "$DURATION"
+        t1=$([[ -n $pid ]] && cpu_ticks "$pid" || echo 0)
         read -r rps p50 p99 reqs n2 se < <(parse_wrk "$out") || { cat "$out" >&2; die "cannot parse wrk output"; }
         RPS[$t,$r]=$rps; P50[$t,$r]=$p50; P99[$t,$r]=$p99; ERRS[$t,$r]="$n2/$se"
+        # The proxy's CPU (user + system) per request it served: steadier than req/s on shared cores.
+        CPU[$t,$r]=$(awk -v d="$((t1 - t0))" -v hz="$CLK_TCK" -v n="$reqs" 'BEGIN { printf "%.2f", (n > 0 ? d * 1e6 / hz / n : 0) }')
         if ((n2 + se > 0)); then
             log "$t round $r: non-2xx=$n2, $(grep 'Socket errors' "$out" | sed 's/^ *//' || echo 'socket errors: 0')"
             if [[ $t == switchyard ]]; then SY_ERRORS=$((SY_ERRORS + n2 + se)); fi
         fi
-        printf 'round %d  %-10s  %10.0f req/s  p50 %8.3f ms  p99 %8.3f ms  %9d requests  non-2xx/socket errors %s\n' \
-            "$r" "$t" "$rps" "$p50" "$p99" "$reqs" "${ERRS[$t,$r]}"
+        printf 'round %d  %-10s  %10.0f req/s  p50 %8.3f ms  p99 %8.3f ms  %9d requests  cpu %6s us/req  non-2xx/socket errors %s\n' \
+            "$r" "$t" "$rps" "$p50" "$p99" "$reqs" "$([[ -n $pid ]] && echo "${CPU[$t,$r]}" || echo -)" "${ERRS[$t,$r]}"
         kill -0 "$SY_PID" 2>/dev/null || die "switchyard exited during the run: $(tail -5 "$WORK/switchyard.log")"
     done
 done
@@ -276,22 +297,30 @@ upstream_errors=$(awk '/^switchyard_upstream_errors_total\{/ { s += $NF } END { 
 echo
 echo "== e2e summary: median of $ROUNDS rounds, ${DURATION}s each, wrk -t$THREADS -c$CONNECTIONS =="
 ((busy <= 20)) || echo "(the machine was ${busy}% busy before the run: figures are noisy)"
-printf '%-12s %12s %10s %10s   %s\n' target "req/s" "p50 ms" "p99 ms" "per round req/s | p99 ms"
-declare -A MED_RPS MED_P99
+printf '%-12s %12s %10s %10s %12s   %s\n' target "req/s" "p50 ms" "p99 ms" "cpu us/req" "per round req/s | p99 ms | cpu us/req"
+declare -A MED_RPS MED_P99 MED_CPU
 for t in "${TARGETS[@]}"; do
-    rs=() ps=() p5=()
-    for ((r = 1; r <= ROUNDS; r++)); do rs+=("${RPS[$t,$r]}"); ps+=("${P99[$t,$r]}"); p5+=("${P50[$t,$r]}"); done
+    rs=() ps=() p5=() cs=()
+    for ((r = 1; r <= ROUNDS; r++)); do
+        rs+=("${RPS[$t,$r]}"); ps+=("${P99[$t,$r]}"); p5+=("${P50[$t,$r]}"); cs+=("${CPU[$t,$r]}")
+    done
     MED_RPS[$t]=$(median "${rs[@]}")
     MED_P99[$t]=$(median "${ps[@]}")
-    printf '%-12s %12.0f %10.3f %10.3f   %s | %s\n' "$t" "${MED_RPS[$t]}" "$(median "${p5[@]}")" "${MED_P99[$t]}" \
-        "$(printf '%.0f ' "${rs[@]}")" "$(printf '%.2f ' "${ps[@]}")"
+    MED_CPU[$t]=$(median "${cs[@]}")
+    cpu_col=$([[ -n ${PROC[$t]:-} ]] && printf '%.2f' "${MED_CPU[$t]}" || echo -)
+    printf '%-12s %12.0f %10.3f %10.3f %12s   %s | %s | %s\n' "$t" "${MED_RPS[$t]}" "$(median "${p5[@]}")" "${MED_P99[$t]}" \
+        "$cpu_col" "$(printf '%.0f ' "${rs[@]}")" "$(printf '%.2f ' "${ps[@]}")" "$(printf '%s ' "${cs[@]}")"
 done
 rps_ratio=$(awk -v a="${MED_RPS[switchyard]}" -v b="${MED_RPS[nginx]}" 'BEGIN { printf "%.3f", (b > 0 ? a / b : 0) }')
 p99_ratio=$(awk -v a="${MED_P99[switchyard]}" -v b="${MED_P99[nginx]}" 'BEGIN { printf "%.3f", (b > 0 ? a / b : 999) }')
 echo
 printf 'switchyard/nginx req/s ratio: %s  (want >= %s)\n' "$rps_ratio" "$MIN_RPS_RATIO"
 printf 'switchyard/nginx p99 ratio:   %s  (want <= %s)\n' "$p99_ratio" "$MAX_P99_RATIO"
+printf 'switchyard/nginx cpu per request ratio: %s\n' \
+    "$(awk -v a="${MED_CPU[switchyard]}" -v b="${MED_CPU[nginx]}" 'BEGIN { printf "%.3f", (b > 0 ? a / b : 0) }')"
 if [[ -n $BASELINE_BIN ]]; then
+    printf 'switchyard/baseline cpu per request ratio: %s\n' \
+        "$(awk -v a="${MED_CPU[switchyard]}" -v b="${MED_CPU[baseline]}" 'BEGIN { printf "%.3f", (b > 0 ? a / b : 0) }')"
     printf 'switchyard/baseline req/s ratio: %s   p99 ratio: %s   (baseline: %s)\n' \
         "$(awk -v a="${MED_RPS[switchyard]}" -v b="${MED_RPS[baseline]}" 'BEGIN { printf "%.3f", (b > 0 ? a / b : 0) }')" \
         "$(awk -v a="${MED_P99[switchyard]}" -v b="${MED_P99[baseline]}" 'BEGIN { printf "%.3f", (b > 0 ? a / b : 999) }')" \

@@ -12,8 +12,8 @@ fn exported() -> BTreeSet<String> {
     let p = m.pool("m", "e", "d");
     p.count_response(http::StatusCode::OK);
     p.count_error(switchyard::metrics::UpstreamErrorKind::Connect);
-    p.duration.observe(0.1);
-    p.first_byte.observe(0.1);
+    p.stats.latency(std::time::Duration::from_millis(100));
+    p.stats.first_byte(std::time::Duration::from_millis(100));
     let mut names = BTreeSet::new();
     for f in m.registry().gather() {
         let n = f.name().to_string();

@@ -1,20 +1,16 @@
 //! Prometheus metrics. Families are registered once; each routing pool resolves its label
 //! children when a snapshot is built ([`PoolMetrics`]), so the request path only touches atomics.
 
+pub mod latency;
 pub mod window;
 
-use std::sync::{Arc, OnceLock};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use prometheus::{
-    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
-    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Gauge, GaugeVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
-
-/// Buckets in seconds, out to ten minutes: inference streams last minutes.
-const LATENCY_BUCKETS: &[f64] = &[
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
-    120.0, 300.0, 600.0,
-];
 
 /// Why an upstream exchange failed, the `kind` label of `switchyard_upstream_errors_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,9 +53,8 @@ impl UpstreamErrorKind {
 pub struct Metrics {
     registry: Registry,
     requests_total: IntCounterVec,
-    request_duration: HistogramVec,
-    first_byte: HistogramVec,
-    inter_chunk: HistogramVec,
+    /// Live pools, for the latency histograms rendered at scrape time.
+    pools: Arc<Mutex<Vec<Weak<PoolMetrics>>>>,
     in_flight: IntGaugeVec,
     upstream_errors: IntCounterVec,
     traffic_weight: GaugeVec,
@@ -80,33 +75,7 @@ impl Metrics {
             &["model", "environment", "deployment", "code"],
         )
         .expect("static metric definition");
-        let request_duration = HistogramVec::new(
-            HistogramOpts::new(
-                "switchyard_request_duration_seconds",
-                "Time from request received to the end of the response body.",
-            )
-            .buckets(LATENCY_BUCKETS.to_vec()),
-            POOL_LABELS,
-        )
-        .expect("static metric definition");
-        let first_byte = HistogramVec::new(
-            HistogramOpts::new(
-                "switchyard_time_to_first_byte_seconds",
-                "Time from request received to the first byte of the response body (the first token of a stream); to the end of the response when it has no body.",
-            )
-            .buckets(LATENCY_BUCKETS.to_vec()),
-            POOL_LABELS,
-        )
-        .expect("static metric definition");
-        let inter_chunk = HistogramVec::new(
-            HistogramOpts::new(
-                "switchyard_inter_chunk_seconds",
-                "Gaps between body chunks of streamed responses (SSE or chunked): inter-token latency.",
-            )
-            .buckets(LATENCY_BUCKETS.to_vec()),
-            POOL_LABELS,
-        )
-        .expect("static metric definition");
+        let pools = Arc::new(Mutex::new(Vec::new()));
         let analysis_verdicts = IntCounterVec::new(
             Opts::new(
                 "switchyard_analysis_verdicts_total",
@@ -149,9 +118,7 @@ impl Metrics {
         .expect("static metric definition");
         for c in [
             Box::new(requests_total.clone()) as Box<dyn prometheus::core::Collector>,
-            Box::new(request_duration.clone()),
-            Box::new(first_byte.clone()),
-            Box::new(inter_chunk.clone()),
+            Box::new(latency::LatencyCollector::new(pools.clone())),
             Box::new(in_flight.clone()),
             Box::new(upstream_errors.clone()),
             Box::new(traffic_weight.clone()),
@@ -163,9 +130,7 @@ impl Metrics {
         Metrics {
             registry,
             requests_total,
-            request_duration,
-            first_byte,
-            inter_chunk,
+            pools,
             in_flight,
             upstream_errors,
             traffic_weight,
@@ -177,17 +142,15 @@ impl Metrics {
     /// Resolves every label child of one (model, environment, deployment) once.
     pub fn pool(&self, model: &str, environment: &str, deployment: &str) -> Arc<PoolMetrics> {
         let l = [model, environment, deployment];
-        Arc::new(PoolMetrics {
+        let pool = Arc::new(PoolMetrics {
             labels: [
                 model.to_owned(),
                 environment.to_owned(),
                 deployment.to_owned(),
             ],
             codes: (0..CODE_SLOTS).map(|_| OnceLock::new()).collect(),
-            duration: self.request_duration.with_label_values(&l),
-            first_byte: self.first_byte.with_label_values(&l),
-            inter_chunk: self.inter_chunk.with_label_values(&l),
             stats: window::PoolStats::default(),
+            removed: AtomicBool::new(false),
             in_flight: self.in_flight.with_label_values(&l),
             errors: UpstreamErrorKind::ALL.map(|k| {
                 self.upstream_errors.with_label_values(&[
@@ -200,7 +163,12 @@ impl Metrics {
             weight: self.traffic_weight.with_label_values(&l),
             ready_replicas: self.ready_replicas.with_label_values(&l),
             families: self.clone(),
-        })
+        });
+        self.pools
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Arc::downgrade(&pool));
+        pool
     }
 
     /// Prometheus text exposition of every family.
@@ -237,11 +205,11 @@ const CODE_SLOTS: usize = 500;
 pub struct PoolMetrics {
     labels: [String; 3],
     codes: Box<[OnceLock<IntCounter>]>,
-    pub duration: Histogram,
-    pub first_byte: Histogram,
-    pub inter_chunk: Histogram,
-    /// Windowed figures for canary analysis and live views.
+    /// Counters and latency histograms: canary analysis windows, live views and the
+    /// Prometheus latency families all read them.
     pub stats: window::PoolStats,
+    /// Set when the pool left its environment: its series are gone.
+    removed: AtomicBool,
     pub in_flight: IntGauge,
     errors: [IntCounter; 5],
     pub weight: Gauge,
@@ -278,14 +246,20 @@ impl PoolMetrics {
         self.errors[i].inc();
     }
 
+    pub fn labels(&self) -> &[String; 3] {
+        &self.labels
+    }
+
+    pub fn is_removed(&self) -> bool {
+        self.removed.load(Ordering::Relaxed)
+    }
+
     /// Removes every series of this pool: its deployment left the environment.
     pub fn remove(&self) {
+        self.removed.store(true, Ordering::Relaxed);
         let [m, e, d] = &self.labels;
         let l = [m.as_str(), e.as_str(), d.as_str()];
         let f = &self.families;
-        let _ = f.request_duration.remove_label_values(&l);
-        let _ = f.first_byte.remove_label_values(&l);
-        let _ = f.inter_chunk.remove_label_values(&l);
         let _ = f.in_flight.remove_label_values(&l);
         let _ = f.traffic_weight.remove_label_values(&l);
         let _ = f.ready_replicas.remove_label_values(&l);

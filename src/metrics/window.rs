@@ -45,24 +45,29 @@ fn bucket_range(i: usize) -> (u64, u64) {
 
 struct Histogram {
     buckets: [AtomicU64; BUCKETS],
+    /// Sum of the samples in microseconds, for Prometheus' `_sum`.
+    sum_us: AtomicU64,
 }
 
 impl Histogram {
     fn new() -> Self {
         Histogram {
             buckets: std::array::from_fn(|_| AtomicU64::new(0)),
+            sum_us: AtomicU64::new(0),
         }
     }
 
     fn record(&self, d: Duration) {
         let us = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
         self.buckets[bucket_of(us)].fetch_add(1, Ordering::Relaxed);
+        self.sum_us.fetch_add(us, Ordering::Relaxed);
     }
 
     fn add_to(&self, out: &mut Counts) {
-        for (o, b) in out.0.iter_mut().zip(&self.buckets) {
+        for (o, b) in out.buckets.iter_mut().zip(&self.buckets) {
             *o += b.load(Ordering::Relaxed);
         }
+        out.sum_us = out.sum_us.wrapping_add(self.sum_us.load(Ordering::Relaxed));
     }
 }
 
@@ -160,13 +165,19 @@ impl PoolStats {
     }
 }
 
-/// Bucket counts of one histogram.
+/// Bucket counts of one histogram, and the sum of its samples.
 #[derive(Clone, PartialEq, Eq)]
-pub struct Counts(Box<[u64; BUCKETS]>);
+pub struct Counts {
+    buckets: Box<[u64; BUCKETS]>,
+    pub sum_us: u64,
+}
 
 impl Default for Counts {
     fn default() -> Self {
-        Counts(Box::new([0; BUCKETS]))
+        Counts {
+            buckets: Box::new([0; BUCKETS]),
+            sum_us: 0,
+        }
     }
 }
 
@@ -183,7 +194,27 @@ impl std::fmt::Debug for Counts {
 
 impl Counts {
     pub fn count(&self) -> u64 {
-        self.0.iter().sum()
+        self.buckets.iter().sum()
+    }
+
+    /// Samples at or below each bound (microseconds, ascending), for a Prometheus histogram's
+    /// cumulative buckets. A log bucket counts under a bound when its middle is at or below it,
+    /// so a count may be off by the samples of the one bucket a bound falls into (±6%).
+    pub fn cumulative(&self, bounds_us: &[u64]) -> Vec<u64> {
+        let mut out = Vec::with_capacity(bounds_us.len());
+        let (mut i, mut seen) = (0, 0u64);
+        for &b in bounds_us {
+            while i < BUCKETS {
+                let (lo, hi) = bucket_range(i);
+                if lo + (hi - lo) / 2 > b {
+                    break;
+                }
+                seen += self.buckets[i];
+                i += 1;
+            }
+            out.push(seen);
+        }
+        out
     }
 
     /// The value below which a share `q` (0-1) of the samples fall, as the middle of its
@@ -196,7 +227,7 @@ impl Counts {
         // The rank of the sample, 1-based: p99 of 100 samples is the 99th.
         let rank = ((q.clamp(0.0, 1.0) * n as f64).ceil() as u64).max(1);
         let mut seen = 0;
-        for (i, c) in self.0.iter().enumerate() {
+        for (i, c) in self.buckets.iter().enumerate() {
             seen += c;
             if seen >= rank {
                 let (lo, hi) = bucket_range(i);
@@ -209,16 +240,18 @@ impl Counts {
 
     fn since(&self, earlier: &Counts) -> Counts {
         let mut out = self.clone();
-        for (o, e) in out.0.iter_mut().zip(earlier.0.iter()) {
+        for (o, e) in out.buckets.iter_mut().zip(earlier.buckets.iter()) {
             *o = o.saturating_sub(*e);
         }
+        out.sum_us = self.sum_us.wrapping_sub(earlier.sum_us);
         out
     }
 
     /// Records a sample (for tests and tools that build histograms off the request path).
     pub fn record(&mut self, d: Duration) {
         let us = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
-        self.0[bucket_of(us)] += 1;
+        self.buckets[bucket_of(us)] += 1;
+        self.sum_us = self.sum_us.wrapping_add(us);
     }
 }
 
@@ -284,6 +317,17 @@ mod tests {
             );
         }
         assert_eq!(Counts::default().quantile(0.99), None);
+    }
+
+    #[test]
+    fn cumulative_counts_follow_prometheus_bounds() {
+        let mut c = Counts::default();
+        for ms in [1u64, 2, 3, 50, 200, 2000] {
+            c.record(Duration::from_millis(ms));
+        }
+        let bounds: Vec<u64> = [1_000, 5_000, 100_000, 1_000_000, 10_000_000].to_vec();
+        assert_eq!(c.cumulative(&bounds), [1, 3, 4, 5, 6]);
+        assert_eq!(c.sum_us, 2_256_000);
     }
 
     #[test]

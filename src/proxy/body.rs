@@ -42,9 +42,7 @@ impl Drop for InFlight {
         self.replica.end_request();
         let m = &self.pool.metrics;
         m.in_flight.dec();
-        let took = self.started.elapsed();
-        m.duration.observe(took.as_secs_f64());
-        m.stats.latency(took);
+        m.stats.latency(self.started.elapsed());
     }
 }
 
@@ -66,7 +64,6 @@ impl ChunkTiming {
             None => {
                 let now = Instant::now();
                 let ttfb = now.duration_since(in_flight.started);
-                m.first_byte.observe(ttfb.as_secs_f64());
                 m.stats.first_byte(ttfb);
                 self.first = Some(now);
                 self.last = Some(now);
@@ -74,7 +71,6 @@ impl ChunkTiming {
             Some(last) if self.streamed => {
                 let now = Instant::now();
                 let gap = now.duration_since(last);
-                m.inter_chunk.observe(gap.as_secs_f64());
                 m.stats.inter_chunk(gap);
                 self.last = Some(now);
             }
@@ -92,7 +88,6 @@ impl ChunkTiming {
         match (self.first, self.last) {
             (None, _) => {
                 let ttfb = in_flight.started.elapsed();
-                m.first_byte.observe(ttfb.as_secs_f64());
                 m.stats.first_byte(ttfb);
             }
             (Some(first), Some(last)) if self.streamed && self.chunks > 1 => {
