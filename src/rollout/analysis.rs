@@ -545,6 +545,35 @@ pub fn judge(
     v
 }
 
+/// The verdict before the first shift: the candidate has had no traffic, so only the gates
+/// are asked.
+pub fn judge_gates(gates: &[GateOutcome], from_ms: u64, to_ms: u64) -> Verdict {
+    let mut v = Verdict {
+        result: VerdictResult::Pass,
+        from_ms,
+        to_ms,
+        candidate: Counts::default(),
+        previous: Counts::default(),
+        checks: Vec::new(),
+        summary: String::new(),
+    };
+    push_gates(&mut v, gates);
+    if v.checks.iter().any(|c| !c.passed) {
+        v.result = VerdictResult::Fail;
+        v.summary = failed_summary(&v);
+    } else {
+        v.summary = format!(
+            "before the first shift: {}",
+            v.checks
+                .iter()
+                .map(|c| c.detail.as_str())
+                .collect::<Vec<_>>()
+                .join("; ")
+        );
+    }
+    v
+}
+
 fn round1(v: f64) -> f64 {
     (v * 10.0).round() / 10.0
 }

@@ -442,7 +442,12 @@ impl Promotion {
             }
             Next::Shift => {
                 let a = &self.config.analysis;
-                if a.enabled && self.percent > 0 && !self.analysis.passed_since_shift {
+                let gated = a.gates().next().is_some();
+                if a.enabled && (self.percent > 0 || gated) && !self.analysis.passed_since_shift {
+                    if self.analysis.interval_started_ms.is_none() {
+                        // The first shift, held by gates: their interval starts now.
+                        self.analysis.interval_started_ms = Some(now);
+                    }
                     self.phase = Phase::AwaitVerdict;
                     self.event(
                         fx,
@@ -637,10 +642,16 @@ impl Promotion {
 
     /// Whether analysis measures intervals now: traffic is split and the promotion moves up.
     fn judging(&self) -> bool {
-        self.config.analysis.enabled
+        let a = &self.config.analysis;
+        a.enabled
             && self.status == Status::RampingUp
-            && self.percent > 0
+            && (self.percent > 0 || a.gates().next().is_some())
             && self.percent < 100
+    }
+
+    /// Before the first shift the candidate has had no traffic: only gates can be judged.
+    pub fn judging_gates_only(&self) -> bool {
+        self.percent == 0
     }
 
     /// Start of the interval being measured, while one is.
@@ -1545,6 +1556,36 @@ mod tests {
                 passed = false;
             }
         }
+    }
+
+    #[test]
+    fn a_gate_holds_even_the_first_shift() {
+        let mut c = analyzed(OnFailure::Rollback);
+        c.analysis.webhooks.push(crate::rollout::analysis::Webhook {
+            name: "qa".into(),
+            url: "http://127.0.0.1:9/".into(),
+            timeout_seconds: 1,
+            when: crate::rollout::analysis::WebhookWhen::BeforeShift,
+        });
+        let (mut p, _) = Promotion::start(10, c, 0).unwrap();
+        let mut now = 0;
+        drive_until(&mut p, &mut now, |p| p.phase == Phase::AwaitVerdict);
+        assert_eq!(p.percent, 0);
+        assert!(p.judging_gates_only());
+        let due = p.analysis_due_ms().unwrap();
+        let events = judge_until(&mut p, &mut now, VerdictResult::Fail, |p| {
+            p.status.is_terminal()
+        });
+        assert!(now >= due);
+        assert_eq!((p.status, max(&events)), (Status::Failed, 0));
+    }
+
+    fn max(events: &[Event]) -> u32 {
+        events
+            .iter()
+            .map(|e| e.percent_traffic_to_new_version)
+            .max()
+            .unwrap_or(0)
     }
 
     #[test]

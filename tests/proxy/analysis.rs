@@ -197,6 +197,8 @@ async fn a_candidate_four_times_slower_to_the_first_token_is_rolled_back() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_healthy_candidate_succeeds_with_a_passing_verdict_before_each_shift() {
+    // A gate that approves: asked before every shift, the first one included.
+    let gate = named("approved").await;
     let s = settings(
         &[],
         AnalysisSettings {
@@ -205,6 +207,12 @@ async fn a_healthy_candidate_succeeds_with_a_passing_verdict_before_each_shift()
             max_p99_ttft_ratio: Some(2.0),
             // A loaded test machine jitters; a single bad interval must not fail it.
             failure_limit: 3,
+            webhooks: vec![Webhook {
+                name: "qa".into(),
+                url: format!("http://{}/approve", gate.addr),
+                timeout_seconds: 5,
+                when: WebhookWhen::BeforeShift,
+            }],
             ..analysis()
         },
     );
@@ -224,9 +232,8 @@ async fn a_healthy_candidate_succeeds_with_a_passing_verdict_before_each_shift()
         if e.reason.starts_with("analysis PASS") {
             passed = true;
         } else if e.reason.starts_with("shifted") {
-            // The first shift has nothing to judge yet: the candidate had no traffic.
             assert!(
-                shifts == 0 || passed,
+                passed,
                 "shift to {}% without a passing verdict after the previous one: {events:#?}",
                 e.percent_traffic_to_new_version
             );
@@ -235,6 +242,7 @@ async fn a_healthy_candidate_succeeds_with_a_passing_verdict_before_each_shift()
         }
     }
     assert_eq!(shifts, 3, "34, 68 and 100%: {events:#?}");
+    assert!(gate.requests.load(Ordering::SeqCst) >= 3);
     assert!(load.failures.lock().unwrap().is_empty());
 }
 
@@ -353,7 +361,8 @@ async fn on_failure_force_cancel_returns_all_traffic_at_once_and_fails() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_before_shift_webhook_answering_500_blocks_shifts_and_on_failure_is_told() {
     use http_body_util::BodyExt;
-    // The gate refuses every shift; the notification hook records what it was sent.
+    // The gate refuses every shift, the first one included; the notification hook records
+    // what it was sent.
     let gate = upstream(|_req| async {
         let mut r = http::Response::new(full("not today"));
         *r.status_mut() = http::StatusCode::INTERNAL_SERVER_ERROR;
@@ -396,7 +405,7 @@ async fn a_before_shift_webhook_answering_500_blocks_shifts_and_on_failure_is_to
     let v = proxy.controller().environment("m", "production").unwrap();
     let p = v.promotion.as_ref().unwrap();
     assert_eq!(p.status, Status::Failed, "{events:#?}");
-    assert_eq!(max_percent(&events), 34, "the gate let a shift through");
+    assert_eq!(max_percent(&events), 0, "the gate let a shift through");
     assert_eq!(
         p.error_message.as_deref(),
         Some("analysis failed 2 intervals in a row: webhook \"qa-gate\": HTTP 500")

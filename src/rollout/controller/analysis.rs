@@ -16,7 +16,7 @@ use super::state::ModelState;
 use super::webhooks::call_all;
 use crate::metrics::window::StatsSnapshot;
 use crate::rollout::analysis::{
-    judge, GateOutcome, Sample, VerdictResult, WebhookPayload, WebhookWhen,
+    judge, judge_gates, GateOutcome, Sample, VerdictResult, WebhookPayload, WebhookWhen,
 };
 use crate::rollout::machine::Status;
 use crate::routing::Router;
@@ -101,7 +101,11 @@ pub(super) fn analyze(io: &AnalysisIo<'_>, m: &mut ModelState, ei: usize, now: u
                 candidate_deployment_id: p.candidate.clone(),
                 status: p.machine.status,
                 percent_traffic_to_new_version: p.machine.percent,
-                verdict: judge(settings, &c, &pr, &[], start, now),
+                verdict: if p.machine.judging_gates_only() {
+                    judge_gates(&[], start, now)
+                } else {
+                    judge(settings, &c, &pr, &[], start, now)
+                },
             };
             let answers = Arc::new(Mutex::new(None));
             let (slot, wake) = (answers.clone(), io.wake.clone());
@@ -137,7 +141,11 @@ pub(super) fn analyze(io: &AnalysisIo<'_>, m: &mut ModelState, ei: usize, now: u
             }
         }
     };
-    let verdict = judge(settings, &window_c, &window_p, &outcomes, start, to_ms);
+    let verdict = if p.machine.judging_gates_only() {
+        judge_gates(&outcomes, start, to_ms)
+    } else {
+        judge(settings, &window_c, &window_p, &outcomes, start, to_ms)
+    };
     let result = verdict.result;
     io.router
         .metrics()
