@@ -12,6 +12,7 @@ pub mod api;
 pub mod client;
 pub mod config;
 pub mod demo;
+pub mod loadtest;
 pub mod metrics;
 pub mod proxy;
 pub mod replica;
