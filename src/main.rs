@@ -58,6 +58,9 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:9090")]
         admin_listen: std::net::SocketAddr,
     },
+    /// Drive traffic at a target and report per deployment and per rollout step (with
+    /// --promote: through a whole promotion).
+    Loadtest(Box<switchyard::loadtest::LoadtestArgs>),
     /// Show an environment: current deployment, promotion status, replicas.
     Status(ClientArgs),
     /// Promote a deployment to the environment (with --watch: follow it to the end).
@@ -370,6 +373,7 @@ fn main() -> ExitCode {
             let check = args.check_config;
             serve((*args).into(), check)
         }
+        Command::Loadtest(a) => switchyard::loadtest::main(&a),
         Command::Status(a) => client_command(a, Action::Status),
         Command::Promote { deployment, args } => client_command(args, Action::Promote(deployment)),
         Command::Pause(a) => client_command(a, Action::Signal(Signal::Pause)),

@@ -220,13 +220,13 @@ impl Report {
                     configured_percent: Some(percent),
                     replicas: BTreeMap::from([
                         ("v1".to_string(), 3 - percent / 34),
-                        ("v2".to_string(), (percent + 33) / 34),
+                        ("v2".to_string(), percent.div_ceil(34)),
                     ]),
                 }
             })
             .collect();
-        let event = |t_s: f64, status: &str, percent: u32, c: u32, p: u32, reason: &str| {
-            RolloutEvent {
+        let event =
+            |t_s: f64, status: &str, percent: u32, c: u32, p: u32, reason: &str| RolloutEvent {
                 t_s,
                 at: "2026-11-30T12:00:00Z".into(),
                 status: status.into(),
@@ -234,8 +234,7 @@ impl Report {
                 candidate_replicas: c,
                 previous_replicas: p,
                 reason: reason.into(),
-            }
-        };
+            };
         let step = |a: f64, b: f64, status: &str, c: u32, m: Option<f64>, n: u64| Step {
             start_s: a,
             end_s: b,
@@ -296,9 +295,30 @@ impl Report {
             timeline,
             events: vec![
                 event(-0.5, "RELEASING", 0, 0, 3, "promotion started"),
-                event(10.0, "RAMPING_UP", 34, 1, 3, "shifted 34% of traffic to the candidate"),
-                event(30.0, "RAMPING_UP", 68, 2, 2, "shifted 68% of traffic to the candidate"),
-                event(50.0, "SUCCEEDED", 100, 3, 0, "all traffic and replicas on the candidate"),
+                event(
+                    10.0,
+                    "RAMPING_UP",
+                    34,
+                    1,
+                    3,
+                    "shifted 34% of traffic to the candidate",
+                ),
+                event(
+                    30.0,
+                    "RAMPING_UP",
+                    68,
+                    2,
+                    2,
+                    "shifted 68% of traffic to the candidate",
+                ),
+                event(
+                    50.0,
+                    "SUCCEEDED",
+                    100,
+                    3,
+                    0,
+                    "all traffic and replicas on the candidate",
+                ),
             ],
             latency_cdf: BTreeMap::from([
                 (

@@ -256,7 +256,13 @@ fn sse(state: &State, chat: bool, tokens: u32) -> Response<ReplicaBody> {
     let version = state.opts.version.clone();
     tokio::spawn(async move {
         tokio::time::sleep(latency).await;
+        // Tokens on a fixed schedule from the first, so timer rounding does not add up, and
+        // `[DONE]` right behind the last one, as inference servers send it.
+        let first = tokio::time::Instant::now();
         for i in 0..tokens {
+            if i > 0 && !gap.is_zero() {
+                tokio::time::sleep_until(first + gap * i).await;
+            }
             let chunk = if chat {
                 json!({"object": "chat.completion.chunk", "model": version, "choices": [{"index": 0, "delta": {"content": format!("tok{i} ")}}]})
             } else {
@@ -268,9 +274,6 @@ fn sse(state: &State, chat: bool, tokens: u32) -> Response<ReplicaBody> {
                 .is_err()
             {
                 return; // the client went away: stop generating
-            }
-            if !gap.is_zero() {
-                tokio::time::sleep(gap).await;
             }
         }
         let _ = tx.send(Bytes::from_static(b"data: [DONE]\n\n")).await;
