@@ -270,15 +270,14 @@ pub async fn exchange(opts: &Options, conn: &Conn, planned: Planned) -> Outcome 
     } else {
         Method::GET
     };
-    let uri = match conn {
+    let mut req = Request::builder().method(method);
+    req = match conn {
         // HTTP/2 carries the authority in the request; HTTP/1.1 in Host.
-        Conn::H2(_) => format!("http://{}{}", opts.authority, opts.path),
-        Conn::H1(_) => opts.path.clone(),
+        Conn::H2(_) => req.uri(opts.absolute_uri.clone()),
+        Conn::H1(_) => req
+            .uri(opts.origin_uri.clone())
+            .header(header::HOST, opts.host_header.clone()),
     };
-    let mut req = Request::builder().method(method).uri(uri);
-    if matches!(conn, Conn::H1(_)) {
-        req = req.header(header::HOST, opts.authority.as_str());
-    }
     if planned.body.is_some() {
         req = req.header(header::CONTENT_TYPE, "application/json");
     }

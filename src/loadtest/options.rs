@@ -145,6 +145,10 @@ pub struct Options {
     pub http2: bool,
     pub shape: Shape,
     pub path: String,
+    /// Built once: the request line's target, and the absolute form HTTP/2 needs.
+    pub origin_uri: http::Uri,
+    pub absolute_uri: http::Uri,
+    pub host_header: http::HeaderValue,
     pub version_header: http::HeaderName,
     pub admin_url: Option<String>,
     pub api_key: Option<String>,
@@ -298,6 +302,14 @@ impl Options {
         if !path.starts_with('/') || path.parse::<http::uri::PathAndQuery>().is_err() {
             return Err(format!("--path {path:?}: must be a path starting with /"));
         }
+        let origin_uri: http::Uri = path
+            .parse()
+            .map_err(|_| format!("--path {path:?}: not a valid request path"))?;
+        let absolute_uri: http::Uri = format!("http://{authority}{path}")
+            .parse()
+            .map_err(|_| format!("--path {path:?}: not a valid request path"))?;
+        let host_header = http::HeaderValue::from_str(&authority)
+            .map_err(|_| format!("target {:?}: not a valid host", a.target))?;
         let version_header = http::HeaderName::from_bytes(a.version_header.as_bytes())
             .map_err(|_| format!("--version-header {:?}: not a header name", a.version_header))?;
         if a.admin_url.is_some() && api_key.is_none() {
@@ -336,6 +348,9 @@ impl Options {
             http2: a.http2,
             shape,
             path,
+            origin_uri,
+            absolute_uri,
+            host_header,
             version_header,
             admin_url: a.admin_url.clone(),
             api_key,

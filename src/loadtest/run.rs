@@ -18,7 +18,8 @@ use crate::api::types::{Environment, Event};
 use crate::client::Client;
 
 enum Msg {
-    Outcome(Box<Outcome>),
+    /// Outcomes in batches: one wake-up of the collector per batch, not per request.
+    Outcomes(Vec<Outcome>),
     Event(Event),
     /// The event stream ended (the server went away).
     EventsEnded,
@@ -189,8 +190,10 @@ pub async fn run(opts: Options) -> Result<Report, String> {
         }
         tokio::select! {
             msg = rx.recv() => match msg {
-                Some(Msg::Outcome(o)) => {
-                    collector.add(&o);
+                Some(Msg::Outcomes(batch)) => {
+                    for o in &batch {
+                        collector.add(o);
+                    }
                 }
                 Some(Msg::Event(e)) => {
                     status = e.status.to_string();
@@ -235,8 +238,10 @@ pub async fn run(opts: Options) -> Result<Report, String> {
     control.stop.store(true, Ordering::Relaxed);
     // Requests in flight finish (each within --timeout) and are counted.
     let take = |msg: Msg, collector: &mut Collector| match msg {
-        Msg::Outcome(o) => {
-            collector.add(&o);
+        Msg::Outcomes(batch) => {
+            for o in &batch {
+                collector.add(o);
+            }
         }
         Msg::Event(e) => collector.event(event(&e, start_wall_ms)),
         Msg::EventsEnded => {}
@@ -363,14 +368,15 @@ async fn drive(opts: Arc<Options>, control: Arc<Control>, tx: mpsc::UnboundedSen
                         let mut planner =
                             Planner::new(&opts.shape, opts.seed.wrapping_add(u64::from(i)));
                         let mut conn: Option<Conn> = shared.clone();
+                        let mut batch = Batch::default();
                         while control.take() {
                             let c = match conn.take() {
                                 Some(c) => c,
                                 None => match generator::connect(&opts).await {
                                     Ok(c) => c,
                                     Err(_) => {
-                                        let failed = connect_failure();
-                                        if tx.send(Msg::Outcome(Box::new(failed))).is_err() {
+                                        batch.push(connect_failure());
+                                        if !batch.flush(&tx, true) {
                                             return;
                                         }
                                         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -383,10 +389,12 @@ async fn drive(opts: Arc<Options>, control: Arc<Control>, tx: mpsc::UnboundedSen
                             if reusable(&o) || matches!(c, Conn::H2(_)) {
                                 conn = Some(c);
                             }
-                            if tx.send(Msg::Outcome(Box::new(o))).is_err() {
+                            batch.push(o);
+                            if !batch.flush(&tx, false) {
                                 return;
                             }
                         }
+                        batch.flush(&tx, true);
                     })
                 })
                 .collect();
@@ -424,7 +432,7 @@ async fn drive(opts: Arc<Options>, control: Arc<Control>, tx: mpsc::UnboundedSen
                         Err(_) => connect_failure(),
                     };
                     drop(slot);
-                    let _ = tx.send(Msg::Outcome(Box::new(o)));
+                    let _ = tx.send(Msg::Outcomes(vec![o]));
                 });
                 let gap = gaps.map_or(1.0 / rate, |g| g.sample(planner.rng()));
                 next += Duration::from_secs_f64(gap.min(3600.0));
@@ -433,6 +441,35 @@ async fn drive(opts: Arc<Options>, control: Arc<Control>, tx: mpsc::UnboundedSen
             }
             while tasks.join_next().await.is_some() {}
         }
+    }
+}
+
+/// A client's outcomes not yet handed to the collector: sent every 32, or after 100 ms, so
+/// the live figures stay current without a cross-thread wake-up per request.
+#[derive(Default)]
+struct Batch {
+    outcomes: Vec<Outcome>,
+    since: Option<Instant>,
+}
+
+impl Batch {
+    fn push(&mut self, o: Outcome) {
+        self.since.get_or_insert_with(Instant::now);
+        self.outcomes.push(o);
+    }
+
+    /// Sends the batch when it is due (or `now`); false when the collector is gone.
+    fn flush(&mut self, tx: &mpsc::UnboundedSender<Msg>, now: bool) -> bool {
+        let due = self.outcomes.len() >= 32
+            || self
+                .since
+                .is_some_and(|t| t.elapsed() >= Duration::from_millis(100));
+        if self.outcomes.is_empty() || !(now || due) {
+            return true;
+        }
+        self.since = None;
+        let batch = std::mem::replace(&mut self.outcomes, Vec::with_capacity(32));
+        tx.send(Msg::Outcomes(batch)).is_ok()
     }
 }
 
