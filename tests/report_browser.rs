@@ -6,8 +6,8 @@
 //! Needs Debian's `chromium` (CI installs it). Without it these tests fail: a report nobody
 //! opened in a browser is not tested.
 //!
-//! `SWITCHYARD_REPORT_SCREENSHOT=$PWD/docs/loadtest-report.png cargo test --test report_browser`
-//! refreshes the README's screenshot.
+//! `SWITCHYARD_REPORT_SCREENSHOT=/tmp/example.png cargo test --test report_browser` keeps a
+//! screenshot of the example report (the README's is of a real demo run: docs/loadtest-demo.png).
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -223,7 +223,7 @@ fn browser_screenshot_is_not_blank() {
         bytes.len()
     );
     if let Some(keep) = std::env::var_os("SWITCHYARD_REPORT_SCREENSHOT") {
-        // The README's copy is cut to the example page's height (no blank band below it).
+        // Cut to the example page's height (no blank band below it).
         run_chromium(
             &dir,
             &page,

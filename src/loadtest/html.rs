@@ -809,6 +809,32 @@ fn measured_share(s: &Second, candidate: &str) -> Option<f64> {
     (answered > 0).then(|| 100.0 * served as f64 / answered as f64)
 }
 
+/// The configured percent as a step line through the rollout events, from 0 to `end`.
+fn configured_from_events(r: &Report, end: f64) -> Vec<(f64, f64)> {
+    let mut out: Vec<(f64, f64)> = Vec::new();
+    for e in r
+        .events
+        .iter()
+        .filter(|e| e.t_s.is_finite() && e.t_s <= end)
+    {
+        let (t, p) = (
+            e.t_s.max(0.0),
+            f64::from(e.percent_traffic_to_new_version.min(100)),
+        );
+        if let Some(&(_, last)) = out.last() {
+            if last == p {
+                continue;
+            }
+            out.push((t, last));
+        }
+        out.push((t, p));
+    }
+    if let Some(&(_, last)) = out.last() {
+        out.push((end, last));
+    }
+    out
+}
+
 fn share_chart(r: &Report, colours: &Colours) -> Figure {
     let mut fig = Figure {
         name: "share",
@@ -898,8 +924,15 @@ fn share_chart(r: &Report, colours: &Colours) -> Figure {
                     .map(|p| Circle::new(p, 2, colour.mix(0.75).filled())),
             )?;
         }
-        for run in &configured {
-            line(ctx, &steps_of(run), INK.mix(0.85).stroke_width(2))?;
+        // From the events when there are some: they carry the exact time of each shift,
+        // where the per-second timeline only has the state at the end of each second.
+        let exact = configured_from_events(r, x.end);
+        if exact.len() > 1 {
+            line(ctx, &exact, INK.mix(0.85).stroke_width(2))?;
+        } else {
+            for run in &configured {
+                line(ctx, &steps_of(run), INK.mix(0.85).stroke_width(2))?;
+            }
         }
         for (s, m) in &steps {
             let m = m.clamp(0.0, 100.0);
