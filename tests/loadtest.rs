@@ -391,3 +391,34 @@ stabilization_time_seconds = 3
     assert_eq!(seen, log, "{out}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn http2_json_bodies_and_plain_gets_all_reach_the_target() {
+    let (_r, addr) = replica(&["--latency-ms", "1", "--version", "v9"]);
+    let target = format!("http://{addr}");
+    let dir = std::env::temp_dir().join(format!("switchyard-lt-body-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let body = dir.join("predict.json");
+    std::fs::write(&body, r#"{"max_tokens": 3}"#).unwrap();
+    for args in [
+        vec!["--http2", "--concurrency", "4", "--stream", "mix"],
+        vec!["--path", "/predict", "--body-file", body.to_str().unwrap()],
+        vec!["--get", "--path", "/healthz", "--rate", "200"],
+    ] {
+        let mut all = vec![target.as_str(), "--requests", "60", "--warmup", "0"];
+        all.extend(&args);
+        let (code, r, out) = loadtest(&all, &[("SWITCHYARD_API_KEY", "unused")]);
+        assert_eq!(code, 0, "{args:?}: {out}");
+        let o = &r.summary.overall;
+        assert_eq!(
+            (o.requests, o.errors, o.broken_streams),
+            (60, 0, 0),
+            "{args:?}: {out}"
+        );
+        assert!(
+            o.ttft_ms.p50.is_some() && o.e2el_ms.p50.is_some(),
+            "{args:?}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
