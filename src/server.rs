@@ -213,7 +213,10 @@ fn start_control(
         )?)),
         None => None,
     };
-    let timing = ProviderTiming::default();
+    let timing = ProviderTiming {
+        static_probe_interval: settings.upstream.static_probe_interval,
+        ..ProviderTiming::default()
+    };
     let stop_timeout = timing.drain_timeout.min(Duration::from_secs(30)) + timing.stop_grace;
     let (tx, rx) = std::sync::mpsc::channel();
     let handle = std::thread::Builder::new()

@@ -65,6 +65,9 @@ pub struct UpstreamSettings {
     /// Consecutive connect failures that eject a replica.
     pub eject_after_failures: u32,
     pub eject_duration: Duration,
+    /// How often static endpoints are probed (a TCP connect); one that refuses is not ready
+    /// until a probe connects again. `None`: never probed, every listed endpoint is ready.
+    pub static_probe_interval: Option<Duration>,
 }
 
 impl Default for UpstreamSettings {
@@ -79,6 +82,7 @@ impl Default for UpstreamSettings {
             max_connect_attempts: 3,
             eject_after_failures: 3,
             eject_duration: Duration::from_secs(10),
+            static_probe_interval: Some(Duration::from_secs(2)),
         }
     }
 }
@@ -203,6 +207,7 @@ struct UpstreamSection {
     max_connect_attempts: Option<u32>,
     eject_after_failures: Option<u32>,
     eject_seconds: Option<f64>,
+    static_probe_interval_seconds: Option<f64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -396,6 +401,10 @@ fn from_file(f: FileConfig) -> Result<Settings, ConfigError> {
     }
     if let Some(v) = u.eject_seconds {
         d.eject_duration = seconds("upstream.eject_seconds", v, 0.0, 86_400.0)?;
+    }
+    if let Some(v) = u.static_probe_interval_seconds {
+        let t = seconds("upstream.static_probe_interval_seconds", v, 0.0, 3_600.0)?;
+        d.static_probe_interval = (!t.is_zero()).then_some(t);
     }
 
     for (mi, m) in f.models.into_iter().enumerate() {

@@ -58,8 +58,8 @@ pub enum ProviderSpec {
         command: Vec<String>,
         health_path: String,
     },
-    /// Use these endpoints: scaling admits the first N listed and retires the rest. Listed
-    /// endpoints count as ready (failures are handled by the data plane's ejection).
+    /// Use these endpoints: scaling admits the first N listed and retires the rest. An admitted
+    /// endpoint is ready while its TCP probe connects (`upstream.static_probe_interval_seconds`).
     Static { endpoints: Vec<SocketAddr> },
 }
 
@@ -76,6 +76,8 @@ pub struct ProviderTiming {
     /// Consecutive crashes before becoming ready that make the deployment "failing".
     pub crash_loop_threshold: u32,
     pub health_interval: Duration,
+    /// How often static endpoints are probed with a TCP connect; `None`: never.
+    pub static_probe_interval: Option<Duration>,
 }
 
 impl Default for ProviderTiming {
@@ -87,6 +89,7 @@ impl Default for ProviderTiming {
             restart_backoff_max: Duration::from_secs(10),
             crash_loop_threshold: 5,
             health_interval: Duration::from_millis(100),
+            static_probe_interval: None,
         }
     }
 }

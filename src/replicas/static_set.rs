@@ -2,9 +2,15 @@
 //! a retired endpoint only stops getting new requests (its in-flight requests finish, and
 //! switchyard never stops a process it did not start). Asking for more replicas than are listed
 //! admits all of them and no more.
+//!
+//! Endpoints are probed with a TCP connect every `probe_interval`: an admitted endpoint is
+//! ready only while its last probe connected, so a closed port is never reported (or routed
+//! to) as ready. The first probe runs when the set is built, before anything reads it.
 
-use std::net::SocketAddr;
-use std::sync::Mutex;
+use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
 
 use tokio::sync::watch;
 
@@ -12,21 +18,92 @@ use super::{ReplicaProvider, ReplicaSetStatus};
 
 pub struct StaticSet {
     endpoints: Vec<SocketAddr>,
+    /// Whether each endpoint's last probe connected (always true when not probed).
+    reachable: Vec<AtomicBool>,
     desired: Mutex<u32>,
     changed: watch::Sender<u64>,
 }
 
+/// A probe's connect timeout: at most this, and less than the probe interval.
+const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
+
 impl StaticSet {
+    /// A set whose endpoints all count as reachable (no probing).
     pub fn new(endpoints: Vec<SocketAddr>, desired: u32) -> Self {
         StaticSet {
+            reachable: endpoints.iter().map(|_| AtomicBool::new(true)).collect(),
             endpoints,
             desired: Mutex::new(desired),
             changed: watch::channel(0).0,
         }
     }
 
+    /// A set probed every `interval` on `runtime`; the first probe happens before it returns.
+    pub fn probed(
+        runtime: &tokio::runtime::Handle,
+        endpoints: Vec<SocketAddr>,
+        desired: u32,
+        interval: Duration,
+    ) -> Arc<Self> {
+        let set = Arc::new(StaticSet::new(endpoints, desired));
+        let timeout = PROBE_TIMEOUT.min(interval);
+        // Blocking connects, each on its own thread: a loopback refusal takes microseconds, an
+        // unreachable host at most `timeout`, whatever the number of endpoints.
+        let first = probe_all(&set.endpoints, timeout);
+        set.record(&first);
+        let weak = Arc::downgrade(&set);
+        runtime.spawn(probe_loop(weak, interval, timeout));
+        set
+    }
+
     pub fn listed(&self) -> usize {
         self.endpoints.len()
+    }
+
+    /// Stores a probe round; notifies when an endpoint changed.
+    fn record(&self, results: &[bool]) {
+        let mut changed = false;
+        for (flag, now) in self.reachable.iter().zip(results) {
+            if flag.swap(*now, Ordering::Relaxed) != *now {
+                changed = true;
+            }
+        }
+        if changed {
+            self.changed.send_modify(|n| *n += 1);
+        }
+    }
+}
+
+fn probe_all(endpoints: &[SocketAddr], timeout: Duration) -> Vec<bool> {
+    std::thread::scope(|s| {
+        let probes: Vec<_> = endpoints
+            .iter()
+            .map(|a| s.spawn(move || TcpStream::connect_timeout(a, timeout).is_ok()))
+            .collect();
+        probes
+            .into_iter()
+            .map(|p| p.join().unwrap_or(false))
+            .collect()
+    })
+}
+
+async fn probe_loop(set: Weak<StaticSet>, interval: Duration, timeout: Duration) {
+    loop {
+        tokio::time::sleep(interval).await;
+        let Some(endpoints) = set.upgrade().map(|s| s.endpoints.clone()) else {
+            return; // the deployment is gone
+        };
+        let probes = endpoints.iter().map(|a| async move {
+            matches!(
+                tokio::time::timeout(timeout, tokio::net::TcpStream::connect(a)).await,
+                Ok(Ok(_))
+            )
+        });
+        let results = futures_util::future::join_all(probes).await;
+        match set.upgrade() {
+            Some(s) => s.record(&results),
+            None => return,
+        }
     }
 }
 
@@ -46,8 +123,10 @@ impl ReplicaProvider for StaticSet {
             ready: self
                 .endpoints
                 .iter()
+                .zip(&self.reachable)
                 .take(desired as usize)
-                .copied()
+                .filter(|(_, up)| up.load(Ordering::Relaxed))
+                .map(|(a, _)| *a)
                 .collect(),
             starting: 0,
             draining: 0,
@@ -62,5 +141,48 @@ impl ReplicaProvider for StaticSet {
     /// Retires every endpoint: there is nothing to stop, switchyard did not start them.
     fn shutdown(&self) {
         self.scale(0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_closed_port_is_not_ready_until_something_listens_there() {
+        let open = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let closed = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap()
+        };
+        let set = StaticSet::probed(
+            &tokio::runtime::Handle::current(),
+            vec![open.local_addr().unwrap(), closed],
+            2,
+            Duration::from_millis(50),
+        );
+        // The first probe ran before `probed` returned.
+        assert_eq!(set.status().ready, vec![open.local_addr().unwrap()]);
+        let mut changed = set.changed();
+        let listener = std::net::TcpListener::bind(closed).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), changed.changed())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(set.status().ready.len(), 2);
+        drop(listener);
+        drop(open);
+        tokio::time::timeout(Duration::from_secs(5), changed.changed())
+            .await
+            .unwrap()
+            .unwrap();
+        // Both gone (the two changes may land in one probe round or two).
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while !set.status().ready.is_empty() {
+            assert!(tokio::time::Instant::now() < deadline, "{:?}", set.status());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // The desired count still holds: they come back when reachable.
+        assert_eq!(set.status().desired, 2);
     }
 }

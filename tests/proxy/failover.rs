@@ -206,3 +206,43 @@ async fn idle_upstream_connections_closed_by_the_replica_are_not_used() {
     }
     proxy.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn static_endpoints_are_probed_and_a_closed_port_is_never_ready() {
+    let live = named("live").await;
+    let dead = dead_addr().await;
+    let mut s = settings(spec(&[("v1", vec![dead, live.addr], 100)]));
+    s.upstream.static_probe_interval = Some(Duration::from_millis(100));
+    let proxy = start(s);
+    // Probed before the first routing: the closed port was never routed to.
+    let v = proxy.controller().environment("m", "production").unwrap();
+    assert_eq!(v.deployments["v1"].ready_replicas, 1, "{v:#?}");
+    for _ in 0..30 {
+        assert_eq!(get(proxy.listen_addr, "/").await.text(), "live");
+    }
+    let (_, metrics) = admin(proxy.admin_addr, "/metrics").await;
+    assert_eq!(
+        sample(&metrics, CONNECT_ERRORS).unwrap_or(0.0),
+        0.0,
+        "{metrics}"
+    );
+    // Once something listens there, the next probe admits it.
+    let back = tokio::net::TcpListener::bind(dead).await.unwrap();
+    let mut passes = proxy.controller().changed();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        passes.borrow_and_update();
+        let v = proxy.controller().environment("m", "production").unwrap();
+        if v.deployments["v1"].ready_replicas == 2 {
+            break;
+        }
+        assert!(
+            tokio::time::timeout_at(deadline, passes.changed())
+                .await
+                .is_ok(),
+            "the endpoint never became ready: {v:#?}"
+        );
+    }
+    drop(back);
+    proxy.shutdown().await;
+}

@@ -159,6 +159,9 @@ pub fn settings(routing: RoutingSpec) -> Settings {
     s.admin_listen = "127.0.0.1:0".parse().unwrap();
     s.workers = 2;
     s.shutdown_grace = Duration::from_secs(10);
+    // No TCP probes of static endpoints: these suites count the connections requests make,
+    // and test passive ejection of dead endpoints. `static_endpoints_are_probed` turns it on.
+    s.upstream.static_probe_interval = None;
     s
 }
 

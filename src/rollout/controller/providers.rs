@@ -51,9 +51,15 @@ impl Providers {
         let (provider, kind): (Arc<dyn ReplicaProvider>, _) = match spec {
             ProviderSpec::Static { endpoints } => {
                 // Listed endpoints are admitted unless a promotion says otherwise.
-                let set = StaticSet::new(endpoints.clone(), endpoints.len() as u32);
+                let desired = endpoints.len() as u32;
+                let set: Arc<dyn ReplicaProvider> = match self.timing.static_probe_interval {
+                    Some(every) => {
+                        StaticSet::probed(&self.runtime, endpoints.clone(), desired, every)
+                    }
+                    None => Arc::new(StaticSet::new(endpoints.clone(), desired)),
+                };
                 (
-                    Arc::new(set),
+                    set,
                     ProviderKind::Static {
                         listed: endpoints.len(),
                     },
