@@ -390,3 +390,43 @@ async fn a_request_with_two_hosts_or_an_http11_request_with_none_is_refused() {
     assert_eq!(up.requests.load(std::sync::atomic::Ordering::SeqCst), 0);
     proxy.shutdown().await;
 }
+
+/// Framing hyper's server accepts leniently (bare LF line ends, `Transfer-Encoding: identity,
+/// chunked`) is read exactly as hyper reads it and forwarded re-framed with CRLF and one length:
+/// the replica sees well-formed requests, and a pipelined request behind it is not desynced.
+#[tokio::test]
+async fn lenient_framing_is_normalised_and_never_desyncs_a_pipeline() {
+    let up = upstream(|req| async move {
+        let path = req.uri().path().to_owned();
+        let body = req.into_body().collect().await.unwrap().to_bytes();
+        Response::new(full(format!(
+            "{path} got {:?}",
+            String::from_utf8_lossy(&body)
+        )))
+    })
+    .await;
+    let proxy = start(settings(spec(&[("v1", vec![up.addr], 100)])));
+    let out = raw_exchange(
+        proxy.listen_addr,
+        b"POST /lf HTTP/1.1\nHost: x\nContent-Length: 2\nConnection: close\n\nhi",
+    )
+    .await;
+    assert!(
+        out.starts_with("HTTP/1.1 200") && out.ends_with("/lf got \"hi\""),
+        "{out}"
+    );
+    let out = raw_exchange(
+        proxy.listen_addr,
+        b"POST /te HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: identity, chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n\
+          GET /next HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    let answers: Vec<&str> = out.matches("HTTP/1.1 200").collect();
+    assert_eq!(answers.len(), 2, "{out}");
+    assert!(
+        out.contains("/te got \"hello\"") && out.ends_with("/next got \"\""),
+        "{out}"
+    );
+    assert_eq!(up.requests.load(std::sync::atomic::Ordering::SeqCst), 3);
+    proxy.shutdown().await;
+}
