@@ -6,15 +6,9 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn bin() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_switchyard"));
-    // No test shares the default data directory (a second opener is refused); the
-    // crash-resume test opts in with its own.
-    c.env("RUST_LOG", "info")
-        .env_remove("SWITCHYARD_CONFIG")
-        .env("SWITCHYARD_EPHEMERAL", "1");
-    c
-}
+mod common;
+
+use common::{admin_addr_of, bin, KillOnDrop};
 
 fn run(args: &[&str]) -> (i32, String, String) {
     let out = bin().args(args).output().unwrap();
@@ -355,24 +349,6 @@ fn client(admin: &str, key: Option<&str>, args: &[&str]) -> (i32, String, String
 }
 
 /// Reads the admin address from switchyard's start line.
-fn admin_addr_of(child: &mut Child) -> (SocketAddr, SocketAddr) {
-    let stderr = child.stderr.take().unwrap();
-    let mut lines = BufReader::new(stderr).lines();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline {
-        let Some(Ok(line)) = lines.next() else { break };
-        if let (Some(p), Some(a)) = (
-            line.split("proxy on http://").nth(1),
-            line.split("admin on http://").nth(1),
-        ) {
-            let proxy = p.split_whitespace().next().unwrap().parse().unwrap();
-            let admin = a.split_whitespace().next().unwrap().parse().unwrap();
-            std::thread::spawn(move || for _ in lines {});
-            return (proxy, admin);
-        }
-    }
-    panic!("switchyard did not report its addresses");
-}
 
 #[test]
 fn the_cli_drives_promotions_and_watch_exits_by_outcome() {
@@ -669,16 +645,6 @@ fn status_json(admin: &str, key: &str) -> serde_json::Value {
     let (code, out, err) = client(admin, Some(key), &["status", "--json"]);
     assert_eq!(code, 0, "{err}");
     serde_json::from_str(&out).unwrap()
-}
-
-/// Kills the child if the test fails before stopping it, so no server outlives the test.
-struct KillOnDrop(Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// One HTTP/1.1 request on a fresh connection; returns (served-by deployment, raw response).

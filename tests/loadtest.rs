@@ -3,28 +3,21 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use switchyard::loadtest::report::Report;
 
+mod common;
+
+use common::{admin_addr_of, KillOnDrop};
+
+/// The binary, with no admin listener or key from the environment.
 fn bin() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_switchyard"));
-    c.env("RUST_LOG", "warn")
-        .env_remove("SWITCHYARD_CONFIG")
-        .env_remove("SWITCHYARD_ADMIN_URL")
-        .env_remove("SWITCHYARD_API_KEY")
-        .env("SWITCHYARD_EPHEMERAL", "1");
+    let mut c = common::bin();
+    c.env_remove("SWITCHYARD_ADMIN_URL")
+        .env_remove("SWITCHYARD_API_KEY");
     c
-}
-
-struct KillOnDrop(Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 fn free_port() -> u16 {
@@ -204,27 +197,6 @@ fn bad_flags_and_unreachable_targets_exit_2_with_the_reason() {
     }
 }
 
-/// The proxy and admin addresses a `serve` child prints on stderr.
-fn addresses(child: &mut Child) -> (SocketAddr, String) {
-    use std::io::BufRead;
-    let stderr = child.stderr.take().unwrap();
-    let mut lines = std::io::BufReader::new(stderr).lines();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline {
-        let Some(Ok(line)) = lines.next() else { break };
-        if let (Some(p), Some(a)) = (
-            line.split("proxy on http://").nth(1),
-            line.split("admin on http://").nth(1),
-        ) {
-            let proxy = p.split_whitespace().next().unwrap().parse().unwrap();
-            let admin = a.split_whitespace().next().unwrap().to_owned();
-            std::thread::spawn(move || for _ in lines {});
-            return (proxy, admin);
-        }
-    }
-    panic!("switchyard did not print its addresses");
-}
-
 #[test]
 fn rollout_mode_measures_each_step_and_follows_the_event_log() {
     let key = "loadtest-rollout-key-0123456789";
@@ -280,7 +252,7 @@ stabilization_time_seconds = 3
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let (proxy, admin) = addresses(&mut child);
+    let (proxy, admin) = admin_addr_of(&mut child);
     let _server = KillOnDrop(child);
     let admin_url = format!("http://{admin}");
     // Wait for v1's 4 replicas.

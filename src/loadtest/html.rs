@@ -570,6 +570,19 @@ struct Figure {
     body: Result<String, String>,
 }
 
+impl Figure {
+    /// An empty figure: no note, no legend, no chart yet.
+    fn new(name: &'static str, title: &'static str) -> Figure {
+        Figure {
+            name,
+            title,
+            note: String::new(),
+            legend: Vec::new(),
+            body: Err(String::new()),
+        }
+    }
+}
+
 /// One legend entry (HTML, so names are escaped once, by us, and wrap with the page).
 struct Key {
     label: String,
@@ -836,13 +849,7 @@ fn configured_from_events(r: &Report, end: f64) -> Vec<(f64, f64)> {
 }
 
 fn share_chart(r: &Report, colours: &Colours) -> Figure {
-    let mut fig = Figure {
-        name: "share",
-        title: "Traffic to the candidate",
-        note: String::new(),
-        legend: Vec::new(),
-        body: Err(String::new()),
-    };
+    let mut fig = Figure::new("share", "Traffic to the candidate");
     let t = timeline(r);
     let configured = runs(
         t.iter()
@@ -948,13 +955,7 @@ fn share_chart(r: &Report, colours: &Colours) -> Figure {
 }
 
 fn ttft_chart(r: &Report, colours: &Colours) -> Figure {
-    let mut fig = Figure {
-        name: "ttft",
-        title: "Time to first token",
-        note: String::new(),
-        legend: Vec::new(),
-        body: Err(String::new()),
-    };
+    let mut fig = Figure::new("ttft", "Time to first token");
     let t = timeline(r);
     let ids: BTreeSet<&str> = t
         .iter()
@@ -1015,13 +1016,7 @@ fn ttft_chart(r: &Report, colours: &Colours) -> Figure {
 }
 
 fn errors_chart(r: &Report, colours: &Colours) -> Figure {
-    let mut fig = Figure {
-        name: "errors",
-        title: "Error rate",
-        note: String::new(),
-        legend: Vec::new(),
-        body: Err(String::new()),
-    };
+    let mut fig = Figure::new("errors", "Error rate");
     let t = timeline(r);
     let rate = |requests: u64, errors: u64| {
         (requests > 0).then(|| 100.0 * errors as f64 / requests as f64)
@@ -1104,13 +1099,7 @@ fn errors_chart(r: &Report, colours: &Colours) -> Figure {
 }
 
 fn replicas_chart(r: &Report, colours: &Colours) -> Figure {
-    let mut fig = Figure {
-        name: "replicas",
-        title: "Replicas",
-        note: String::new(),
-        legend: Vec::new(),
-        body: Err(String::new()),
-    };
+    let mut fig = Figure::new("replicas", "Replicas");
     let t = timeline(r);
     let ids: BTreeSet<&str> = t
         .iter()
@@ -1179,13 +1168,7 @@ fn replicas_chart(r: &Report, colours: &Colours) -> Figure {
 }
 
 fn cdf_chart(r: &Report, colours: &Colours) -> Figure {
-    let mut fig = Figure {
-        name: "cdf",
-        title: "End-to-end latency CDF",
-        note: String::new(),
-        legend: Vec::new(),
-        body: Err(String::new()),
-    };
+    let mut fig = Figure::new("cdf", "End-to-end latency CDF");
     let series: Vec<(&str, Vec<(f64, f64)>)> = r
         .latency_cdf
         .iter()
