@@ -172,6 +172,8 @@ pub fn run(listener: std::net::TcpListener, state: AdminState, mut stop: oneshot
                 return;
             }
         };
+        // Sampled on this runtime: the sampler ends with the admin listener.
+        tokio::spawn(state.api.figures.clone().run(state.api.controller.clone()));
         let header_timeout = state.header_timeout;
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder
