@@ -182,8 +182,9 @@ async function reloadAll(gen) {
     if (gen !== state.gen) return;
     state.events = (events.events || []).slice(-MAX_EVENTS);
     renderEvents();
+    await refresh(gen); // first: the select's default is a deployment other than the current
+    if (gen !== state.gen) return;
     fillPromoteSelect(deps.deployments || []);
-    await refresh(gen);
     refreshFigures(gen);
   } catch (e) {
     if (e.status) showError(e.message);
