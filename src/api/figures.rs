@@ -64,6 +64,14 @@ fn point(now: &StatsSnapshot, earlier: &StatsSnapshot, at_ms: u64, secs: f64) ->
     }
 }
 
+/// Whether a sample starts a new baseline instead of closing a window: after a gap (the pool was
+/// not routed to for a while) the difference would lump minutes into one point, and after a
+/// reset (the pool was rebuilt) it would be wrong.
+fn restarts(pool: &Pool, snap: &StatsSnapshot, at_ms: u64) -> bool {
+    at_ms.saturating_sub(pool.last_ms) > 2 * INTERVAL.as_millis() as u64
+        || snap.requests < pool.last.requests
+}
+
 /// Appends a point, dropping the oldest once [`POINTS`] are kept.
 fn push_bounded(points: &mut VecDeque<FigurePoint>, p: FigurePoint) {
     while points.len() >= POINTS {
@@ -129,6 +137,10 @@ impl Figures {
                         },
                     );
                 }
+                Some(pool) if restarts(pool, &snap, at_ms) => {
+                    pool.last = snap;
+                    pool.last_ms = at_ms;
+                }
                 Some(pool) => {
                     let secs = at_ms.saturating_sub(pool.last_ms) as f64 / 1000.0;
                     push_bounded(&mut pool.points, point(&snap, &pool.last, at_ms, secs));
@@ -176,6 +188,31 @@ impl Figures {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn gaps_and_resets_start_a_new_baseline() {
+        let pool = Pool {
+            last: StatsSnapshot {
+                requests: 100,
+                ..Default::default()
+            },
+            last_ms: 10_000,
+            points: VecDeque::new(),
+        };
+        let more = StatsSnapshot {
+            requests: 150,
+            ..Default::default()
+        };
+        assert!(
+            !restarts(&pool, &more, 15_000),
+            "the next tick closes a window"
+        );
+        assert!(restarts(&pool, &more, 60_000), "a gap starts over");
+        assert!(
+            restarts(&pool, &StatsSnapshot::default(), 15_000),
+            "a reset starts over"
+        );
+    }
 
     #[test]
     fn a_pool_keeps_the_last_five_minutes_only() {
