@@ -9,11 +9,13 @@ real `switchyard demo` on free loopback ports:
      log grows;
   5. kill -9 the demo mid-promotion, start it again on the same ports and data directory: the
      open page (never reloaded) reconnects and shows the restored promotion, then force roll
-     forward (with its confirmation) finishes it.
+     forward (with its confirmation) finishes it;
+  6. with canary analysis on, promote v3 (30% errors): the analysis panel appears, the strip
+     ends FAILED and the failed check shows.
 
 The browser console must stay free of errors, except the failed requests each step provokes on
 purpose (401 for the wrong key, 409 for the refused promote, refused connections while
-switchyard is down). Screenshots of three moments go to --screenshots (default: a new temp dir).
+switchyard is down). Screenshots of four moments go to --screenshots (default: a new temp dir).
 
   python dashboard_browser.py --bin target/debug/switchyard [--screenshots DIR]
 
@@ -288,6 +290,27 @@ def main():
             alert.accept()
             wait_for(lambda: status() == "SUCCEEDED" and split() == "100", "force roll forward: SUCCEEDED, split 100", 60)
         console([], "force roll forward")
+
+        print("== 6. canary analysis rolls v3 back: the verdict panel shows")
+        patch = urllib.request.Request(
+            demo.admin + "/v1/models/demo/environments/production", method="PATCH",
+            data=json.dumps({"promotion_settings": {
+                "rolling_deploy_config": {"stabilization_time_seconds": 4},
+                "analysis": {"enabled": True, "interval_seconds": 5, "min_requests": 5}}}).encode(),
+            headers={"Authorization": f"Api-Key {key}", "Content-Type": "application/json"})
+        urllib.request.urlopen(patch, timeout=10).read()
+        check(driver.find_element(By.ID, "analysis").get_attribute("hidden") is not None,
+              "no analysis panel while the last promotion ran without analysis")
+        Select(tid("promote-select")).select_by_value("v3")
+        wait_for(lambda: tid("promote-button").is_enabled(), "promote is enabled", 10)
+        tid("promote-button").click()
+        wait_for(lambda: driver.find_element(By.ID, "analysis").is_displayed(), "the analysis panel appears", 30)
+        wait_for(lambda: status() == "FAILED", "analysis fails v3: the strip shows FAILED", 120)
+        wait_for(lambda: driver.find_elements(By.CSS_SELECTOR, "#analysis-checks li.fail")
+                 and "last: fail" in driver.find_element(By.ID, "analysis-line").text.lower(),
+                 "the last verdict and its failed check show", 10)
+        driver.save_screenshot(os.path.join(shots, "4-analysis-failed.png"))
+        console([], "analysis")
     finally:
         stop_traffic.set()
         if driver is not None:
