@@ -57,6 +57,11 @@ enum Command {
         /// Admin listener (metrics, API).
         #[arg(long, default_value = "127.0.0.1:9090")]
         admin_listen: std::net::SocketAddr,
+        /// Keep the demo's state here, kept on exit: a demo started again with the same
+        /// directory resumes where the last one stopped. Default: a fresh temporary directory,
+        /// removed on exit.
+        #[arg(long)]
+        data_dir: Option<std::path::PathBuf>,
     },
     /// Drive traffic at a target and report per deployment and per rollout step (with
     /// --promote: through a whole promotion).
@@ -391,7 +396,8 @@ fn main() -> ExitCode {
         Command::Demo {
             listen,
             admin_listen,
-        } => demo(listen, admin_listen),
+            data_dir,
+        } => demo(listen, admin_listen, data_dir),
     }
 }
 
@@ -722,7 +728,11 @@ fn plan(a: PlanArgs) -> ExitCode {
     }
 }
 
-fn demo(listen: std::net::SocketAddr, admin_listen: std::net::SocketAddr) -> ExitCode {
+fn demo(
+    listen: std::net::SocketAddr,
+    admin_listen: std::net::SocketAddr,
+    keep_dir: Option<std::path::PathBuf>,
+) -> ExitCode {
     let exe = match std::env::current_exe() {
         Ok(p) => p.display().to_string(),
         Err(e) => {
@@ -730,8 +740,11 @@ fn demo(listen: std::net::SocketAddr, admin_listen: std::net::SocketAddr) -> Exi
             return ExitCode::FAILURE;
         }
     };
-    // A fresh state directory per run: the demo always starts from v1.
-    let data_dir = std::env::temp_dir().join(format!("switchyard-demo-{}", std::process::id()));
+    // A fresh state directory per run unless one is given: the demo starts from v1.
+    let fresh = keep_dir.is_none();
+    let data_dir = keep_dir.unwrap_or_else(|| {
+        std::env::temp_dir().join(format!("switchyard-demo-{}", std::process::id()))
+    });
     let mut settings = switchyard::demo::settings(&exe, listen, admin_listen, data_dir.clone());
     if let Ok(k) = std::env::var("SWITCHYARD_API_KEY") {
         if !k.is_empty() {
@@ -754,7 +767,9 @@ fn demo(listen: std::net::SocketAddr, admin_listen: std::net::SocketAddr) -> Exi
         switchyard::demo::instructions(&exe, proxy.listen_addr, proxy.admin_addr, &proxy.api_key)
     );
     let code = run_until_signal(proxy);
-    let _ = std::fs::remove_dir_all(&data_dir);
+    if fresh {
+        let _ = std::fs::remove_dir_all(&data_dir);
+    }
     code
 }
 

@@ -168,6 +168,7 @@ pub fn start(settings: Settings) -> Result<RunningProxy, StartError> {
             started: std::time::SystemTime::now(),
             instance_types: Arc::new(settings.instance_types.clone()),
             process_deployments: settings.api_process_deployments,
+            figures: crate::api::figures::Figures::new(router.clone()),
         },
         settings.admin_header_timeout,
     );

@@ -1,6 +1,7 @@
 //! The admin listener: the management API under `/v1` (see [`crate::api`]), its OpenAPI
 //! document at `/openapi.json`, Prometheus `/metrics`, and `/livez` and `/readyz`, which this
-//! module owns: readiness turns to 503 as soon as the server starts draining.
+//! module owns: readiness turns to 503 as soon as the server starts draining. `/` serves the
+//! rollout dashboard (`dashboard/`), which calls the API with the key the operator enters.
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -123,6 +124,11 @@ pub fn handle(state: &AdminState, req: &Request<Incoming>) -> Response {
         return r;
     }
     match req.uri().path() {
+        "/" | "/index.html" => dashboard_asset(DASHBOARD_HTML, "text/html; charset=utf-8"),
+        "/dashboard/app.js" => {
+            dashboard_asset(DASHBOARD_JS, "text/javascript; charset=utf-8")
+        }
+        "/dashboard/style.css" => dashboard_asset(DASHBOARD_CSS, "text/css; charset=utf-8"),
         "/openapi.json" => {
             let mut r = Response::new(Body::from(crate::api::openapi_json()));
             r.headers_mut().insert(
@@ -146,9 +152,42 @@ pub fn handle(state: &AdminState, req: &Request<Incoming>) -> Response {
         "/readyz" => text(StatusCode::OK, "ready\n"),
         _ => text(
             StatusCode::NOT_FOUND,
-            "not found: try /metrics, /livez, /readyz, /openapi.json or the API under /v1\n",
+            "not found: try / (the dashboard), /metrics, /livez, /readyz, /openapi.json or the API under /v1\n",
         ),
     }
+}
+
+// The dashboard, embedded: no files to install, and the page needs nothing from elsewhere.
+const DASHBOARD_HTML: &str = include_str!("dashboard/index.html");
+const DASHBOARD_JS: &str = include_str!("dashboard/app.js");
+const DASHBOARD_CSS: &str = include_str!("dashboard/style.css");
+
+/// Only this listener's own scripts, styles and API: an injected script or a framing page gets
+/// nothing. The page holds no secret but the key the operator types, which this protects.
+const DASHBOARD_CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
+    img-src 'self' data:; connect-src 'self'; base-uri 'none'; form-action 'none'; \
+    frame-ancestors 'none'";
+
+/// A dashboard file. The page is public (it asks for the API key and sends it on each call);
+/// `no-cache` so an upgraded switchyard serves its own page, not a stale one.
+fn dashboard_asset(body: &'static str, content_type: &'static str) -> Response {
+    let mut r = Response::new(Body::from(Bytes::from_static(body.as_bytes())));
+    let h = r.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(DASHBOARD_CSP),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    r
 }
 
 /// Serves the admin listener on its own thread until `stop` fires or its sender is dropped.
@@ -172,6 +211,8 @@ pub fn run(listener: std::net::TcpListener, state: AdminState, mut stop: oneshot
                 return;
             }
         };
+        // Sampled on this runtime: the sampler ends with the admin listener.
+        tokio::spawn(state.api.figures.clone().run(state.api.controller.clone()));
         let header_timeout = state.header_timeout;
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder

@@ -17,8 +17,9 @@ use utoipa_axum::routes;
 
 use super::types::{
     CancelPromotionResponse, CreateDeploymentRequest, Deployment, Deployments, EmptyRequest,
-    Environment, Environments, ErrorBody, Events, Model, Models, PromoteRequest, PromotionStatus,
-    SignalPromotionResponse, UpdateEnvironmentRequest, UpdateEnvironmentResponse, UpdateStatus,
+    Environment, EnvironmentFigures, Environments, ErrorBody, Events, Model, Models,
+    PromoteRequest, PromotionStatus, RolloutPlan, SignalPromotionResponse,
+    UpdateEnvironmentRequest, UpdateEnvironmentResponse, UpdateStatus,
 };
 use super::{accepts_event_stream, json_response, views, ApiError, ApiPath, ApiState, JsonBody};
 use crate::replicas::ProviderSpec;
@@ -173,6 +174,8 @@ pub fn routes() -> OpenApiRouter<ApiState> {
         .routes(routes!(force_cancel_promotion))
         .routes(routes!(force_roll_forward_promotion))
         .routes(routes!(events))
+        .routes(routes!(figures))
+        .routes(routes!(plan))
 }
 
 #[utoipa::path(get, path = "/v1/models", operation_id = "listModels", tag = "models",
@@ -605,6 +608,50 @@ async fn events(
     }
     let events = log.iter().map(views::event).collect();
     Ok(json_response(StatusCode::OK, &Events { events }))
+}
+
+/// switchyard's own: each deployment's traffic in the environment over the last 5 minutes, in
+/// 5-second windows (requests/s, error rate, p99 latency and time to first byte), oldest first.
+/// The dashboard's sparklines; a deployment appears once it has been routed to for a window.
+#[utoipa::path(get, path = "/v1/models/{model_id}/environments/{env_name}/figures",
+    operation_id = "getEnvironmentFigures", tag = "environments",
+    params(EnvPath),
+    responses(
+        (status = 200, body = EnvironmentFigures),
+        ReadErrors,
+    ))]
+async fn figures(
+    State(s): State<ApiState>,
+    ApiPath(EnvPath {
+        model_id: m,
+        env_name: e,
+    }): ApiPath<EnvPath>,
+) -> ApiResult<EnvironmentFigures> {
+    s.controller.environment(&m, &e)?; // 404 for unknown names
+    Ok(axum::Json(s.figures.environment(&m, &e)))
+}
+
+/// switchyard's own: the steps of the promotion in progress (as `switchyard plan` computes
+/// them, from the replica count and settings it started with) with the current one marked,
+/// else of the next promotion with the environment's settings.
+#[utoipa::path(get, path = "/v1/models/{model_id}/environments/{env_name}/plan",
+    operation_id = "getEnvironmentPlan", tag = "environments",
+    params(EnvPath),
+    responses(
+        (status = 200, body = RolloutPlan),
+        ReadErrors,
+        (status = 409, description = "the settings or replica count give no valid plan", body = ErrorBody),
+    ))]
+async fn plan(
+    State(s): State<ApiState>,
+    ApiPath(EnvPath {
+        model_id: m,
+        env_name: e,
+    }): ApiPath<EnvPath>,
+) -> ApiResult<RolloutPlan> {
+    let v = s.controller.environment(&m, &e)?;
+    let plan = views::plan(&v).map_err(|msg| ApiError::new(StatusCode::CONFLICT, msg))?;
+    Ok(axum::Json(plan))
 }
 
 /// `text/event-stream` of an environment's new events; a comment every 15 s keeps idle

@@ -10,6 +10,7 @@
 //! shared with the CLI client.
 
 pub mod auth;
+pub mod figures;
 mod handlers;
 pub mod types;
 mod update;
@@ -44,6 +45,8 @@ pub struct ApiState {
     pub instance_types: Arc<BTreeMap<(String, String), types::InstanceType>>,
     /// Whether `POST .../deployments` may register `process` deployments.
     pub process_deployments: bool,
+    /// Recent windowed figures per deployment (the dashboard's sparklines).
+    pub figures: Arc<figures::Figures>,
 }
 
 /// Largest request body the API reads.

@@ -708,3 +708,70 @@ impl CreateDeploymentRequest {
         }
     }
 }
+
+/// One window of a deployment's traffic in an environment (switchyard's own, for the
+/// dashboard's sparklines). Figures without requests in the window are null.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct FigurePoint {
+    /// End of the window, RFC 3339 UTC.
+    pub at: String,
+    /// End of the window, milliseconds since the Unix epoch.
+    pub at_ms: u64,
+    pub requests_per_s: f64,
+    /// Answers that were errors (5xx, cut streams), in percent of the window's requests.
+    pub error_rate_percent: Option<f64>,
+    /// p99 of request received to end of the response body.
+    pub p99_latency_ms: Option<f64>,
+    /// p99 of request received to the first byte of the body (first token of a stream).
+    pub p99_ttfb_ms: Option<f64>,
+}
+
+/// The recent windows of one deployment, oldest first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct DeploymentFigures {
+    pub deployment_id: String,
+    pub points: Vec<FigurePoint>,
+}
+
+/// Recent windowed figures of an environment's deployments (those it routes to or did in the
+/// last `window_seconds`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct EnvironmentFigures {
+    /// Length of each window.
+    pub interval_seconds: u32,
+    /// How far back the points go at most.
+    pub window_seconds: u32,
+    pub deployments: Vec<DeploymentFigures>,
+}
+
+/// One step of a rolling deployment and the state after it (as `switchyard plan` prints).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct PlanStep {
+    /// `pre_provision`, `scale_up`, `shift`, `scale_down` or `stabilize`.
+    pub action: String,
+    pub candidate_replicas: u32,
+    pub previous_replicas: u32,
+    pub percent_traffic_to_new_version: u32,
+}
+
+/// The steps of the environment's rolling deployment: of the promotion in progress (with the
+/// replica count and settings it started with), else of the next promotion.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct RolloutPlan {
+    /// Whether this is the plan of a promotion in progress.
+    pub in_progress: bool,
+    /// Whether promotions roll (false: they switch at once and this plan is not followed).
+    pub rolling_deploy: bool,
+    /// N: the previous deployment's replicas before the plan.
+    pub previous_replicas: u32,
+    pub rolling_deploy_config: RollingDeployConfig,
+    /// f: replicas each deployment ends up with.
+    pub fleet: u32,
+    pub replicas_per_step: u32,
+    pub traffic_per_step: u32,
+    /// `surge` or `unavailable`.
+    pub mode: String,
+    pub steps: Vec<PlanStep>,
+    /// Index in `steps` of the state the promotion in progress is at, when it matches one.
+    pub current_step: Option<u32>,
+}

@@ -5,8 +5,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use super::types::{AnalysisVerdict, PromotionAnalysis};
 use super::types::{
     AutoscalingSettings, Deployment, DeploymentStatus, Environment, Event, InProgressPromotion,
-    InstanceType, Model, PromotionSettings, Replicas, RequestBackpressureSettings,
-    RollingDeployConfig, RollingDeployStrategy,
+    InstanceType, Model, PlanStep, PromotionSettings, Replicas, RequestBackpressureSettings,
+    RollingDeployConfig, RollingDeployStrategy, RolloutPlan,
 };
 use super::ApiState;
 use crate::rollout::analysis::AnalysisState;
@@ -314,6 +314,72 @@ pub fn environment_of(state: &ApiState, v: &EnvironmentView) -> Environment {
         request_backpressure_settings: RequestBackpressureSettings::default(),
         autoscaling_schedules: None,
     }
+}
+
+/// The plan of the promotion in progress (its starting replica count and settings), else of
+/// the next one (the current deployment's replicas and the environment's settings).
+pub fn plan(v: &EnvironmentView) -> Result<RolloutPlan, String> {
+    use crate::rollout::plan::{Plan, RollingConfig};
+    let running = v
+        .promotion
+        .as_ref()
+        .filter(|p| !p.status.is_terminal() && p.rolling_deploy);
+    let (n, rc): (u32, RollingConfig) = match running {
+        Some(p) => (p.original_previous, p.rolling_config),
+        None => {
+            let desired = v
+                .current_deployment
+                .as_deref()
+                .and_then(|id| v.deployments.get(id))
+                .map_or(0, |d| d.desired_replicas);
+            let n = if desired > 0 {
+                desired
+            } else {
+                fixed_replicas(v)
+            };
+            (n, v.settings.rolling_config)
+        }
+    };
+    let plan = Plan::new(n, &rc).map_err(|e| e.message())?;
+    // The last step whose state is where the promotion is now (a `stabilize` step repeats the
+    // state of the step before it: the wait after that step).
+    let current_step = running.and_then(|p| {
+        plan.steps
+            .iter()
+            .rposition(|s| {
+                s.percent_traffic_to_new_version == p.percent_traffic_to_new_version
+                    && s.candidate_replicas == p.candidate_target
+                    && s.previous_replicas == p.previous_target
+            })
+            .map(|i| i as u32)
+    });
+    Ok(RolloutPlan {
+        in_progress: running.is_some(),
+        rolling_deploy: v.settings.rolling,
+        previous_replicas: n,
+        rolling_deploy_config: RollingDeployConfig {
+            rolling_deploy_strategy: RollingDeployStrategy::Replica,
+            max_surge_percent: rc.max_surge_percent,
+            max_unavailable_percent: rc.max_unavailable_percent,
+            stabilization_time_seconds: rc.stabilization_time_seconds,
+            replica_overhead_percent: rc.replica_overhead_percent,
+        },
+        fleet: plan.fleet,
+        replicas_per_step: plan.replicas_per_step,
+        traffic_per_step: plan.traffic_per_step,
+        mode: plan.mode.as_str().to_owned(),
+        steps: plan
+            .steps
+            .iter()
+            .map(|s| PlanStep {
+                action: s.action.as_str().to_owned(),
+                candidate_replicas: s.candidate_replicas,
+                previous_replicas: s.previous_replicas,
+                percent_traffic_to_new_version: s.percent_traffic_to_new_version,
+            })
+            .collect(),
+        current_step,
+    })
 }
 
 pub fn event(e: &crate::rollout::machine::Event) -> Event {

@@ -4,7 +4,10 @@
 #      must parse with the SDK's pydantic models;
 #   2. every answer is validated against the SDK's models directly (validate_answers.py);
 #   3. the served /openapi.json is validated as OpenAPI and schemathesis fuzzes the API from
-#      it for a bounded time (api_fuzz.sh): no server error, no answer outside the document.
+#      it for a bounded time (api_fuzz.sh): no server error, no answer outside the document;
+#   4. the dashboard in headless Chromium through Debian's chromedriver (dashboard_browser.py),
+#      against a demo of its own that it kills and restarts; screenshots go to
+#      $DASHBOARD_SCREENSHOTS (default: a new temp dir, printed).
 #
 #   bash tests/compat/run.sh [SWITCHYARD_BINARY]     (default: target/debug/switchyard)
 #
@@ -16,7 +19,7 @@ here="$(cd "$(dirname "$0")" && pwd)"
 bin="${1:-$here/../../target/debug/switchyard}"
 [[ -x "$bin" ]] || { echo "no switchyard binary at $bin (cargo build first)" >&2; exit 2; }
 venv="${COMPAT_VENV:-${TMPDIR:-/tmp}/switchyard-compat-venv}"
-if ! "$venv/bin/python" -c 'import baseten, schemathesis, openapi_spec_validator' 2>/dev/null; then
+if ! "$venv/bin/python" -c 'import baseten, schemathesis, openapi_spec_validator, selenium' 2>/dev/null; then
     echo "== python packages into $venv"
     python3 -m venv "$venv"
     "$venv/bin/pip" install -q --disable-pip-version-check -r "$here/requirements.txt"
@@ -55,5 +58,7 @@ echo "== every answer against the SDK's models"
 echo "== OpenAPI document and schemathesis"
 SCHEMATHESIS="$venv/bin/schemathesis" OPENAPI_SPEC_VALIDATOR="$venv/bin/openapi-spec-validator" \
     MAX_TIME="${FUZZ_SECONDS:-60}" bash "$here/api_fuzz.sh" "$admin" "$key" || failed=1
-if [[ $failed == 0 ]]; then echo "compat: 3 passed, 0 failed"; else echo "compat: FAILED" >&2; fi
+echo "== dashboard in a real browser"
+"$py" "$here/dashboard_browser.py" --bin "$bin" ${DASHBOARD_SCREENSHOTS:+--screenshots "$DASHBOARD_SCREENSHOTS"} || failed=1
+if [[ $failed == 0 ]]; then echo "compat: 4 passed, 0 failed"; else echo "compat: FAILED" >&2; fi
 exit "$failed"

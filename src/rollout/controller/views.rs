@@ -85,6 +85,10 @@ pub struct PromotionView {
     pub candidate_target: u32,
     pub previous_target: u32,
     pub fleet: u32,
+    /// The previous deployment's replicas when the promotion started (the plan's N).
+    pub original_previous: u32,
+    /// The rolling settings the promotion started with (later changes do not apply to it).
+    pub rolling_config: crate::rollout::plan::RollingConfig,
     /// Canary analysis state, when the promotion runs with it.
     pub analysis: Option<AnalysisState>,
     /// When the interval being measured ends (wall-clock ms).
@@ -147,6 +151,8 @@ fn environment_view(
         candidate_target: p.machine.candidate_target,
         previous_target: p.machine.previous_target,
         fleet: p.machine.fleet,
+        original_previous: p.machine.original_previous,
+        rolling_config: p.machine.config.rolling_config,
         analysis: p
             .machine
             .config
