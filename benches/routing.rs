@@ -86,5 +86,67 @@ fn bench(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, bench);
+/// `models` models, one Host each, `replicas` per deployment (two deployments, 90/10).
+fn many_models(models: usize, replicas_per_deployment: u16) -> RoutingSpec {
+    RoutingSpec {
+        models: (0..models)
+            .map(|i| ModelSpec {
+                id: format!("model-{i}"),
+                hosts: vec![format!("model-{i}.example")],
+                deployments: vec![
+                    DeploymentSpec {
+                        id: "v1".into(),
+                        replicas: replicas(10_000, replicas_per_deployment),
+                    },
+                    DeploymentSpec {
+                        id: "v2".into(),
+                        replicas: replicas(20_000, replicas_per_deployment),
+                    },
+                ],
+                environments: vec![EnvironmentSpec {
+                    name: "production".into(),
+                    hosts: vec![],
+                    weights: [
+                        ("v1".to_string(), WEIGHT_SCALE / 10 * 9),
+                        ("v2".to_string(), WEIGHT_SCALE / 10),
+                    ]
+                    .into_iter()
+                    .collect(),
+                }],
+            })
+            .collect(),
+    }
+}
+
+/// The cost of a request must not grow with the configuration: Host routing to the first and
+/// the last of 1, 100 and 10,000 models.
+fn host_lookup(c: &mut Criterion) {
+    for n in [1usize, 100, 10_000] {
+        let r = Router::new(Metrics::new());
+        r.apply(&many_models(n, 1)).expect("valid spec");
+        for (which, i) in [("first", 0), ("last", n - 1)] {
+            let host = format!("model-{i}.example");
+            c.bench_function(&format!("route+pick by Host, {n} models, {which}"), |b| {
+                b.iter(|| decide(&r, black_box(Some(host.as_str())), black_box("/v1/x")))
+            });
+        }
+    }
+}
+
+/// Rebuilding and swapping the snapshot of 10,000 models × 2 deployments × 10 replicas (the
+/// controller does it on every change); the target is under 50 ms.
+fn rebuild(c: &mut Criterion) {
+    let spec = many_models(10_000, 10);
+    let r = Router::new(Metrics::new());
+    r.apply(&spec).expect("valid spec");
+    let mut g = c.benchmark_group("snapshot");
+    g.sample_size(10);
+    g.bench_function(
+        "rebuild+swap, 10,000 models x 2 deployments x 10 replicas",
+        |b| b.iter(|| r.apply(black_box(&spec)).expect("valid spec")),
+    );
+    g.finish();
+}
+
+criterion_group!(benches, bench, host_lookup, rebuild);
 criterion_main!(benches);

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use arc_swap::ArcSwap;
 use http::HeaderValue;
 
-use super::snapshot::{Environment, Model, Pool, Replica, Snapshot};
+use super::snapshot::{Environment, HostTable, Model, Pool, Replica, Snapshot};
 use super::spec::{RoutingSpec, WEIGHT_SCALE};
 use crate::metrics::window::StatsSnapshot;
 use crate::metrics::{Metrics, PoolMetrics};
@@ -26,7 +26,9 @@ pub struct Router {
 struct BuildState {
     next_replica_id: u64,
     version: u64,
-    replicas: HashMap<(String, String, SocketAddr), Arc<Replica>>,
+    /// Replica objects by (model, deployment), then address: one string-keyed lookup per
+    /// deployment, not per replica, when a snapshot is rebuilt.
+    replicas: HashMap<(String, String), HashMap<SocketAddr, Arc<Replica>>>,
     pools: HashMap<(String, String, String), Arc<PoolMetrics>>,
 }
 
@@ -80,7 +82,8 @@ impl Router {
     pub fn replica(&self, model: &str, deployment: &str, addr: SocketAddr) -> Option<Arc<Replica>> {
         let st = self.build.lock().unwrap_or_else(|e| e.into_inner());
         st.replicas
-            .get(&(model.to_owned(), deployment.to_owned(), addr))
+            .get(&(model.to_owned(), deployment.to_owned()))
+            .and_then(|d| d.get(&addr))
             .cloned()
     }
 
@@ -109,8 +112,8 @@ impl Router {
         validate(spec)?;
         let mut guard = self.build.lock().unwrap_or_else(|e| e.into_inner());
         let st = &mut *guard;
-        let mut replicas = HashMap::new();
-        let mut pools = HashMap::new();
+        let mut replicas = HashMap::with_capacity(st.replicas.len());
+        let mut pools = HashMap::with_capacity(st.pools.len());
         let mut hosts = Vec::new();
         let mut models = Vec::with_capacity(spec.models.len());
 
@@ -120,19 +123,25 @@ impl Router {
             let mut deployment_replicas: HashMap<&str, Box<[Arc<Replica>]>> = HashMap::new();
             for d in &m.deployments {
                 let dep: Arc<str> = d.id.as_str().into();
+                let key = (m.id.clone(), d.id.clone());
+                let before = st.replicas.get(&key);
+                let mut now = HashMap::with_capacity(d.replicas.len());
                 let list = d
                     .replicas
                     .iter()
                     .map(|addr| {
-                        let key = (m.id.clone(), d.id.clone(), *addr);
-                        let r = st.replicas.get(&key).cloned().unwrap_or_else(|| {
-                            st.next_replica_id += 1;
-                            Arc::new(Replica::new(st.next_replica_id, *addr, dep.clone()))
-                        });
-                        replicas.insert(key, r.clone());
+                        let r = before
+                            .and_then(|b| b.get(addr))
+                            .cloned()
+                            .unwrap_or_else(|| {
+                                st.next_replica_id += 1;
+                                Arc::new(Replica::new(st.next_replica_id, *addr, dep.clone()))
+                            });
+                        now.insert(*addr, r.clone());
                         r
                     })
                     .collect();
+                replicas.insert(key, now);
                 deployment_replicas.insert(d.id.as_str(), list);
             }
             let mut make_pool = |env: &str, dep: &str| -> Result<Arc<Pool>, SpecError> {
@@ -212,7 +221,7 @@ impl Router {
         let version = st.version;
         self.current.store(Arc::new(Snapshot {
             models: models.into(),
-            hosts: hosts.into(),
+            hosts: HostTable::new(hosts),
             version,
         }));
         Ok(version)

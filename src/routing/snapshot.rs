@@ -159,10 +159,8 @@ pub type HostRoute = (Box<str>, (usize, usize));
 #[derive(Default)]
 pub struct Snapshot {
     pub models: Box<[Model]>,
-    /// Host name (lower case, no port) → (model index, environment index). A list, not a
-    /// map: there are a handful of hosts, and a scan with a case-insensitive compare beats
-    /// hashing (and lower-casing) the request's Host.
-    pub hosts: Box<[HostRoute]>,
+    /// Host name (lower case, no port) → (model index, environment index).
+    pub hosts: HostTable,
     /// Monotonic version, for logs and tests.
     pub version: u64,
 }
@@ -280,16 +278,74 @@ impl Snapshot {
     }
 
     fn lookup_host(&self, host: &str) -> Option<(usize, usize)> {
-        let name = strip_port(host);
-        self.hosts
-            .iter()
+        self.hosts.get(strip_port(host))
+    }
+}
+
+/// Hosts up to this many are scanned; more are hashed, so a request's cost does not grow
+/// with the number of models.
+const SCAN_HOSTS: usize = 8;
+
+/// Host name (lower case, no port) → (model index, environment index).
+pub enum HostTable {
+    /// A handful: a scan with a plain compare beats hashing the request's Host.
+    Few(Box<[HostRoute]>),
+    Many(std::collections::HashMap<Box<str>, (usize, usize)>),
+}
+
+impl Default for HostTable {
+    fn default() -> Self {
+        HostTable::Few(Box::new([]))
+    }
+}
+
+impl HostTable {
+    /// From (lower-case host, target) pairs.
+    pub fn new(hosts: Vec<HostRoute>) -> Self {
+        if hosts.len() <= SCAN_HOSTS {
+            HostTable::Few(hosts.into())
+        } else {
+            HostTable::Many(hosts.into_iter().collect())
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        match self {
+            HostTable::Few(h) => h.is_empty(),
+            HostTable::Many(h) => h.is_empty(),
+        }
+    }
+
+    /// The target of a host name (no port), matched without regard to ASCII case.
+    pub fn get(&self, name: &str) -> Option<(usize, usize)> {
+        match self {
             // Hosts are stored lowercase and clients nearly always send them so: a plain
             // (vectorised) compare first, the byte-wise case-folding one only when it fails.
-            .find(|(h, _)| {
-                h.len() == name.len()
-                    && (h.as_bytes() == name.as_bytes() || h.eq_ignore_ascii_case(name))
-            })
-            .map(|(_, v)| *v)
+            HostTable::Few(hosts) => hosts
+                .iter()
+                .find(|(h, _)| {
+                    h.len() == name.len()
+                        && (h.as_bytes() == name.as_bytes() || h.eq_ignore_ascii_case(name))
+                })
+                .map(|(_, v)| *v),
+            HostTable::Many(map) => {
+                if let Some(v) = map.get(name) {
+                    return Some(*v);
+                }
+                if !name.bytes().any(|b| b.is_ascii_uppercase()) || name.len() > 255 {
+                    return None;
+                }
+                // Lower-cased on the stack: no allocation for a mixed-case Host.
+                let mut buf = [0u8; 255];
+                let lower = &mut buf[..name.len()];
+                lower.copy_from_slice(name.as_bytes());
+                lower.make_ascii_lowercase();
+                std::str::from_utf8(lower)
+                    .ok()
+                    .and_then(|l| map.get(l))
+                    .copied()
+            }
+        }
     }
 }
 
@@ -322,6 +378,25 @@ impl Drop for Uploading {
 
 #[cfg(test)]
 mod tests {
+    use super::HostTable;
+
+    #[test]
+    fn many_hosts_are_hashed_and_still_match_without_case_or_port() {
+        for n in [3usize, 20] {
+            let table = HostTable::new(
+                (0..n)
+                    .map(|i| (format!("m{i}.example").into_boxed_str(), (i, 0)))
+                    .collect(),
+            );
+            assert_eq!(matches!(table, HostTable::Many(_)), n > 8);
+            assert_eq!(table.get("m2.example"), Some((2, 0)));
+            assert_eq!(table.get("M2.Example"), Some((2, 0)));
+            assert_eq!(table.get("m2.example.org"), None);
+            assert_eq!(table.get(&"x".repeat(300)), None);
+            assert_eq!(table.get(&"X".repeat(300)), None);
+        }
+    }
+
     use super::*;
 
     #[test]
