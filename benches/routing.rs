@@ -17,33 +17,38 @@ fn replicas(base: u16, n: u16) -> Vec<SocketAddr> {
 fn router(replicas_per_deployment: u16) -> Router {
     let r = Router::new(Metrics::new());
     let spec = RoutingSpec {
-        models: vec![ModelSpec {
-            id: "llama".into(),
-            hosts: vec!["llama.example".into()],
-            deployments: vec![
-                DeploymentSpec {
-                    id: "v1".into(),
-                    replicas: replicas(10_000, replicas_per_deployment),
-                },
-                DeploymentSpec {
-                    id: "v2".into(),
-                    replicas: replicas(20_000, replicas_per_deployment),
-                },
-            ],
-            environments: vec![EnvironmentSpec {
-                name: "production".into(),
-                hosts: vec![],
-                weights: [
-                    ("v1".to_string(), WEIGHT_SCALE / 10 * 9),
-                    ("v2".to_string(), WEIGHT_SCALE / 10),
-                ]
-                .into_iter()
-                .collect(),
-            }],
-        }],
+        models: vec![model("llama", "llama.example", replicas_per_deployment)],
     };
     r.apply(&spec).expect("valid spec");
     r
+}
+
+/// A model with one Host and two deployments (v1 90%, v2 10%) of `replicas` each.
+fn model(id: &str, host: &str, replicas_per_deployment: u16) -> ModelSpec {
+    ModelSpec {
+        id: id.into(),
+        hosts: vec![host.into()],
+        deployments: vec![
+            DeploymentSpec {
+                id: "v1".into(),
+                replicas: replicas(10_000, replicas_per_deployment),
+            },
+            DeploymentSpec {
+                id: "v2".into(),
+                replicas: replicas(20_000, replicas_per_deployment),
+            },
+        ],
+        environments: vec![EnvironmentSpec {
+            name: "production".into(),
+            hosts: vec![],
+            weights: [
+                ("v1".to_string(), WEIGHT_SCALE / 10 * 9),
+                ("v2".to_string(), WEIGHT_SCALE / 10),
+            ]
+            .into_iter()
+            .collect(),
+        }],
+    }
 }
 
 /// Exactly what `proxy::forward` does before its first await.
@@ -90,29 +95,12 @@ fn bench(c: &mut Criterion) {
 fn many_models(models: usize, replicas_per_deployment: u16) -> RoutingSpec {
     RoutingSpec {
         models: (0..models)
-            .map(|i| ModelSpec {
-                id: format!("model-{i}"),
-                hosts: vec![format!("model-{i}.example")],
-                deployments: vec![
-                    DeploymentSpec {
-                        id: "v1".into(),
-                        replicas: replicas(10_000, replicas_per_deployment),
-                    },
-                    DeploymentSpec {
-                        id: "v2".into(),
-                        replicas: replicas(20_000, replicas_per_deployment),
-                    },
-                ],
-                environments: vec![EnvironmentSpec {
-                    name: "production".into(),
-                    hosts: vec![],
-                    weights: [
-                        ("v1".to_string(), WEIGHT_SCALE / 10 * 9),
-                        ("v2".to_string(), WEIGHT_SCALE / 10),
-                    ]
-                    .into_iter()
-                    .collect(),
-                }],
+            .map(|i| {
+                model(
+                    &format!("model-{i}"),
+                    &format!("model-{i}.example"),
+                    replicas_per_deployment,
+                )
             })
             .collect(),
     }
