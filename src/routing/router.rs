@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex};
 use arc_swap::ArcSwap;
 use http::HeaderValue;
 
-use super::snapshot::{Environment, HostTable, Model, Pool, Replica, Snapshot};
-use super::spec::{RoutingSpec, WEIGHT_SCALE};
+use super::snapshot::{Environment, HostRoute, HostTable, Model, Pool, Replica, Snapshot};
+use super::spec::{ModelSpec, RoutingSpec, WEIGHT_SCALE};
 use crate::metrics::window::StatsSnapshot;
 use crate::metrics::{Metrics, PoolMetrics};
 
@@ -30,6 +30,9 @@ struct BuildState {
     /// deployment, not per replica, when a snapshot is rebuilt.
     replicas: HashMap<(String, String), HashMap<SocketAddr, Arc<Replica>>>,
     pools: HashMap<(String, String, String), Arc<PoolMetrics>>,
+    /// Each model as last built, with the spec it was built from: a model whose spec did not
+    /// change is reused whole, so a rebuild costs what changed, not the whole configuration.
+    built: HashMap<String, (ModelSpec, Arc<Model>)>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -116,8 +119,36 @@ impl Router {
         let mut pools = HashMap::with_capacity(st.pools.len());
         let mut hosts = Vec::new();
         let mut models = Vec::with_capacity(spec.models.len());
+        let mut built = HashMap::with_capacity(spec.models.len());
 
         for (mi, m) in spec.models.iter().enumerate() {
+            if st.built.get(&m.id).is_some_and(|(was, _)| was == m) {
+                // Unchanged: the same model, replica objects and metric handles carry over
+                // (moved, not copied: validation already passed, nothing below can fail).
+                if let Some((was, model)) = st.built.remove(&m.id) {
+                    for d in &m.deployments {
+                        let key = (m.id.clone(), d.id.clone());
+                        if let Some(r) = st.replicas.remove(&key) {
+                            replicas.insert(key, r);
+                        }
+                    }
+                    let envs = m
+                        .environments
+                        .iter()
+                        .flat_map(|e| e.weights.keys().map(move |d| (e.name.as_str(), d.as_str())));
+                    let unassigned = model.unassigned.iter().map(|p| ("", &*p.deployment));
+                    for (env, dep) in envs.chain(unassigned) {
+                        let key = (m.id.clone(), env.to_owned(), dep.to_owned());
+                        if let Some(p) = st.pools.remove(&key) {
+                            pools.insert(key, p);
+                        }
+                    }
+                    push_hosts(&mut hosts, m, mi, model.default_environment);
+                    models.push(model.clone());
+                    built.insert(m.id.clone(), (was, model));
+                    continue;
+                }
+            }
             let model_id: Arc<str> = m.id.as_str().into();
             // Replica objects of each deployment, shared by every environment that routes to it.
             let mut deployment_replicas: HashMap<&str, Box<[Arc<Replica>]>> = HashMap::new();
@@ -166,7 +197,7 @@ impl Router {
             };
             let mut environments = Vec::with_capacity(m.environments.len());
             let mut in_env = HashSet::new();
-            for (ei, e) in m.environments.iter().enumerate() {
+            for e in &m.environments {
                 let mut sum = 0u32;
                 let mut env_pools = Vec::with_capacity(e.weights.len());
                 let mut cumulative = Vec::with_capacity(e.weights.len());
@@ -175,9 +206,6 @@ impl Router {
                     env_pools.push(make_pool(&e.name, dep)?);
                     cumulative.push(sum);
                     in_env.insert(dep.as_str());
-                }
-                for h in &e.hosts {
-                    hosts.push((h.to_ascii_lowercase().into_boxed_str(), (mi, ei)));
                 }
                 let env = Environment {
                     name: e.name.as_str().into(),
@@ -196,18 +224,15 @@ impl Router {
                 .map(|d| make_pool("", &d.id))
                 .collect::<Result<Vec<_>, _>>()?;
             let default_environment = m.default_environment();
-            for h in &m.hosts {
-                hosts.push((
-                    h.to_ascii_lowercase().into_boxed_str(),
-                    (mi, default_environment),
-                ));
-            }
-            models.push(Model {
+            push_hosts(&mut hosts, m, mi, default_environment);
+            let model = Arc::new(Model {
                 id: model_id,
                 environments: environments.into(),
                 default_environment,
                 unassigned: unassigned.into(),
             });
+            models.push(model.clone());
+            built.insert(m.id.clone(), (m.clone(), model));
         }
 
         for (key, metrics) in &st.pools {
@@ -217,6 +242,7 @@ impl Router {
         }
         st.pools = pools;
         st.replicas = replicas;
+        st.built = built;
         st.version += 1;
         let version = st.version;
         self.current.store(Arc::new(Snapshot {
@@ -225,6 +251,21 @@ impl Router {
             version,
         }));
         Ok(version)
+    }
+}
+
+/// A model's Host routes: its environments' hosts, and its own to its default environment.
+fn push_hosts(hosts: &mut Vec<HostRoute>, m: &ModelSpec, mi: usize, default_environment: usize) {
+    for (ei, e) in m.environments.iter().enumerate() {
+        for h in &e.hosts {
+            hosts.push((h.to_ascii_lowercase().into_boxed_str(), (mi, ei)));
+        }
+    }
+    for h in &m.hosts {
+        hosts.push((
+            h.to_ascii_lowercase().into_boxed_str(),
+            (mi, default_environment),
+        ));
     }
 }
 
@@ -242,6 +283,9 @@ fn validate(spec: &RoutingSpec) -> Result<(), SpecError> {
         }
         let mut deps = HashSet::new();
         for d in &m.deployments {
+            if HeaderValue::from_str(&d.id).is_err() {
+                return Err(SpecError::BadDeploymentId(d.id.clone()));
+            }
             if !deps.insert(d.id.as_str()) {
                 return Err(SpecError::DuplicateDeployment {
                     model: m.id.clone(),
@@ -333,6 +377,40 @@ mod tests {
                 ],
             }],
         }
+    }
+
+    #[test]
+    fn an_unchanged_model_is_reused_whole_and_a_changed_one_rebuilt() {
+        let r = Router::new(Metrics::new());
+        let mut two = spec(50, &["127.0.0.1:2001"]);
+        let mut other = two.models[0].clone();
+        other.id = "other".into();
+        other.hosts.clear();
+        for e in &mut other.environments {
+            e.hosts.clear();
+        }
+        two.models.push(other);
+        r.apply(&two).unwrap();
+        let s1 = r.load_full();
+        two.models[0].environments[1].weights.insert("v2".into(), 1);
+        r.apply(&two).unwrap();
+        let s2 = r.load_full();
+        assert!(
+            !Arc::ptr_eq(&s1.models[0], &s2.models[0]),
+            "changed: rebuilt"
+        );
+        assert!(
+            Arc::ptr_eq(&s1.models[1], &s2.models[1]),
+            "unchanged: reused"
+        );
+        // The rebuilt model still shares replica objects with the one before.
+        assert!(Arc::ptr_eq(
+            &s1.models[0].environments[1].pools[1].replicas[0],
+            &s2.models[0].environments[1].pools[1].replicas[0]
+        ));
+        assert!(r
+            .replica("other", "v2", "127.0.0.1:2001".parse().unwrap())
+            .is_some());
     }
 
     #[test]

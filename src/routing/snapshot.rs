@@ -158,7 +158,8 @@ pub type HostRoute = (Box<str>, (usize, usize));
 /// One complete routing state. Never mutated after it is built.
 #[derive(Default)]
 pub struct Snapshot {
-    pub models: Box<[Model]>,
+    /// Shared with later snapshots while their spec is unchanged.
+    pub models: Box<[Arc<Model>]>,
     /// Host name (lower case, no port) → (model index, environment index).
     pub hosts: HostTable,
     /// Monotonic version, for logs and tests.
