@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-use common::{admin_addr_of, bin, KillOnDrop};
+use common::{admin_addr_of, bin, replica_command_toml, KillOnDrop};
 
 fn run(args: &[&str]) -> (i32, String, String) {
     let out = bin().args(args).output().unwrap();
@@ -356,12 +356,7 @@ fn the_cli_drives_promotions_and_watch_exits_by_outcome() {
     let dir = std::env::temp_dir().join(format!("switchyard-cli-watch-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let config = dir.join("watch.toml");
-    let replica = |v: &str| {
-        format!(
-            r#"command = ["{}", "replica", "--port", "{{port}}", "--version", "{v}"]"#,
-            env!("CARGO_BIN_EXE_switchyard")
-        )
-    };
+    let replica = |v: &str| replica_command_toml(v, &[]);
     std::fs::write(
         &config,
         format!(
@@ -491,12 +486,7 @@ fn a_rollout_killed_mid_way_resumes_from_the_same_step() {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let config = dir.join("resume.toml");
-    let replica = |v: &str| {
-        format!(
-            r#"command = ["{}", "replica", "--port", "{{port}}", "--version", "{v}"]"#,
-            env!("CARGO_BIN_EXE_switchyard")
-        )
-    };
+    let replica = |v: &str| replica_command_toml(v, &[]);
     std::fs::write(
         &config,
         format!(
@@ -826,11 +816,8 @@ fn analysis_state_survives_a_kill_9_mid_promotion() {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let config = dir.join("analysis.toml");
-    let replica = |v: &str, extra: &str| {
-        format!(
-            r#"command = ["{}", "replica", "--port", "{{port}}", "--version", "{v}", "--latency-ms", "5"{extra}]"#,
-            env!("CARGO_BIN_EXE_switchyard")
-        )
+    let replica = |v: &str, extra: &[&str]| {
+        replica_command_toml(v, &[&["--latency-ms", "5"], extra].concat())
     };
     // v2 fails half its requests; analysis fails it after 3 bad intervals of 2 s.
     std::fs::write(
@@ -866,8 +853,8 @@ max_p99_latency_ratio = false
 max_p99_ttft_ratio = false
 max_p99_itl_ratio = false
 "#,
-            replica("v1", ""),
-            replica("v2", r#", "--error-rate", "0.5""#),
+            replica("v1", &[]),
+            replica("v2", &["--error-rate", "0.5"]),
             data = dir.join("data").display()
         ),
     )

@@ -5,29 +5,16 @@
 //!
 //! The page itself runs in a real browser in tests/compat/dashboard_browser.py.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 const KEY: &str = "dashboard-test-key-0123456789";
 
-fn bin() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_switchyard"));
-    c.env("RUST_LOG", "info")
-        .env_remove("SWITCHYARD_CONFIG")
-        .env("SWITCHYARD_EPHEMERAL", "1");
-    c
-}
+mod common;
 
-struct KillOnDrop(Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use common::{admin_addr_of, bin, KillOnDrop};
 
 fn start_demo() -> (KillOnDrop, SocketAddr, SocketAddr) {
     let child = bin()
@@ -44,22 +31,8 @@ fn start_demo() -> (KillOnDrop, SocketAddr, SocketAddr) {
         .spawn()
         .unwrap();
     let mut demo = KillOnDrop(child);
-    let stderr = demo.0.stderr.take().unwrap();
-    let mut lines = BufReader::new(stderr).lines();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline {
-        let Some(Ok(line)) = lines.next() else { break };
-        if let (Some(p), Some(a)) = (
-            line.split("proxy on http://").nth(1),
-            line.split("admin on http://").nth(1),
-        ) {
-            let proxy = p.split_whitespace().next().unwrap().parse().unwrap();
-            let admin = a.split_whitespace().next().unwrap().parse().unwrap();
-            std::thread::spawn(move || for _ in lines {});
-            return (demo, proxy, admin);
-        }
-    }
-    panic!("the demo did not report its addresses");
+    let (proxy, admin) = admin_addr_of(&mut demo.0);
+    (demo, proxy, admin)
 }
 
 /// One HTTP/1.1 request on a fresh connection: (status, lower-cased head, body).

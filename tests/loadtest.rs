@@ -10,7 +10,7 @@ use switchyard::loadtest::report::Report;
 
 mod common;
 
-use common::{admin_addr_of, KillOnDrop};
+use common::{admin_addr_of, replica_command_toml, KillOnDrop};
 
 /// The binary, with no admin listener or key from the environment.
 fn bin() -> Command {
@@ -204,12 +204,8 @@ fn rollout_mode_measures_each_step_and_follows_the_event_log() {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let config = dir.join("rollout.toml");
-    let replica = |v: &str| {
-        format!(
-            r#"command = ["{}", "replica", "--port", "{{port}}", "--version", "{v}", "--latency-ms", "5", "--startup-delay-ms", "100"]"#,
-            env!("CARGO_BIN_EXE_switchyard")
-        )
-    };
+    let replica =
+        |v: &str| replica_command_toml(v, &["--latency-ms", "5", "--startup-delay-ms", "100"]);
     std::fs::write(
         &config,
         format!(

@@ -48,3 +48,19 @@ impl Drop for KillOnDrop {
         let _ = self.0.wait();
     }
 }
+
+/// The TOML `command = [...]` line of a deployment running the built-in replica as `version`,
+/// with extra flags.
+pub fn replica_command_toml(version: &str, extra: &[&str]) -> String {
+    let mut args = vec![
+        env!("CARGO_BIN_EXE_switchyard").to_owned(),
+        "replica".into(),
+        "--port".into(),
+        "{port}".into(),
+        "--version".into(),
+        version.to_owned(),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let quoted: Vec<String> = args.iter().map(|a| format!("{a:?}")).collect();
+    format!("command = [{}]", quoted.join(", "))
+}
