@@ -10,6 +10,7 @@
 pub mod admin;
 pub mod api;
 pub mod client;
+pub mod cluster;
 pub mod config;
 pub mod demo;
 pub mod loadtest;

@@ -329,6 +329,26 @@ struct ServeArgs {
     /// Management API key (at least 16 characters); without it one is generated and printed.
     #[arg(long, env = "SWITCHYARD_API_KEY", hide_env_values = true)]
     api_key: Option<String>,
+    /// Share state with other instances: `etcd://HOST:PORT[,HOST:PORT...]`, or `embedded`
+    /// (the default: a local store in the data directory).
+    #[arg(long, env = "SWITCHYARD_STORE")]
+    store: Option<String>,
+    /// Key prefix in etcd [default: /switchyard/].
+    #[arg(long, env = "SWITCHYARD_STORE_PREFIX")]
+    store_prefix: Option<String>,
+    /// etcd user, when etcd has authentication on.
+    #[arg(long, env = "SWITCHYARD_STORE_USER")]
+    store_user: Option<String>,
+    /// etcd password (prefer the environment variable).
+    #[arg(long, env = "SWITCHYARD_STORE_PASSWORD", hide_env_values = true)]
+    store_password: Option<String>,
+    /// Seconds a leader's lease lasts without renewal: a killed leader is replaced after about
+    /// this long [default: 10].
+    #[arg(long, env = "SWITCHYARD_LEADER_LEASE_SECONDS")]
+    leader_lease_seconds: Option<u64>,
+    /// This instance's name among the others [default: host name and admin port].
+    #[arg(long, env = "SWITCHYARD_INSTANCE_NAME")]
+    instance_name: Option<String>,
 }
 
 impl From<ServeArgs> for ServeFlags {
@@ -351,6 +371,14 @@ impl From<ServeArgs> for ServeFlags {
             data_dir: a.data_dir,
             default_data_dir: default_data_dir(),
             ephemeral: a.ephemeral,
+            shared_store: switchyard::config::SharedStoreFlags {
+                store: a.store,
+                prefix: a.store_prefix,
+                user: a.store_user,
+                password: a.store_password,
+                lease_seconds: a.leader_lease_seconds,
+                instance_name: a.instance_name,
+            },
         }
     }
 }

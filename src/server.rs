@@ -128,7 +128,12 @@ pub fn start(settings: Settings) -> Result<RunningProxy, StartError> {
 
     // Bound everything first: a busy port must not leave replica processes behind.
     let (control_stop, control_stop_rx) = watch::channel(false);
-    let (controller, control) = start_control(&settings, router.clone(), control_stop_rx)?;
+    let (controller, control) = start_control(
+        &settings,
+        router.clone(),
+        control_stop_rx,
+        (admin_addr, listen_addr),
+    )?;
 
     let ctx = Arc::new(ProxyContext {
         router: router.clone(),
@@ -169,6 +174,8 @@ pub fn start(settings: Settings) -> Result<RunningProxy, StartError> {
             instance_types: Arc::new(settings.instance_types.clone()),
             process_deployments: settings.api_process_deployments,
             figures: crate::api::figures::Figures::new(router.clone()),
+            admin_addr,
+            proxy_addr: listen_addr,
         },
         settings.admin_header_timeout,
     );
@@ -201,9 +208,13 @@ fn start_control(
     settings: &Settings,
     router: Arc<Router>,
     mut stop: watch::Receiver<bool>,
+    (admin_addr, listen_addr): (SocketAddr, SocketAddr),
 ) -> Result<(Arc<Controller>, JoinHandle<()>), StartError> {
     let models: Vec<ModelSetup> = settings.models.iter().map(ModelSetup::from).collect();
+    let shared = settings.shared_store.clone();
     let store: Option<Arc<dyn crate::store::Store>> = match &settings.data_dir {
+        // With a shared store the state lives in etcd only.
+        _ if shared.is_some() => None,
         Some(dir) => Some(Arc::new(crate::store::RedbStore::open(dir).map_err(
             |e| {
                 StartError::Config(ConfigError {
@@ -241,6 +252,20 @@ fn start_control(
                         return;
                     }
                 };
+                if let Some(shared) = &shared {
+                    if let Err(e) = crate::cluster::Cluster::start(
+                        shared,
+                        &controller,
+                        admin_addr,
+                        listen_addr,
+                        stop.clone(),
+                    )
+                    .await
+                    {
+                        let _ = tx.send(Err(format!("store: {e}")));
+                        return;
+                    }
+                }
                 let _ = tx.send(Ok(controller.clone()));
                 let run = tokio::spawn(controller.clone().run(stop.clone()));
                 let _ = stop.wait_for(|s| *s).await;
@@ -251,9 +276,15 @@ fn start_control(
         .map_err(StartError::Thread)?;
     match rx.recv() {
         Ok(Ok(c)) => Ok((c, handle)),
-        Ok(Err(message)) => Err(StartError::Config(ConfigError {
-            field: "models".into(),
-            message,
+        Ok(Err(message)) => Err(StartError::Config(match message.strip_prefix("store: ") {
+            Some(m) => ConfigError {
+                field: "store".into(),
+                message: m.to_owned(),
+            },
+            None => ConfigError {
+                field: "models".into(),
+                message,
+            },
         })),
         Err(_) => Err(StartError::Config(ConfigError {
             field: "models".into(),

@@ -16,6 +16,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::types::{
+    Cluster as ClusterBody,
     CancelPromotionResponse, CreateDeploymentRequest, Deployment, Deployments, EmptyRequest,
     Environment, EnvironmentFigures, Environments, ErrorBody, Events, Model, Models,
     PromoteRequest, PromotionStatus, RolloutPlan, SignalPromotionResponse,
@@ -23,7 +24,7 @@ use super::types::{
 };
 use super::{accepts_event_stream, json_response, views, ApiError, ApiPath, ApiState, JsonBody};
 use crate::replicas::ProviderSpec;
-use crate::rollout::controller::ControllerError;
+use crate::rollout::controller::{Command, ControllerError, Outcome};
 
 type ApiResult<T> = Result<axum::Json<T>, ApiError>;
 
@@ -176,6 +177,18 @@ pub fn routes() -> OpenApiRouter<ApiState> {
         .routes(routes!(events))
         .routes(routes!(figures))
         .routes(routes!(plan))
+        .routes(routes!(cluster))
+}
+
+/// The instances sharing this state (on etcd), which one leads and the store revision each
+/// has applied; on the embedded store, this instance alone.
+#[utoipa::path(get, path = "/v1/cluster", operation_id = "getCluster", tag = "cluster",
+    responses(
+        (status = 200, body = ClusterBody),
+        (status = 401, body = ErrorBody, description = "missing or wrong API key"),
+    ))]
+async fn cluster(State(s): State<ApiState>) -> ApiResult<ClusterBody> {
+    Ok(axum::Json(views::cluster(&s)))
 }
 
 #[utoipa::path(get, path = "/v1/models", operation_id = "listModels", tag = "models",
@@ -248,7 +261,13 @@ async fn create_deployment(
         ));
     }
     let (id, spec) = provider_spec(req).map_err(ApiError::bad_request)?;
-    s.controller.add_deployment(&m, &id, spec)?;
+    s.controller
+        .execute(Command::AddDeployment {
+            model: m.clone(),
+            id: id.clone(),
+            spec,
+        })
+        .await?;
     saved(&s).await?;
     Ok(axum::Json(views::one_deployment(&s, &m, &id)?))
 }
@@ -333,7 +352,13 @@ async fn set_active(
     d: &str,
     active: bool,
 ) -> ApiResult<SignalPromotionResponse> {
-    s.controller.set_active(m, d, active)?;
+    s.controller
+        .execute(Command::SetActive {
+            model: m.to_owned(),
+            id: d.to_owned(),
+            active,
+        })
+        .await?;
     saved(s).await?;
     Ok(axum::Json(SignalPromotionResponse { success: true }))
 }
@@ -442,9 +467,17 @@ async fn update_environment(
     let view = s.controller.environment(&m, &e)?;
     let (settings, autoscaling) =
         super::update::apply(&view, &req).map_err(ApiError::bad_request)?;
-    let changed = s
-        .controller
-        .set_environment_settings(&m, &e, settings, autoscaling)?;
+    let changed = matches!(
+        s.controller
+            .execute(Command::SetEnvironmentSettings {
+                model: m.clone(),
+                environment: e.clone(),
+                settings: Box::new(settings),
+                autoscaling,
+            })
+            .await?,
+        Outcome::Changed(true)
+    );
     saved(&s).await?;
     Ok(axum::Json(UpdateEnvironmentResponse {
         environment: views::environment(&s, &m, &e)?,
@@ -495,7 +528,13 @@ async fn promote(
             "promotion_settings_override: not supported by switchyard (only null); PATCH the environment's promotion_settings first",
         ));
     }
-    s.controller.promote(&m, &e, &req.deployment_id)?;
+    s.controller
+        .execute(Command::Promote {
+            model: m.clone(),
+            environment: e.clone(),
+            candidate: req.deployment_id.clone(),
+        })
+        .await?;
     saved(&s).await?;
     Ok(axum::Json(views::one_deployment(
         &s,
@@ -522,7 +561,12 @@ macro_rules! signal {
             }): ApiPath<EnvPath>,
             JsonBody(_): JsonBody<EmptyRequest>,
         ) -> ApiResult<SignalPromotionResponse> {
-            s.controller.$call(&m, &e)?;
+            s.controller
+                .execute(Command::$call {
+                    model: m,
+                    environment: e,
+                })
+                .await?;
             saved(&s).await?;
             Ok(axum::Json(SignalPromotionResponse { success: true }))
         }
@@ -533,25 +577,25 @@ signal!(
     pause_promotion,
     "/v1/models/{model_id}/environments/{env_name}/pause_promotion",
     "Pauses the promotion at the next step boundary.",
-    pause
+    Pause
 );
 signal!(
     resume_promotion,
     "/v1/models/{model_id}/environments/{env_name}/resume_promotion",
     "Resumes a paused promotion.",
-    resume
+    Resume
 );
 signal!(
     force_cancel_promotion,
     "/v1/models/{model_id}/environments/{env_name}/force_cancel_promotion",
     "Cancels at once: all traffic back to the previous deployment now.",
-    force_cancel
+    ForceCancel
 );
 signal!(
     force_roll_forward_promotion,
     "/v1/models/{model_id}/environments/{env_name}/force_roll_forward_promotion",
     "Finishes at once: all traffic to the candidate at the next step boundary.",
-    force_roll_forward
+    ForceRollForward
 );
 
 /// Cancels the promotion: ramps traffic back to the previous deployment (`RAMPING_DOWN`), or
@@ -572,7 +616,22 @@ async fn cancel_promotion(
     }): ApiPath<EnvPath>,
     JsonBody(_): JsonBody<EmptyRequest>,
 ) -> ApiResult<CancelPromotionResponse> {
-    let status: PromotionStatus = s.controller.cancel(&m, &e)?.into();
+    let status: PromotionStatus = match s
+        .controller
+        .execute(Command::Cancel {
+            model: m,
+            environment: e.clone(),
+        })
+        .await?
+    {
+        Outcome::Status(st) => st.into(),
+        other => {
+            return Err(ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("cancel answered {other:?}"),
+            ))
+        }
+    };
     saved(&s).await?;
     let message = if status == PromotionStatus::Canceled {
         format!("Promotion to {e} was successfully canceled.")

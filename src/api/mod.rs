@@ -47,6 +47,9 @@ pub struct ApiState {
     pub process_deployments: bool,
     /// Recent windowed figures per deployment (the dashboard's sparklines).
     pub figures: Arc<figures::Figures>,
+    /// This instance's listeners, as `GET /v1/cluster` reports them.
+    pub admin_addr: std::net::SocketAddr,
+    pub proxy_addr: std::net::SocketAddr,
 }
 
 /// Largest request body the API reads.
@@ -133,21 +136,8 @@ impl IntoResponse for ApiError {
 
 impl From<ControllerError> for ApiError {
     fn from(e: ControllerError) -> Self {
-        let status = match &e {
-            ControllerError::UnknownModel(_)
-            | ControllerError::UnknownEnvironment { .. }
-            | ControllerError::UnknownDeployment { .. } => StatusCode::NOT_FOUND,
-            ControllerError::PromotionInProgress(_)
-            | ControllerError::NoPromotion(_)
-            | ControllerError::FixedSplit(_)
-            | ControllerError::SharedDeployment { .. }
-            | ControllerError::AlreadyCurrent(_)
-            | ControllerError::DeploymentExists(_)
-            | ControllerError::Control(_) => StatusCode::CONFLICT,
-            ControllerError::NotEnoughEndpoints { .. } | ControllerError::Settings(_) => {
-                StatusCode::BAD_REQUEST
-            }
-        };
+        let status = StatusCode::from_u16(e.http_status())
+            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         ApiError::new(status, e.to_string())
     }
 }

@@ -775,3 +775,38 @@ pub struct RolloutPlan {
     /// Index in `steps` of the state the promotion in progress is at, when it matches one.
     pub current_step: Option<u32>,
 }
+
+/// `GET /v1/cluster`: the instances sharing this state and which one leads.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Cluster {
+    /// `embedded` (one instance, local store) or `etcd`.
+    pub store: String,
+    /// The instance that answered.
+    pub instance: String,
+    /// The instance whose controller moves promotions; `null` while none leads.
+    pub leader: Option<String>,
+    pub instances: Vec<ClusterInstance>,
+    /// Delays from a leader's commit to this instance's routing swap, over the last applied
+    /// records (`null` before any).
+    pub apply_lag: Option<ApplyLag>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ClusterInstance {
+    pub id: String,
+    pub admin_url: String,
+    pub proxy_addr: String,
+    pub leader: bool,
+    /// Milliseconds since its last heartbeat, as this instance saw it.
+    pub last_heartbeat_ms_ago: u64,
+    /// The store revision its routing reflects.
+    pub applied_revision: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ApplyLag {
+    pub count: u64,
+    pub p50_ms: u64,
+    pub p99_ms: u64,
+    pub max_ms: u64,
+}

@@ -408,3 +408,59 @@ mod tests {
         assert_eq!(rfc3339(leap), "2000-02-29T00:00:00Z");
     }
 }
+
+/// `GET /v1/cluster`.
+pub fn cluster(s: &ApiState) -> super::types::Cluster {
+    use super::types::{ApplyLag, Cluster, ClusterInstance};
+    let Some(c) = s.controller.shared() else {
+        let id = format!("{}", s.admin_addr);
+        return Cluster {
+            store: "embedded".into(),
+            instance: id.clone(),
+            leader: Some(id.clone()),
+            instances: vec![ClusterInstance {
+                id,
+                admin_url: format!("http://{}", s.admin_addr),
+                proxy_addr: s.proxy_addr.to_string(),
+                leader: true,
+                last_heartbeat_ms_ago: 0,
+                applied_revision: 0,
+            }],
+            apply_lag: None,
+        };
+    };
+    let v = c.view();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let leader = v.leader.as_ref().map(|l| l.id.clone());
+    Cluster {
+        store: "etcd".into(),
+        instance: c.id.clone(),
+        leader: leader.clone(),
+        instances: v
+            .members
+            .values()
+            .map(|m| ClusterInstance {
+                id: m.id.clone(),
+                admin_url: m.admin_url.clone(),
+                proxy_addr: m.proxy_addr.clone(),
+                leader: leader.as_deref() == Some(m.id.as_str()),
+                last_heartbeat_ms_ago: now.saturating_sub(m.heartbeat_ms),
+                applied_revision: if m.id == c.id {
+                    v.applied_revision
+                } else {
+                    m.applied_revision
+                },
+            })
+            .collect(),
+        apply_lag: crate::cluster::lag_summary(&v.apply_lag_ms).map(|(n, p50, p99, max)| {
+            ApplyLag {
+                count: n as u64,
+                p50_ms: p50,
+                p99_ms: p99,
+                max_ms: max,
+            }
+        }),
+    }
+}

@@ -116,6 +116,8 @@ pub struct Settings {
     pub admin_header_timeout: Duration,
     /// The same for proxy clients (their first bytes, every request head, idle keep-alive).
     pub client_header_timeout: Duration,
+    /// Several instances share their state on etcd; `None`: the embedded store (`data_dir`).
+    pub shared_store: Option<crate::cluster::SharedStoreSettings>,
 }
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -145,6 +147,7 @@ impl Settings {
             api_process_deployments: false,
             admin_header_timeout: Duration::from_secs(30),
             client_header_timeout: Duration::from_secs(30),
+            shared_store: None,
         }
     }
 }
@@ -186,6 +189,13 @@ struct ServerSection {
     api_process_deployments: Option<bool>,
     admin_header_timeout_seconds: Option<f64>,
     client_header_timeout_seconds: Option<f64>,
+    /// `embedded` or `etcd://HOST:PORT[,HOST:PORT...]`.
+    store: Option<String>,
+    store_prefix: Option<String>,
+    store_user: Option<String>,
+    store_password: Option<String>,
+    leader_lease_seconds: Option<u64>,
+    instance_name: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -307,7 +317,7 @@ pub fn load_file(path: &Path) -> Result<Settings, ConfigError> {
             format!("cannot read the config file: {e}"),
         )
     })?;
-    parse_str(&text).map_err(|e| ConfigError {
+    parse_str(&text).and_then(|s| check_shared_store(&s).map(|_| s)).map_err(|e| ConfigError {
         field: format!("{}: {}", path.display(), e.field),
         message: e.message,
     })
@@ -356,6 +366,15 @@ fn from_file(f: FileConfig) -> Result<Settings, ConfigError> {
     if let Some(b) = f.server.api_process_deployments {
         s.api_process_deployments = b;
     }
+    let shared = SharedStoreFlags {
+        store: f.server.store.clone(),
+        prefix: f.server.store_prefix.clone(),
+        user: f.server.store_user.clone(),
+        password: f.server.store_password.clone(),
+        lease_seconds: f.server.leader_lease_seconds,
+        instance_name: f.server.instance_name.clone(),
+    };
+    s.shared_store = shared.settings("server.", None)?;
     if let Some(k) = f.server.api_key {
         s.api_key = Some(check_api_key("server.api_key", k)?);
     }
@@ -703,6 +722,125 @@ fn check_id(field: &str, id: &str) -> Result<(), ConfigError> {
     }
 }
 
+/// The shared-store settings as given (file or flags), before checking.
+#[derive(Debug, Clone, Default)]
+pub struct SharedStoreFlags {
+    pub store: Option<String>,
+    pub prefix: Option<String>,
+    pub user: Option<String>,
+    pub password: Option<String>,
+    pub lease_seconds: Option<u64>,
+    pub instance_name: Option<String>,
+}
+
+impl SharedStoreFlags {
+    /// Checks them; field names are `{section}store` etc. for the file, `--store` etc. for
+    /// flags (`section` "--"). `base` is what the file set, which flags override.
+    fn settings(
+        &self,
+        section: &str,
+        base: Option<crate::cluster::SharedStoreSettings>,
+    ) -> Result<Option<crate::cluster::SharedStoreSettings>, ConfigError> {
+        use crate::cluster::settings as cs;
+        let flag = section == "--";
+        let name = |n: &str| {
+            if flag {
+                format!("--{}", n.replace('_', "-"))
+            } else {
+                format!("{section}{n}")
+            }
+        };
+        let mut out = base;
+        if let Some(v) = &self.store {
+            let f = name("store");
+            match cs::parse_store(&f, v).map_err(|m| err(f.clone(), strip_field(&f, m)))? {
+                None => out = None,
+                Some(endpoints) => {
+                    let mut s = out.unwrap_or(crate::cluster::SharedStoreSettings {
+                        endpoints: Vec::new(),
+                        prefix: cs::DEFAULT_PREFIX.into(),
+                        credential: None,
+                        lease_ttl_seconds: cs::DEFAULT_LEASE_TTL_SECONDS,
+                        instance_name: None,
+                    });
+                    s.endpoints = endpoints;
+                    out = Some(s);
+                }
+            }
+        }
+        let given = [
+            (self.prefix.is_some(), "store_prefix"),
+            (self.user.is_some(), "store_user"),
+            (self.password.is_some(), "store_password"),
+            (self.lease_seconds.is_some(), "leader_lease_seconds"),
+            (self.instance_name.is_some(), "instance_name"),
+        ];
+        let Some(mut s) = out else {
+            if let Some((_, n)) = given.iter().find(|(g, _)| *g) {
+                return Err(err(
+                    name(n),
+                    format!("only applies with a shared store; set {} = etcd://HOST:PORT", name("store")),
+                ));
+            }
+            return Ok(None);
+        };
+        if let Some(p) = &self.prefix {
+            let f = name("store_prefix");
+            s.prefix = cs::check_prefix(&f, p).map_err(|m| err(f.clone(), strip_field(&f, m)))?;
+        }
+        match (&self.user, &self.password) {
+            (Some(u), Some(p)) => s.credential = Some((u.clone(), p.clone())),
+            (Some(_), None) => {
+                return Err(err(
+                    name("store_password"),
+                    "is required with a store user (SWITCHYARD_STORE_PASSWORD keeps it off the command line)",
+                ))
+            }
+            (None, Some(_)) => return Err(err(name("store_user"), "is required with a store password")),
+            (None, None) => {}
+        }
+        if let Some(t) = self.lease_seconds {
+            let f = name("leader_lease_seconds");
+            s.lease_ttl_seconds =
+                cs::check_lease_ttl(&f, t).map_err(|m| err(f.clone(), strip_field(&f, m)))?;
+        }
+        if let Some(n) = &self.instance_name {
+            check_id(&name("instance_name"), n)?;
+            s.instance_name = Some(n.clone());
+        }
+        Ok(Some(s))
+    }
+}
+
+/// Messages from the cluster settings start with the field name; ConfigError adds it again.
+fn strip_field(field: &str, m: String) -> String {
+    m.strip_prefix(&format!("{field}: ")).map(str::to_owned).unwrap_or(m)
+}
+
+/// On a shared store every instance would start its own process replicas: refused by name.
+fn check_shared_store(s: &Settings) -> Result<(), ConfigError> {
+    if s.shared_store.is_none() {
+        return Ok(());
+    }
+    for (mi, m) in s.models.iter().enumerate() {
+        for (di, d) in m.deployments.iter().enumerate() {
+            if matches!(d.provider, ProviderSpec::Process { .. }) {
+                return Err(err(
+                    format!("models[{mi}].deployments[{di}].command"),
+                    format!("deployment {:?} runs process replicas, which cannot run with a shared store (every instance would start its own); list its endpoints under `replicas`, or run this instance with the embedded store", d.id),
+                ));
+            }
+        }
+    }
+    if s.api_process_deployments {
+        return Err(err(
+            "server.api_process_deployments",
+            "cannot be on with a shared store: process replicas would start on every instance",
+        ));
+    }
+    Ok(())
+}
+
 fn check_api_key(field: &str, key: String) -> Result<String, ConfigError> {
     if key.len() < 16 || key.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return Err(err(field, "must be at least 16 characters with no spaces"));
@@ -789,6 +927,8 @@ pub struct ServeFlags {
     pub default_data_dir: Option<PathBuf>,
     /// Keep no state across restarts (overrides any data directory).
     pub ephemeral: bool,
+    /// `--store` and its companions (override the file's).
+    pub shared_store: SharedStoreFlags,
 }
 
 impl ServeFlags {
@@ -839,7 +979,20 @@ impl ServeFlags {
             s.data_dir = Some(d);
         }
         if s.data_dir.is_none() {
-            s.data_dir = self.default_data_dir.clone();
+            // One default directory per admin address, so two instances on one host (which
+            // must differ in admin port) each keep their own state; the default address keeps
+            // the directory earlier versions used.
+            s.data_dir = self.default_data_dir.clone().map(|d| {
+                if s.admin_listen == parse_listen(DEFAULT_ADMIN_LISTEN) {
+                    d
+                } else {
+                    d.join(format!(
+                        "admin-{}-{}",
+                        s.admin_listen.ip(),
+                        s.admin_listen.port()
+                    ))
+                }
+            });
         }
         if self.ephemeral {
             s.data_dir = None;
@@ -853,6 +1006,10 @@ impl ServeFlags {
         if let Some(v) = self.shutdown_grace_seconds {
             s.shutdown_grace = seconds("--shutdown-grace-seconds", v, 0.0, 86_400.0)?;
         }
+        s.shared_store = self
+            .shared_store
+            .settings("--", s.shared_store.take())?;
+        check_shared_store(&s)?;
         if s.listen == s.admin_listen && s.listen.port() != 0 {
             return Err(err(
                 "--admin-listen",

@@ -34,6 +34,7 @@ mod providers;
 mod routes;
 mod run;
 pub mod setup;
+mod shared;
 mod state;
 mod views;
 mod webhooks;
@@ -48,6 +49,7 @@ use tokio::sync::{broadcast, watch, Notify};
 pub use clock::Clock;
 pub use events::EnvironmentEvent;
 pub use setup::{EnvironmentSetup, ModelSetup, TrafficSetup};
+pub use shared::{Command, CommandFailure, Outcome};
 pub use views::{ControllerError, DeploymentView, EnvironmentView, ModelSummary, PromotionView};
 
 use crate::replicas::ProviderTiming;
@@ -72,6 +74,12 @@ pub struct Controller {
     autoscale_due: Mutex<Option<tokio::time::Instant>>,
     /// Counts the run loop's passes: views may have changed after each.
     passes: watch::Sender<u64>,
+    /// Set when the state is shared with other instances through etcd.
+    cluster: std::sync::OnceLock<Arc<crate::cluster::Cluster>>,
+    /// On a shared store, one change at a time: change, commit, then route (or roll back).
+    gate: tokio::sync::Mutex<()>,
+    /// On a shared store, each model's record as last committed (encoded).
+    committed: Mutex<std::collections::HashMap<String, Vec<u8>>>,
 }
 
 impl Controller {
@@ -127,6 +135,9 @@ impl Controller {
             clock: Clock::start(),
             autoscale_due: Mutex::new(None),
             passes: watch::channel(0).0,
+            cluster: std::sync::OnceLock::new(),
+            gate: tokio::sync::Mutex::new(()),
+            committed: Mutex::new(std::collections::HashMap::new()),
         });
         controller.save(&mut controller.lock());
         Ok(controller)

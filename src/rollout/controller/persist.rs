@@ -6,6 +6,7 @@
 //! coalescing to the latest state: a state replaced before it was written is never written,
 //! and a commit that fails is retried with the latest state.
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
@@ -28,16 +29,21 @@ pub(super) struct Persisted {
     models: Vec<PersistedModel>,
 }
 
-#[derive(Serialize, serde::Deserialize)]
-struct PersistedModel {
-    id: String,
+#[derive(Serialize, serde::Deserialize, Clone)]
+pub(super) struct PersistedModel {
+    pub id: String,
     inactive: Vec<String>,
     #[serde(default)]
     registered: Vec<(String, ProviderSpec)>,
     environments: Vec<PersistedEnvironment>,
+    /// Each deployment's replica target as the controller last set it. Instances that mirror
+    /// a shared store scale their providers to it; a restart on the embedded store ignores it
+    /// (the promotion's targets are restored instead).
+    #[serde(default)]
+    desired: BTreeMap<String, u32>,
 }
 
-#[derive(Serialize, serde::Deserialize)]
+#[derive(Serialize, serde::Deserialize, Clone)]
 struct PersistedEnvironment {
     name: String,
     #[serde(default)]
@@ -51,7 +57,7 @@ struct PersistedEnvironment {
     events: Vec<Event>,
 }
 
-#[derive(Serialize, serde::Deserialize)]
+#[derive(Serialize, serde::Deserialize, Clone)]
 struct PersistedPromotion {
     previous: String,
     candidate: String,
@@ -65,42 +71,51 @@ impl Persisted {
             models: st
                 .models
                 .iter()
-                .map(|m| PersistedModel {
-                    id: m.id.clone(),
-                    inactive: m
-                        .deployments
-                        .iter()
-                        .filter(|d| !d.active)
-                        .map(|d| d.id.clone())
-                        .collect(),
-                    registered: m
-                        .deployments
-                        .iter()
-                        .filter_map(|d| d.registered.clone().map(|s| (d.id.clone(), s)))
-                        .collect(),
-                    environments: m
-                        .environments
-                        .iter()
-                        .filter(|e| e.fixed.is_none())
-                        .map(|e| PersistedEnvironment {
-                            name: e.name.clone(),
-                            settings: Some(e.settings.clone()),
-                            autoscaling: e.autoscaler.as_ref().map(|a| a.settings),
-                            current: e.current.clone(),
-                            replicas: e.replicas,
-                            extra: e.extra,
-                            promotion: e.promotion.as_ref().map(|p| PersistedPromotion {
-                                previous: p.previous.clone(),
-                                candidate: p.candidate.clone(),
-                                machine: p.machine.clone(),
-                            }),
-                            events: e.events[e.events.len().saturating_sub(PERSISTED_EVENTS)..]
-                                .to_vec(),
-                        })
-                        .collect(),
-                })
+                .map(|m| model_record(m, PERSISTED_EVENTS))
                 .collect(),
         }
+    }
+}
+
+/// One model's saved shape, with at most `events_kept` events per environment.
+pub(super) fn model_record(m: &ModelState, events_kept: usize) -> PersistedModel {
+    PersistedModel {
+        id: m.id.clone(),
+        inactive: m
+            .deployments
+            .iter()
+            .filter(|d| !d.active)
+            .map(|d| d.id.clone())
+            .collect(),
+        registered: m
+            .deployments
+            .iter()
+            .filter_map(|d| d.registered.clone().map(|s| (d.id.clone(), s)))
+            .collect(),
+        environments: m
+            .environments
+            .iter()
+            .filter(|e| e.fixed.is_none())
+            .map(|e| PersistedEnvironment {
+                name: e.name.clone(),
+                settings: Some(e.settings.clone()),
+                autoscaling: e.autoscaler.as_ref().map(|a| a.settings),
+                current: e.current.clone(),
+                replicas: e.replicas,
+                extra: e.extra,
+                promotion: e.promotion.as_ref().map(|p| PersistedPromotion {
+                    previous: p.previous.clone(),
+                    candidate: p.candidate.clone(),
+                    machine: p.machine.clone(),
+                }),
+                events: e.events[e.events.len().saturating_sub(events_kept)..].to_vec(),
+            })
+            .collect(),
+        desired: m
+            .deployments
+            .iter()
+            .map(|d| (d.id.clone(), d.provider.status().desired))
+            .collect(),
     }
 }
 
@@ -112,66 +127,105 @@ pub(super) fn restore(st: &mut State, saved: Persisted, providers: &Providers) {
             tracing::warn!(model = %pm.id, "saved state names a model the configuration no longer has");
             continue;
         };
-        for (id, spec) in pm.registered {
-            if m.deployments.iter().any(|d| d.id == id) {
-                continue; // the configuration declares it now
-            }
-            let (provider, kind) = providers.make(&m.id, &id, &spec);
-            m.deployments.push(DeploymentState {
-                id,
-                registered: Some(spec),
-                provider,
-                kind,
-                active: true,
-            });
+        restore_model(m, pm, providers, false);
+    }
+}
+
+/// Applies one model's saved shape onto its configured state. With `mirror` (an instance
+/// following a shared store) the saved shape is the whole truth: deployments are (de)activated
+/// both ways, a missing promotion clears the running one, and providers are scaled to the saved
+/// targets. Returns the events that are new to this state, oldest first.
+pub(super) fn restore_model(
+    m: &mut ModelState,
+    pm: PersistedModel,
+    providers: &Providers,
+    mirror: bool,
+) -> Vec<(String, Option<(String, String)>, Event)> {
+    let mut fresh = Vec::new();
+    for (id, spec) in pm.registered {
+        if m.deployments.iter().any(|d| d.id == id) {
+            continue; // the configuration declares it now
         }
-        let has = |m: &ModelState, d: &str| m.deployments.iter().any(|x| x.id == d);
-        for d in &pm.inactive {
-            if let Some(x) = m.deployments.iter_mut().find(|x| &x.id == d) {
-                x.active = false;
-            }
+        let (provider, kind) = providers.make(&m.id, &id, &spec);
+        m.deployments.push(DeploymentState {
+            id,
+            registered: Some(spec),
+            provider,
+            kind,
+            active: true,
+        });
+    }
+    let has = |m: &ModelState, d: &str| m.deployments.iter().any(|x| x.id == d);
+    for x in m.deployments.iter_mut() {
+        if pm.inactive.contains(&x.id) {
+            x.active = false;
+        } else if mirror {
+            x.active = true;
         }
-        for pe in pm.environments {
-            let known = pe.current.as_deref().is_none_or(|c| has(m, c))
-                && pe
-                    .promotion
-                    .as_ref()
-                    .is_none_or(|p| has(m, &p.previous) && has(m, &p.candidate));
-            let Some(env) = m
-                .environments
-                .iter_mut()
-                .find(|e| e.name == pe.name && e.fixed.is_none())
-            else {
-                tracing::warn!(model = %m.id, environment = %pe.name, "saved state names an environment the configuration no longer manages");
-                continue;
-            };
-            if !known {
-                tracing::warn!(model = %m.id, environment = %pe.name, "saved state names deployments the configuration no longer has; using the configuration");
-                continue;
-            }
+    }
+    for pe in pm.environments {
+        let known = pe.current.as_deref().is_none_or(|c| has(m, c))
+            && pe
+                .promotion
+                .as_ref()
+                .is_none_or(|p| has(m, &p.previous) && has(m, &p.candidate));
+        let Some(env) = m
+            .environments
+            .iter_mut()
+            .find(|e| e.name == pe.name && e.fixed.is_none())
+        else {
+            tracing::warn!(model = %m.id, environment = %pe.name, "saved state names an environment the configuration no longer manages");
+            continue;
+        };
+        if !known {
+            tracing::warn!(model = %m.id, environment = %pe.name, "saved state names deployments the configuration no longer has; using the configuration");
+            continue;
+        }
+        if !mirror {
             if let Some(p) = &pe.promotion {
                 tracing::info!(
                     model = %m.id, environment = %pe.name, status = %p.machine.status,
                     percent = p.machine.percent, "restored the promotion from the saved state"
                 );
             }
-            if let Some(settings) = pe.settings {
-                env.settings = settings;
+        }
+        if let Some(settings) = pe.settings {
+            env.settings = settings;
+        }
+        if env.autoscaler.as_ref().map(|a| a.settings) != pe.autoscaling {
+            env.autoscaler = pe.autoscaling.map(Autoscaler::new);
+        }
+        env.current = pe.current;
+        env.replicas = pe.replicas;
+        env.extra = pe.extra;
+        // Events after the last one this state already had are new to it.
+        let seen = env
+            .events
+            .last()
+            .and_then(|last| pe.events.iter().rposition(|e| e == last))
+            .map_or(0, |i| i + 1);
+        let pair = pe
+            .promotion
+            .as_ref()
+            .map(|p| (p.previous.clone(), p.candidate.clone()));
+        for e in &pe.events[seen.min(pe.events.len())..] {
+            fresh.push((env.name.clone(), pair.clone(), e.clone()));
+        }
+        env.events = pe.events;
+        env.promotion = pe.promotion.map(|p| ActivePromotion {
+            previous: p.previous,
+            candidate: p.candidate,
+            machine: p.machine,
+        });
+    }
+    if mirror {
+        for (id, n) in &pm.desired {
+            if let Some(d) = m.deployments.iter().find(|d| &d.id == id) {
+                d.provider.scale(*n);
             }
-            if let Some(a) = pe.autoscaling {
-                env.autoscaler = Some(Autoscaler::new(a));
-            }
-            env.current = pe.current;
-            env.replicas = pe.replicas;
-            env.extra = pe.extra;
-            env.events = pe.events;
-            env.promotion = pe.promotion.map(|p| ActivePromotion {
-                previous: p.previous,
-                candidate: p.candidate,
-                machine: p.machine,
-            });
         }
     }
+    fresh
 }
 
 /// How long a failed commit waits before it is tried again.

@@ -10,8 +10,15 @@ use crate::routing::spec::{DeploymentSpec, EnvironmentSpec, ModelSpec, WEIGHT_SC
 use crate::routing::RoutingSpec;
 
 impl Controller {
-    /// Installs the routing for the state if it differs from the last one installed.
+    /// Installs the routing for the state if it differs from the last one installed. On a
+    /// shared store routing waits for the commit instead ([`Self::route_now`] after it).
     pub(super) fn reroute(&self, st: &mut State) {
+        if self.cluster.get().is_none() {
+            self.route_now(st);
+        }
+    }
+
+    pub(super) fn route_now(&self, st: &mut State) {
         let spec = build_spec(st);
         if st.last_spec.as_ref() != Some(&spec) {
             match self.router.apply(&spec) {

@@ -28,7 +28,14 @@ impl Controller {
     /// Drives promotions until `stop` fires; the state saved last is committed before it returns.
     pub async fn run(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
         loop {
-            let next = self.tick();
+            let next = match self.cluster.get() {
+                None => self.tick(),
+                Some(c) if c.is_leader() => self.shared_pass().await,
+                Some(_) => {
+                    self.follower_pass();
+                    None
+                }
+            };
             self.passes.send_modify(|n| *n += 1);
             let deadline = async {
                 match next {

@@ -47,6 +47,33 @@ pub enum ControllerError {
     Settings(#[from] PlanError),
     #[error("{0}")]
     Control(#[from] ControlError),
+    /// The shared store could not commit the change (or no leader took it): nothing changed.
+    #[error("{0}")]
+    Unavailable(String),
+    /// The leader refused a command sent on this instance's behalf.
+    #[error("{message}")]
+    Remote { status: u16, message: String },
+}
+
+impl ControllerError {
+    /// The HTTP status the API answers it with.
+    pub fn http_status(&self) -> u16 {
+        match self {
+            ControllerError::UnknownModel(_)
+            | ControllerError::UnknownEnvironment { .. }
+            | ControllerError::UnknownDeployment { .. } => 404,
+            ControllerError::PromotionInProgress(_)
+            | ControllerError::NoPromotion(_)
+            | ControllerError::FixedSplit(_)
+            | ControllerError::SharedDeployment { .. }
+            | ControllerError::AlreadyCurrent(_)
+            | ControllerError::DeploymentExists(_)
+            | ControllerError::Control(_) => 409,
+            ControllerError::NotEnoughEndpoints { .. } | ControllerError::Settings(_) => 400,
+            ControllerError::Unavailable(_) => 503,
+            ControllerError::Remote { status, .. } => *status,
+        }
+    }
 }
 
 /// A read-only view of one environment.

@@ -1,0 +1,420 @@
+//! A small etcd v3 client over the `etcdv3client` crate's generated gRPC code: one lazily
+//! connected channel per endpoint, every call bounded by a timeout, and the next endpoint tried
+//! when one fails (a stopped member must not stop the instance).
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use etcdv3client::grpc::{CredentialInterceptor, TonicClient};
+use etcdv3client::pb;
+use etcdv3client::Client;
+
+type EtcdClient = Client<CredentialInterceptor<TonicClient>>;
+
+/// What a failed etcd call tells its caller.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum EtcdError {
+    #[error("etcd is unavailable ({0})")]
+    Unavailable(String),
+    #[error("etcd: {0}")]
+    Other(String),
+}
+
+pub struct Etcd {
+    clients: Vec<(String, EtcdClient)>,
+    /// The endpoint tried first: the last one that answered.
+    current: AtomicUsize,
+    timeout: Duration,
+}
+
+/// A key and its value as read or watched.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub key: String,
+    pub value: Vec<u8>,
+    pub create_revision: i64,
+    pub mod_revision: i64,
+    pub lease: i64,
+}
+
+impl From<pb::KeyValue> for Entry {
+    fn from(kv: pb::KeyValue) -> Entry {
+        Entry {
+            key: String::from_utf8_lossy(&kv.key).into_owned(),
+            value: kv.value,
+            create_revision: kv.create_revision,
+            mod_revision: kv.mod_revision,
+            lease: kv.lease,
+        }
+    }
+}
+
+/// One change seen by a watch.
+#[derive(Debug, Clone)]
+pub enum Change {
+    Put(Entry),
+    Delete(String),
+}
+
+/// The end of a key range covering every key that starts with `prefix`.
+pub fn prefix_end(prefix: &str) -> Vec<u8> {
+    let mut end = prefix.as_bytes().to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}
+
+impl Etcd {
+    /// Builds the channels; nothing is connected until the first call.
+    pub fn new(
+        endpoints: &[String],
+        credential: Option<(String, String)>,
+        timeout: Duration,
+    ) -> Result<Etcd, String> {
+        let mut clients = Vec::new();
+        for ep in endpoints {
+            let endpoint = tonic::transport::Endpoint::from_shared(ep.clone())
+                .map_err(|e| format!("{ep}: {e}"))?
+                .connect_timeout(timeout)
+                .timeout(timeout)
+                .tcp_nodelay(true);
+            let channel = endpoint.connect_lazy();
+            let service =
+                CredentialInterceptor::new(credential.clone(), None, TonicClient::new(channel));
+            clients.push((ep.clone(), Client::with_service(service)));
+        }
+        if clients.is_empty() {
+            return Err("no etcd endpoint".into());
+        }
+        Ok(Etcd {
+            clients,
+            current: AtomicUsize::new(0),
+            timeout,
+        })
+    }
+
+    /// The endpoints, for messages.
+    pub fn endpoints(&self) -> String {
+        self.clients
+            .iter()
+            .map(|(e, _)| e.as_str())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    fn client(&self, attempt: usize) -> (usize, EtcdClient) {
+        let i = (self.current.load(Ordering::Relaxed) + attempt) % self.clients.len();
+        (i, self.clients[i].1.clone())
+    }
+
+    /// Runs `f` against the current endpoint, then each other one while they fail. Only for
+    /// calls that may safely run twice (reads, lease calls, puts of the same value).
+    async fn any<T, F, Fut>(&self, f: F) -> Result<T, EtcdError>
+    where
+        F: Fn(EtcdClient) -> Fut,
+        Fut: std::future::Future<Output = Result<T, etcdv3client::Error>>,
+    {
+        let mut last = String::new();
+        for attempt in 0..self.clients.len() {
+            let (i, c) = self.client(attempt);
+            match tokio::time::timeout(self.timeout, f(c)).await {
+                Ok(Ok(v)) => {
+                    self.current.store(i, Ordering::Relaxed);
+                    return Ok(v);
+                }
+                Ok(Err(e)) => {
+                    if !is_transport(&e) {
+                        return Err(EtcdError::Other(e.to_string()));
+                    }
+                    last = format!("{}: {e}", self.clients[i].0);
+                }
+                Err(_) => last = format!("{}: no answer within {:?}", self.clients[i].0, self.timeout),
+            }
+        }
+        // Start from the next endpoint next time.
+        self.current.fetch_add(1, Ordering::Relaxed);
+        Err(EtcdError::Unavailable(last))
+    }
+
+    /// Every key under `prefix` and the store revision they were read at.
+    pub async fn range_prefix(&self, prefix: &str) -> Result<(i64, Vec<Entry>), EtcdError> {
+        let req = pb::RangeRequest {
+            key: prefix.as_bytes().to_vec(),
+            range_end: prefix_end(prefix),
+            ..Default::default()
+        };
+        let resp = self
+            .any(|mut c| {
+                let req = req.clone();
+                async move { c.kv.range(req).await }
+            })
+            .await?;
+        let rev = resp.header.map_or(0, |h| h.revision);
+        Ok((rev, resp.kvs.into_iter().map(Entry::from).collect()))
+    }
+
+    pub async fn get(&self, key: &str) -> Result<Option<Entry>, EtcdError> {
+        let req = pb::RangeRequest {
+            key: key.as_bytes().to_vec(),
+            ..Default::default()
+        };
+        let resp = self
+            .any(|mut c| {
+                let req = req.clone();
+                async move { c.kv.range(req).await }
+            })
+            .await?;
+        Ok(resp.kvs.into_iter().next().map(Entry::from))
+    }
+
+    pub async fn put(&self, key: &str, value: Vec<u8>, lease: i64) -> Result<(), EtcdError> {
+        let req = pb::PutRequest {
+            key: key.as_bytes().to_vec(),
+            value,
+            lease,
+            ..Default::default()
+        };
+        self.any(|mut c| {
+            let req = req.clone();
+            async move { c.kv.put(req).await }
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// A transaction, sent once (it may not be safe to repeat): the endpoint is rotated on
+    /// failure so the next call tries another member.
+    pub async fn txn(&self, req: pb::TxnRequest) -> Result<pb::TxnResponse, EtcdError> {
+        let (i, mut c) = self.client(0);
+        match tokio::time::timeout(self.timeout, c.kv.txn(req)).await {
+            Ok(Ok(r)) => Ok(r),
+            Ok(Err(e)) => {
+                if is_transport(&e) {
+                    self.current.store(i + 1, Ordering::Relaxed);
+                    Err(EtcdError::Unavailable(format!("{}: {e}", self.clients[i].0)))
+                } else {
+                    Err(EtcdError::Other(e.to_string()))
+                }
+            }
+            Err(_) => {
+                self.current.store(i + 1, Ordering::Relaxed);
+                Err(EtcdError::Unavailable(format!(
+                    "{}: no answer within {:?}",
+                    self.clients[i].0, self.timeout
+                )))
+            }
+        }
+    }
+
+    /// A new lease of `ttl` seconds.
+    pub async fn grant(&self, ttl: i64) -> Result<i64, EtcdError> {
+        let resp = self
+            .any(|mut c| async move {
+                c.lease
+                    .lease_grant(pb::LeaseGrantRequest { ttl, id: 0 })
+                    .await
+            })
+            .await?;
+        if !resp.error.is_empty() {
+            return Err(EtcdError::Other(resp.error));
+        }
+        Ok(resp.id)
+    }
+
+    /// Renews a lease once; answers the seconds it has left (0: it is gone).
+    pub async fn keep_alive(&self, lease: i64) -> Result<i64, EtcdError> {
+        self.any(|mut c| async move {
+            let req = pb::LeaseKeepAliveRequest { id: lease };
+            let stream = futures_util::stream::iter(vec![req]);
+            let mut inbound = c.lease.lease_keep_alive(stream).await?;
+            match inbound.message().await? {
+                Some(r) => Ok(r.ttl),
+                None => Ok(0),
+            }
+        })
+        .await
+    }
+
+    pub async fn revoke(&self, lease: i64) -> Result<(), EtcdError> {
+        self.any(|mut c| async move {
+            c.lease
+                .lease_revoke(pb::LeaseRevokeRequest { id: lease })
+                .await
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// Watches every key under `prefix` from revision `from`. Each item is a batch of changes
+    /// with the revision they bring the reader to. The stream ends (or yields an error) when
+    /// the member goes away or the revision was compacted: the caller reads afresh.
+    pub async fn watch(&self, prefix: &str, from: i64) -> Result<Watch, EtcdError> {
+        let create = pb::WatchRequest {
+            request_union: Some(pb::watch_request::RequestUnion::CreateRequest(
+                pb::WatchCreateRequest {
+                    key: prefix.as_bytes().to_vec(),
+                    range_end: prefix_end(prefix),
+                    start_revision: from,
+                    progress_notify: true,
+                    ..Default::default()
+                },
+            )),
+        };
+        let (tx, rx) = tokio::sync::mpsc::channel::<pb::WatchRequest>(1);
+        let _ = tx.send(create).await;
+        let requests = futures_util::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|r| (r, rx))
+        });
+        let (i, mut c) = self.client(0);
+        match tokio::time::timeout(self.timeout, c.watch.watch(requests)).await {
+            Ok(Ok(inbound)) => Ok(Watch {
+                _requests: tx,
+                inbound,
+            }),
+            Ok(Err(e)) => {
+                self.current.store(i + 1, Ordering::Relaxed);
+                Err(EtcdError::Unavailable(format!("{}: {e}", self.clients[i].0)))
+            }
+            Err(_) => {
+                self.current.store(i + 1, Ordering::Relaxed);
+                Err(EtcdError::Unavailable(format!(
+                    "{}: no answer within {:?}",
+                    self.clients[i].0, self.timeout
+                )))
+            }
+        }
+    }
+}
+
+/// An open watch.
+pub struct Watch {
+    /// Kept open: etcd ends a watch whose client closed its side.
+    _requests: tokio::sync::mpsc::Sender<pb::WatchRequest>,
+    inbound: tonic::codec::Streaming<pb::WatchResponse>,
+}
+
+/// What a watch delivers next.
+pub enum WatchItem {
+    /// Changes, and the revision the reader is at after them.
+    Changes(i64, Vec<Change>),
+    /// The watch is over: read afresh (compaction, a member gone, a cancel).
+    Ended(String),
+}
+
+impl Watch {
+    pub async fn next(&mut self) -> WatchItem {
+        loop {
+            let msg = match self.inbound.message().await {
+                Ok(Some(m)) => m,
+                Ok(None) => return WatchItem::Ended("the watch stream closed".into()),
+                Err(e) => return WatchItem::Ended(e.to_string()),
+            };
+            if msg.canceled || msg.compact_revision > 0 {
+                return WatchItem::Ended(format!(
+                    "the watch was canceled ({}; compacted at {})",
+                    msg.cancel_reason, msg.compact_revision
+                ));
+            }
+            if msg.created && msg.events.is_empty() {
+                continue;
+            }
+            let rev = msg.header.map_or(0, |h| h.revision);
+            let changes = msg
+                .events
+                .into_iter()
+                .filter_map(|ev| {
+                    let kv = ev.kv?;
+                    Some(if ev.r#type == pb::event::EventType::Delete as i32 {
+                        Change::Delete(String::from_utf8_lossy(&kv.key).into_owned())
+                    } else {
+                        Change::Put(kv.into())
+                    })
+                })
+                .collect();
+            return WatchItem::Changes(rev, changes);
+        }
+    }
+}
+
+/// Whether an error means the member could not be reached (so another may answer).
+fn is_transport(e: &etcdv3client::Error) -> bool {
+    let s = e.to_string().to_ascii_lowercase();
+    s.contains("transport")
+        || s.contains("unavailable")
+        || s.contains("connect")
+        || s.contains("not ready")
+        || s.contains("deadline")
+        || s.contains("timed out")
+        || s.contains("broken pipe")
+        || s.contains("leader")
+        || s.contains("cancel")
+}
+
+// Compare and request builders for transactions.
+
+pub fn compare_create_revision(key: &str, rev: i64) -> pb::Compare {
+    pb::Compare {
+        result: pb::compare::CompareResult::Equal as i32,
+        target: pb::compare::CompareTarget::Create as i32,
+        key: key.as_bytes().to_vec(),
+        range_end: Vec::new(),
+        target_union: Some(pb::compare::TargetUnion::CreateRevision(rev)),
+    }
+}
+
+/// Holds when the key exists (its version is above 0).
+pub fn compare_exists(key: &str) -> pb::Compare {
+    pb::Compare {
+        result: pb::compare::CompareResult::Greater as i32,
+        target: pb::compare::CompareTarget::Version as i32,
+        key: key.as_bytes().to_vec(),
+        range_end: Vec::new(),
+        target_union: Some(pb::compare::TargetUnion::Version(0)),
+    }
+}
+
+pub fn op_put(key: &str, value: Vec<u8>, lease: i64) -> pb::RequestOp {
+    pb::RequestOp {
+        request: Some(pb::request_op::Request::RequestPut(pb::PutRequest {
+            key: key.as_bytes().to_vec(),
+            value,
+            lease,
+            ..Default::default()
+        })),
+    }
+}
+
+pub fn op_delete(key: &str) -> pb::RequestOp {
+    pb::RequestOp {
+        request: Some(pb::request_op::Request::RequestDeleteRange(
+            pb::DeleteRangeRequest {
+                key: key.as_bytes().to_vec(),
+                ..Default::default()
+            },
+        )),
+    }
+}
+
+pub fn op_get(key: &str) -> pb::RequestOp {
+    pb::RequestOp {
+        request: Some(pb::request_op::Request::RequestRange(pb::RangeRequest {
+            key: key.as_bytes().to_vec(),
+            ..Default::default()
+        })),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::prefix_end;
+
+    #[test]
+    fn prefix_end_covers_the_prefix_and_nothing_after() {
+        assert_eq!(prefix_end("/switchyard/"), b"/switchyard0".to_vec());
+        assert_eq!(prefix_end("a\u{7f}"), b"a\x80".to_vec());
+    }
+}
