@@ -181,6 +181,11 @@ impl Client {
         self.call(Method::GET, path, None::<&()>).await
     }
 
+    /// The instances sharing the state and which one leads.
+    pub async fn cluster(&self) -> Result<crate::api::types::Cluster, ClientError> {
+        self.get("/v1/cluster").await
+    }
+
     pub async fn models(&self) -> Result<Models, ClientError> {
         self.get("/v1/models").await
     }

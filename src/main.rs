@@ -470,6 +470,22 @@ async fn run_client(a: ClientArgs, action: Action) -> Result<ExitCode, ClientErr
                 let current = v.current_deployment.as_ref().map_or("-", |d| d.id.as_str());
                 println!("{model}/{env}: current deployment {current}");
                 println!("{}", progress_line(&v));
+                // Older servers have no /v1/cluster: say nothing then.
+                if let Ok(c) = client.cluster().await {
+                    if c.store != "embedded" {
+                        let live = c.instances.len();
+                        match &c.leader {
+                            Some(l) => println!(
+                                "cluster: {live} instances on {}, leader {l} (answered by {})",
+                                c.store, c.instance
+                            ),
+                            None => println!(
+                                "cluster: {live} instances on {}, no leader at the moment (answered by {})",
+                                c.store, c.instance
+                            ),
+                        }
+                    }
+                }
             }
             return Ok(ExitCode::SUCCESS);
         }

@@ -16,10 +16,9 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::types::{
-    Cluster as ClusterBody,
-    CancelPromotionResponse, CreateDeploymentRequest, Deployment, Deployments, EmptyRequest,
-    Environment, EnvironmentFigures, Environments, ErrorBody, Events, Model, Models,
-    PromoteRequest, PromotionStatus, RolloutPlan, SignalPromotionResponse,
+    CancelPromotionResponse, Cluster as ClusterBody, CreateDeploymentRequest, Deployment,
+    Deployments, EmptyRequest, Environment, EnvironmentFigures, Environments, ErrorBody, Events,
+    Model, Models, PromoteRequest, PromotionStatus, RolloutPlan, SignalPromotionResponse,
     UpdateEnvironmentRequest, UpdateEnvironmentResponse, UpdateStatus,
 };
 use super::{accepts_event_stream, json_response, views, ApiError, ApiPath, ApiState, JsonBody};

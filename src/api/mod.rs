@@ -136,8 +136,8 @@ impl IntoResponse for ApiError {
 
 impl From<ControllerError> for ApiError {
     fn from(e: ControllerError) -> Self {
-        let status = StatusCode::from_u16(e.http_status())
-            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let status =
+            StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         ApiError::new(status, e.to_string())
     }
 }

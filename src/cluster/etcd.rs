@@ -132,7 +132,9 @@ impl Etcd {
                     }
                     last = format!("{}: {e}", self.clients[i].0);
                 }
-                Err(_) => last = format!("{}: no answer within {:?}", self.clients[i].0, self.timeout),
+                Err(_) => {
+                    last = format!("{}: no answer within {:?}", self.clients[i].0, self.timeout)
+                }
             }
         }
         // Start from the next endpoint next time.
@@ -195,7 +197,10 @@ impl Etcd {
             Ok(Err(e)) => {
                 if is_transport(&e) {
                     self.current.store(i + 1, Ordering::Relaxed);
-                    Err(EtcdError::Unavailable(format!("{}: {e}", self.clients[i].0)))
+                    Err(EtcdError::Unavailable(format!(
+                        "{}: {e}",
+                        self.clients[i].0
+                    )))
                 } else {
                     Err(EtcdError::Other(e.to_string()))
                 }
@@ -266,9 +271,11 @@ impl Etcd {
         };
         let (tx, rx) = tokio::sync::mpsc::channel::<pb::WatchRequest>(1);
         let _ = tx.send(create).await;
-        let requests = futures_util::stream::unfold(rx, |mut rx| async move {
-            rx.recv().await.map(|r| (r, rx))
-        });
+        let requests =
+            futures_util::stream::unfold(
+                rx,
+                |mut rx| async move { rx.recv().await.map(|r| (r, rx)) },
+            );
         let (i, mut c) = self.client(0);
         match tokio::time::timeout(self.timeout, c.watch.watch(requests)).await {
             Ok(Ok(inbound)) => Ok(Watch {
@@ -277,7 +284,10 @@ impl Etcd {
             }),
             Ok(Err(e)) => {
                 self.current.store(i + 1, Ordering::Relaxed);
-                Err(EtcdError::Unavailable(format!("{}: {e}", self.clients[i].0)))
+                Err(EtcdError::Unavailable(format!(
+                    "{}: {e}",
+                    self.clients[i].0
+                )))
             }
             Err(_) => {
                 self.current.store(i + 1, Ordering::Relaxed);

@@ -225,9 +225,11 @@ impl Cluster {
         let mut ops: Vec<_> = changes
             .iter()
             .map(|(id, model)| {
-                let mut value =
-                    format!("{{\"committed_at_ms\":{at},\"by\":{},\"model\":", json_str(&self.id))
-                        .into_bytes();
+                let mut value = format!(
+                    "{{\"committed_at_ms\":{at},\"by\":{},\"model\":",
+                    json_str(&self.id)
+                )
+                .into_bytes();
                 value.extend_from_slice(model);
                 value.push(b'}');
                 etcd::op_put(&self.key(&format!("models/{id}")), value, 0)
@@ -271,10 +273,9 @@ impl Cluster {
                 .map_err(|e| e.to_string())?;
             if !resp.succeeded {
                 let still_mine = resp.responses.iter().any(|r| match &r.response {
-                    Some(etcdv3client::pb::response_op::Response::ResponseRange(rr)) => rr
-                        .kvs
-                        .iter()
-                        .any(|kv| kv.create_revision == rev),
+                    Some(etcdv3client::pb::response_op::Response::ResponseRange(rr)) => {
+                        rr.kvs.iter().any(|kv| kv.create_revision == rev)
+                    }
                     _ => false,
                 });
                 if !still_mine {
@@ -353,11 +354,15 @@ impl Cluster {
         };
         forget();
         let result_key = self.key(&format!("results/{id}"));
-        let _ = self.etcd.txn(etcdv3client::pb::TxnRequest {
-            compare: vec![],
-            success: vec![etcd::op_delete(&result_key)],
-            failure: vec![],
-        });
+        // Best effort: the answer is on this instance's lease and goes with it anyway.
+        let _ = self
+            .etcd
+            .txn(etcdv3client::pb::TxnRequest {
+                compare: vec![],
+                success: vec![etcd::op_delete(&result_key)],
+                failure: vec![],
+            })
+            .await;
         match answer {
             Some(Ok(outcome)) => Ok(outcome),
             Some(Err(f)) => Err(ControllerError::Remote {

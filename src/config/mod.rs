@@ -317,10 +317,12 @@ pub fn load_file(path: &Path) -> Result<Settings, ConfigError> {
             format!("cannot read the config file: {e}"),
         )
     })?;
-    parse_str(&text).and_then(|s| check_shared_store(&s).map(|_| s)).map_err(|e| ConfigError {
-        field: format!("{}: {}", path.display(), e.field),
-        message: e.message,
-    })
+    parse_str(&text)
+        .and_then(|s| check_shared_store(&s).map(|_| s))
+        .map_err(|e| ConfigError {
+            field: format!("{}: {}", path.display(), e.field),
+            message: e.message,
+        })
 }
 
 /// Parses and validates config text.
@@ -779,7 +781,10 @@ impl SharedStoreFlags {
             if let Some((_, n)) = given.iter().find(|(g, _)| *g) {
                 return Err(err(
                     name(n),
-                    format!("only applies with a shared store; set {} = etcd://HOST:PORT", name("store")),
+                    format!(
+                        "only applies with a shared store; set {} = etcd://HOST:PORT",
+                        name("store")
+                    ),
                 ));
             }
             return Ok(None);
@@ -814,7 +819,9 @@ impl SharedStoreFlags {
 
 /// Messages from the cluster settings start with the field name; ConfigError adds it again.
 fn strip_field(field: &str, m: String) -> String {
-    m.strip_prefix(&format!("{field}: ")).map(str::to_owned).unwrap_or(m)
+    m.strip_prefix(&format!("{field}: "))
+        .map(str::to_owned)
+        .unwrap_or(m)
 }
 
 /// On a shared store every instance would start its own process replicas: refused by name.
@@ -1006,9 +1013,7 @@ impl ServeFlags {
         if let Some(v) = self.shutdown_grace_seconds {
             s.shutdown_grace = seconds("--shutdown-grace-seconds", v, 0.0, 86_400.0)?;
         }
-        s.shared_store = self
-            .shared_store
-            .settings("--", s.shared_store.take())?;
+        s.shared_store = self.shared_store.settings("--", s.shared_store.take())?;
         check_shared_store(&s)?;
         if s.listen == s.admin_listen && s.listen.port() != 0 {
             return Err(err(

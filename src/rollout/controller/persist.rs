@@ -131,6 +131,9 @@ pub(super) fn restore(st: &mut State, saved: Persisted, providers: &Providers) {
     }
 }
 
+/// An event new to a mirrored state: its environment, the promotion's (previous, candidate).
+pub(super) type FreshEvent = (String, Option<(String, String)>, Event);
+
 /// Applies one model's saved shape onto its configured state. With `mirror` (an instance
 /// following a shared store) the saved shape is the whole truth: deployments are (de)activated
 /// both ways, a missing promotion clears the running one, and providers are scaled to the saved
@@ -140,7 +143,7 @@ pub(super) fn restore_model(
     pm: PersistedModel,
     providers: &Providers,
     mirror: bool,
-) -> Vec<(String, Option<(String, String)>, Event)> {
+) -> Vec<FreshEvent> {
     let mut fresh = Vec::new();
     for (id, spec) in pm.registered {
         if m.deployments.iter().any(|d| d.id == id) {

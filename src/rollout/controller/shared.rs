@@ -145,12 +145,8 @@ impl Controller {
                 .promote(model, environment, candidate)
                 .map(|_| Outcome::Done),
             Pause { model, environment } => self.pause(model, environment).map(Outcome::Status),
-            Resume { model, environment } => {
-                self.resume(model, environment).map(Outcome::Status)
-            }
-            Cancel { model, environment } => {
-                self.cancel(model, environment).map(Outcome::Status)
-            }
+            Resume { model, environment } => self.resume(model, environment).map(Outcome::Status),
+            Cancel { model, environment } => self.cancel(model, environment).map(Outcome::Status),
             ForceCancel { model, environment } => {
                 self.force_cancel(model, environment).map(Outcome::Status)
             }
