@@ -67,6 +67,76 @@ fn a_busy_port_is_reported_before_serving() {
     assert!(err.contains(&addr), "{err}");
 }
 
+/// Two instances started with default flags on one host (different ports) both start, each
+/// with its own data directory; two pointed at one explicit directory: the second is refused,
+/// naming it.
+#[test]
+fn two_default_instances_on_one_host_keep_separate_state() {
+    let home = std::env::temp_dir().join(format!(
+        "switchyard-cli-home-{}-{:x}",
+        std::process::id(),
+        rand::random::<u32>()
+    ));
+    let serve = |admin: &str, data_dir: Option<&std::path::Path>| {
+        let mut c = common::bin();
+        c.env_remove("SWITCHYARD_EPHEMERAL")
+            .env_remove("SWITCHYARD_DATA_DIR")
+            .env("XDG_STATE_HOME", &home)
+            .args([
+                "serve",
+                "--upstream",
+                "v1=127.0.0.1:1",
+                "--listen",
+                "127.0.0.1:0",
+            ])
+            .args(["--admin-listen", admin]);
+        if let Some(d) = data_dir {
+            c.arg("--data-dir").arg(d);
+        }
+        c.stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let free = || {
+        TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .to_string()
+    };
+    let (p1, p2) = (free(), free());
+    let mut first = common::KillOnDrop(serve(&p1, None));
+    let _ = common::admin_addr_of(&mut first.0);
+    let mut second = common::KillOnDrop(serve(&p2, None));
+    let _ = common::admin_addr_of(&mut second.0);
+    for p in [&p1, &p2] {
+        let dir = home
+            .join("switchyard")
+            .join(format!("admin-{}", p.replace(':', "-")));
+        assert!(
+            dir.join("state.redb").is_file(),
+            "{} has no state",
+            dir.display()
+        );
+    }
+    drop((first, second));
+
+    let shared = home.join("one-dir");
+    let mut a = common::KillOnDrop(serve(&free(), Some(&shared)));
+    let _ = common::admin_addr_of(&mut a.0);
+    let b = serve(&free(), Some(&shared));
+    let out = b.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains(&shared.display().to_string()) && err.contains("in use"),
+        "{err}"
+    );
+    drop(a);
+    let _ = std::fs::remove_dir_all(&home);
+}
+
 #[test]
 fn config_errors_name_the_key_and_check_config_accepts_the_example() {
     let dir = std::env::temp_dir().join(format!("switchyard-cli-{}", std::process::id()));

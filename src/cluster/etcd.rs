@@ -128,9 +128,9 @@ impl Etcd {
                 }
                 Ok(Err(e)) => {
                     if !is_transport(&e) {
-                        return Err(EtcdError::Other(e.to_string()));
+                        return Err(EtcdError::Other(short(&e)));
                     }
-                    last = format!("{}: {e}", self.clients[i].0);
+                    last = format!("{}: {}", self.clients[i].0, short(&e));
                 }
                 Err(_) => {
                     last = format!("{}: no answer within {:?}", self.clients[i].0, self.timeout)
@@ -348,6 +348,23 @@ impl Watch {
             return WatchItem::Changes(rev, changes);
         }
     }
+}
+
+/// The gist of a gRPC error ("connection refused", the status message) rather than its
+/// nested debug form.
+fn short(e: &etcdv3client::Error) -> String {
+    let s = e.to_string();
+    if s.contains("ConnectionRefused") {
+        return "connection refused".into();
+    }
+    if let Some(rest) = s.split("message: \"").nth(1) {
+        if let Some(m) = rest.split('"').next() {
+            if !m.is_empty() {
+                return m.to_owned();
+            }
+        }
+    }
+    s
 }
 
 /// Whether an error means the member could not be reached (so another may answer).

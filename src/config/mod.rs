@@ -1304,4 +1304,83 @@ mod tests {
         .unwrap_err();
         assert!(e.to_string().contains("millicpu_limit"), "{e}");
     }
+
+    #[test]
+    fn shared_store_flags_are_checked_by_name() {
+        let mut f = flags(&["v1=127.0.0.1:1"], &[]);
+        f.shared_store.store = Some("etcd://127.0.0.1:2379,127.0.0.1:22379".into());
+        f.shared_store.lease_seconds = Some(4);
+        let s = f.into_settings().unwrap();
+        let shared = s.shared_store.unwrap();
+        assert_eq!(shared.endpoints.len(), 2);
+        assert_eq!(shared.prefix, "/switchyard/");
+        assert_eq!(shared.lease_ttl_seconds, 4);
+
+        let mut f = flags(&["v1=127.0.0.1:1"], &[]);
+        f.shared_store.store = Some("etcd://nohost".into());
+        assert_eq!(f.into_settings().unwrap_err().field, "--store");
+        let mut f = flags(&["v1=127.0.0.1:1"], &[]);
+        f.shared_store.store = Some("etcd://127.0.0.1:2379".into());
+        f.shared_store.prefix = Some("relative/".into());
+        let e = f.into_settings().unwrap_err();
+        assert_eq!(e.field, "--store-prefix", "{e}");
+        let mut f = flags(&["v1=127.0.0.1:1"], &[]);
+        f.shared_store.lease_seconds = Some(10);
+        let e = f.into_settings().unwrap_err();
+        assert_eq!(e.field, "--leader-lease-seconds");
+        assert!(e.message.contains("shared store"), "{e}");
+        let mut f = flags(&["v1=127.0.0.1:1"], &[]);
+        f.shared_store.store = Some("etcd://127.0.0.1:2379".into());
+        f.shared_store.user = Some("root".into());
+        assert_eq!(f.into_settings().unwrap_err().field, "--store-password");
+
+        // Process replicas are refused by name on a shared store.
+        let e = parse_str(
+            r#"
+            [server]
+            store = "etcd://127.0.0.1:2379"
+            [[models]]
+            id = "m"
+            [[models.deployments]]
+            id = "v1"
+            command = ["srv", "--port", "{port}"]
+            [[models.environments]]
+            name = "production"
+            current = "v1"
+            "#,
+        )
+        .and_then(|s| check_shared_store(&s).map(|_| s))
+        .unwrap_err();
+        assert_eq!(e.field, "models[0].deployments[0].command", "{e}");
+        assert!(e.message.contains("\"v1\""), "{e}");
+    }
+
+    #[test]
+    fn default_data_directories_differ_by_admin_address() {
+        let base = std::path::PathBuf::from("/state/switchyard");
+        let dir = |admin: Option<&str>| {
+            let mut f = flags(&["v1=127.0.0.1:1"], &[]);
+            f.default_data_dir = Some(base.clone());
+            f.admin_listen = admin.map(str::to_owned);
+            f.into_settings().unwrap().data_dir.unwrap()
+        };
+        assert_eq!(
+            dir(None),
+            base,
+            "the default admin address keeps the old directory"
+        );
+        assert_eq!(
+            dir(Some("127.0.0.1:9191")),
+            base.join("admin-127.0.0.1-9191")
+        );
+        assert_ne!(dir(Some("127.0.0.1:9191")), dir(Some("127.0.0.1:9192")));
+        let mut f = flags(&["v1=127.0.0.1:1"], &[]);
+        f.default_data_dir = Some(base.clone());
+        f.admin_listen = Some("127.0.0.1:9191".into());
+        f.data_dir = Some("/explicit".into());
+        assert_eq!(
+            f.into_settings().unwrap().data_dir.unwrap(),
+            std::path::PathBuf::from("/explicit")
+        );
+    }
 }
