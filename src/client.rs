@@ -181,6 +181,40 @@ impl Client {
         self.call(Method::GET, path, None::<&()>).await
     }
 
+    /// Registers (or renews) `address` with a static deployment for `ttl_seconds`.
+    pub async fn register_endpoint(
+        &self,
+        model: &str,
+        deployment: &str,
+        address: &str,
+        ttl_seconds: u32,
+    ) -> Result<crate::api::types::RegisteredEndpoint, ClientError> {
+        let body = crate::api::types::RegisterEndpointRequest {
+            address: address.to_owned(),
+            ttl_seconds: Some(ttl_seconds),
+        };
+        self.call(
+            Method::POST,
+            &format!("/v1/models/{model}/deployments/{deployment}/endpoints"),
+            Some(&body),
+        )
+        .await
+    }
+
+    pub async fn deregister_endpoint(
+        &self,
+        model: &str,
+        deployment: &str,
+        address: &str,
+    ) -> Result<SignalPromotionResponse, ClientError> {
+        self.call(
+            Method::DELETE,
+            &format!("/v1/models/{model}/deployments/{deployment}/endpoints/{address}"),
+            None::<&()>,
+        )
+        .await
+    }
+
     /// The instances sharing the state and which one leads.
     pub async fn cluster(&self) -> Result<crate::api::types::Cluster, ClientError> {
         self.get("/v1/cluster").await

@@ -247,6 +247,23 @@ struct ReplicaArgs {
     /// Share of requests (0-1) answered with HTTP 500.
     #[arg(long, default_value_t = 0.0)]
     error_rate: f64,
+    /// Register with a switchyard (its admin URL) and keep renewing; deregister on SIGTERM.
+    /// The API key comes from SWITCHYARD_API_KEY.
+    #[arg(long, value_name = "ADMIN_URL")]
+    register: Option<String>,
+    /// The deployment to register with (with --register).
+    #[arg(long)]
+    deployment: Option<String>,
+    /// The model [default: the only one] (with --register).
+    #[arg(long)]
+    model: Option<String>,
+    /// Seconds a registration lasts without renewal; renewed every third of it.
+    #[arg(long, default_value_t = 10)]
+    register_ttl: u32,
+    /// The address to register [default: --host:--port]; must be reachable from every
+    /// switchyard instance.
+    #[arg(long, value_name = "IP:PORT")]
+    advertise: Option<String>,
 }
 
 #[derive(Args)]
@@ -722,15 +739,151 @@ fn replica(a: ReplicaArgs) -> ExitCode {
         default_tokens: a.tokens,
         error_rate: a.error_rate,
     };
+    let registration = match (a.register, a.deployment) {
+        (None, None) => None,
+        (None, Some(_)) => {
+            eprintln!("switchyard: --deployment: only applies with --register ADMIN_URL");
+            return ExitCode::from(2);
+        }
+        (Some(_), None) => {
+            eprintln!("switchyard: --register: needs --deployment (the deployment to join)");
+            return ExitCode::from(2);
+        }
+        (Some(url), Some(deployment)) => {
+            if !(1..=3600).contains(&a.register_ttl) {
+                eprintln!(
+                    "switchyard: --register-ttl: {} is out of range 1..=3600",
+                    a.register_ttl
+                );
+                return ExitCode::from(2);
+            }
+            let address = match a.advertise {
+                Some(x) => x,
+                None if a.host.is_unspecified() => {
+                    eprintln!("switchyard: --advertise: needed with --host {} (say which address the switchyard instances reach)", a.host);
+                    return ExitCode::from(2);
+                }
+                None => std::net::SocketAddr::new(a.host, a.port).to_string(),
+            };
+            let key = std::env::var("SWITCHYARD_API_KEY")
+                .ok()
+                .filter(|k| !k.is_empty());
+            match Client::new(&url, key) {
+                Ok(client) => Some(Registration {
+                    client,
+                    url,
+                    model: a.model,
+                    deployment,
+                    address,
+                    ttl: a.register_ttl,
+                }),
+                Err(e) => {
+                    eprintln!("switchyard: --register: {e}");
+                    return ExitCode::from(2);
+                }
+            }
+        }
+    };
     let Some(rt) = runtime() else {
         return ExitCode::FAILURE;
     };
     let listen = opts.listen;
-    match rt.block_on(switchyard::replica::run(opts)) {
+    let served = rt.block_on(async move {
+        let Some(reg) = registration else {
+            return switchyard::replica::run(opts).await;
+        };
+        let reg = std::sync::Arc::new(reg);
+        let keep = tokio::spawn(reg.clone().keep());
+        let stop = async {
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+            Ok::<(), std::io::Error>(())
+        };
+        let out = tokio::select! {
+            r = switchyard::replica::run(opts) => r,
+            r = stop => r,
+        };
+        keep.abort();
+        // Leave at once rather than after the TTL.
+        reg.leave().await;
+        out
+    });
+    match served {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("switchyard: replica cannot listen on {listen}: {e}");
             ExitCode::from(2)
+        }
+    }
+}
+
+/// `replica --register`: where and as what this replica registers.
+struct Registration {
+    client: Client,
+    url: String,
+    model: Option<String>,
+    deployment: String,
+    address: String,
+    ttl: u32,
+}
+
+impl Registration {
+    async fn model(&self) -> Result<String, switchyard::client::ClientError> {
+        if let Some(m) = &self.model {
+            return Ok(m.clone());
+        }
+        let models = self.client.models().await?.models;
+        match models.as_slice() {
+            [one] => Ok(one.id.clone()),
+            _ => Err(switchyard::client::ClientError::Usage(format!(
+                "{} serves {} models; name one with --model",
+                self.url,
+                models.len()
+            ))),
+        }
+    }
+
+    /// Registers, then renews every third of the TTL; failures are reported and retried.
+    async fn keep(self: std::sync::Arc<Self>) {
+        let every = std::time::Duration::from_secs_f64(f64::from(self.ttl) / 3.0);
+        let mut registered = false;
+        loop {
+            let result = match self.model().await {
+                Ok(m) => self
+                    .client
+                    .register_endpoint(&m, &self.deployment, &self.address, self.ttl)
+                    .await
+                    .map(|_| m),
+                Err(e) => Err(e),
+            };
+            match result {
+                Ok(m) if !registered => {
+                    registered = true;
+                    eprintln!(
+                        "switchyard replica: registered {} with {m}/{} at {} (ttl {} s)",
+                        self.address, self.deployment, self.url, self.ttl
+                    );
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    registered = false;
+                    eprintln!("switchyard replica: registration failed: {e}");
+                }
+            }
+            tokio::time::sleep(every).await;
+        }
+    }
+
+    async fn leave(&self) {
+        if let Ok(m) = self.model().await {
+            let _ = self
+                .client
+                .deregister_endpoint(&m, &self.deployment, &self.address)
+                .await;
         }
     }
 }

@@ -831,3 +831,187 @@ fn every_instance_serves_the_same_split() {
     drop(etcd);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A built-in replica that registers itself with `admin` for `deployment` (TTL 2 s).
+fn registered_replica(version: &str, admin: SocketAddr) -> (KillOnDrop, SocketAddr) {
+    let port = free_port();
+    let child = bin()
+        .args(["replica", "--port", &port.to_string(), "--version", version])
+        .args(["--latency-ms", "0", "--startup-delay-ms", "0"])
+        .args(["--register", &format!("http://{admin}")])
+        .args([
+            "--deployment",
+            version,
+            "--model",
+            "m",
+            "--register-ttl",
+            "2",
+        ])
+        .env("SWITCHYARD_API_KEY", KEY)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    (
+        KillOnDrop(child),
+        format!("127.0.0.1:{port}").parse().unwrap(),
+    )
+}
+
+fn registered(admin: SocketAddr, deployment: &str) -> Vec<String> {
+    let v = get_json(
+        admin,
+        &format!("/v1/models/m/deployments/{deployment}/endpoints"),
+    );
+    let mut out: Vec<String> = v["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["address"].as_str().unwrap().to_owned())
+        .collect();
+    out.sort();
+    out
+}
+
+/// Replicas that register themselves through one instance join the deployment on every
+/// instance, are promoted to like listed ones, and leave every instance when their
+/// registration lapses (kill -9) or is withdrawn (SIGTERM).
+#[test]
+fn registered_replicas_join_and_leave_every_instance() {
+    let Some(etcd) = Etcd::start(1) else { return };
+    let dir = temp_dir("register");
+    let v1: Vec<_> = (0..2).map(|_| replica("v1")).collect();
+    let addrs = |r: &[(KillOnDrop, SocketAddr)]| r.iter().map(|x| x.1).collect::<Vec<_>>();
+    let cfg = config(&dir, &addrs(&v1), &[], 50, 0);
+    let a = instance("a", &cfg, &etcd.store(), 3);
+    wait_for("a to lead", Duration::from_secs(20), || {
+        leader_of(a.admin).as_deref() == Some("a")
+    });
+    let b = instance("b", &cfg, &etcd.store(), 3);
+    // Too few endpoints yet: the promotion is refused with the count.
+    let (status, body) = post(
+        a.admin,
+        &format!("{ENV}/promote"),
+        r#"{"deployment_id":"v2"}"#,
+    );
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("has 0 endpoints"), "{body}");
+
+    let mut v2: Vec<_> = (0..2).map(|_| registered_replica("v2", b.admin)).collect();
+    let mut want: Vec<String> = v2.iter().map(|r| r.1.to_string()).collect();
+    want.sort();
+    for i in [&a, &b] {
+        wait_for(
+            "both registrations everywhere",
+            Duration::from_secs(15),
+            || registered(i.admin, "v2") == want,
+        );
+    }
+    let (status, body) = post(
+        a.admin,
+        &format!("{ENV}/promote"),
+        r#"{"deployment_id":"v2"}"#,
+    );
+    assert_eq!(status, 200, "{body}");
+    wait_for("SUCCEEDED", Duration::from_secs(30), || {
+        promotion(b.admin).0 == "SUCCEEDED"
+    });
+    // kill -9 (requests in flight to it would fail: none are sent meanwhile): no
+    // deregistration, the TTL (2 s) removes it everywhere.
+    let gone = v2.remove(0);
+    drop(gone);
+    let left = vec![v2[0].1.to_string()];
+    for i in [&a, &b] {
+        wait_for(
+            "the lapsed registration to leave",
+            Duration::from_secs(10),
+            || registered(i.admin, "v2") == left,
+        );
+    }
+    for i in [&a, &b] {
+        let t = Load::start(i.proxy, 2, Some(200)).finish();
+        assert!(
+            t.failures.is_empty(),
+            "{}: {:?}",
+            i.name,
+            &t.failures[..t.failures.len().min(5)]
+        );
+        assert_eq!(t.by_deployment.get("v2"), Some(&200), "{}", i.name);
+    }
+    // SIGTERM: the replica withdraws its registration before exiting.
+    let last = v2.remove(0);
+    let pid = last.0 .0.id().to_string();
+    assert!(std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let t = Instant::now();
+    wait_for(
+        "the withdrawn registration to leave",
+        Duration::from_secs(10),
+        || registered(a.admin, "v2").is_empty(),
+    );
+    eprintln!("withdrawn registration left in {:?}", t.elapsed());
+    drop(last);
+    drop(etcd);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Alone (no etcd), registrations live in the instance with their expiry.
+#[test]
+fn registrations_expire_on_the_embedded_store_too() {
+    let dir = temp_dir("register-alone");
+    let v1: Vec<_> = (0..1).map(|_| replica("v1")).collect();
+    let cfg = config(&dir, &[v1[0].1], &[], 50, 0);
+    let mut child: Child = bin()
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+        .env("SWITCHYARD_API_KEY", KEY)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (_, admin) = admin_addr_of(&mut child);
+    let _child = KillOnDrop(child);
+    let path = "/v1/models/m/deployments/v2/endpoints";
+    for (body, field) in [
+        (r#"{"address":"nope"}"#, "address"),
+        (r#"{"address":"127.0.0.1:0"}"#, "address"),
+        (
+            r#"{"address":"127.0.0.1:9","ttl_seconds":0}"#,
+            "ttl_seconds",
+        ),
+    ] {
+        let (status, answer) = post(admin, path, body);
+        assert_eq!(status, 400, "{body}: {answer}");
+        assert!(answer.contains(field), "{answer}");
+    }
+    let (status, answer) = post(
+        admin,
+        "/v1/models/m/deployments/nope/endpoints",
+        r#"{"address":"127.0.0.1:9"}"#,
+    );
+    assert_eq!(status, 404, "{answer}");
+    let v2 = replica("v2");
+    let (status, answer) = post(
+        admin,
+        path,
+        &format!(r#"{{"address":"{}","ttl_seconds":1}}"#, v2.1),
+    );
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(registered(admin, "v2"), vec![v2.1.to_string()]);
+    let v = get_json(admin, path);
+    let left = v["endpoints"][0]["expires_in_seconds"].as_f64().unwrap();
+    assert!(left > 0.0 && left <= 1.0, "{v}");
+    wait_for("the registration to expire", Duration::from_secs(5), || {
+        registered(admin, "v2").is_empty()
+    });
+    // Deregistering what is not registered names it.
+    let (status, _, answer) =
+        request(admin, "DELETE", &format!("{path}/{}", v2.1), Some(KEY), "").unwrap();
+    assert_eq!(status, 404, "{answer}");
+    assert!(answer.contains(&v2.1.to_string()), "{answer}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

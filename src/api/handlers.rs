@@ -18,8 +18,9 @@ use utoipa_axum::routes;
 use super::types::{
     CancelPromotionResponse, Cluster as ClusterBody, CreateDeploymentRequest, Deployment,
     Deployments, EmptyRequest, Environment, EnvironmentFigures, Environments, ErrorBody, Events,
-    Model, Models, PromoteRequest, PromotionStatus, RolloutPlan, SignalPromotionResponse,
-    UpdateEnvironmentRequest, UpdateEnvironmentResponse, UpdateStatus,
+    Model, Models, PromoteRequest, PromotionStatus, RegisterEndpointRequest, RegisteredEndpoint,
+    RegisteredEndpoints, RolloutPlan, SignalPromotionResponse, UpdateEnvironmentRequest,
+    UpdateEnvironmentResponse, UpdateStatus,
 };
 use super::{accepts_event_stream, json_response, views, ApiError, ApiPath, ApiState, JsonBody};
 use crate::replicas::ProviderSpec;
@@ -177,6 +178,119 @@ pub fn routes() -> OpenApiRouter<ApiState> {
         .routes(routes!(figures))
         .routes(routes!(plan))
         .routes(routes!(cluster))
+        .routes(routes!(list_endpoints, register_endpoint))
+        .routes(routes!(deregister_endpoint))
+}
+
+/// The deployment's registered endpoints.
+#[utoipa::path(get, path = "/v1/models/{model_id}/deployments/{deployment_id}/endpoints",
+    operation_id = "listEndpoints", tag = "deployments",
+    params(DeploymentPath),
+    responses(
+        (status = 200, body = RegisteredEndpoints),
+        ReadErrors,
+    ))]
+async fn list_endpoints(
+    State(s): State<ApiState>,
+    ApiPath(DeploymentPath {
+        model_id: m,
+        deployment_id: d,
+    }): ApiPath<DeploymentPath>,
+) -> ApiResult<RegisteredEndpoints> {
+    let endpoints = s
+        .controller
+        .registered_endpoints(&m, &d)?
+        .into_iter()
+        .map(|e| RegisteredEndpoint {
+            address: e.address.to_string(),
+            expires_in_seconds: e.expires_in.map(|t| t.as_secs_f64()),
+        })
+        .collect();
+    Ok(axum::Json(RegisteredEndpoints { endpoints }))
+}
+
+/// Registers (or renews) a replica's endpoint with a static deployment. It is admitted like a
+/// listed endpoint (after the listed ones, once its TCP probe connects) and leaves when not
+/// renewed within `ttl_seconds`.
+#[utoipa::path(post, path = "/v1/models/{model_id}/deployments/{deployment_id}/endpoints",
+    operation_id = "registerEndpoint", tag = "deployments",
+    params(DeploymentPath),
+    request_body = RegisterEndpointRequest,
+    responses(
+        (status = 200, body = RegisteredEndpoint),
+        WriteErrors,
+    ))]
+async fn register_endpoint(
+    State(s): State<ApiState>,
+    ApiPath(DeploymentPath {
+        model_id: m,
+        deployment_id: d,
+    }): ApiPath<DeploymentPath>,
+    JsonBody(req): JsonBody<RegisterEndpointRequest>,
+) -> ApiResult<RegisteredEndpoint> {
+    let address = endpoint_address(&req.address).map_err(ApiError::bad_request)?;
+    let ttl = req.ttl_seconds.unwrap_or(10);
+    if !crate::rollout::controller::registry::TTL_RANGE.contains(&ttl) {
+        return Err(ApiError::bad_request(format!(
+            "ttl_seconds: {ttl} is out of range 1..=3600"
+        )));
+    }
+    s.controller
+        .register_endpoint(&m, &d, address, Duration::from_secs(ttl.into()))
+        .await?;
+    Ok(axum::Json(RegisteredEndpoint {
+        address: address.to_string(),
+        expires_in_seconds: Some(f64::from(ttl)),
+    }))
+}
+
+/// Removes a registered endpoint at once (it stops getting new requests; in-flight ones
+/// finish).
+#[utoipa::path(delete, path = "/v1/models/{model_id}/deployments/{deployment_id}/endpoints/{address}",
+    operation_id = "deregisterEndpoint", tag = "deployments",
+    params(DeploymentPath, ("address" = String, Path, description = "IP:PORT as registered")),
+    responses(
+        (status = 200, body = SignalPromotionResponse),
+        WriteErrors,
+    ))]
+async fn deregister_endpoint(
+    State(s): State<ApiState>,
+    ApiPath(EndpointPath {
+        model_id: m,
+        deployment_id: d,
+        address,
+    }): ApiPath<EndpointPath>,
+) -> ApiResult<SignalPromotionResponse> {
+    let address = endpoint_address(&address).map_err(ApiError::bad_request)?;
+    let removed = s.controller.deregister_endpoint(&m, &d, address).await?;
+    if !removed {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("{address} is not registered with deployment {d:?}"),
+        ));
+    }
+    Ok(axum::Json(SignalPromotionResponse { success: true }))
+}
+
+#[derive(serde::Deserialize)]
+struct EndpointPath {
+    model_id: String,
+    deployment_id: String,
+    address: String,
+}
+
+/// An endpoint as registered: `IP:PORT`, a real port on a specific address.
+fn endpoint_address(s: &str) -> Result<std::net::SocketAddr, String> {
+    let a: std::net::SocketAddr = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("address: {s:?} is not IP:PORT (e.g. 10.0.0.5:8000 or [::1]:8000)"))?;
+    if a.port() == 0 || a.ip().is_unspecified() || a.ip().is_multicast() {
+        return Err(format!(
+            "address: {s:?} is not an address a replica listens on (port 0, unspecified or multicast)"
+        ));
+    }
+    Ok(a)
 }
 
 /// The instances sharing this state (on etcd), which one leads and the store revision each

@@ -810,3 +810,29 @@ pub struct ApplyLag {
     pub p99_ms: u64,
     pub max_ms: u64,
 }
+
+/// `POST /v1/models/{model_id}/deployments/{deployment_id}/endpoints`: registers (or renews)
+/// a replica's endpoint with a static deployment; it leaves unless renewed within its TTL.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterEndpointRequest {
+    /// `IP:PORT` where the replica listens, reachable from every switchyard instance.
+    pub address: String,
+    /// Seconds the registration lasts without renewal (1-3600) [default: 10]. Renew well
+    /// within it (`switchyard replica --register` renews every third of it).
+    #[serde(default)]
+    pub ttl_seconds: Option<u32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct RegisteredEndpoint {
+    pub address: String,
+    /// Seconds left before it expires unless renewed (`null` on a shared store, where etcd
+    /// holds the lease).
+    pub expires_in_seconds: Option<f64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct RegisteredEndpoints {
+    pub endpoints: Vec<RegisteredEndpoint>,
+}

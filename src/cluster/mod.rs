@@ -16,7 +16,9 @@
 //!   registered deployments, promotions, replica targets, a bounded event log);
 //! - `leader`: the leading instance, on its lease;
 //! - `members/{id}`: each instance's heartbeat (admin address, applied revision), on its lease;
-//! - `commands/{id}`, `results/{id}`: API writes sent by followers, and their answers.
+//! - `commands/{id}`, `results/{id}`: API writes sent by followers, and their answers;
+//! - `endpoints/{model}/{deployment}/{address}`: registered endpoints, each on a lease of its
+//!   TTL.
 
 pub mod etcd;
 pub mod settings;
@@ -61,6 +63,23 @@ pub struct CommandEnvelope {
     /// The sender's lease: the answer is stored on it, so it goes when the sender does.
     pub lease: i64,
     pub command: Command,
+}
+
+/// A registered endpoint, as stored in `{prefix}endpoints/{model}/{deployment}/{address}` on
+/// a lease of its TTL.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RegistrationRecord {
+    pub registered_ms: u64,
+    pub ttl_seconds: u64,
+    /// The instance that took the registration.
+    pub via: String,
+}
+
+/// (model, deployment, address) of an `endpoints/...` key (the part after the prefix).
+fn registration_of(rest: &str) -> Option<(String, String, std::net::SocketAddr)> {
+    let mut parts = rest.strip_prefix("endpoints/")?.splitn(3, '/');
+    let (m, d, a) = (parts.next()?, parts.next()?, parts.next()?);
+    Some((m.to_owned(), d.to_owned(), a.parse().ok()?))
 }
 
 /// A command's answer, as stored in `{prefix}results/{id}`.
@@ -376,6 +395,55 @@ impl Cluster {
         }
     }
 
+    /// Registers (or renews) an endpoint: a key on a lease of its own TTL, so it goes when it
+    /// is not renewed, whichever instance took the registration.
+    pub async fn register_endpoint(
+        &self,
+        model: &str,
+        deployment: &str,
+        address: std::net::SocketAddr,
+        ttl: Duration,
+    ) -> Result<(), String> {
+        let lease = self
+            .etcd
+            .grant(ttl.as_secs().max(1) as i64)
+            .await
+            .map_err(|e| format!("the registration could not be stored: {e}"))?;
+        let value = serde_json::to_vec(&RegistrationRecord {
+            registered_ms: now_ms(),
+            ttl_seconds: ttl.as_secs(),
+            via: self.id.clone(),
+        })
+        .map_err(|e| e.to_string())?;
+        self.etcd
+            .put(
+                &self.key(&format!("endpoints/{model}/{deployment}/{address}")),
+                value,
+                lease,
+            )
+            .await
+            .map_err(|e| format!("the registration could not be stored: {e}"))
+    }
+
+    pub async fn deregister_endpoint(
+        &self,
+        model: &str,
+        deployment: &str,
+        address: std::net::SocketAddr,
+    ) -> Result<bool, String> {
+        let key = self.key(&format!("endpoints/{model}/{deployment}/{address}"));
+        let resp = self
+            .etcd
+            .txn(etcdv3client::pb::TxnRequest {
+                compare: vec![etcd::compare_exists(&key)],
+                success: vec![etcd::op_delete(&key)],
+                failure: vec![],
+            })
+            .await
+            .map_err(|e| format!("the registration could not be removed: {e}"))?;
+        Ok(resp.succeeded)
+    }
+
     // -----------------------------------------------------------------------------------------
     // Lease, heartbeat and election.
 
@@ -561,9 +629,15 @@ impl Cluster {
             v.members.clear();
             v.leader = None;
         }
+        let mut registered = Vec::new();
         for e in entries {
+            if let Some(r) = e.key.strip_prefix(&self.prefix).and_then(registration_of) {
+                registered.push(r);
+                continue;
+            }
             self.apply_change(controller, Change::Put(e), false).await;
         }
+        controller.replace_registrations(registered);
         self.view
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -626,6 +700,10 @@ impl Cluster {
                         Err(err) => tracing::error!(error = %err, "unreadable command answer"),
                     }
                 }
+            }
+        } else if rest.starts_with("endpoints/") {
+            if let Some((m, d, a)) = registration_of(rest) {
+                controller.set_registration(&m, &d, a, entry.is_some());
             }
         } else if rest.starts_with("commands/") {
             if let Some(e) = entry {

@@ -557,10 +557,16 @@ fn from_file(f: FileConfig) -> Result<Settings, ConfigError> {
                     };
                     let replicas =
                         match (&d.provider, e.replicas) {
+                            (ProviderSpec::Static { endpoints }, None) if endpoints.is_empty() => return Err(err(
+                                format!("{eat}.replicas"),
+                                format!("deployment {c:?} lists no endpoints (they register through the API): say how many it runs"),
+                            )),
                             (ProviderSpec::Static { endpoints }, None) => endpoints.len() as u32,
+                            // No listed endpoints: as many registered ones are admitted.
+                            (ProviderSpec::Static { endpoints }, Some(r)) if endpoints.is_empty() => r,
                             (ProviderSpec::Static { .. }, Some(_)) => return Err(err(
                                 format!("{eat}.replicas"),
-                                "a static deployment runs its listed endpoints; remove `replicas`",
+                                "a static deployment runs its listed endpoints; remove `replicas` (only a deployment whose endpoints all register through the API takes it)",
                             )),
                             (ProviderSpec::Process { .. }, r) => {
                                 r.or(autoscaling.map(|a| a.min_replica)).unwrap_or(1)

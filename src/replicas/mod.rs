@@ -45,6 +45,12 @@ pub trait ReplicaProvider: Send + Sync {
     fn changed(&self) -> tokio::sync::watch::Receiver<u64>;
     /// Stops every replica (draining first, up to the drain deadline) and the provider.
     fn shutdown(&self);
+    /// Replaces the endpoints registered through the API (static sets; others ignore it).
+    fn set_registered(&self, _endpoints: Vec<SocketAddr>) {}
+    /// How many endpoints a set can admit at most (listed and registered), when it is bounded.
+    fn endpoint_count(&self) -> Option<usize> {
+        None
+    }
 }
 
 /// How a deployment's replicas are obtained. As JSON (API, store):

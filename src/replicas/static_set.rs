@@ -6,9 +6,12 @@
 //! Endpoints are probed with a TCP connect every `probe_interval`: an admitted endpoint is
 //! ready only while its last probe connected, so a closed port is never reported (or routed
 //! to) as ready. The first probe runs when the set is built, before anything reads it.
+//!
+//! Registered endpoints (announced through the API with a TTL) follow the listed ones, in
+//! address order (every instance admits the same ones); a new one counts as reachable (it just announced itself) until the
+//! next probe says otherwise.
 
 use std::net::{SocketAddr, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -17,9 +20,10 @@ use tokio::sync::watch;
 use super::{ReplicaProvider, ReplicaSetStatus};
 
 pub struct StaticSet {
-    endpoints: Vec<SocketAddr>,
-    /// Whether each endpoint's last probe connected (always true when not probed).
-    reachable: Vec<AtomicBool>,
+    /// The configured endpoints, then the registered ones, each with whether its last probe
+    /// connected (always true when not probed).
+    endpoints: Mutex<Vec<(SocketAddr, bool)>>,
+    listed: usize,
     desired: Mutex<u32>,
     changed: watch::Sender<u64>,
 }
@@ -31,11 +35,19 @@ impl StaticSet {
     /// A set whose endpoints all count as reachable (no probing).
     pub fn new(endpoints: Vec<SocketAddr>, desired: u32) -> Self {
         StaticSet {
-            reachable: endpoints.iter().map(|_| AtomicBool::new(true)).collect(),
-            endpoints,
+            listed: endpoints.len(),
+            endpoints: Mutex::new(endpoints.into_iter().map(|a| (a, true)).collect()),
             desired: Mutex::new(desired),
             changed: watch::channel(0).0,
         }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(SocketAddr, bool)>> {
+        self.endpoints.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn addresses(&self) -> Vec<SocketAddr> {
+        self.lock().iter().map(|(a, _)| *a).collect()
     }
 
     /// A set probed every `interval` on `runtime`; the first probe happens before it returns.
@@ -49,23 +61,31 @@ impl StaticSet {
         let timeout = PROBE_TIMEOUT.min(interval);
         // Blocking connects, each on its own thread: a loopback refusal takes microseconds, an
         // unreachable host at most `timeout`, whatever the number of endpoints.
-        let first = probe_all(&set.endpoints, timeout);
-        set.record(&first);
+        let endpoints = set.addresses();
+        let first = probe_all(&endpoints, timeout);
+        set.record(&endpoints, &first);
         let weak = Arc::downgrade(&set);
         runtime.spawn(probe_loop(weak, interval, timeout));
         set
     }
 
     pub fn listed(&self) -> usize {
-        self.endpoints.len()
+        self.listed
     }
 
-    /// Stores a probe round; notifies when an endpoint changed.
-    fn record(&self, results: &[bool]) {
+    /// Stores a probe round of `probed` (endpoints that left meanwhile are skipped);
+    /// notifies when an endpoint changed.
+    fn record(&self, probed: &[SocketAddr], results: &[bool]) {
         let mut changed = false;
-        for (flag, now) in self.reachable.iter().zip(results) {
-            if flag.swap(*now, Ordering::Relaxed) != *now {
-                changed = true;
+        {
+            let mut eps = self.lock();
+            for (addr, now) in probed.iter().zip(results) {
+                if let Some(e) = eps.iter_mut().find(|(a, _)| a == addr) {
+                    if e.1 != *now {
+                        e.1 = *now;
+                        changed = true;
+                    }
+                }
             }
         }
         if changed {
@@ -90,7 +110,7 @@ fn probe_all(endpoints: &[SocketAddr], timeout: Duration) -> Vec<bool> {
 async fn probe_loop(set: Weak<StaticSet>, interval: Duration, timeout: Duration) {
     loop {
         tokio::time::sleep(interval).await;
-        let Some(endpoints) = set.upgrade().map(|s| s.endpoints.clone()) else {
+        let Some(endpoints) = set.upgrade().map(|s| s.addresses()) else {
             return; // the deployment is gone
         };
         let probes = endpoints.iter().map(|a| async move {
@@ -101,7 +121,7 @@ async fn probe_loop(set: Weak<StaticSet>, interval: Duration, timeout: Duration)
         });
         let results = futures_util::future::join_all(probes).await;
         match set.upgrade() {
-            Some(s) => s.record(&results),
+            Some(s) => s.record(&endpoints, &results),
             None => return,
         }
     }
@@ -121,11 +141,10 @@ impl ReplicaProvider for StaticSet {
         ReplicaSetStatus {
             desired,
             ready: self
-                .endpoints
+                .lock()
                 .iter()
-                .zip(&self.reachable)
                 .take(desired as usize)
-                .filter(|(_, up)| up.load(Ordering::Relaxed))
+                .filter(|(_, up)| *up)
                 .map(|(a, _)| *a)
                 .collect(),
             starting: 0,
@@ -136,6 +155,38 @@ impl ReplicaProvider for StaticSet {
 
     fn changed(&self) -> watch::Receiver<u64> {
         self.changed.subscribe()
+    }
+
+    fn set_registered(&self, mut registered: Vec<SocketAddr>) {
+        // Address order, so every instance admits the same ones.
+        registered.sort_unstable();
+        registered.dedup();
+        let changed = {
+            let mut eps = self.lock();
+            let listed = self.listed;
+            registered.retain(|a| !eps[..listed].iter().any(|(x, _)| x == a));
+            let next: Vec<(SocketAddr, bool)> = registered
+                .iter()
+                .map(|a| {
+                    let up = eps[listed..]
+                        .iter()
+                        .find(|(x, _)| x == a)
+                        .is_none_or(|(_, up)| *up);
+                    (*a, up)
+                })
+                .collect();
+            let changed = eps[listed..] != next[..];
+            eps.truncate(listed);
+            eps.extend(next);
+            changed
+        };
+        if changed {
+            self.changed.send_modify(|n| *n += 1);
+        }
+    }
+
+    fn endpoint_count(&self) -> Option<usize> {
+        Some(self.lock().len())
     }
 
     /// Retires every endpoint: there is nothing to stop, switchyard did not start them.

@@ -18,7 +18,9 @@
 # run it against a throwaway instance (e.g. `switchyard demo`), never a real one.
 # POST /v1/models/{model_id}/deployments (operationId createDeployment) is excluded by default:
 # a "process" deployment makes switchyard run the generated argv as a command once something
-# scales it up. FUZZ_REGISTER=1 includes it.
+# scales it up. So is POST .../deployments/{deployment_id}/endpoints (registerEndpoint): a
+# registered endpoint is probed with TCP connects, and generated addresses are anywhere.
+# FUZZ_REGISTER=1 includes both.
 #
 # Path parameters model_id and env_name are pinned to FUZZ_MODEL (default demo) and FUZZ_ENV
 # (default production) through a generated schemathesis.toml, so promote/pause/cancel/PATCH reach
@@ -109,7 +111,7 @@ args=(--config-file "$tmp/schemathesis.toml" run "$ADMIN_URL/openapi.json"
     --generation-database none
     --no-color)
 [[ "$CHECKS" == all ]] || args+=(--checks "$CHECKS")
-[[ "${FUZZ_REGISTER:-0}" == 1 ]] || args+=(--exclude-operation-id createDeployment)
+[[ "${FUZZ_REGISTER:-0}" == 1 ]] || args+=(--exclude-operation-id createDeployment --exclude-operation-id registerEndpoint)
 [[ -n "${SEED:-}" ]] && args+=(--seed "$SEED")
 if [[ -n "${REPORT_DIR:-}" ]]; then
     mkdir -p "$REPORT_DIR"

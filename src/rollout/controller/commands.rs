@@ -81,7 +81,9 @@ impl Controller {
                 .deployment(&previous)
                 .map_or(1, |d| d.provider.status().desired.max(1));
             let (machine, fx) = Promotion::start(prev_replicas, env.settings.clone(), now)?;
-            if let ProviderKind::Static { listed } = cand.kind {
+            if let ProviderKind::Static { .. } = cand.kind {
+                // Listed and registered endpoints: register more before promoting.
+                let listed = cand.provider.endpoint_count().unwrap_or(0);
                 if (listed as u32) < machine.fleet {
                     return Err(ControllerError::NotEnoughEndpoints {
                         deployment: candidate.to_owned(),

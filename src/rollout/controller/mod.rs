@@ -31,6 +31,7 @@ mod effects;
 mod events;
 mod persist;
 mod providers;
+pub mod registry;
 mod routes;
 mod run;
 pub mod setup;
@@ -80,6 +81,8 @@ pub struct Controller {
     gate: tokio::sync::Mutex<()>,
     /// On a shared store, each model's record as last committed (encoded).
     committed: Mutex<std::collections::HashMap<String, Vec<u8>>>,
+    /// Endpoints registered through the API.
+    registrations: Mutex<registry::Registrations>,
 }
 
 impl Controller {
@@ -138,6 +141,7 @@ impl Controller {
             cluster: std::sync::OnceLock::new(),
             gate: tokio::sync::Mutex::new(()),
             committed: Mutex::new(std::collections::HashMap::new()),
+            registrations: Mutex::new(Default::default()),
         });
         controller.save(&mut controller.lock());
         Ok(controller)

@@ -125,11 +125,17 @@ pub(super) fn initial_scale(st: &State) {
             .iter()
             .filter(|d| matches!(d.kind, ProviderKind::Static { .. }))
         {
-            for p in m.environments.iter().filter_map(|e| e.running_promotion()) {
-                if p.candidate == d.id {
-                    d.provider.scale(p.machine.candidate_target);
-                } else if p.previous == d.id {
-                    d.provider.scale(p.machine.previous_target);
+            for e in &m.environments {
+                match e.running_promotion() {
+                    Some(p) if p.candidate == d.id => d.provider.scale(p.machine.candidate_target),
+                    Some(p) if p.previous == d.id => d.provider.scale(p.machine.previous_target),
+                    // Endpoints that register later: admit as many as the environment runs.
+                    None if e.current.as_deref() == Some(d.id.as_str())
+                        && matches!(d.kind, ProviderKind::Static { listed: 0 }) =>
+                    {
+                        d.provider.scale(e.replicas)
+                    }
+                    _ => {}
                 }
             }
         }

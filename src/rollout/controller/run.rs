@@ -27,6 +27,20 @@ const FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
 impl Controller {
     /// Drives promotions until `stop` fires; the state saved last is committed before it returns.
     pub async fn run(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        // Registrations not renewed in time leave (alone; etcd expires them when shared).
+        let expiry = {
+            let me = Arc::downgrade(&self);
+            tokio::spawn(async move {
+                let mut every = tokio::time::interval(Duration::from_millis(250));
+                loop {
+                    every.tick().await;
+                    match me.upgrade() {
+                        Some(c) => c.expire_registrations(),
+                        None => return,
+                    }
+                }
+            })
+        };
         loop {
             let next = match self.cluster.get() {
                 None => self.tick(),
@@ -49,6 +63,7 @@ impl Controller {
                 _ = stop.changed() => break,
             }
         }
+        expiry.abort();
         if let Some(saver) = self.saver.clone() {
             let _ = tokio::task::spawn_blocking(move || saver.flush(FLUSH_TIMEOUT)).await;
         }

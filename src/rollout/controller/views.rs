@@ -30,7 +30,7 @@ pub enum ControllerError {
     NoPromotion(String),
     #[error("deployment {0:?} is already the current deployment")]
     AlreadyCurrent(String),
-    #[error("deployment {deployment:?} lists {listed} endpoints, but this promotion needs {needed} replicas")]
+    #[error("deployment {deployment:?} has {listed} endpoints (listed and registered), but this promotion needs {needed} replicas")]
     NotEnoughEndpoints {
         deployment: String,
         listed: usize,
