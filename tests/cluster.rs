@@ -1015,3 +1015,119 @@ fn registrations_expire_on_the_embedded_store_too() {
     assert!(answer.contains(&v2.1.to_string()), "{answer}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A built-in replica streaming `tokens_per_second` tokens a second.
+fn slow_replica(version: &str, tokens_per_second: &str) -> (KillOnDrop, SocketAddr) {
+    let port = free_port();
+    let child = bin()
+        .args(["replica", "--port", &port.to_string(), "--version", version])
+        .args(["--latency-ms", "0", "--startup-delay-ms", "0"])
+        .args(["--tokens-per-second", tokens_per_second])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    wait_for("a replica", Duration::from_secs(10), || {
+        TcpStream::connect(addr).is_ok()
+    });
+    (KillOnDrop(child), addr)
+}
+
+fn now_ns() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
+}
+
+/// The leader (only) tells the orchestrator each new replica target, and a scale-down waits
+/// until no instance has a request in flight to the endpoints leaving: a stream through a
+/// follower to a v1 endpoint holds the last `v1 0` until it ends.
+#[test]
+fn scale_commands_run_on_the_leader_after_every_instance_drained() {
+    let Some(etcd) = Etcd::start(1) else { return };
+    let dir = temp_dir("scale");
+    let v1: Vec<_> = (0..2).map(|_| slow_replica("v1", "5")).collect();
+    let v2: Vec<_> = (0..2).map(|_| slow_replica("v2", "50")).collect();
+    let addrs = |r: &[(KillOnDrop, SocketAddr)]| r.iter().map(|x| x.1).collect::<Vec<_>>();
+    let cfg = config(&dir, &addrs(&v1), &addrs(&v2), 50, 0);
+    let log = dir.join("scale.log");
+    let text = std::fs::read_to_string(&cfg).unwrap().replace(
+        "\nreplicas = [",
+        &format!(
+            "\nscale_command = [\"sh\", \"-c\", \"echo $(date +%s%N) {{deployment}} {{replicas}} $PPID >> {}\"]\nreplicas = [",
+            log.display()
+        ),
+    );
+    std::fs::write(&cfg, text).unwrap();
+    let a = instance("a", &cfg, &etcd.store(), 3);
+    wait_for("a to lead", Duration::from_secs(20), || {
+        leader_of(a.admin).as_deref() == Some("a")
+    });
+    let b = instance("b", &cfg, &etcd.store(), 3);
+    let lines = || -> Vec<(u128, String, u32, u32)> {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                (
+                    f[0].parse().unwrap(),
+                    f[1].to_owned(),
+                    f[2].parse().unwrap(),
+                    f[3].parse().unwrap(),
+                )
+            })
+            .collect()
+    };
+    wait_for("the starting targets", Duration::from_secs(10), || {
+        lines().len() >= 2
+    });
+    // A 3-second stream through the follower, to one of v1's endpoints.
+    let stream = std::thread::spawn(move || {
+        let body = r#"{"prompt":"hi","max_tokens":15,"stream":true}"#;
+        let answer = request(b.proxy, "POST", "/v1/completions", None, body);
+        (answer, now_ns(), b)
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let (status, body) = post(
+        a.admin,
+        &format!("{ENV}/promote"),
+        r#"{"deployment_id":"v2"}"#,
+    );
+    assert_eq!(status, 200, "{body}");
+    wait_for("SUCCEEDED", Duration::from_secs(30), || {
+        promotion(a.admin).0 == "SUCCEEDED"
+    });
+    let succeeded = now_ns();
+    let (answer, ended, b) = stream.join().unwrap();
+    let (status, _, text) = answer.unwrap();
+    assert_eq!(status, 200);
+    assert!(text.contains("[DONE]"), "the stream was cut: {text}");
+    assert!(
+        ended > succeeded + 500_000_000,
+        "the stream should outlast the promotion"
+    );
+    wait_for("v1 scaled to 0", Duration::from_secs(15), || {
+        lines().iter().any(|l| l.1 == "v1" && l.2 == 0)
+    });
+    let all = lines();
+    eprintln!("{all:?}");
+    let v1_zero = all.iter().find(|l| l.1 == "v1" && l.2 == 0).unwrap();
+    assert!(
+        v1_zero.0 + 50_000_000 >= ended,
+        "v1 was scaled to 0 {} ms before the stream to it ended",
+        (ended - v1_zero.0) / 1_000_000
+    );
+    let v2_targets: Vec<u32> = all.iter().filter(|l| l.1 == "v2").map(|l| l.2).collect();
+    assert_eq!(v2_targets.last(), Some(&2), "{all:?}");
+    let leader_pid = a.child.0.id();
+    assert!(
+        all.iter().all(|l| l.3 == leader_pid),
+        "only the leader ({leader_pid}) runs scale commands: {all:?}"
+    );
+    drop(b);
+    drop(etcd);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -53,6 +53,18 @@ pub struct MemberRecord {
     pub heartbeat_ms: u64,
     /// The store revision this instance's routing reflects.
     pub applied_revision: i64,
+    /// Requests still in flight to endpoints that left its routing (a scale-down waits for
+    /// every instance to report none).
+    #[serde(default)]
+    pub in_flight_to_retired: Vec<RetiredInFlight>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RetiredInFlight {
+    pub model: String,
+    pub deployment: String,
+    pub address: std::net::SocketAddr,
+    pub in_flight: u32,
 }
 
 /// A command sent by a follower, as stored in `{prefix}commands/{id}`.
@@ -449,7 +461,8 @@ impl Cluster {
 
     async fn lease_loop(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
         let ttl = Duration::from_secs(self.ttl as u64);
-        let every = (ttl / 3).max(Duration::from_millis(300));
+        // At least every second: a scale-down waits for every instance's next report.
+        let every = (ttl / 3).clamp(Duration::from_millis(300), Duration::from_secs(1));
         let mut last_ok = tokio::time::Instant::now();
         loop {
             let mut lease = self.lease.load(Ordering::Acquire);
@@ -503,6 +516,20 @@ impl Cluster {
             started_ms: self.started_ms,
             heartbeat_ms: now_ms(),
             applied_revision: self.view().applied_revision,
+            in_flight_to_retired: self
+                .controller()
+                .map(|c| {
+                    c.retired_in_flight()
+                        .into_iter()
+                        .map(|(model, deployment, address, in_flight)| RetiredInFlight {
+                            model,
+                            deployment,
+                            address,
+                            in_flight,
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
         };
         if let Ok(v) = serde_json::to_vec(&record) {
             if let Err(e) = self

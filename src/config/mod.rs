@@ -244,6 +244,9 @@ struct DeploymentSection {
     health_path: Option<String>,
     /// What one replica has, as the API reports it (Baseten's `instance_type`).
     instance_type: Option<InstanceTypeSection>,
+    /// Static deployments: argv run when the replica target changes; `{model}`,
+    /// `{deployment}` and `{replicas}` are substituted.
+    scale_command: Option<Vec<String>>,
 }
 
 /// Baseten's `InstanceTypeV1`: the resources of one replica of a deployment.
@@ -499,7 +502,35 @@ fn from_file(f: FileConfig) -> Result<Settings, ConfigError> {
                     },
                 );
             }
-            deployments.push(DeploymentConfig { id: d.id, provider });
+            let scale_command = match (d.scale_command, &provider) {
+                (None, _) => None,
+                (Some(_), ProviderSpec::Process { .. }) => {
+                    return Err(err(
+                        format!("{dat}.scale_command"),
+                        "only applies to static deployments (process deployments start their own replicas)",
+                    ))
+                }
+                (Some(c), _) => {
+                    if c.is_empty() || c[0].is_empty() {
+                        return Err(err(
+                            format!("{dat}.scale_command"),
+                            "must name a program, e.g. [\"kubectl\", \"scale\", \"deployment/{deployment}\", \"--replicas={replicas}\"]",
+                        ));
+                    }
+                    if !c.iter().any(|a| a.contains("{replicas}")) {
+                        return Err(err(
+                            format!("{dat}.scale_command"),
+                            "must pass {replicas} somewhere (the replica count switchyard asks for)",
+                        ));
+                    }
+                    Some(c)
+                }
+            };
+            deployments.push(DeploymentConfig {
+                id: d.id,
+                provider,
+                scale_command,
+            });
         }
         if m.environments.is_empty() {
             return Err(err(
@@ -1066,6 +1097,7 @@ impl ServeFlags {
                 provider: ProviderSpec::Static {
                     endpoints: replicas,
                 },
+                scale_command: None,
             });
         }
         let listed: Vec<&str> = deployments.iter().map(|d| d.id.as_str()).collect();
@@ -1388,5 +1420,55 @@ mod tests {
             f.into_settings().unwrap().data_dir.unwrap(),
             std::path::PathBuf::from("/explicit")
         );
+    }
+
+    #[test]
+    fn scale_commands_are_checked_by_name() {
+        let base = |extra: &str, provider: &str| {
+            parse_str(&format!(
+                r#"
+                [[models]]
+                id = "m"
+                [[models.deployments]]
+                id = "v1"
+                {provider}
+                {extra}
+                [[models.environments]]
+                name = "production"
+                current = "v1"
+                replicas = 1
+                "#
+            ))
+        };
+        let s = base(
+            r#"scale_command = ["kubectl", "scale", "deployment/{deployment}", "--replicas={replicas}"]"#,
+            "replicas = []",
+        )
+        .unwrap();
+        assert!(s.models[0].deployments[0].scale_command.is_some());
+        let e = base(r#"scale_command = ["kubectl", "scale"]"#, "replicas = []").unwrap_err();
+        assert_eq!(e.field, "models[0].deployments[0].scale_command", "{e}");
+        assert!(e.message.contains("{replicas}"), "{e}");
+        let e = base(
+            r#"scale_command = ["x", "{replicas}"]"#,
+            r#"command = ["srv", "{port}"]"#,
+        )
+        .unwrap_err();
+        assert_eq!(e.field, "models[0].deployments[0].scale_command", "{e}");
+        // No listed endpoints: the environment must say how many register.
+        let e = parse_str(
+            r#"
+            [[models]]
+            id = "m"
+            [[models.deployments]]
+            id = "v1"
+            replicas = []
+            [[models.environments]]
+            name = "production"
+            current = "v1"
+            "#,
+        )
+        .unwrap_err();
+        assert_eq!(e.field, "models[0].environments[0].replicas", "{e}");
     }
 }

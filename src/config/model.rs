@@ -22,6 +22,9 @@ pub struct ModelConfig {
 pub struct DeploymentConfig {
     pub id: String,
     pub provider: ProviderSpec,
+    /// Static deployments: run this when the deployment's replica target changes (an
+    /// orchestrator starts or stops replicas, which register or are listed).
+    pub scale_command: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -102,6 +105,7 @@ pub fn models_from_routing(spec: &RoutingSpec) -> Vec<ModelConfig> {
                     provider: ProviderSpec::Static {
                         endpoints: d.replicas.clone(),
                     },
+                    scale_command: None,
                 })
                 .collect(),
             environments: m
@@ -129,6 +133,11 @@ impl From<&ModelConfig> for ModelSetup {
                 .deployments
                 .iter()
                 .map(|d| (d.id.clone(), d.provider.clone()))
+                .collect(),
+            scale_commands: m
+                .deployments
+                .iter()
+                .filter_map(|d| d.scale_command.clone().map(|c| (d.id.clone(), c)))
                 .collect(),
             environments: m
                 .environments

@@ -48,15 +48,18 @@ pub fn settings(
             DeploymentConfig {
                 id: "v1".into(),
                 provider: replica("v1", &[]),
+                scale_command: None,
             },
             DeploymentConfig {
                 id: "v2".into(),
                 provider: replica("v2", &[]),
+                scale_command: None,
             },
             // A bad candidate for canary analysis to catch: 30% of its answers are 500s.
             DeploymentConfig {
                 id: "v3".into(),
                 provider: replica("v3", &["--error-rate", "0.3"]),
+                scale_command: None,
             },
         ],
         environments: vec![EnvironmentConfig {

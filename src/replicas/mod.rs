@@ -47,6 +47,10 @@ pub trait ReplicaProvider: Send + Sync {
     fn shutdown(&self);
     /// Replaces the endpoints registered through the API (static sets; others ignore it).
     fn set_registered(&self, _endpoints: Vec<SocketAddr>) {}
+    /// The endpoints a set admits from, in admission order (static sets; empty otherwise).
+    fn endpoints(&self) -> Vec<SocketAddr> {
+        Vec::new()
+    }
     /// How many endpoints a set can admit at most (listed and registered), when it is bounded.
     fn endpoint_count(&self) -> Option<usize> {
         None

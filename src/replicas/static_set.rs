@@ -185,6 +185,10 @@ impl ReplicaProvider for StaticSet {
         }
     }
 
+    fn endpoints(&self) -> Vec<SocketAddr> {
+        self.addresses()
+    }
+
     fn endpoint_count(&self) -> Option<usize> {
         Some(self.lock().len())
     }

@@ -33,6 +33,8 @@ struct BuildState {
     /// Each model as last built, with the spec it was built from: a model whose spec did not
     /// change is reused whole, so a rebuild costs what changed, not the whole configuration.
     built: HashMap<String, (ModelSpec, Arc<Model>)>,
+    /// Replicas that left the snapshot, by (model, deployment), while requests still hold them.
+    retired: Vec<(String, String, std::sync::Weak<Replica>)>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -88,6 +90,28 @@ impl Router {
             .get(&(model.to_owned(), deployment.to_owned()))
             .and_then(|d| d.get(&addr))
             .cloned()
+    }
+
+    /// Replicas no longer in the snapshot that still have requests in flight:
+    /// (model, deployment, address, in flight). A replica back in the snapshot is not listed.
+    pub fn retired_in_flight(&self) -> Vec<(String, String, SocketAddr, u32)> {
+        let mut st = self.build.lock().unwrap_or_else(|e| e.into_inner());
+        let st = &mut *st;
+        let live = &st.replicas;
+        st.retired.retain(|(m, d, w)| {
+            w.strong_count() > 0
+                && !live
+                    .get(&(m.clone(), d.clone()))
+                    .is_some_and(|now| w.upgrade().is_some_and(|r| now.contains_key(&r.addr)))
+        });
+        st.retired
+            .iter()
+            .filter_map(|(m, d, w)| {
+                let r = w.upgrade()?;
+                let n = r.outstanding();
+                (n > 0).then(|| (m.clone(), d.clone(), r.addr, n))
+            })
+            .collect()
     }
 
     pub fn metrics(&self) -> &Metrics {
@@ -241,6 +265,16 @@ impl Router {
             }
         }
         st.pools = pools;
+        // Replicas that left: followed until their last request ends (draining).
+        for ((model, dep), old) in &st.replicas {
+            let now = replicas.get(&(model.clone(), dep.clone()));
+            for (addr, r) in old {
+                if now.is_none_or(|n| !n.contains_key(addr)) {
+                    st.retired
+                        .push((model.clone(), dep.clone(), Arc::downgrade(r)));
+                }
+            }
+        }
         st.replicas = replicas;
         st.built = built;
         st.version += 1;

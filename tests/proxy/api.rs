@@ -38,12 +38,14 @@ async fn api_proxy_with(
                 provider: ProviderSpec::Static {
                     endpoints: vec![ups[0].addr, ups[1].addr],
                 },
+                scale_command: None,
             },
             DeploymentConfig {
                 id: "v2".into(),
                 provider: ProviderSpec::Static {
                     endpoints: vec![ups[2].addr, ups[3].addr],
                 },
+                scale_command: None,
             },
         ],
         environments: vec![EnvironmentConfig {
@@ -653,8 +655,9 @@ async fn the_openapi_document_matches_the_routes() {
             operations += 1;
         }
     }
-    // 17, and the dashboard's figures and plan.
-    assert_eq!(operations, 19);
+    // 17, the dashboard's figures and plan, the cluster view, and listing, registering and
+    // withdrawing endpoints.
+    assert_eq!(operations, 23);
     // And nothing undocumented is served: a made-up path is refused.
     let (s, v) = call(a, Method::GET, "/v1/models/m/secrets", auth(), None).await;
     assert_eq!(s, StatusCode::NOT_FOUND);

@@ -79,10 +79,12 @@ pub(crate) fn two_deployments(
             DeploymentConfig {
                 id: "v1".into(),
                 provider: v1,
+                scale_command: None,
             },
             DeploymentConfig {
                 id: "v2".into(),
                 provider: v2,
+                scale_command: None,
             },
         ],
         environments: vec![EnvironmentConfig {
@@ -534,10 +536,12 @@ fn static_models(
                 provider: ProviderSpec::Static {
                     endpoints: v1.clone(),
                 },
+                scale_command: None,
             },
             DeploymentConfig {
                 id: "v2".into(),
                 provider: ProviderSpec::Static { endpoints: v2 },
+                scale_command: None,
             },
         ],
         environments: vec![EnvironmentConfig {
@@ -607,7 +611,7 @@ async fn a_promotion_needing_more_endpoints_than_listed_is_refused() {
         .unwrap_err();
     assert!(
         err.to_string()
-            .contains("lists 1 endpoints, but this promotion needs 2"),
+            .contains("has 1 endpoints (listed and registered), but this promotion needs 2"),
         "{err}"
     );
     assert!(proxy

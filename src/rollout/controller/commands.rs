@@ -215,6 +215,7 @@ impl Controller {
             provider,
             kind,
             active: true,
+            scale_command: None,
         });
         tracing::info!(
             model,

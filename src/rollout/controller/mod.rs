@@ -34,6 +34,7 @@ mod providers;
 pub mod registry;
 mod routes;
 mod run;
+mod scale_commands;
 pub mod setup;
 mod shared;
 mod state;
@@ -83,6 +84,8 @@ pub struct Controller {
     committed: Mutex<std::collections::HashMap<String, Vec<u8>>>,
     /// Endpoints registered through the API.
     registrations: Mutex<registry::Registrations>,
+    /// The `scale_command` of each deployment that has one: what it last asked for.
+    scale_commands: scale_commands::ScaleCommands,
 }
 
 impl Controller {
@@ -142,6 +145,7 @@ impl Controller {
             gate: tokio::sync::Mutex::new(()),
             committed: Mutex::new(std::collections::HashMap::new()),
             registrations: Mutex::new(Default::default()),
+            scale_commands: Default::default(),
         });
         controller.save(&mut controller.lock());
         Ok(controller)

@@ -156,6 +156,7 @@ pub(super) fn restore_model(
             provider,
             kind,
             active: true,
+            scale_command: None,
         });
     }
     let has = |m: &ModelState, d: &str| m.deployments.iter().any(|x| x.id == d);

@@ -42,7 +42,7 @@ impl Controller {
             })
         };
         loop {
-            let next = match self.cluster.get() {
+            let mut next = match self.cluster.get() {
                 None => self.tick(),
                 Some(c) if c.is_leader() => self.shared_pass().await,
                 Some(_) => {
@@ -50,6 +50,12 @@ impl Controller {
                     None
                 }
             };
+            // The instance that moves promotions tells orchestrators the new targets.
+            if self.cluster.get().is_none_or(|c| c.is_leader()) {
+                if let Some(at) = self.run_scale_commands() {
+                    next = Some(next.map_or(at, |n| n.min(at)));
+                }
+            }
             self.passes.send_modify(|n| *n += 1);
             let deadline = async {
                 match next {

@@ -14,6 +14,8 @@ pub struct ModelSetup {
     pub hosts: Vec<String>,
     /// (deployment id, where its replicas come from)
     pub deployments: Vec<(String, ProviderSpec)>,
+    /// Commands run when a deployment's replica target changes, by deployment id.
+    pub scale_commands: BTreeMap<String, Vec<String>>,
     pub environments: Vec<EnvironmentSetup>,
 }
 

@@ -115,6 +115,11 @@ impl Controller {
         self.cluster.get().cloned()
     }
 
+    /// Requests in flight to endpoints that left this instance's routing.
+    pub(crate) fn retired_in_flight(&self) -> Vec<(String, String, std::net::SocketAddr, u32)> {
+        self.router.retired_in_flight()
+    }
+
     /// Leadership came or went: the run loop starts or stops ticking.
     pub(crate) fn leadership_changed(&self) {
         self.wake.notify_one();

@@ -20,6 +20,8 @@ pub(super) struct DeploymentState {
     pub provider: Arc<dyn ReplicaProvider>,
     pub kind: ProviderKind,
     pub active: bool,
+    /// Run when the replica target changes (static deployments of the configuration).
+    pub scale_command: Option<Vec<String>>,
 }
 
 pub(super) struct ActivePromotion {
@@ -97,6 +99,7 @@ impl State {
                             provider,
                             kind,
                             active: true,
+                            scale_command: m.scale_commands.get(id).cloned(),
                         }
                     })
                     .collect(),

@@ -38,6 +38,7 @@ fn model(stabilization_time_seconds: u32) -> ModelSetup {
             ("v1".into(), static_spec(1000, 2)),
             ("v2".into(), static_spec(2000, 2)),
         ],
+        scale_commands: Default::default(),
         environments: vec![EnvironmentSetup {
             name: "production".into(),
             hosts: vec![],
