@@ -366,6 +366,14 @@ struct ServeArgs {
     /// This instance's name among the others [default: host name and admin port].
     #[arg(long, env = "SWITCHYARD_INSTANCE_NAME")]
     instance_name: Option<String>,
+    /// TLS to etcd: the CA (PEM) that signed the members' certificates.
+    #[arg(long, env = "SWITCHYARD_STORE_CA")]
+    store_ca: Option<PathBuf>,
+    /// A client certificate (PEM) for etcd's --client-cert-auth, with --store-key.
+    #[arg(long, env = "SWITCHYARD_STORE_CERT")]
+    store_cert: Option<PathBuf>,
+    #[arg(long, env = "SWITCHYARD_STORE_KEY")]
+    store_key: Option<PathBuf>,
 }
 
 impl From<ServeArgs> for ServeFlags {
@@ -395,6 +403,9 @@ impl From<ServeArgs> for ServeFlags {
                 password: a.store_password,
                 lease_seconds: a.leader_lease_seconds,
                 instance_name: a.instance_name,
+                ca: a.store_ca,
+                cert: a.store_cert,
+                key: a.store_key,
             },
         }
     }

@@ -61,10 +61,16 @@ struct Etcd {
     members: Vec<Member>,
     token: String,
     root: PathBuf,
+    /// Serve clients over TLS with this certificate and key.
+    tls: Option<(PathBuf, PathBuf)>,
 }
 
 impl Etcd {
     fn start(n: usize) -> Option<Etcd> {
+        Etcd::start_with(n, None)
+    }
+
+    fn start_with(n: usize, tls: Option<(PathBuf, PathBuf)>) -> Option<Etcd> {
         let binary = etcd_binary()?;
         let root = std::env::temp_dir().join(format!(
             "switchyard-etcd-{}-{:x}",
@@ -85,6 +91,7 @@ impl Etcd {
             members,
             token: format!("t{:x}", rand::random::<u32>()),
             root,
+            tls,
         };
         for i in 0..n {
             etcd.spawn(i);
@@ -102,14 +109,19 @@ impl Etcd {
             .map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer))
             .collect();
         let m = &self.members[i];
-        let child = std::process::Command::new(&self.binary)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let mut cmd = std::process::Command::new(&self.binary);
+        if let Some((cert, key)) = &self.tls {
+            cmd.arg("--cert-file").arg(cert).arg("--key-file").arg(key);
+        }
+        let child = cmd
             .args(["--name", &m.name, "--data-dir"])
             .arg(&m.dir)
             .args([
                 "--listen-client-urls",
-                &format!("http://127.0.0.1:{}", m.client),
+                &format!("{scheme}://127.0.0.1:{}", m.client),
                 "--advertise-client-urls",
-                &format!("http://127.0.0.1:{}", m.client),
+                &format!("{scheme}://127.0.0.1:{}", m.client),
                 "--listen-peer-urls",
                 &format!("http://127.0.0.1:{}", m.peer),
                 "--initial-advertise-peer-urls",
@@ -137,6 +149,13 @@ impl Etcd {
             .parse()
             .unwrap();
         let deadline = Instant::now() + Duration::from_secs(30);
+        if self.tls.is_some() {
+            // No HTTPS client here: the port answering is enough (switchyard retries at start).
+            wait_for("etcd's TLS port", Duration::from_secs(30), || {
+                TcpStream::connect(addr).is_ok()
+            });
+            return;
+        }
         loop {
             if let Ok((200, _, body)) = request(addr, "GET", "/health", None, "") {
                 if body.contains("true") {
@@ -368,12 +387,15 @@ fn one_request(
 // ---------------------------------------------------------------------------------------------
 // Replicas and instances.
 
-/// A built-in replica reporting `version`, once it answers.
-fn replica(version: &str) -> (KillOnDrop, SocketAddr) {
+/// A built-in replica reporting `version` with `extra` flags (and `env`), once it answers
+/// (a registering one is not waited for).
+fn spawn_replica(version: &str, extra: &[&str], env: &[(&str, &str)]) -> (KillOnDrop, SocketAddr) {
     let port = free_port();
     let child = bin()
         .args(["replica", "--port", &port.to_string(), "--version", version])
         .args(["--latency-ms", "0", "--startup-delay-ms", "0"])
+        .args(extra)
+        .envs(env.iter().copied())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -383,6 +405,14 @@ fn replica(version: &str) -> (KillOnDrop, SocketAddr) {
         TcpStream::connect(addr).is_ok()
     });
     (KillOnDrop(child), addr)
+}
+
+fn replica(version: &str) -> (KillOnDrop, SocketAddr) {
+    spawn_replica(version, &[], &[])
+}
+
+fn addrs(r: &[(KillOnDrop, SocketAddr)]) -> Vec<SocketAddr> {
+    r.iter().map(|x| x.1).collect()
 }
 
 /// A config with deployments v1 and v2 of `n` static endpoints each (current v1).
@@ -465,6 +495,15 @@ fn instance(name: &str, config: &std::path::Path, store: &str, lease: u32) -> In
     }
 }
 
+/// Instance "a" on `store`, once it leads (started first, it takes the leader key).
+fn first_leader(config: &std::path::Path, store: &str, lease: u32) -> Instance {
+    let a = instance("a", config, store, lease);
+    wait_for("a to lead", Duration::from_secs(20), || {
+        leader_of(a.admin).as_deref() == Some("a")
+    });
+    a
+}
+
 fn leader_of(admin: SocketAddr) -> Option<String> {
     request(admin, "GET", "/v1/cluster", Some(KEY), "")
         .ok()
@@ -509,13 +548,9 @@ fn a_killed_leader_is_replaced_and_the_promotion_finishes() {
     let dir = temp_dir("failover");
     let v1: Vec<_> = (0..4).map(|_| replica("v1")).collect();
     let v2: Vec<_> = (0..4).map(|_| replica("v2")).collect();
-    let addrs = |r: &[(KillOnDrop, SocketAddr)]| r.iter().map(|x| x.1).collect::<Vec<_>>();
     let cfg = config(&dir, &addrs(&v1), &addrs(&v2), 25, 2);
     let lease = 4;
-    let mut a = instance("a", &cfg, &etcd.store(), lease);
-    wait_for("a to lead", Duration::from_secs(20), || {
-        leader_of(a.admin).as_deref() == Some("a")
-    });
+    let mut a = first_leader(&cfg, &etcd.store(), lease);
     let b = instance("b", &cfg, &etcd.store(), lease);
     let c = instance("c", &cfg, &etcd.store(), lease);
     let cluster = get_json(b.admin, "/v1/cluster");
@@ -614,12 +649,8 @@ fn etcd_outages_hold_the_step_and_keep_serving() {
     let dir = temp_dir("outage");
     let v1: Vec<_> = (0..4).map(|_| replica("v1")).collect();
     let v2: Vec<_> = (0..4).map(|_| replica("v2")).collect();
-    let addrs = |r: &[(KillOnDrop, SocketAddr)]| r.iter().map(|x| x.1).collect::<Vec<_>>();
     let cfg = config(&dir, &addrs(&v1), &addrs(&v2), 25, 3);
-    let a = instance("a", &cfg, &etcd.store(), 3);
-    wait_for("a to lead", Duration::from_secs(20), || {
-        leader_of(a.admin).as_deref() == Some("a")
-    });
+    let a = first_leader(&cfg, &etcd.store(), 3);
     let b = instance("b", &cfg, &etcd.store(), 3);
     let loads = [Load::start(a.proxy, 2, None), Load::start(b.proxy, 2, None)];
     let (status, body) = post(
@@ -703,12 +734,8 @@ fn a_follower_relays_every_control_action() {
     let dir = temp_dir("follower");
     let v1: Vec<_> = (0..2).map(|_| replica("v1")).collect();
     let v2: Vec<_> = (0..2).map(|_| replica("v2")).collect();
-    let addrs = |r: &[(KillOnDrop, SocketAddr)]| r.iter().map(|x| x.1).collect::<Vec<_>>();
     let cfg = config(&dir, &addrs(&v1), &addrs(&v2), 50, 1);
-    let a = instance("a", &cfg, &etcd.store(), 3);
-    wait_for("a to lead", Duration::from_secs(20), || {
-        leader_of(a.admin).as_deref() == Some("a")
-    });
+    let a = first_leader(&cfg, &etcd.store(), 3);
     let f = instance("f", &cfg, &etcd.store(), 3);
     let act = |what: &str, body: &str| post(f.admin, &format!("{ENV}/{what}"), body);
 
@@ -782,12 +809,8 @@ fn every_instance_serves_the_same_split() {
     let dir = temp_dir("split");
     let v1: Vec<_> = (0..10).map(|_| replica("v1")).collect();
     let v2: Vec<_> = (0..10).map(|_| replica("v2")).collect();
-    let addrs = |r: &[(KillOnDrop, SocketAddr)]| r.iter().map(|x| x.1).collect::<Vec<_>>();
     let cfg = config(&dir, &addrs(&v1), &addrs(&v2), 30, 3600);
-    let a = instance("a", &cfg, &etcd.store(), 3);
-    wait_for("a to lead", Duration::from_secs(20), || {
-        leader_of(a.admin).as_deref() == Some("a")
-    });
+    let a = first_leader(&cfg, &etcd.store(), 3);
     let others = [
         instance("b", &cfg, &etcd.store(), 3),
         instance("c", &cfg, &etcd.store(), 3),
@@ -832,29 +855,22 @@ fn every_instance_serves_the_same_split() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// A built-in replica that registers itself with `admin` for `deployment` (TTL 2 s).
+/// A built-in replica that registers itself with `admin` for its version (TTL 2 s).
 fn registered_replica(version: &str, admin: SocketAddr) -> (KillOnDrop, SocketAddr) {
-    let port = free_port();
-    let child = bin()
-        .args(["replica", "--port", &port.to_string(), "--version", version])
-        .args(["--latency-ms", "0", "--startup-delay-ms", "0"])
-        .args(["--register", &format!("http://{admin}")])
-        .args([
+    let url = format!("http://{admin}");
+    spawn_replica(
+        version,
+        &[
+            "--register",
+            &url,
             "--deployment",
             version,
             "--model",
             "m",
             "--register-ttl",
             "2",
-        ])
-        .env("SWITCHYARD_API_KEY", KEY)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    (
-        KillOnDrop(child),
-        format!("127.0.0.1:{port}").parse().unwrap(),
+        ],
+        &[("SWITCHYARD_API_KEY", KEY)],
     )
 }
 
@@ -881,12 +897,8 @@ fn registered_replicas_join_and_leave_every_instance() {
     let Some(etcd) = Etcd::start(1) else { return };
     let dir = temp_dir("register");
     let v1: Vec<_> = (0..2).map(|_| replica("v1")).collect();
-    let addrs = |r: &[(KillOnDrop, SocketAddr)]| r.iter().map(|x| x.1).collect::<Vec<_>>();
     let cfg = config(&dir, &addrs(&v1), &[], 50, 0);
-    let a = instance("a", &cfg, &etcd.store(), 3);
-    wait_for("a to lead", Duration::from_secs(20), || {
-        leader_of(a.admin).as_deref() == Some("a")
-    });
+    let a = first_leader(&cfg, &etcd.store(), 3);
     let b = instance("b", &cfg, &etcd.store(), 3);
     // Too few endpoints yet: the promotion is refused with the count.
     let (status, body) = post(
@@ -1016,24 +1028,6 @@ fn registrations_expire_on_the_embedded_store_too() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// A built-in replica streaming `tokens_per_second` tokens a second.
-fn slow_replica(version: &str, tokens_per_second: &str) -> (KillOnDrop, SocketAddr) {
-    let port = free_port();
-    let child = bin()
-        .args(["replica", "--port", &port.to_string(), "--version", version])
-        .args(["--latency-ms", "0", "--startup-delay-ms", "0"])
-        .args(["--tokens-per-second", tokens_per_second])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    wait_for("a replica", Duration::from_secs(10), || {
-        TcpStream::connect(addr).is_ok()
-    });
-    (KillOnDrop(child), addr)
-}
-
 fn now_ns() -> u128 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -1048,9 +1042,12 @@ fn now_ns() -> u128 {
 fn scale_commands_run_on_the_leader_after_every_instance_drained() {
     let Some(etcd) = Etcd::start(1) else { return };
     let dir = temp_dir("scale");
-    let v1: Vec<_> = (0..2).map(|_| slow_replica("v1", "5")).collect();
-    let v2: Vec<_> = (0..2).map(|_| slow_replica("v2", "50")).collect();
-    let addrs = |r: &[(KillOnDrop, SocketAddr)]| r.iter().map(|x| x.1).collect::<Vec<_>>();
+    let v1: Vec<_> = (0..2)
+        .map(|_| spawn_replica("v1", &["--tokens-per-second", "5"], &[]))
+        .collect();
+    let v2: Vec<_> = (0..2)
+        .map(|_| spawn_replica("v2", &["--tokens-per-second", "50"], &[]))
+        .collect();
     let cfg = config(&dir, &addrs(&v1), &addrs(&v2), 50, 0);
     let log = dir.join("scale.log");
     let text = std::fs::read_to_string(&cfg).unwrap().replace(
@@ -1061,10 +1058,7 @@ fn scale_commands_run_on_the_leader_after_every_instance_drained() {
         ),
     );
     std::fs::write(&cfg, text).unwrap();
-    let a = instance("a", &cfg, &etcd.store(), 3);
-    wait_for("a to lead", Duration::from_secs(20), || {
-        leader_of(a.admin).as_deref() == Some("a")
-    });
+    let a = first_leader(&cfg, &etcd.store(), 3);
     let b = instance("b", &cfg, &etcd.store(), 3);
     let lines = || -> Vec<(u128, String, u32, u32)> {
         std::fs::read_to_string(&log)
@@ -1128,6 +1122,55 @@ fn scale_commands_run_on_the_leader_after_every_instance_drained() {
         "only the leader ({leader_pid}) runs scale commands: {all:?}"
     );
     drop(b);
+    drop(etcd);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// etcd serving TLS: an instance given the CA follows it and leads; one without it does not
+/// start, and says why.
+#[test]
+fn etcd_over_tls() {
+    let dir = temp_dir("tls");
+    std::fs::create_dir_all(&dir).unwrap();
+    let ck =
+        rcgen::generate_simple_self_signed(vec!["127.0.0.1".into(), "localhost".into()]).unwrap();
+    let (cert, key) = (dir.join("etcd.pem"), dir.join("etcd-key.pem"));
+    std::fs::write(&cert, ck.cert.pem()).unwrap();
+    std::fs::write(&key, ck.key_pair.serialize_pem()).unwrap();
+    let Some(etcd) = Etcd::start_with(1, Some((cert.clone(), key))) else {
+        return;
+    };
+    let v1 = replica("v1");
+    let cfg = config(&dir, &[v1.1], &[], 50, 0);
+    let mut child: Child = bin()
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+        .args(["--store", &etcd.store(), "--instance-name", "tls"])
+        .arg("--store-ca")
+        .arg(&cert)
+        .env("SWITCHYARD_API_KEY", KEY)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (_, admin) = admin_addr_of(&mut child);
+    let _child = KillOnDrop(child);
+    wait_for("the TLS instance to lead", Duration::from_secs(20), || {
+        leader_of(admin).as_deref() == Some("tls")
+    });
+    // Without the CA the handshake fails: no start, and the error names the store.
+    let out = bin()
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+        .args(["--store", &etcd.store()])
+        .env("SWITCHYARD_API_KEY", KEY)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("store: cannot read etcd"), "{err}");
     drop(etcd);
     let _ = std::fs::remove_dir_all(&dir);
 }

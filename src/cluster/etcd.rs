@@ -73,15 +73,26 @@ impl Etcd {
     pub fn new(
         endpoints: &[String],
         credential: Option<(String, String)>,
+        tls: Option<&super::settings::StoreTls>,
         timeout: Duration,
     ) -> Result<Etcd, String> {
+        let tls_config = tls.map(client_tls).transpose()?;
         let mut clients = Vec::new();
         for ep in endpoints {
-            let endpoint = tonic::transport::Endpoint::from_shared(ep.clone())
+            let ep = match &tls_config {
+                Some(_) => ep.replacen("http://", "https://", 1),
+                None => ep.clone(),
+            };
+            let mut endpoint = tonic::transport::Endpoint::from_shared(ep.clone())
                 .map_err(|e| format!("{ep}: {e}"))?
                 .connect_timeout(timeout)
                 .timeout(timeout)
                 .tcp_nodelay(true);
+            if let Some(c) = &tls_config {
+                endpoint = endpoint
+                    .tls_config(c.clone())
+                    .map_err(|e| format!("{ep}: TLS: {e}"))?;
+            }
             let channel = endpoint.connect_lazy();
             let service =
                 CredentialInterceptor::new(credential.clone(), None, TonicClient::new(channel));
@@ -348,6 +359,23 @@ impl Watch {
             return WatchItem::Changes(rev, changes);
         }
     }
+}
+
+/// The TLS settings as tonic takes them; errors name the file.
+fn client_tls(t: &super::settings::StoreTls) -> Result<tonic::transport::ClientTlsConfig, String> {
+    let read = |flag: &str, p: &std::path::Path| {
+        std::fs::read(p).map_err(|e| format!("{flag} {}: cannot read it: {e}", p.display()))
+    };
+    let ca = read("--store-ca", &t.ca)?;
+    let mut c = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(ca));
+    if let Some((cert, key)) = &t.identity {
+        c = c.identity(tonic::transport::Identity::from_pem(
+            read("--store-cert", cert)?,
+            read("--store-key", key)?,
+        ));
+    }
+    Ok(c)
 }
 
 /// The gist of a gRPC error ("connection refused", the status message) rather than its

@@ -165,6 +165,7 @@ impl Cluster {
         let etcd = Etcd::new(
             &settings.endpoints,
             settings.credential.clone(),
+            settings.tls.as_ref(),
             Duration::from_secs(2),
         )?;
         let id = settings

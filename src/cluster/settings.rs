@@ -13,6 +13,16 @@ pub struct SharedStoreSettings {
     pub lease_ttl_seconds: u32,
     /// This instance's name in the cluster (default: host name and admin port).
     pub instance_name: Option<String>,
+    /// TLS to etcd (https endpoints), when a CA is given.
+    pub tls: Option<StoreTls>,
+}
+
+/// TLS to etcd: the CA that signed the members' certificates, and a client certificate when
+/// etcd asks for one (`--client-cert-auth`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoreTls {
+    pub ca: std::path::PathBuf,
+    pub identity: Option<(std::path::PathBuf, std::path::PathBuf)>,
 }
 
 pub const DEFAULT_PREFIX: &str = "/switchyard/";

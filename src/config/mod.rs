@@ -196,6 +196,9 @@ struct ServerSection {
     store_password: Option<String>,
     leader_lease_seconds: Option<u64>,
     instance_name: Option<String>,
+    store_ca: Option<PathBuf>,
+    store_cert: Option<PathBuf>,
+    store_key: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -378,6 +381,9 @@ fn from_file(f: FileConfig) -> Result<Settings, ConfigError> {
         password: f.server.store_password.clone(),
         lease_seconds: f.server.leader_lease_seconds,
         instance_name: f.server.instance_name.clone(),
+        ca: f.server.store_ca.clone(),
+        cert: f.server.store_cert.clone(),
+        key: f.server.store_key.clone(),
     };
     s.shared_store = shared.settings("server.", None)?;
     if let Some(k) = f.server.api_key {
@@ -770,6 +776,10 @@ pub struct SharedStoreFlags {
     pub password: Option<String>,
     pub lease_seconds: Option<u64>,
     pub instance_name: Option<String>,
+    /// TLS to etcd: CA file, and a client certificate and key.
+    pub ca: Option<PathBuf>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
 }
 
 impl SharedStoreFlags {
@@ -801,6 +811,7 @@ impl SharedStoreFlags {
                         credential: None,
                         lease_ttl_seconds: cs::DEFAULT_LEASE_TTL_SECONDS,
                         instance_name: None,
+                        tls: None,
                     });
                     s.endpoints = endpoints;
                     out = Some(s);
@@ -813,6 +824,9 @@ impl SharedStoreFlags {
             (self.password.is_some(), "store_password"),
             (self.lease_seconds.is_some(), "leader_lease_seconds"),
             (self.instance_name.is_some(), "instance_name"),
+            (self.ca.is_some(), "store_ca"),
+            (self.cert.is_some(), "store_cert"),
+            (self.key.is_some(), "store_key"),
         ];
         let Some(mut s) = out else {
             if let Some((_, n)) = given.iter().find(|(g, _)| *g) {
@@ -849,6 +863,48 @@ impl SharedStoreFlags {
         if let Some(n) = &self.instance_name {
             check_id(&name("instance_name"), n)?;
             s.instance_name = Some(n.clone());
+        }
+        let identity = match (&self.cert, &self.key) {
+            (Some(c), Some(k)) => Some((c.clone(), k.clone())),
+            (Some(_), None) => {
+                return Err(err(
+                    name("store_key"),
+                    "is required with a store client certificate",
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(err(
+                    name("store_cert"),
+                    "is required with a store client key",
+                ))
+            }
+            (None, None) => None,
+        };
+        match (&self.ca, identity) {
+            (Some(ca), identity) => {
+                s.tls = Some(crate::cluster::settings::StoreTls {
+                    ca: ca.clone(),
+                    identity,
+                })
+            }
+            (None, Some(_)) => {
+                return Err(err(
+                    name("store_ca"),
+                    "is required with a client certificate (the CA that signed etcd's certificate)",
+                ))
+            }
+            (None, None) => {}
+        }
+        for (flag, path) in s.tls.iter().flat_map(|t| {
+            std::iter::once(("store_ca", &t.ca)).chain(
+                t.identity
+                    .iter()
+                    .flat_map(|(c, k)| [("store_cert", c), ("store_key", k)]),
+            )
+        }) {
+            if let Err(e) = std::fs::metadata(path) {
+                return Err(err(name(flag), format!("{}: {e}", path.display())));
+            }
         }
         Ok(Some(s))
     }
@@ -1371,6 +1427,17 @@ mod tests {
         f.shared_store.store = Some("etcd://127.0.0.1:2379".into());
         f.shared_store.user = Some("root".into());
         assert_eq!(f.into_settings().unwrap_err().field, "--store-password");
+
+        let mut f = flags(&["v1=127.0.0.1:1"], &[]);
+        f.shared_store.store = Some("etcd://127.0.0.1:2379".into());
+        f.shared_store.cert = Some("/c.pem".into());
+        assert_eq!(f.into_settings().unwrap_err().field, "--store-key");
+        let mut f = flags(&["v1=127.0.0.1:1"], &[]);
+        f.shared_store.store = Some("etcd://127.0.0.1:2379".into());
+        f.shared_store.ca = Some("/no/such/ca.pem".into());
+        let e = f.into_settings().unwrap_err();
+        assert_eq!(e.field, "--store-ca");
+        assert!(e.message.contains("/no/such/ca.pem"), "{e}");
 
         // Process replicas are refused by name on a shared store.
         let e = parse_str(
