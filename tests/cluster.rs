@@ -738,6 +738,23 @@ fn a_follower_relays_every_control_action() {
     let a = first_leader(&cfg, &etcd.store(), 3);
     let f = instance("f", &cfg, &etcd.store(), 3);
     let act = |what: &str, body: &str| post(f.admin, &format!("{ENV}/{what}"), body);
+    // `switchyard status` on the follower names the leader.
+    wait_for("f to see both", Duration::from_secs(10), || {
+        get_json(f.admin, "/v1/cluster")["instances"]
+            .as_array()
+            .is_some_and(|i| i.len() == 2)
+    });
+    let out = bin()
+        .args(["status", "--admin-url", &format!("http://{}", f.admin)])
+        .env("SWITCHYARD_API_KEY", KEY)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("cluster: 2 instances on etcd, leader a (answered by f)"),
+        "{text}"
+    );
 
     let (status, body) = act("pause_promotion", "{}");
     assert_eq!(status, 409, "the leader's refusal comes back: {body}");
@@ -1171,6 +1188,57 @@ fn etcd_over_tls() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("store: cannot read etcd"), "{err}");
+    drop(etcd);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Canary analysis on the leader judges the traffic of every instance: with all the load on a
+/// follower, a candidate answering 30% errors is still rolled back (judging its own traffic
+/// alone, the leader would see no request and pause as inconclusive).
+#[test]
+fn analysis_judges_the_traffic_of_every_instance() {
+    let Some(etcd) = Etcd::start(1) else { return };
+    let dir = temp_dir("analysis");
+    let v1: Vec<_> = (0..2).map(|_| replica("v1")).collect();
+    let v2: Vec<_> = (0..2)
+        .map(|_| spawn_replica("v2", &["--error-rate", "0.3"], &[]))
+        .collect();
+    let cfg = config(&dir, &addrs(&v1), &addrs(&v2), 50, 0);
+    let mut text = std::fs::read_to_string(&cfg).unwrap();
+    text.push_str(
+        r#"
+[models.environments.promotion_settings.analysis]
+enabled = true
+interval_seconds = 2
+min_requests = 20
+failure_limit = 1
+max_inconclusive_intervals = 3
+on_failure = "ROLLBACK"
+max_error_rate_percent = 1.0
+"#,
+    );
+    std::fs::write(&cfg, text).unwrap();
+    let a = first_leader(&cfg, &etcd.store(), 3);
+    let b = instance("b", &cfg, &etcd.store(), 3);
+    let load = Load::start(b.proxy, 4, None);
+    let (status, body) = post(
+        a.admin,
+        &format!("{ENV}/promote"),
+        r#"{"deployment_id":"v2"}"#,
+    );
+    assert_eq!(status, 200, "{body}");
+    wait_for("the promotion to end", Duration::from_secs(40), || {
+        let s = promotion(a.admin).0;
+        s == "FAILED" || s == "PAUSED" || s == "SUCCEEDED"
+    });
+    let t = load.finish();
+    let v = get_json(b.admin, ENV);
+    let p = &v["in_progress_promotion"];
+    assert_eq!(p["status"], "FAILED", "{v}");
+    let why = p["error_message"].as_str().unwrap_or("");
+    assert!(why.contains("error rate"), "{why}");
+    assert!(t.by_deployment.get("v2").copied().unwrap_or(0) > 0);
+    assert_eq!(v["current_deployment"]["id"], "v1");
     drop(etcd);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -57,6 +57,18 @@ pub struct MemberRecord {
     /// every instance to report none).
     #[serde(default)]
     pub in_flight_to_retired: Vec<RetiredInFlight>,
+    /// Cumulative figures of the pools canary analysis is judging, so the leader judges the
+    /// traffic of every instance, not its own alone.
+    #[serde(default)]
+    pub pool_stats: Vec<PoolStatsReport>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PoolStatsReport {
+    pub model: String,
+    pub environment: String,
+    pub deployment: String,
+    pub stats: crate::metrics::window::StatsSnapshot,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -214,6 +226,25 @@ impl Cluster {
 
     pub fn is_leader(&self) -> bool {
         self.leader_rev.load(Ordering::Acquire) != 0
+    }
+
+    /// The sum of what the other instances last reported for a pool (empty when none did).
+    pub fn others_pool_stats(
+        &self,
+        model: &str,
+        environment: &str,
+        deployment: &str,
+    ) -> crate::metrics::window::StatsSnapshot {
+        let v = self.view.lock().unwrap_or_else(|e| e.into_inner());
+        let mut sum = crate::metrics::window::StatsSnapshot::default();
+        for m in v.members.values().filter(|m| m.id != self.id) {
+            for r in &m.pool_stats {
+                if r.model == model && r.environment == environment && r.deployment == deployment {
+                    sum.add(&r.stats);
+                }
+            }
+        }
+        sum
     }
 
     pub fn view(&self) -> ClusterView {
@@ -530,6 +561,10 @@ impl Cluster {
                         })
                         .collect()
                 })
+                .unwrap_or_default(),
+            pool_stats: self
+                .controller()
+                .map(|c| c.analysis_pool_stats())
                 .unwrap_or_default(),
         };
         if let Ok(v) = serde_json::to_vec(&record) {

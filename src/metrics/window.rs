@@ -238,6 +238,14 @@ impl Counts {
         None
     }
 
+    /// Adds another histogram's samples (another instance's, say).
+    pub fn add(&mut self, other: &Counts) {
+        for (o, x) in self.buckets.iter_mut().zip(other.buckets.iter()) {
+            *o = o.saturating_add(*x);
+        }
+        self.sum_us = self.sum_us.wrapping_add(other.sum_us);
+    }
+
     fn since(&self, earlier: &Counts) -> Counts {
         let mut out = self.clone();
         for (o, e) in out.buckets.iter_mut().zip(earlier.buckets.iter()) {
@@ -255,8 +263,50 @@ impl Counts {
     }
 }
 
+/// As JSON: the sum and the non-empty buckets, `{"sum_us": N, "buckets": [[index, count], ...]}`
+/// (instances on a shared store report their figures this way).
+impl serde::Serialize for Counts {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let sparse: Vec<(usize, u64)> = self
+            .buckets
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| **n > 0)
+            .map(|(i, n)| (i, *n))
+            .collect();
+        let mut st = s.serialize_struct("Counts", 2)?;
+        st.serialize_field("sum_us", &self.sum_us)?;
+        st.serialize_field("buckets", &sparse)?;
+        st.end()
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Counts {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(serde::Deserialize)]
+        struct Sparse {
+            sum_us: u64,
+            buckets: Vec<(usize, u64)>,
+        }
+        let sparse = Sparse::deserialize(d)?;
+        let mut c = Counts {
+            sum_us: sparse.sum_us,
+            ..Counts::default()
+        };
+        for (i, n) in sparse.buckets {
+            let slot = c
+                .buckets
+                .get_mut(i)
+                .ok_or_else(|| serde::de::Error::custom(format!("bucket {i} is out of range")))?;
+            *slot = n;
+        }
+        Ok(c)
+    }
+}
+
 /// Cumulative figures of one pool at one moment; subtract two to get a window.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct StatsSnapshot {
     pub requests: u64,
     pub errors: u64,
@@ -271,6 +321,16 @@ pub struct StatsSnapshot {
 }
 
 impl StatsSnapshot {
+    /// Adds another snapshot's figures (the same pool on another instance).
+    pub fn add(&mut self, other: &StatsSnapshot) {
+        self.requests = self.requests.saturating_add(other.requests);
+        self.errors = self.errors.saturating_add(other.errors);
+        self.latency.add(&other.latency);
+        self.ttfb.add(&other.ttfb);
+        self.inter_chunk.add(&other.inter_chunk);
+        self.tpot.add(&other.tpot);
+    }
+
     /// What happened between `earlier` and this snapshot.
     pub fn since(&self, earlier: &StatsSnapshot) -> StatsSnapshot {
         StatsSnapshot {
@@ -287,6 +347,28 @@ impl StatsSnapshot {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn snapshots_round_trip_as_sparse_json_and_add_up() {
+        let mut a = StatsSnapshot {
+            requests: 3,
+            errors: 1,
+            ..Default::default()
+        };
+        for ms in [1, 20, 300] {
+            a.latency.record(Duration::from_millis(ms));
+        }
+        let json = serde_json::to_string(&a).unwrap();
+        assert!(json.len() < 400, "sparse: {json}");
+        let back: StatsSnapshot = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, a);
+        let mut sum = a.clone();
+        sum.add(&back);
+        assert_eq!(sum.requests, 6);
+        assert_eq!(sum.latency.count(), 6);
+        assert_eq!(sum.since(&a), a, "the sum less one part is the other");
+        assert!(serde_json::from_str::<Counts>(r#"{"sum_us":0,"buckets":[[999999,1]]}"#).is_err());
+    }
 
     #[test]
     fn buckets_cover_every_value_in_order_without_gaps() {

@@ -44,6 +44,8 @@ pub(super) struct AnalysisIo<'a> {
     pub events: &'a broadcast::Sender<EnvironmentEvent>,
     pub runtime: &'a tokio::runtime::Handle,
     pub wake: &'a Arc<Notify>,
+    /// On a shared store: the other instances, whose reported figures add to this one's.
+    pub cluster: Option<&'a crate::cluster::Cluster>,
 }
 
 /// Takes the baseline of a new interval, or judges the interval that is due. Returns whether
@@ -61,7 +63,13 @@ pub(super) fn analyze(io: &AnalysisIo<'_>, m: &mut ModelState, ei: usize, now: u
         m.environments[ei].analysis_baseline = None;
         return false;
     };
-    let measure = |dep: &str| io.router.pool_stats(&m.id, &env.name, dep);
+    let measure = |dep: &str| {
+        let mut s = io.router.pool_stats(&m.id, &env.name, dep);
+        if let Some(c) = io.cluster {
+            s.add(&c.others_pool_stats(&m.id, &env.name, dep));
+        }
+        s
+    };
     let (candidate, previous) = (measure(&p.candidate), measure(&p.previous));
     let baseline = match env.analysis_baseline.as_ref() {
         Some(b) if b.started_ms == start => b,

@@ -93,6 +93,7 @@ impl Controller {
             events: &self.events,
             runtime: &self.providers.runtime,
             wake: &self.wake,
+            cluster: self.cluster.get().map(|c| &**c),
         };
         for m in &mut st.models {
             for ei in 0..m.environments.len() {

@@ -120,6 +120,37 @@ impl Controller {
         self.router.retired_in_flight()
     }
 
+    /// This instance's cumulative figures of every pool a running promotion's analysis judges.
+    pub(crate) fn analysis_pool_stats(&self) -> Vec<crate::cluster::PoolStatsReport> {
+        let pools: Vec<(String, String, String)> = {
+            let st = self.lock();
+            st.models
+                .iter()
+                .flat_map(|m| {
+                    m.environments.iter().filter_map(move |e| {
+                        let p = e.running_promotion()?;
+                        p.machine.config.analysis.enabled.then(|| {
+                            [&p.previous, &p.candidate]
+                                .map(|d| (m.id.clone(), e.name.clone(), d.clone()))
+                        })
+                    })
+                })
+                .flatten()
+                .collect()
+        };
+        pools
+            .into_iter()
+            .map(
+                |(model, environment, deployment)| crate::cluster::PoolStatsReport {
+                    stats: self.router.pool_stats(&model, &environment, &deployment),
+                    model,
+                    environment,
+                    deployment,
+                },
+            )
+            .collect()
+    }
+
     /// Leadership came or went: the run loop starts or stops ticking.
     pub(crate) fn leadership_changed(&self) {
         self.wake.notify_one();
