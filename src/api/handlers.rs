@@ -261,7 +261,14 @@ async fn deregister_endpoint(
         address,
     }): ApiPath<EndpointPath>,
 ) -> ApiResult<SignalPromotionResponse> {
-    let address = endpoint_address(&address).map_err(ApiError::bad_request)?;
+    // Whatever is not an endpoint address is no registered endpoint either: 404, like any
+    // other address not registered.
+    let address = endpoint_address(&address).map_err(|e| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no such registered endpoint: {e}"),
+        )
+    })?;
     let removed = s.controller.deregister_endpoint(&m, &d, address).await?;
     if !removed {
         return Err(ApiError::new(

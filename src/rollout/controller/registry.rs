@@ -111,7 +111,13 @@ impl Controller {
         model: &str,
         deployment: &str,
     ) -> Result<Vec<RegisteredEndpoint>, ControllerError> {
-        self.registrable(model, deployment)?;
+        // Any deployment may be asked (a process deployment simply has none).
+        if let Err(
+            e @ (ControllerError::UnknownModel(_) | ControllerError::UnknownDeployment { .. }),
+        ) = self.registrable(model, deployment)
+        {
+            return Err(e);
+        }
         let now = Instant::now();
         let r = self.registrations.lock().unwrap_or_else(|e| e.into_inner());
         Ok(r.get(&(model.to_owned(), deployment.to_owned()))
