@@ -199,31 +199,39 @@ impl Etcd {
         .map(|_| ())
     }
 
-    /// A transaction, sent once (it may not be safe to repeat): the endpoint is rotated on
+    /// A transaction. It may not be safe to repeat, so it goes to another member only when
+    /// it never reached one (the connection was refused); the endpoint is rotated on any
     /// failure so the next call tries another member.
     pub async fn txn(&self, req: pb::TxnRequest) -> Result<pb::TxnResponse, EtcdError> {
-        let (i, mut c) = self.client(0);
-        match tokio::time::timeout(self.timeout, c.kv.txn(req)).await {
-            Ok(Ok(r)) => Ok(r),
-            Ok(Err(e)) => {
-                if is_transport(&e) {
+        let mut last = String::new();
+        for attempt in 0..self.clients.len() {
+            let (i, mut c) = self.client(attempt);
+            let name = &self.clients[i].0;
+            match tokio::time::timeout(self.timeout, c.kv.txn(req.clone())).await {
+                Ok(Ok(r)) => {
+                    self.current.store(i, Ordering::Relaxed);
+                    return Ok(r);
+                }
+                Ok(Err(e)) if never_sent(&e) => last = format!("{name}: {}", short(&e)),
+                Ok(Err(e)) => {
                     self.current.store(i + 1, Ordering::Relaxed);
-                    Err(EtcdError::Unavailable(format!(
-                        "{}: {e}",
-                        self.clients[i].0
-                    )))
-                } else {
-                    Err(EtcdError::Other(e.to_string()))
+                    return Err(if is_transport(&e) {
+                        EtcdError::Unavailable(format!("{name}: {}", short(&e)))
+                    } else {
+                        EtcdError::Other(short(&e))
+                    });
+                }
+                Err(_) => {
+                    self.current.store(i + 1, Ordering::Relaxed);
+                    return Err(EtcdError::Unavailable(format!(
+                        "{name}: no answer within {:?}",
+                        self.timeout
+                    )));
                 }
             }
-            Err(_) => {
-                self.current.store(i + 1, Ordering::Relaxed);
-                Err(EtcdError::Unavailable(format!(
-                    "{}: no answer within {:?}",
-                    self.clients[i].0, self.timeout
-                )))
-            }
         }
+        self.current.fetch_add(1, Ordering::Relaxed);
+        Err(EtcdError::Unavailable(last))
     }
 
     /// A new lease of `ttl` seconds.
@@ -296,8 +304,9 @@ impl Etcd {
             Ok(Err(e)) => {
                 self.current.store(i + 1, Ordering::Relaxed);
                 Err(EtcdError::Unavailable(format!(
-                    "{}: {e}",
-                    self.clients[i].0
+                    "{}: {}",
+                    self.clients[i].0,
+                    short(&e)
                 )))
             }
             Err(_) => {
@@ -393,6 +402,12 @@ fn short(e: &etcdv3client::Error) -> String {
         }
     }
     s
+}
+
+/// Whether a request failed before any member could have received it.
+fn never_sent(e: &etcdv3client::Error) -> bool {
+    let s = e.to_string();
+    s.contains("ConnectionRefused") || s.contains("tcp connect error")
 }
 
 /// Whether an error means the member could not be reached (so another may answer).
