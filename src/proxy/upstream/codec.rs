@@ -56,6 +56,29 @@ pub fn encode_head(
     framing: RequestFraming,
     content_length: Option<u64>,
 ) -> Vec<u8> {
+    let mut out = Vec::new();
+    encode_head_into(
+        &mut out,
+        method,
+        path_and_query,
+        headers,
+        framing,
+        content_length,
+    );
+    out
+}
+
+/// [`encode_head`] into `out` (cleared first): a connection reuses one buffer for every
+/// request it sends instead of allocating one each time.
+pub fn encode_head_into(
+    out: &mut Vec<u8>,
+    method: &Method,
+    path_and_query: &str,
+    headers: &HeaderMap,
+    framing: RequestFraming,
+    content_length: Option<u64>,
+) {
+    out.clear();
     let size = method.as_str().len()
         + path_and_query.len()
         + 64
@@ -63,7 +86,7 @@ pub fn encode_head(
             .iter()
             .map(|(n, v)| n.as_str().len() + v.len() + 4)
             .sum::<usize>();
-    let mut out = Vec::with_capacity(size);
+    out.reserve(size);
     out.extend_from_slice(method.as_str().as_bytes());
     out.push(b' ');
     out.extend_from_slice(path_and_query.as_bytes());
@@ -79,13 +102,13 @@ pub fn encode_head(
         RequestFraming::Length => {
             if let (Some(n), false) = (content_length, headers.contains_key(header::CONTENT_LENGTH))
             {
-                out.extend_from_slice(format!("content-length: {n}\r\n").as_bytes());
+                // Formatted in place (writing to a Vec cannot fail).
+                let _ = std::io::Write::write_fmt(out, format_args!("content-length: {n}\r\n"));
             }
         }
         RequestFraming::None => {}
     }
     out.extend_from_slice(b"\r\n");
-    out
 }
 
 /// Wraps one piece of a chunked request body: size line, data, CRLF.
@@ -142,7 +165,38 @@ pub enum Parsed {
 
 /// Parses a response head off the front of `buf` (consuming it when complete). Header values
 /// share `buf`'s memory instead of being copied.
-pub fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Parsed, ProtocolError> {
+/// Header names seen on a connection, by position in the last head: a replica sends the same
+/// names in the same order, and a name that is not one of the standard ones would otherwise be
+/// a new allocation in every response.
+pub type SeenNames = Vec<HeaderName>;
+
+/// The name of header `i`, from `seen` when the last head had it at the same place.
+fn header_name(seen: &mut SeenNames, i: usize, raw: &str) -> Result<HeaderName, ProtocolError> {
+    if let Some(n) = seen.get(i) {
+        if n.as_str().len() == raw.len()
+            && n.as_str().as_bytes().eq_ignore_ascii_case(raw.as_bytes())
+        {
+            return Ok(n.clone());
+        }
+    }
+    let name = HeaderName::from_bytes(raw.as_bytes())
+        .map_err(|_| ProtocolError::Header(raw.to_owned()))?;
+    if i < seen.len() {
+        seen[i] = name.clone();
+    } else if i == seen.len() && i < MAX_SEEN_NAMES {
+        seen.push(name.clone());
+    }
+    Ok(name)
+}
+
+/// Names remembered per connection (the first of each head).
+const MAX_SEEN_NAMES: usize = 32;
+
+pub fn parse_head(
+    buf: &mut BytesMut,
+    method: &Method,
+    seen: &mut SeenNames,
+) -> Result<Parsed, ProtocolError> {
     let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut res = httparse::Response::new(&mut slots);
     let len = match res.parse(buf) {
@@ -167,9 +221,7 @@ pub fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Parsed, Protoco
     let mut names: [Option<HeaderName>; MAX_HEADERS] = std::array::from_fn(|_| None);
     let count = res.headers.len();
     for (i, h) in res.headers.iter().enumerate() {
-        let name = HeaderName::from_bytes(h.name.as_bytes())
-            .map_err(|_| ProtocolError::Header(h.name.to_owned()))?;
-        names[i] = Some(name);
+        names[i] = Some(header_name(seen, i, h.name)?);
         spans[i] = (h.value.as_ptr() as usize - base, h.value.len());
     }
     let head = buf.split_to(len).freeze();
@@ -209,9 +261,10 @@ pub fn parse_final_head(
     buf: &mut BytesMut,
     method: &Method,
     interim: &mut u32,
+    seen: &mut SeenNames,
 ) -> Result<Option<Head>, ProtocolError> {
     while !buf.is_empty() {
-        match parse_head(buf, method)? {
+        match parse_head(buf, method, seen)? {
             Parsed::Head(head) => return Ok(Some(head)),
             Parsed::Interim if *interim >= MAX_INTERIM => {
                 return Err(ProtocolError::TooManyInterim)
@@ -615,9 +668,42 @@ impl BodyDecoder {
 mod tests {
     use super::*;
 
+    #[test]
+    fn header_names_are_reused_across_heads_on_a_connection() {
+        let mut seen = SeenNames::new();
+        let mut head = |text: &str| {
+            let mut buf = BytesMut::from(text);
+            match parse_head(&mut buf, &Method::GET, &mut seen).unwrap() {
+                Parsed::Head(h) => h.headers,
+                _ => panic!("not a head"),
+            }
+        };
+        let first = head("HTTP/1.1 200 OK\r\nX-Replica-Version: v1\r\ncontent-length: 0\r\n\r\n");
+        let second = head("HTTP/1.1 200 OK\r\nx-replica-version: v2\r\ncontent-length: 0\r\n\r\n");
+        let ptr = |h: &HeaderMap| h.keys().next().unwrap().as_str().as_ptr();
+        assert_eq!(
+            ptr(&first),
+            ptr(&second),
+            "the custom name is shared, not allocated again"
+        );
+        assert_eq!(second["x-replica-version"], "v2");
+        // Another order: names still match what was sent.
+        let third = head(
+            "HTTP/1.1 200 OK\r\ncontent-length: 0\r\nx-other: 1\r\nx-replica-version: v3\r\n\r\n",
+        );
+        let names: Vec<&str> = third.keys().map(|n| n.as_str()).collect();
+        assert_eq!(names, ["content-length", "x-other", "x-replica-version"]);
+        assert_eq!(third["x-replica-version"], "v3");
+        // A name that is not a valid header name is still refused.
+        let mut buf = BytesMut::from("HTTP/1.1 200 OK\r\nx-replica-version: v1\r\n\r\n");
+        let _ = parse_head(&mut buf, &Method::GET, &mut seen);
+        let mut bad = BytesMut::from("HTTP/1.1 200 OK\r\nx-repl\x01ca-version: v1\r\n\r\n");
+        assert!(parse_head(&mut bad, &Method::GET, &mut seen).is_err());
+    }
+
     fn head(bytes: &[u8], method: Method) -> Result<Parsed, ProtocolError> {
         let mut buf = BytesMut::from(bytes);
-        parse_head(&mut buf, &method)
+        parse_head(&mut buf, &method, &mut Vec::new())
     }
 
     fn must_head(bytes: &[u8], method: Method) -> Head {
@@ -776,11 +862,11 @@ mod tests {
             &b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"[..],
         );
         assert!(matches!(
-            parse_head(&mut buf, &Method::POST),
+            parse_head(&mut buf, &Method::POST, &mut Vec::new()),
             Ok(Parsed::Interim)
         ));
         assert!(
-            matches!(parse_head(&mut buf, &Method::POST), Ok(Parsed::Head(h)) if h.status == 200)
+            matches!(parse_head(&mut buf, &Method::POST, &mut Vec::new()), Ok(Parsed::Head(h)) if h.status == 200)
         );
         assert!(buf.is_empty());
         assert!(matches!(

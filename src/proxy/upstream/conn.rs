@@ -74,6 +74,10 @@ pub struct Conn {
     io: TcpStream,
     /// Bytes read but not used yet. Empty (no allocation) while the connection is idle.
     buf: BytesMut,
+    /// Reused by every request head sent (a few hundred bytes).
+    head: Vec<u8>,
+    /// Response header names by position, reused across responses.
+    seen: codec::SeenNames,
 }
 
 impl Conn {
@@ -81,6 +85,8 @@ impl Conn {
         Conn {
             io,
             buf: BytesMut::new(),
+            head: Vec::new(),
+            seen: Vec::new(),
         }
     }
 
@@ -115,7 +121,9 @@ impl Conn {
         }
         let method = req.method().clone();
         let (framing, length) = request_framing(&req);
-        let head = codec::encode_head(
+        let mut head = std::mem::take(&mut self.head);
+        codec::encode_head_into(
+            &mut head,
             &method,
             req.uri().path_and_query().map_or("/", |pq| pq.as_str()),
             req.headers(),
@@ -135,7 +143,8 @@ impl Conn {
         };
         let fail = |e| SendError::Failed(UpstreamError::Send(e));
         self.io.write_all(&head[written..]).await.map_err(fail)?;
-        drop(head);
+        head.clear();
+        self.head = head;
 
         let mut upload = (framing != RequestFraming::None).then(|| {
             Upload::new(
@@ -147,7 +156,12 @@ impl Conn {
         });
         let mut upload_failed = None;
         let mut interim = 0;
-        let Conn { mut io, mut buf } = self;
+        let Conn {
+            mut io,
+            mut buf,
+            head: head_buf,
+            mut seen,
+        } = self;
         let head = std::future::poll_fn(|cx| {
             if let Some(up) = upload.as_mut() {
                 match up.poll(&mut io, cx) {
@@ -161,7 +175,7 @@ impl Conn {
                     Poll::Pending => {}
                 }
             }
-            poll_head(&mut io, &mut buf, &method, &mut interim, cx)
+            poll_head(&mut io, &mut buf, &method, &mut interim, &mut seen, cx)
         })
         .await;
         // No head after a failed upload: the upload's error says more than the read's.
@@ -173,7 +187,12 @@ impl Conn {
             State::Body(BodyDecoder::new(head.framing))
         };
         let mut resp = Response::new(ResponseBody {
-            conn: Some(Conn { io, buf }),
+            conn: Some(Conn {
+                io,
+                buf,
+                head: head_buf,
+                seen,
+            }),
             upload,
             state,
             reusable: head.keep_alive && upload_failed.is_none(),
@@ -328,10 +347,11 @@ fn poll_head(
     buf: &mut BytesMut,
     method: &Method,
     interim: &mut u32,
+    seen: &mut codec::SeenNames,
     cx: &mut Context<'_>,
 ) -> Poll<Result<codec::Head, UpstreamError>> {
     loop {
-        if let Some(head) = codec::parse_final_head(buf, method, interim)? {
+        if let Some(head) = codec::parse_final_head(buf, method, interim, seen)? {
             return Poll::Ready(Ok(head));
         }
         if buf.capacity() - buf.len() < FIRST_READ / 4 {
