@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use arc_swap::ArcSwap;
 use http::HeaderValue;
 
-use super::snapshot::{Environment, HostRoute, HostTable, Model, Pool, Replica, Snapshot};
+use super::snapshot::{Environment, HostTable, Model, Pool, Replica, Snapshot};
 use super::spec::{ModelSpec, RoutingSpec, WEIGHT_SCALE};
 use crate::metrics::window::StatsSnapshot;
 use crate::metrics::{Metrics, PoolMetrics};
@@ -26,15 +26,25 @@ pub struct Router {
 struct BuildState {
     next_replica_id: u64,
     version: u64,
-    /// Replica objects by (model, deployment), then address: one string-keyed lookup per
-    /// deployment, not per replica, when a snapshot is rebuilt.
-    replicas: HashMap<(String, String), HashMap<SocketAddr, Arc<Replica>>>,
-    pools: HashMap<(String, String, String), Arc<PoolMetrics>>,
-    /// Each model as last built, with the spec it was built from: a model whose spec did not
-    /// change is reused whole, so a rebuild costs what changed, not the whole configuration.
-    built: HashMap<String, (ModelSpec, Arc<Model>)>,
+    /// Each model as last built. A model whose spec did not change moves over whole (one map
+    /// entry, no allocation), so a rebuild costs what changed, not the whole configuration.
+    models: HashMap<String, ModelBuild>,
     /// Replicas that left the snapshot, by (model, deployment), while requests still hold them.
     retired: Vec<(String, String, std::sync::Weak<Replica>)>,
+}
+
+/// One model as last built: the spec it came from, its part of the snapshot, and what a
+/// rebuild keeps (replica objects with their load counters, pool metric handles).
+struct ModelBuild {
+    spec: ModelSpec,
+    model: Arc<Model>,
+    /// Replica objects by deployment, then address.
+    replicas: HashMap<String, HashMap<SocketAddr, Arc<Replica>>>,
+    /// Pool metrics by (environment, deployment); environment "" for a deployment no
+    /// environment routes to (pinned requests only).
+    pools: HashMap<(String, String), Arc<PoolMetrics>>,
+    /// Lower-cased Host names and the environment each selects.
+    hosts: Vec<(Arc<str>, usize)>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -86,8 +96,9 @@ impl Router {
     /// while some snapshot still lists it.
     pub fn replica(&self, model: &str, deployment: &str, addr: SocketAddr) -> Option<Arc<Replica>> {
         let st = self.build.lock().unwrap_or_else(|e| e.into_inner());
-        st.replicas
-            .get(&(model.to_owned(), deployment.to_owned()))
+        st.models
+            .get(model)
+            .and_then(|m| m.replicas.get(deployment))
             .and_then(|d| d.get(&addr))
             .cloned()
     }
@@ -97,11 +108,12 @@ impl Router {
     pub fn retired_in_flight(&self) -> Vec<(String, String, SocketAddr, u32)> {
         let mut st = self.build.lock().unwrap_or_else(|e| e.into_inner());
         let st = &mut *st;
-        let live = &st.replicas;
+        let live = &st.models;
         st.retired.retain(|(m, d, w)| {
             w.strong_count() > 0
                 && !live
-                    .get(&(m.clone(), d.clone()))
+                    .get(m)
+                    .and_then(|b| b.replicas.get(d))
                     .is_some_and(|now| w.upgrade().is_some_and(|r| now.contains_key(&r.addr)))
         });
         st.retired
@@ -122,12 +134,12 @@ impl Router {
     /// snapshot has that pool.
     pub fn pool_stats(&self, model: &str, environment: &str, deployment: &str) -> StatsSnapshot {
         let st = self.build.lock().unwrap_or_else(|e| e.into_inner());
-        st.pools
-            .get(&(
-                model.to_owned(),
-                environment.to_owned(),
-                deployment.to_owned(),
-            ))
+        st.models
+            .get(model)
+            .and_then(|m| {
+                m.pools
+                    .get(&(environment.to_owned(), deployment.to_owned()))
+            })
             .map(|p| p.stats.snapshot())
             .unwrap_or_default()
     }
@@ -139,144 +151,44 @@ impl Router {
         validate(spec)?;
         let mut guard = self.build.lock().unwrap_or_else(|e| e.into_inner());
         let st = &mut *guard;
-        let mut replicas = HashMap::with_capacity(st.replicas.len());
-        let mut pools = HashMap::with_capacity(st.pools.len());
+        let mut builds: HashMap<String, ModelBuild> = HashMap::with_capacity(spec.models.len());
         let mut hosts = Vec::new();
         let mut models = Vec::with_capacity(spec.models.len());
-        let mut built = HashMap::with_capacity(spec.models.len());
 
         for (mi, m) in spec.models.iter().enumerate() {
-            if st.built.get(&m.id).is_some_and(|(was, _)| was == m) {
-                // Unchanged: the same model, replica objects and metric handles carry over
-                // (moved, not copied: validation already passed, nothing below can fail).
-                if let Some((was, model)) = st.built.remove(&m.id) {
-                    for d in &m.deployments {
-                        let key = (m.id.clone(), d.id.clone());
-                        if let Some(r) = st.replicas.remove(&key) {
-                            replicas.insert(key, r);
+            let old = st.models.remove_entry(&m.id);
+            let (key, build) = match old {
+                // Unchanged: the same model, replica objects and metric handles carry over.
+                Some((key, b)) if b.spec == *m => (key, b),
+                old => {
+                    let old = old.map(|(_, b)| b);
+                    let b = match self.build_model(&mut st.next_replica_id, m, old.as_ref()) {
+                        Ok(b) => b,
+                        // Not reached (validation covers what can fail): keep what was built.
+                        Err(e) => {
+                            if let Some(o) = old {
+                                st.models.insert(m.id.clone(), o);
+                            }
+                            st.models.extend(builds);
+                            return Err(e);
                         }
+                    };
+                    if let Some(old) = old {
+                        retire(&mut st.retired, &m.id, &old, Some(&b));
                     }
-                    let envs = m
-                        .environments
-                        .iter()
-                        .flat_map(|e| e.weights.keys().map(move |d| (e.name.as_str(), d.as_str())));
-                    let unassigned = model.unassigned.iter().map(|p| ("", &*p.deployment));
-                    for (env, dep) in envs.chain(unassigned) {
-                        let key = (m.id.clone(), env.to_owned(), dep.to_owned());
-                        if let Some(p) = st.pools.remove(&key) {
-                            pools.insert(key, p);
-                        }
-                    }
-                    push_hosts(&mut hosts, m, mi, model.default_environment);
-                    models.push(model.clone());
-                    built.insert(m.id.clone(), (was, model));
-                    continue;
+                    (m.id.clone(), b)
                 }
-            }
-            let model_id: Arc<str> = m.id.as_str().into();
-            // Replica objects of each deployment, shared by every environment that routes to it.
-            let mut deployment_replicas: HashMap<&str, Box<[Arc<Replica>]>> = HashMap::new();
-            for d in &m.deployments {
-                let dep: Arc<str> = d.id.as_str().into();
-                let key = (m.id.clone(), d.id.clone());
-                let before = st.replicas.get(&key);
-                let mut now = HashMap::with_capacity(d.replicas.len());
-                let list = d
-                    .replicas
-                    .iter()
-                    .map(|addr| {
-                        let r = before
-                            .and_then(|b| b.get(addr))
-                            .cloned()
-                            .unwrap_or_else(|| {
-                                st.next_replica_id += 1;
-                                Arc::new(Replica::new(st.next_replica_id, *addr, dep.clone()))
-                            });
-                        now.insert(*addr, r.clone());
-                        r
-                    })
-                    .collect();
-                replicas.insert(key, now);
-                deployment_replicas.insert(d.id.as_str(), list);
-            }
-            let mut make_pool = |env: &str, dep: &str| -> Result<Arc<Pool>, SpecError> {
-                let key = (m.id.clone(), env.to_owned(), dep.to_owned());
-                let metrics = st
-                    .pools
-                    .get(&key)
-                    .cloned()
-                    .unwrap_or_else(|| self.metrics.pool(&m.id, env, dep));
-                pools.insert(key, metrics.clone());
-                let replicas = deployment_replicas.get(dep).cloned().unwrap_or_default();
-                metrics.ready_replicas.set(replicas.len() as i64);
-                Ok(Arc::new(Pool {
-                    model: model_id.clone(),
-                    environment: env.into(),
-                    deployment: dep.into(),
-                    header_value: HeaderValue::from_str(dep)
-                        .map_err(|_| SpecError::BadDeploymentId(dep.to_owned()))?,
-                    replicas,
-                    metrics,
-                }))
             };
-            let mut environments = Vec::with_capacity(m.environments.len());
-            let mut in_env = HashSet::new();
-            for e in &m.environments {
-                let mut sum = 0u32;
-                let mut env_pools = Vec::with_capacity(e.weights.len());
-                let mut cumulative = Vec::with_capacity(e.weights.len());
-                for (dep, w) in &e.weights {
-                    sum += w;
-                    env_pools.push(make_pool(&e.name, dep)?);
-                    cumulative.push(sum);
-                    in_env.insert(dep.as_str());
-                }
-                let env = Environment {
-                    name: e.name.as_str().into(),
-                    pools: env_pools.into(),
-                    cumulative: cumulative.into(),
-                };
-                for (i, p) in env.pools.iter().enumerate() {
-                    p.metrics.weight.set(env.share(i));
-                }
-                environments.push(env);
+            for (h, ei) in &build.hosts {
+                hosts.push((h.clone(), (mi, *ei)));
             }
-            let unassigned = m
-                .deployments
-                .iter()
-                .filter(|d| !in_env.contains(d.id.as_str()))
-                .map(|d| make_pool("", &d.id))
-                .collect::<Result<Vec<_>, _>>()?;
-            let default_environment = m.default_environment();
-            push_hosts(&mut hosts, m, mi, default_environment);
-            let model = Arc::new(Model {
-                id: model_id,
-                environments: environments.into(),
-                default_environment,
-                unassigned: unassigned.into(),
-            });
-            models.push(model.clone());
-            built.insert(m.id.clone(), (m.clone(), model));
+            models.push(build.model.clone());
+            builds.insert(key, build);
         }
-
-        for (key, metrics) in &st.pools {
-            if !pools.contains_key(key) {
-                metrics.remove();
-            }
+        // Models that are gone: their series go, their replicas drain.
+        for (id, old) in std::mem::replace(&mut st.models, builds) {
+            retire(&mut st.retired, &id, &old, None);
         }
-        st.pools = pools;
-        // Replicas that left: followed until their last request ends (draining).
-        for ((model, dep), old) in &st.replicas {
-            let now = replicas.get(&(model.clone(), dep.clone()));
-            for (addr, r) in old {
-                if now.is_none_or(|n| !n.contains_key(addr)) {
-                    st.retired
-                        .push((model.clone(), dep.clone(), Arc::downgrade(r)));
-                }
-            }
-        }
-        st.replicas = replicas;
-        st.built = built;
         st.version += 1;
         let version = st.version;
         self.current.store(Arc::new(Snapshot {
@@ -286,26 +198,165 @@ impl Router {
         }));
         Ok(version)
     }
+
+    /// Builds one model, reusing the replica objects and metric handles of its last build.
+    fn build_model(
+        &self,
+        next_replica_id: &mut u64,
+        m: &ModelSpec,
+        old: Option<&ModelBuild>,
+    ) -> Result<ModelBuild, SpecError> {
+        let model_id: Arc<str> = m.id.as_str().into();
+        let mut replicas = HashMap::with_capacity(m.deployments.len());
+        // Replica objects of each deployment, shared by every environment that routes to it.
+        let mut deployment_replicas: HashMap<&str, Box<[Arc<Replica>]>> = HashMap::new();
+        for d in &m.deployments {
+            let dep: Arc<str> = d.id.as_str().into();
+            let before = old.and_then(|o| o.replicas.get(&d.id));
+            let mut now = HashMap::with_capacity(d.replicas.len());
+            let list = d
+                .replicas
+                .iter()
+                .map(|addr| {
+                    let r = before
+                        .and_then(|b| b.get(addr))
+                        .cloned()
+                        .unwrap_or_else(|| {
+                            *next_replica_id += 1;
+                            Arc::new(Replica::new(*next_replica_id, *addr, dep.clone()))
+                        });
+                    now.insert(*addr, r.clone());
+                    r
+                })
+                .collect();
+            replicas.insert(d.id.clone(), now);
+            deployment_replicas.insert(d.id.as_str(), list);
+        }
+        let mut pools = HashMap::new();
+        let mut make_pool = |env: &str, dep: &str| -> Result<Arc<Pool>, SpecError> {
+            let key = (env.to_owned(), dep.to_owned());
+            let metrics = old
+                .and_then(|o| o.pools.get(&key))
+                .cloned()
+                .unwrap_or_else(|| self.metrics.pool(&m.id, env, dep));
+            pools.insert(key, metrics.clone());
+            let replicas = deployment_replicas.get(dep).cloned().unwrap_or_default();
+            metrics.ready_replicas.set(replicas.len() as i64);
+            Ok(Arc::new(Pool {
+                model: model_id.clone(),
+                environment: env.into(),
+                deployment: dep.into(),
+                header_value: HeaderValue::from_str(dep)
+                    .map_err(|_| SpecError::BadDeploymentId(dep.to_owned()))?,
+                replicas,
+                metrics,
+            }))
+        };
+        let mut environments = Vec::with_capacity(m.environments.len());
+        let mut in_env = HashSet::new();
+        for e in &m.environments {
+            let mut sum = 0u32;
+            let mut env_pools = Vec::with_capacity(e.weights.len());
+            let mut cumulative = Vec::with_capacity(e.weights.len());
+            for (dep, w) in &e.weights {
+                sum += w;
+                env_pools.push(make_pool(&e.name, dep)?);
+                cumulative.push(sum);
+                in_env.insert(dep.as_str());
+            }
+            let env = Environment {
+                name: e.name.as_str().into(),
+                pools: env_pools.into(),
+                cumulative: cumulative.into(),
+            };
+            for (i, p) in env.pools.iter().enumerate() {
+                p.metrics.weight.set(env.share(i));
+            }
+            environments.push(env);
+        }
+        let unassigned = m
+            .deployments
+            .iter()
+            .filter(|d| !in_env.contains(d.id.as_str()))
+            .map(|d| make_pool("", &d.id))
+            .collect::<Result<Vec<_>, _>>()?;
+        let default_environment = m.default_environment();
+        Ok(ModelBuild {
+            spec: m.clone(),
+            model: Arc::new(Model {
+                id: model_id,
+                environments: environments.into(),
+                default_environment,
+                unassigned: unassigned.into(),
+            }),
+            replicas,
+            pools,
+            hosts: model_hosts(m, default_environment),
+        })
+    }
 }
 
-/// A model's Host routes: its environments' hosts, and its own to its default environment.
-fn push_hosts(hosts: &mut Vec<HostRoute>, m: &ModelSpec, mi: usize, default_environment: usize) {
+/// What a model's rebuild (`now`) or removal (`None`) leaves behind: series of pools that are
+/// gone are removed, and replicas that left are followed until their last request ends.
+fn retire(
+    retired: &mut Vec<(String, String, std::sync::Weak<Replica>)>,
+    model: &str,
+    old: &ModelBuild,
+    now: Option<&ModelBuild>,
+) {
+    for (key, metrics) in &old.pools {
+        if now.is_none_or(|n| !n.pools.contains_key(key)) {
+            metrics.remove();
+        }
+    }
+    for (dep, reps) in &old.replicas {
+        let kept = now.and_then(|n| n.replicas.get(dep));
+        for (addr, r) in reps {
+            if kept.is_none_or(|k| !k.contains_key(addr)) {
+                retired.push((model.to_owned(), dep.clone(), Arc::downgrade(r)));
+            }
+        }
+    }
+}
+
+/// A model's Host routes, lower-cased: its environments' hosts, and its own to its default
+/// environment.
+fn model_hosts(m: &ModelSpec, default_environment: usize) -> Vec<(Arc<str>, usize)> {
+    let mut out = Vec::new();
     for (ei, e) in m.environments.iter().enumerate() {
         for h in &e.hosts {
-            hosts.push((h.to_ascii_lowercase().into_boxed_str(), (mi, ei)));
+            out.push((h.to_ascii_lowercase().into(), ei));
         }
     }
     for h in &m.hosts {
-        hosts.push((
-            h.to_ascii_lowercase().into_boxed_str(),
-            (mi, default_environment),
-        ));
+        out.push((h.to_ascii_lowercase().into(), default_environment));
     }
+    out
 }
 
 fn validate(spec: &RoutingSpec) -> Result<(), SpecError> {
-    let mut model_ids = HashSet::new();
-    let mut hosts = HashSet::new();
+    use std::hash::{BuildHasher, Hasher};
+    let mut model_ids = HashSet::with_capacity(spec.models.len());
+    // Hosts by the hash of their lower-cased bytes (no lower-cased copy per host); equal
+    // hashes are compared exactly.
+    let state = std::collections::hash_map::RandomState::new();
+    let mut hosts: HashMap<u64, Vec<&str>> = HashMap::new();
+    fn claim<'a>(
+        hosts: &mut HashMap<u64, Vec<&'a str>>,
+        state: &std::collections::hash_map::RandomState,
+        h: &'a str,
+    ) -> Result<(), SpecError> {
+        let mut hasher = state.build_hasher();
+        for b in h.bytes() {
+            hasher.write_u8(b.to_ascii_lowercase());
+        }
+        let same = hosts.entry(hasher.finish()).or_default();
+        if same.iter().any(|x| x.eq_ignore_ascii_case(h)) {
+            return Err(SpecError::DuplicateHost { host: h.to_owned() });
+        }
+        same.push(h);
+        Ok(())
+    }
     for m in &spec.models {
         if !model_ids.insert(&m.id) {
             return Err(SpecError::DuplicateModel(m.id.clone()));
@@ -315,21 +366,20 @@ fn validate(spec: &RoutingSpec) -> Result<(), SpecError> {
                 model: m.id.clone(),
             });
         }
-        let mut deps = HashSet::new();
-        for d in &m.deployments {
+        // A model has a handful of deployments and environments: scans, no sets.
+        for (i, d) in m.deployments.iter().enumerate() {
             if HeaderValue::from_str(&d.id).is_err() {
                 return Err(SpecError::BadDeploymentId(d.id.clone()));
             }
-            if !deps.insert(d.id.as_str()) {
+            if m.deployments[..i].iter().any(|x| x.id == d.id) {
                 return Err(SpecError::DuplicateDeployment {
                     model: m.id.clone(),
                     deployment: d.id.clone(),
                 });
             }
         }
-        let mut envs = HashSet::new();
-        for e in &m.environments {
-            if !envs.insert(e.name.as_str()) {
+        for (i, e) in m.environments.iter().enumerate() {
+            if m.environments[..i].iter().any(|x| x.name == e.name) {
                 return Err(SpecError::DuplicateEnvironment {
                     model: m.id.clone(),
                     environment: e.name.clone(),
@@ -337,7 +387,7 @@ fn validate(spec: &RoutingSpec) -> Result<(), SpecError> {
             }
             let mut sum: u64 = 0;
             for (dep, w) in &e.weights {
-                if !deps.contains(dep.as_str()) {
+                if !m.deployments.iter().any(|d| d.id == *dep) {
                     return Err(SpecError::UnknownDeployment {
                         model: m.id.clone(),
                         environment: e.name.clone(),
@@ -353,15 +403,11 @@ fn validate(spec: &RoutingSpec) -> Result<(), SpecError> {
                 });
             }
             for h in &e.hosts {
-                if !hosts.insert(h.to_ascii_lowercase()) {
-                    return Err(SpecError::DuplicateHost { host: h.clone() });
-                }
+                claim(&mut hosts, &state, h)?;
             }
         }
         for h in &m.hosts {
-            if !hosts.insert(h.to_ascii_lowercase()) {
-                return Err(SpecError::DuplicateHost { host: h.clone() });
-            }
+            claim(&mut hosts, &state, h)?;
         }
     }
     Ok(())
@@ -515,7 +561,64 @@ mod tests {
             r.apply(&bad),
             Err(SpecError::WeightOverflow { .. })
         ));
+        let mut bad = spec(0, &[]);
+        let dup = bad.models[0].deployments[0].clone();
+        bad.models[0].deployments.push(dup);
+        assert!(matches!(
+            r.apply(&bad),
+            Err(SpecError::DuplicateDeployment { .. })
+        ));
+        let mut bad = spec(0, &[]);
+        let dup = bad.models[0].environments[0].clone();
+        bad.models[0].environments.push(dup);
+        assert!(matches!(
+            r.apply(&bad),
+            Err(SpecError::DuplicateEnvironment { .. })
+        ));
+        // Hosts collide without regard to case, across models and environments.
+        let mut bad = spec(0, &[]);
+        let mut other = bad.models[0].clone();
+        other.id = "n".into();
+        other.hosts = vec!["M.Example".into()];
+        other.environments.iter_mut().for_each(|e| e.hosts.clear());
+        bad.models.push(other);
+        let err = r.apply(&bad).unwrap_err();
+        assert_eq!(
+            err,
+            SpecError::DuplicateHost {
+                host: "M.Example".into()
+            }
+        );
         assert_eq!(r.load().version, v);
+    }
+
+    #[test]
+    fn replicas_that_leave_are_followed_until_their_last_request_ends() {
+        let r = Router::new(Metrics::new());
+        r.apply(&spec(100_000, &["127.0.0.1:2001"])).unwrap();
+        let leaving = r
+            .replica("m", "v2", "127.0.0.1:2001".parse().unwrap())
+            .unwrap();
+        leaving.begin_request();
+        r.apply(&spec(100_000, &[])).unwrap();
+        assert!(r
+            .replica("m", "v2", "127.0.0.1:2001".parse().unwrap())
+            .is_none());
+        let busy = r.retired_in_flight();
+        assert_eq!(busy.len(), 1, "{busy:?}");
+        assert_eq!((busy[0].1.as_str(), busy[0].3), ("v2", 1));
+        leaving.end_request();
+        assert!(r.retired_in_flight().is_empty());
+        // A model removed whole: its replicas are followed the same way.
+        let gone = r
+            .replica("m", "v1", "127.0.0.1:1001".parse().unwrap())
+            .unwrap();
+        gone.begin_request();
+        r.apply(&RoutingSpec { models: vec![] }).unwrap();
+        assert_eq!(r.retired_in_flight().len(), 1);
+        gone.end_request();
+        drop((leaving, gone));
+        assert!(r.retired_in_flight().is_empty());
     }
 
     #[test]

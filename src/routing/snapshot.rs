@@ -153,7 +153,7 @@ pub struct Model {
 }
 
 /// A Host name (lower case, no port) and the (model index, environment index) it selects.
-pub type HostRoute = (Box<str>, (usize, usize));
+pub type HostRoute = (Arc<str>, (usize, usize));
 
 /// One complete routing state. Never mutated after it is built.
 #[derive(Default)]
@@ -291,7 +291,7 @@ const SCAN_HOSTS: usize = 8;
 pub enum HostTable {
     /// A handful: a scan with a plain compare beats hashing the request's Host.
     Few(Box<[HostRoute]>),
-    Many(std::collections::HashMap<Box<str>, (usize, usize)>),
+    Many(std::collections::HashMap<Arc<str>, (usize, usize)>),
 }
 
 impl Default for HostTable {
@@ -386,7 +386,7 @@ mod tests {
         for n in [3usize, 20] {
             let table = HostTable::new(
                 (0..n)
-                    .map(|i| (format!("m{i}.example").into_boxed_str(), (i, 0)))
+                    .map(|i| (format!("m{i}.example").into(), (i, 0)))
                     .collect(),
             );
             assert_eq!(matches!(table, HostTable::Many(_)), n > 8);
