@@ -253,15 +253,15 @@ fn start_control(
                     }
                 };
                 if let Some(shared) = &shared {
-                    if let Err(e) = crate::cluster::Cluster::start(
-                        shared,
-                        &controller,
-                        admin_addr,
-                        listen_addr,
-                        stop.clone(),
-                    )
-                    .await
-                    {
+                    let started =
+                        match crate::cluster::Cluster::connect(shared, admin_addr, listen_addr) {
+                            Ok(cluster) => {
+                                controller.attach_cluster(cluster.clone());
+                                cluster.start(controller.clone(), stop.clone()).await
+                            }
+                            Err(e) => Err(e),
+                        };
+                    if let Err(e) = started {
                         let _ = tx.send(Err(format!("store: {e}")));
                         return;
                     }

@@ -31,8 +31,10 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{oneshot, watch, Notify};
 
-use crate::rollout::controller::{Command, CommandFailure, Controller, ControllerError, Outcome};
-use etcd::{Change, Entry, Etcd, EtcdError, WatchItem};
+use futures_util::future::BoxFuture;
+use serde_json::value::RawValue;
+
+use etcd::{Change, Entry, Etcd, WatchItem};
 pub use settings::SharedStoreSettings;
 
 /// The leading instance, as stored in `{prefix}leader`.
@@ -79,6 +81,32 @@ pub struct RetiredInFlight {
     pub in_flight: u32,
 }
 
+/// What the instance this cluster runs in does for it. The controller implements it; the
+/// cluster never names the controller (it depends on the cluster, not the other way round).
+pub trait Member: Send + Sync {
+    /// Applies a committed model record. `Some(committed_at_ms)` when it changed this
+    /// instance's state, `None` for one it already had.
+    fn apply_record<'a>(&'a self, value: &'a [u8]) -> BoxFuture<'a, Result<Option<u64>, String>>;
+    /// Leadership came or went.
+    fn leadership_changed(&self);
+    /// Requests in flight to endpoints that left this instance's routing.
+    fn retired_in_flight(&self) -> Vec<RetiredInFlight>;
+    /// This instance's figures of the pools canary analysis is judging.
+    fn analysis_figures(&self) -> Vec<PoolStatsReport>;
+    /// The leader runs a follower's command (and commits its answer through [`Cluster::commit`]).
+    fn run_command(&self, envelope: CommandEnvelope) -> BoxFuture<'_, ()>;
+    /// A registration appeared (`present`) or went.
+    fn registration_seen(
+        &self,
+        model: &str,
+        deployment: &str,
+        address: std::net::SocketAddr,
+        present: bool,
+    );
+    /// Every registration, from a full read.
+    fn registrations_read(&self, all: Vec<(String, String, std::net::SocketAddr)>);
+}
+
 /// A command sent by a follower, as stored in `{prefix}commands/{id}`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CommandEnvelope {
@@ -86,7 +114,24 @@ pub struct CommandEnvelope {
     pub from: String,
     /// The sender's lease: the answer is stored on it, so it goes when the sender does.
     pub lease: i64,
-    pub command: Command,
+    /// The command, as the controller encodes it.
+    pub command: Box<RawValue>,
+}
+
+/// A command the leader refused: the HTTP status and message, as the follower answers them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CommandFailure {
+    pub status: u16,
+    pub message: String,
+}
+
+/// Why a command sent to the leader has no answer.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SubmitError {
+    /// The leader refused it.
+    Refused(CommandFailure),
+    /// Nothing was applied: etcd or a leader was not there in time.
+    Unavailable(String),
 }
 
 /// A registered endpoint, as stored in `{prefix}endpoints/{model}/{deployment}/{address}` on
@@ -107,7 +152,7 @@ fn registration_of(rest: &str) -> Option<(String, String, std::net::SocketAddr)>
 }
 
 /// A command's answer, as stored in `{prefix}results/{id}`.
-pub type CommandResult = Result<Outcome, CommandFailure>;
+pub type CommandResult = Result<Box<RawValue>, CommandFailure>;
 
 /// What the leader writes with the state when it answers a command.
 pub struct Reply {
@@ -148,10 +193,10 @@ pub struct Cluster {
     view: Mutex<ClusterView>,
     waiting: Mutex<HashMap<String, oneshot::Sender<CommandResult>>>,
     /// Commands the leader is running, so a command seen twice runs once.
-    running: Mutex<HashSet<String>>,
+    running: Arc<Mutex<HashSet<String>>>,
     /// Wakes the lease loop to campaign at once (the leader key went away).
     campaign_now: Notify,
-    controller: Weak<Controller>,
+    member: std::sync::OnceLock<Weak<dyn Member>>,
 }
 
 fn now_ms() -> u64 {
@@ -165,14 +210,11 @@ impl Cluster {
         format!("{}{rest}", self.prefix)
     }
 
-    /// Connects, reads the shared state into the controller and starts the lease, election and
-    /// watch tasks on the current runtime. Fails when etcd cannot be read within `wait`.
-    pub async fn start(
+    /// The cluster client for these settings; nothing is contacted yet.
+    pub fn connect(
         settings: &SharedStoreSettings,
-        controller: &Arc<Controller>,
         admin_addr: std::net::SocketAddr,
         proxy_addr: std::net::SocketAddr,
-        stop: watch::Receiver<bool>,
     ) -> Result<Arc<Cluster>, String> {
         let etcd = Etcd::new(
             &settings.endpoints,
@@ -184,7 +226,7 @@ impl Cluster {
             .instance_name
             .clone()
             .unwrap_or_else(|| default_instance_name(admin_addr));
-        let cluster = Arc::new(Cluster {
+        Ok(Arc::new(Cluster {
             etcd,
             prefix: settings.prefix.clone(),
             id,
@@ -196,13 +238,23 @@ impl Cluster {
             leader_rev: AtomicI64::new(0),
             view: Mutex::new(ClusterView::default()),
             waiting: Mutex::new(HashMap::new()),
-            running: Mutex::new(HashSet::new()),
+            running: Arc::new(Mutex::new(HashSet::new())),
             campaign_now: Notify::new(),
-            controller: Arc::downgrade(controller),
-        });
+            member: std::sync::OnceLock::new(),
+        }))
+    }
+
+    /// Reads the shared state into `member`, then starts the lease, election and watch tasks
+    /// on the current runtime. Fails when etcd cannot be read within 10 s.
+    pub async fn start(
+        self: &Arc<Self>,
+        member: Arc<dyn Member>,
+        stop: watch::Receiver<bool>,
+    ) -> Result<(), String> {
+        let _ = self.member.set(Arc::downgrade(&member));
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         let (rev, entries) = loop {
-            match cluster.etcd.range_prefix(&cluster.prefix).await {
+            match self.etcd.range_prefix(&self.prefix).await {
                 Ok(r) => break r,
                 Err(e) if tokio::time::Instant::now() < deadline => {
                     tracing::warn!(error = %e, "waiting for etcd");
@@ -211,17 +263,16 @@ impl Cluster {
                 Err(e) => {
                     return Err(format!(
                         "cannot read etcd at {} within 10 s: {e}",
-                        cluster.etcd.endpoints()
+                        self.etcd.endpoints()
                     ))
                 }
             }
         };
-        controller.attach_cluster(cluster.clone());
-        cluster.resync(controller, rev, entries).await;
-        tracing::info!(instance = %cluster.id, endpoints = %cluster.etcd.endpoints(), prefix = %cluster.prefix, revision = rev, "following the shared state on etcd");
-        tokio::spawn(cluster.clone().mirror_loop(rev, stop.clone()));
-        tokio::spawn(cluster.clone().lease_loop(stop));
-        Ok(cluster)
+        self.resync(&member, rev, entries).await;
+        tracing::info!(instance = %self.id, endpoints = %self.etcd.endpoints(), prefix = %self.prefix, revision = rev, "following the shared state on etcd");
+        tokio::spawn(self.clone().mirror_loop(rev, stop.clone()));
+        tokio::spawn(self.clone().lease_loop(stop));
+        Ok(())
     }
 
     pub fn is_leader(&self) -> bool {
@@ -251,8 +302,8 @@ impl Cluster {
         self.view.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    fn controller(&self) -> Option<Arc<Controller>> {
-        self.controller.upgrade()
+    fn member(&self) -> Option<Arc<dyn Member>> {
+        self.member.get().and_then(Weak::upgrade)
     }
 
     fn set_leading(&self, rev: i64) {
@@ -263,8 +314,8 @@ impl Cluster {
             } else {
                 tracing::warn!(instance = %self.id, "this instance no longer leads");
             }
-            if let Some(c) = self.controller() {
-                c.leadership_changed();
+            if let Some(m) = self.member() {
+                m.leadership_changed();
             }
         }
     }
@@ -352,10 +403,10 @@ impl Cluster {
     }
 
     /// Sends a command to the leader through etcd and waits for its answer.
-    pub async fn submit(&self, command: &Command) -> Result<Outcome, ControllerError> {
+    pub async fn submit(&self, command: Box<RawValue>) -> Result<Box<RawValue>, SubmitError> {
         let lease = self.lease.load(Ordering::Acquire);
         if lease == 0 {
-            return Err(ControllerError::Unavailable(
+            return Err(SubmitError::Unavailable(
                 "this instance has no etcd lease yet (is etcd reachable?)".into(),
             ));
         }
@@ -364,7 +415,7 @@ impl Cluster {
             id: id.clone(),
             from: self.id.clone(),
             lease,
-            command: command.clone(),
+            command,
         };
         let (tx, rx) = oneshot::channel();
         self.waiting
@@ -382,12 +433,12 @@ impl Cluster {
             Ok(v) => v,
             Err(e) => {
                 forget();
-                return Err(ControllerError::Unavailable(e.to_string()));
+                return Err(SubmitError::Unavailable(e.to_string()));
             }
         };
         if let Err(e) = self.etcd.put(&cmd_key, value, lease).await {
             forget();
-            return Err(ControllerError::Unavailable(format!(
+            return Err(SubmitError::Unavailable(format!(
                 "the change could not be sent to the leader: {e}"
             )));
         }
@@ -428,11 +479,8 @@ impl Cluster {
             .await;
         match answer {
             Some(Ok(outcome)) => Ok(outcome),
-            Some(Err(f)) => Err(ControllerError::Remote {
-                status: f.status,
-                message: f.message,
-            }),
-            None => Err(ControllerError::Unavailable(format!(
+            Some(Err(f)) => Err(SubmitError::Refused(f)),
+            None => Err(SubmitError::Unavailable(format!(
                 "no leader acted on the change within {} s; it was not applied",
                 wait.as_secs()
             ))),
@@ -549,22 +597,12 @@ impl Cluster {
             heartbeat_ms: now_ms(),
             applied_revision: self.view().applied_revision,
             in_flight_to_retired: self
-                .controller()
-                .map(|c| {
-                    c.retired_in_flight()
-                        .into_iter()
-                        .map(|(model, deployment, address, in_flight)| RetiredInFlight {
-                            model,
-                            deployment,
-                            address,
-                            in_flight,
-                        })
-                        .collect()
-                })
+                .member()
+                .map(|m| m.retired_in_flight())
                 .unwrap_or_default(),
             pool_stats: self
-                .controller()
-                .map(|c| c.analysis_pool_stats())
+                .member()
+                .map(|m| m.analysis_figures())
                 .unwrap_or_default(),
         };
         if let Ok(v) = serde_json::to_vec(&record) {
@@ -632,14 +670,14 @@ impl Cluster {
             if *stop.borrow() {
                 return;
             }
-            let Some(controller) = self.controller() else {
+            let Some(member) = self.member() else {
                 return;
             };
             if fresh_read {
                 match self.etcd.range_prefix(&self.prefix).await {
                     Ok((r, entries)) => {
                         rev = r;
-                        self.resync(&controller, r, entries).await;
+                        self.resync(&member, r, entries).await;
                     }
                     Err(e) => {
                         tracing::debug!(error = %e, "cannot read etcd");
@@ -668,7 +706,7 @@ impl Cluster {
                 match item {
                     WatchItem::Changes(r, changes) => {
                         for c in changes {
-                            self.apply_change(&controller, c, true).await;
+                            self.apply_change(&member, c, true).await;
                         }
                         rev = rev.max(r);
                         self.view
@@ -686,7 +724,7 @@ impl Cluster {
     }
 
     /// Applies a full read: every record present, members replaced, commands queued.
-    async fn resync(&self, controller: &Arc<Controller>, rev: i64, entries: Vec<Entry>) {
+    async fn resync(&self, member: &Arc<dyn Member>, rev: i64, entries: Vec<Entry>) {
         {
             let mut v = self.view.lock().unwrap_or_else(|e| e.into_inner());
             v.members.clear();
@@ -698,9 +736,9 @@ impl Cluster {
                 registered.push(r);
                 continue;
             }
-            self.apply_change(controller, Change::Put(e), false).await;
+            self.apply_change(member, Change::Put(e), false).await;
         }
-        controller.replace_registrations(registered);
+        member.registrations_read(registered);
         self.view
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -708,7 +746,7 @@ impl Cluster {
     }
 
     /// Applies one change; `live` for a watched one (its commit-to-swap delay is recorded).
-    async fn apply_change(&self, controller: &Arc<Controller>, change: Change, live: bool) {
+    async fn apply_change(&self, member: &Arc<dyn Member>, change: Change, live: bool) {
         let (key, entry) = match &change {
             Change::Put(e) => (e.key.as_str(), Some(e)),
             Change::Delete(k) => (k.as_str(), None),
@@ -718,7 +756,7 @@ impl Cluster {
         };
         if rest.starts_with("models/") {
             if let Some(e) = entry {
-                match controller.apply_shared(&e.value).await {
+                match member.apply_record(&e.value).await {
                     Ok(Some(committed_at)) if live => {
                         let lag = now_ms().saturating_sub(committed_at);
                         let mut v = self.view.lock().unwrap_or_else(|e| e.into_inner());
@@ -766,7 +804,7 @@ impl Cluster {
             }
         } else if rest.starts_with("endpoints/") {
             if let Some((m, d, a)) = registration_of(rest) {
-                controller.set_registration(&m, &d, a, entry.is_some());
+                member.registration_seen(&m, &d, a, entry.is_some());
             }
         } else if rest.starts_with("commands/") {
             if let Some(e) = entry {
@@ -793,18 +831,17 @@ impl Cluster {
         {
             return;
         }
-        let Some(controller) = self.controller() else {
+        let Some(member) = self.member() else {
             return;
         };
+        let running = self.running.clone();
         tokio::spawn(async move {
             let id = envelope.id.clone();
-            controller.run_remote(envelope).await;
-            if let Some(c) = controller.cluster() {
-                c.running
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .remove(&id);
-            }
+            member.run_command(envelope).await;
+            running
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&id);
         });
     }
 
@@ -847,10 +884,4 @@ pub fn lag_summary(lags: &VecDeque<u64>) -> Option<(usize, u64, u64, u64)> {
     v.sort_unstable();
     let at = |q: f64| v[((v.len() as f64 * q).ceil() as usize).clamp(1, v.len()) - 1];
     Some((v.len(), at(0.5), at(0.99), v[v.len() - 1]))
-}
-
-impl From<EtcdError> for ControllerError {
-    fn from(e: EtcdError) -> Self {
-        ControllerError::Unavailable(e.to_string())
-    }
 }

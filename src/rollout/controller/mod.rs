@@ -20,6 +20,10 @@
 //!   to the machine; `webhooks`: calling its gates and notifications;
 //! - `routes`: building the routing spec from the state;
 //! - `commands`: what the API asks (promote, pause, ..., register, activate);
+//! - `shared`: the controller on a shared store (commit before routing, follower commands,
+//!   applying committed records), and what the cluster asks of it ([`crate::cluster::Member`]);
+//! - `registry`: endpoints registered through the API with a TTL;
+//! - `scale_commands`: telling an orchestrator new replica targets, draining first;
 //! - `run`: the event-driven run loop and shutdown;
 //! - [`clock`]: the one clock (tokio's, anchored to the wall clock at start).
 
@@ -51,7 +55,7 @@ use tokio::sync::{broadcast, watch, Notify};
 pub use clock::Clock;
 pub use events::EnvironmentEvent;
 pub use setup::{EnvironmentSetup, ModelSetup, TrafficSetup};
-pub use shared::{Command, CommandFailure, Outcome};
+pub use shared::{Command, Outcome};
 pub use views::{ControllerError, DeploymentView, EnvironmentView, ModelSummary, PromotionView};
 
 use crate::replicas::ProviderTiming;

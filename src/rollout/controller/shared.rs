@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use super::persist::{model_record, restore_model, PersistedModel};
 use super::views::ControllerError;
 use super::{Controller, EnvironmentEvent};
-use crate::cluster::{Cluster, CommandEnvelope, Reply};
+use crate::cluster::{Cluster, CommandEnvelope, CommandFailure, Reply, SubmitError};
 use crate::replicas::ProviderSpec;
 use crate::rollout::autoscale::AutoscalingSettings;
 use crate::rollout::machine::{PromotionConfig, Status};
@@ -77,13 +77,6 @@ pub enum Outcome {
     Changed(bool),
 }
 
-/// A command's error as it travels back from the leader: the HTTP status and message.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct CommandFailure {
-    pub status: u16,
-    pub message: String,
-}
-
 impl From<&ControllerError> for CommandFailure {
     fn from(e: &ControllerError) -> Self {
         CommandFailure {
@@ -102,22 +95,14 @@ struct StoredModel<'a> {
 }
 
 impl Controller {
-    pub(crate) fn cluster(&self) -> Option<&Arc<Cluster>> {
-        self.cluster.get()
-    }
-
-    pub(crate) fn attach_cluster(&self, cluster: Arc<Cluster>) {
+    /// Puts the controller on a shared store; before [`Cluster::start`] reads it.
+    pub fn attach_cluster(&self, cluster: Arc<Cluster>) {
         let _ = self.cluster.set(cluster);
     }
 
     /// The cluster this instance belongs to, if it runs on a shared store.
     pub fn shared(&self) -> Option<Arc<Cluster>> {
         self.cluster.get().cloned()
-    }
-
-    /// Requests in flight to endpoints that left this instance's routing.
-    pub(crate) fn retired_in_flight(&self) -> Vec<(String, String, std::net::SocketAddr, u32)> {
-        self.router.retired_in_flight()
     }
 
     /// This instance's cumulative figures of every pool a running promotion's analysis judges.
@@ -151,18 +136,25 @@ impl Controller {
             .collect()
     }
 
-    /// Leadership came or went: the run loop starts or stops ticking.
-    pub(crate) fn leadership_changed(&self) {
-        self.wake.notify_one();
-    }
-
     /// Runs an API write: here (alone, or as the leader), or through the leader.
     pub async fn execute(&self, command: Command) -> Result<Outcome, ControllerError> {
         let Some(cluster) = self.cluster.get().cloned() else {
             return self.run_command(&command);
         };
         if !cluster.is_leader() {
-            return cluster.submit(&command).await;
+            let raw = serde_json::value::to_raw_value(&command).map_err(|e| {
+                ControllerError::Unavailable(format!("cannot encode the change: {e}"))
+            })?;
+            return match cluster.submit(raw).await {
+                Ok(answer) => serde_json::from_str(answer.get()).map_err(|e| {
+                    ControllerError::Unavailable(format!("the leader's answer does not parse: {e}"))
+                }),
+                Err(SubmitError::Refused(f)) => Err(ControllerError::Remote {
+                    status: f.status,
+                    message: f.message,
+                }),
+                Err(SubmitError::Unavailable(m)) => Err(ControllerError::Unavailable(m)),
+            };
         }
         let _gate = self.gate.lock().await;
         let out = self.run_command(&command);
@@ -222,9 +214,22 @@ impl Controller {
         if !cluster.is_leader() {
             return;
         }
-        let result = self
-            .run_command(&envelope.command)
-            .map_err(|e| CommandFailure::from(&e));
+        let result = match serde_json::from_str::<Command>(envelope.command.get()) {
+            Ok(command) => self
+                .run_command(&command)
+                .map_err(|e| CommandFailure::from(&e))
+                .and_then(|outcome| {
+                    serde_json::value::to_raw_value(&outcome).map_err(|e| CommandFailure {
+                        status: 500,
+                        message: e.to_string(),
+                    })
+                }),
+            // A newer follower's command this leader does not know.
+            Err(e) => Err(CommandFailure {
+                status: 400,
+                message: format!("the leader cannot read this change: {e}"),
+            }),
+        };
         let reply = Reply {
             id: envelope.id.clone(),
             lease: envelope.lease,
@@ -355,5 +360,57 @@ impl Controller {
         self.passes.send_modify(|n| *n += 1);
         self.wake.notify_one();
         Ok(Some(stored.committed_at_ms))
+    }
+}
+
+/// What the cluster asks of this instance.
+impl crate::cluster::Member for Controller {
+    fn apply_record<'a>(
+        &'a self,
+        value: &'a [u8],
+    ) -> futures_util::future::BoxFuture<'a, Result<Option<u64>, String>> {
+        Box::pin(self.apply_shared(value))
+    }
+
+    /// The run loop starts or stops ticking.
+    fn leadership_changed(&self) {
+        self.wake.notify_one();
+    }
+
+    fn retired_in_flight(&self) -> Vec<crate::cluster::RetiredInFlight> {
+        self.router
+            .retired_in_flight()
+            .into_iter()
+            .map(
+                |(model, deployment, address, in_flight)| crate::cluster::RetiredInFlight {
+                    model,
+                    deployment,
+                    address,
+                    in_flight,
+                },
+            )
+            .collect()
+    }
+
+    fn analysis_figures(&self) -> Vec<crate::cluster::PoolStatsReport> {
+        self.analysis_pool_stats()
+    }
+
+    fn run_command(&self, envelope: CommandEnvelope) -> futures_util::future::BoxFuture<'_, ()> {
+        Box::pin(self.run_remote(envelope))
+    }
+
+    fn registration_seen(
+        &self,
+        model: &str,
+        deployment: &str,
+        address: std::net::SocketAddr,
+        present: bool,
+    ) {
+        self.set_registration(model, deployment, address, present);
+    }
+
+    fn registrations_read(&self, all: Vec<(String, String, std::net::SocketAddr)>) {
+        self.replace_registrations(all);
     }
 }
