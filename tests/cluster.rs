@@ -1242,3 +1242,76 @@ max_error_rate_percent = 1.0
     drop(etcd);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// etcd with authentication on: an instance given the user and password follows it and leads;
+/// one without them does not start, and says why.
+#[test]
+fn etcd_with_authentication() {
+    use etcdv3client::pb;
+    let Some(etcd) = Etcd::start(1) else { return };
+    let endpoint = format!("http://127.0.0.1:{}", etcd.members[0].client);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut c = etcdv3client::Client::new(vec![endpoint.as_str()], None)
+            .await
+            .unwrap();
+        // etcd refuses to turn authentication on unless root exists with the root role.
+        let _ = c
+            .auth
+            .role_add(pb::AuthRoleAddRequest {
+                name: "root".into(),
+            })
+            .await;
+        c.auth
+            .user_add(pb::AuthUserAddRequest {
+                name: "root".into(),
+                password: "secret-pw".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        c.auth
+            .user_grant_role(pb::AuthUserGrantRoleRequest {
+                user: "root".into(),
+                role: "root".into(),
+            })
+            .await
+            .unwrap();
+        c.auth.auth_enable(pb::AuthEnableRequest {}).await.unwrap();
+    });
+    let dir = temp_dir("auth");
+    let v1 = replica("v1");
+    let cfg = config(&dir, &[v1.1], &[], 50, 0);
+    let serve = |extra: &[&str]| {
+        let mut c = bin();
+        c.args(["serve", "--config"])
+            .arg(&cfg)
+            .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+            .args(["--store", &etcd.store(), "--instance-name", "auth"])
+            .args(extra)
+            .env("SWITCHYARD_API_KEY", KEY)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        c
+    };
+    let mut child = serve(&["--store-user", "root"])
+        .env("SWITCHYARD_STORE_PASSWORD", "secret-pw")
+        .spawn()
+        .unwrap();
+    let (_, admin) = admin_addr_of(&mut child);
+    let _child = KillOnDrop(child);
+    wait_for(
+        "the authenticated instance to lead",
+        Duration::from_secs(20),
+        || leader_of(admin).as_deref() == Some("auth"),
+    );
+    let out = serve(&[]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("store:"), "{err}");
+    drop(etcd);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -21,7 +21,12 @@ pub enum EtcdError {
 }
 
 pub struct Etcd {
-    clients: Vec<(String, EtcdClient)>,
+    /// The endpoints, for messages.
+    names: Vec<String>,
+    channels: Vec<tonic::transport::Channel>,
+    /// One client per endpoint; rebuilt with a token by [`Etcd::authenticate`].
+    clients: std::sync::RwLock<Vec<EtcdClient>>,
+    credential: Option<(String, String)>,
     /// The endpoint tried first: the last one that answered.
     current: AtomicUsize,
     timeout: Duration,
@@ -77,7 +82,7 @@ impl Etcd {
         timeout: Duration,
     ) -> Result<Etcd, String> {
         let tls_config = tls.map(client_tls).transpose()?;
-        let mut clients = Vec::new();
+        let (mut names, mut channels) = (Vec::new(), Vec::new());
         for ep in endpoints {
             let ep = match &tls_config {
                 Some(_) => ep.replacen("http://", "https://", 1),
@@ -93,33 +98,75 @@ impl Etcd {
                     .tls_config(c.clone())
                     .map_err(|e| format!("{ep}: TLS: {e}"))?;
             }
-            let channel = endpoint.connect_lazy();
-            let service =
-                CredentialInterceptor::new(credential.clone(), None, TonicClient::new(channel));
-            clients.push((ep.clone(), Client::with_service(service)));
+            names.push(ep.clone());
+            channels.push(endpoint.connect_lazy());
         }
-        if clients.is_empty() {
+        if names.is_empty() {
             return Err("no etcd endpoint".into());
         }
+        let clients = channels
+            .iter()
+            .map(|c| client_for(c, credential.clone(), None))
+            .collect();
         Ok(Etcd {
-            clients,
+            names,
+            channels,
+            clients: std::sync::RwLock::new(clients),
+            credential,
             current: AtomicUsize::new(0),
             timeout,
         })
     }
 
+    /// With a user and password: gets a token from any member and gives it to every client
+    /// (the interceptor renews it when etcd says it expired). Nothing to do without one.
+    pub async fn authenticate(&self) -> Result<(), EtcdError> {
+        let Some((name, password)) = self.credential.clone() else {
+            return Ok(());
+        };
+        let mut last = String::new();
+        for (i, ch) in self.channels.iter().enumerate() {
+            let mut plain = client_for(ch, None, None);
+            let req = pb::AuthenticateRequest {
+                name: name.clone(),
+                password: password.clone(),
+            };
+            match tokio::time::timeout(self.timeout, plain.auth.authenticate(req)).await {
+                Ok(Ok(resp)) => {
+                    let token: tonic::metadata::AsciiMetadataValue = resp
+                        .token
+                        .parse()
+                        .map_err(|_| EtcdError::Other("etcd sent an unusable token".into()))?;
+                    let clients = self
+                        .channels
+                        .iter()
+                        .map(|c| client_for(c, self.credential.clone(), Some(token.clone())))
+                        .collect();
+                    *self.clients.write().unwrap_or_else(|e| e.into_inner()) = clients;
+                    return Ok(());
+                }
+                Ok(Err(e)) if !is_transport(&e) => {
+                    return Err(EtcdError::Other(format!(
+                        "authentication as {name:?} failed: {}",
+                        short(&e)
+                    )))
+                }
+                Ok(Err(e)) => last = format!("{}: {}", self.names[i], short(&e)),
+                Err(_) => last = format!("{}: no answer within {:?}", self.names[i], self.timeout),
+            }
+        }
+        Err(EtcdError::Unavailable(last))
+    }
+
     /// The endpoints, for messages.
     pub fn endpoints(&self) -> String {
-        self.clients
-            .iter()
-            .map(|(e, _)| e.as_str())
-            .collect::<Vec<_>>()
-            .join(",")
+        self.names.join(",")
     }
 
     fn client(&self, attempt: usize) -> (usize, EtcdClient) {
-        let i = (self.current.load(Ordering::Relaxed) + attempt) % self.clients.len();
-        (i, self.clients[i].1.clone())
+        let i = (self.current.load(Ordering::Relaxed) + attempt) % self.names.len();
+        let clients = self.clients.read().unwrap_or_else(|e| e.into_inner());
+        (i, clients[i].clone())
     }
 
     /// Runs `f` against the current endpoint, then each other one while they fail. Only for
@@ -130,7 +177,7 @@ impl Etcd {
         Fut: std::future::Future<Output = Result<T, etcdv3client::Error>>,
     {
         let mut last = String::new();
-        for attempt in 0..self.clients.len() {
+        for attempt in 0..self.names.len() {
             let (i, c) = self.client(attempt);
             match tokio::time::timeout(self.timeout, f(c)).await {
                 Ok(Ok(v)) => {
@@ -141,11 +188,9 @@ impl Etcd {
                     if !is_transport(&e) {
                         return Err(EtcdError::Other(short(&e)));
                     }
-                    last = format!("{}: {}", self.clients[i].0, short(&e));
+                    last = format!("{}: {}", self.names[i], short(&e));
                 }
-                Err(_) => {
-                    last = format!("{}: no answer within {:?}", self.clients[i].0, self.timeout)
-                }
+                Err(_) => last = format!("{}: no answer within {:?}", self.names[i], self.timeout),
             }
         }
         // Start from the next endpoint next time.
@@ -204,9 +249,9 @@ impl Etcd {
     /// failure so the next call tries another member.
     pub async fn txn(&self, req: pb::TxnRequest) -> Result<pb::TxnResponse, EtcdError> {
         let mut last = String::new();
-        for attempt in 0..self.clients.len() {
+        for attempt in 0..self.names.len() {
             let (i, mut c) = self.client(attempt);
-            let name = &self.clients[i].0;
+            let name = &self.names[i];
             match tokio::time::timeout(self.timeout, c.kv.txn(req.clone())).await {
                 Ok(Ok(r)) => {
                     self.current.store(i, Ordering::Relaxed);
@@ -305,7 +350,7 @@ impl Etcd {
                 self.current.store(i + 1, Ordering::Relaxed);
                 Err(EtcdError::Unavailable(format!(
                     "{}: {}",
-                    self.clients[i].0,
+                    self.names[i],
                     short(&e)
                 )))
             }
@@ -313,7 +358,7 @@ impl Etcd {
                 self.current.store(i + 1, Ordering::Relaxed);
                 Err(EtcdError::Unavailable(format!(
                     "{}: no answer within {:?}",
-                    self.clients[i].0, self.timeout
+                    self.names[i], self.timeout
                 )))
             }
         }
@@ -368,6 +413,19 @@ impl Watch {
             return WatchItem::Changes(rev, changes);
         }
     }
+}
+
+/// A client on `channel`, authenticating with `credential` (and `token`, when one was got).
+fn client_for(
+    channel: &tonic::transport::Channel,
+    credential: Option<(String, String)>,
+    token: Option<tonic::metadata::AsciiMetadataValue>,
+) -> EtcdClient {
+    Client::with_service(CredentialInterceptor::new(
+        credential,
+        token,
+        TonicClient::new(channel.clone()),
+    ))
 }
 
 /// The TLS settings as tonic takes them; errors name the file.

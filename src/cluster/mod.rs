@@ -254,7 +254,11 @@ impl Cluster {
         let _ = self.member.set(Arc::downgrade(&member));
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         let (rev, entries) = loop {
-            match self.etcd.range_prefix(&self.prefix).await {
+            let read = match self.etcd.authenticate().await {
+                Ok(()) => self.etcd.range_prefix(&self.prefix).await,
+                Err(e) => Err(e),
+            };
+            match read {
                 Ok(r) => break r,
                 Err(e) if tokio::time::Instant::now() < deadline => {
                     tracing::warn!(error = %e, "waiting for etcd");
