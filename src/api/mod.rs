@@ -209,9 +209,9 @@ fn array_for_object(
 }
 
 fn parse_typed<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
-    // No body, or a JSON null, asks for nothing: the same as `{}`.
-    let text: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) || bytes.trim_ascii() == b"null"
-    {
+    // No body, or a JSON null, asks for nothing: the same as `{}`. Whitespace alone is not
+    // JSON: it is refused like any other malformed body.
+    let text: &[u8] = if bytes.is_empty() || bytes.trim_ascii() == b"null" {
         b"{}"
     } else {
         bytes
@@ -410,6 +410,16 @@ mod tests {
             e,
             "promotion_settings.rolling_deploy_config: must be a JSON object, not an array"
         );
+    }
+
+    #[test]
+    fn an_empty_body_is_an_empty_object_but_whitespace_is_not_json() {
+        #[derive(serde::Deserialize, serde::Serialize, Default, Debug, PartialEq)]
+        struct Empty {}
+        assert_eq!(parse_json::<Empty>(b"").unwrap(), Empty {});
+        assert_eq!(parse_json::<Empty>(b" null ").unwrap(), Empty {});
+        let e = parse_json::<Empty>(b"\r").unwrap_err();
+        assert!(e.contains("not valid JSON"), "{e}");
     }
 
     #[test]
