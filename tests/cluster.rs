@@ -789,7 +789,10 @@ fn a_follower_relays_every_control_action() {
     wait_for("rolled forward", Duration::from_secs(30), || {
         promotion(f.admin).0 == "SUCCEEDED"
     });
-    assert_eq!(promotion(a.admin).2.as_deref(), Some("v2"));
+    // The other instance applies the same record moments later.
+    wait_for("v2 current on the leader", Duration::from_secs(10), || {
+        promotion(a.admin).2.as_deref() == Some("v2")
+    });
 
     assert_eq!(act("promote", r#"{"deployment_id":"v1"}"#).0, 200);
     assert_eq!(act("force_cancel_promotion", "{}").0, 200);
@@ -797,7 +800,14 @@ fn a_follower_relays_every_control_action() {
         let s = promotion(a.admin).0;
         s == "CANCELED" || s == "FAILED"
     });
-    assert_eq!(promotion(f.admin).2.as_deref(), Some("v2"));
+    wait_for(
+        "v2 still current on the follower",
+        Duration::from_secs(10),
+        || {
+            let (status, _, current) = promotion(f.admin);
+            (status == "CANCELED" || status == "FAILED") && current.as_deref() == Some("v2")
+        },
+    );
 
     // Settings changed through the follower reach the leader.
     let (status, _, body) = request(

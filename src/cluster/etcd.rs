@@ -1,5 +1,5 @@
 //! A small etcd v3 client over the `etcdv3client` crate's generated gRPC code: one lazily
-//! connected channel per endpoint, every call bounded by a timeout, and the next endpoint tried
+//! connected channel per endpoint, every call bounded by a timeout (connecting by 2 s at most), and the next endpoint tried
 //! when one fails (a stopped member must not stop the instance).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -90,7 +90,7 @@ impl Etcd {
             };
             let mut endpoint = tonic::transport::Endpoint::from_shared(ep.clone())
                 .map_err(|e| format!("{ep}: {e}"))?
-                .connect_timeout(timeout)
+                .connect_timeout(timeout.min(Duration::from_secs(2)))
                 .timeout(timeout)
                 .tcp_nodelay(true);
             if let Some(c) = &tls_config {

@@ -220,7 +220,8 @@ impl Cluster {
             &settings.endpoints,
             settings.credential.clone(),
             settings.tls.as_ref(),
-            Duration::from_secs(2),
+            // A loaded member can take seconds to fsync a write; a dead one refuses at once.
+            Duration::from_secs(5),
         )?;
         let id = settings
             .instance_name
