@@ -215,20 +215,6 @@ impl Etcd {
         Ok((rev, resp.kvs.into_iter().map(Entry::from).collect()))
     }
 
-    pub async fn get(&self, key: &str) -> Result<Option<Entry>, EtcdError> {
-        let req = pb::RangeRequest {
-            key: key.as_bytes().to_vec(),
-            ..Default::default()
-        };
-        let resp = self
-            .any(|mut c| {
-                let req = req.clone();
-                async move { c.kv.range(req).await }
-            })
-            .await?;
-        Ok(resp.kvs.into_iter().next().map(Entry::from))
-    }
-
     pub async fn put(&self, key: &str, value: Vec<u8>, lease: i64) -> Result<(), EtcdError> {
         let req = pb::PutRequest {
             key: key.as_bytes().to_vec(),
