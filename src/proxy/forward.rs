@@ -449,3 +449,42 @@ pub fn local(status: StatusCode, message: impl Into<String>) -> Response<ProxyBo
     );
     resp
 }
+
+#[cfg(test)]
+mod size_probe {
+    use super::*;
+    fn sz<F: FnOnce() -> R, R>(_f: F) -> usize {
+        std::mem::size_of::<R>()
+    }
+    #[test]
+    #[allow(unreachable_code, unused_variables, clippy::diverging_sub_expression)]
+    fn sizes() {
+        let p = sz(|| {
+            let ctx: &ProxyContext = todo!();
+            let conn: &ConnInfo = todo!();
+            let req: Request<Incoming> = todo!();
+            proxy(ctx, conn, req)
+        });
+        let e = sz(|| {
+            let cfg: &UpstreamSettings = todo!();
+            let pool: &Arc<Pool> = todo!();
+            let r: Arc<Replica> = todo!();
+            let req: Request<Incoming> = todo!();
+            exchange(cfg, pool, r, req, Instant::now())
+        });
+        let s = sz(|| {
+            let cfg: &UpstreamSettings = todo!();
+            let pool: &Arc<Pool> = todo!();
+            let r: &Arc<Replica> = todo!();
+            let c: Conn = todo!();
+            let req: Request<Incoming> = todo!();
+            send(cfg, pool, r, c, req)
+        });
+        eprintln!(
+            "proxy {p} exchange {e} send {s} request {} response {} conn {}",
+            std::mem::size_of::<Request<Incoming>>(),
+            std::mem::size_of::<Response<ResponseBody>>(),
+            std::mem::size_of::<Conn>()
+        );
+    }
+}

@@ -5,6 +5,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode, Version};
 use http_body::{Frame, SizeHint};
+use std::mem::MaybeUninit;
 
 /// Response heads larger than this are refused (hyper's client allows ~400 kB; inference
 /// replicas send a few hundred bytes).
@@ -163,24 +164,32 @@ pub enum Parsed {
     Head(Head),
 }
 
-/// Parses a response head off the front of `buf` (consuming it when complete). Header values
-/// share `buf`'s memory instead of being copied.
-/// Header names seen on a connection, by position in the last head: a replica sends the same
-/// names in the same order, and a name that is not one of the standard ones would otherwise be
-/// a new allocation in every response.
-pub type SeenNames = Vec<HeaderName>;
+/// Per-connection scratch for parsing response heads, kept so that a parse allocates nothing
+/// but the header map itself.
+#[derive(Debug, Default)]
+pub struct HeadScratch {
+    /// Header names seen on the connection, by position in the last head: a replica sends the
+    /// same names in the same order, and a name that is not one of the standard ones would
+    /// otherwise be a new allocation in every response.
+    names: Vec<HeaderName>,
+    /// Where each header's name and value lie in the head being parsed (start, length, start,
+    /// length), so both can be taken from the head once it is frozen.
+    spans: Vec<[usize; 4]>,
+}
 
 /// The name of header `i`, from `seen` when the last head had it at the same place.
-fn header_name(seen: &mut SeenNames, i: usize, raw: &str) -> Result<HeaderName, ProtocolError> {
+fn header_name(
+    seen: &mut Vec<HeaderName>,
+    i: usize,
+    raw: &[u8],
+) -> Result<HeaderName, ProtocolError> {
     if let Some(n) = seen.get(i) {
-        if n.as_str().len() == raw.len()
-            && n.as_str().as_bytes().eq_ignore_ascii_case(raw.as_bytes())
-        {
+        if n.as_str().len() == raw.len() && n.as_str().as_bytes().eq_ignore_ascii_case(raw) {
             return Ok(n.clone());
         }
     }
-    let name = HeaderName::from_bytes(raw.as_bytes())
-        .map_err(|_| ProtocolError::Header(raw.to_owned()))?;
+    let name = HeaderName::from_bytes(raw)
+        .map_err(|_| ProtocolError::Header(String::from_utf8_lossy(raw).into_owned()))?;
     if i < seen.len() {
         seen[i] = name.clone();
     } else if i == seen.len() && i < MAX_SEEN_NAMES {
@@ -192,14 +201,19 @@ fn header_name(seen: &mut SeenNames, i: usize, raw: &str) -> Result<HeaderName, 
 /// Names remembered per connection (the first of each head).
 const MAX_SEEN_NAMES: usize = 32;
 
+/// Parses a response head off the front of `buf` (consuming it when complete). Header values
+/// share `buf`'s memory instead of being copied.
 pub fn parse_head(
     buf: &mut BytesMut,
     method: &Method,
-    seen: &mut SeenNames,
+    scratch: &mut HeadScratch,
 ) -> Result<Parsed, ProtocolError> {
-    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut res = httparse::Response::new(&mut slots);
-    let len = match res.parse(buf) {
+    // Uninitialised slots: zeroing 128 of them (4 KiB) on every response showed up in profiles.
+    let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut res = httparse::Response::new(&mut []);
+    let len = match httparse::ParserConfig::default()
+        .parse_response_with_uninit_headers(&mut res, buf, &mut slots)
+    {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD => {
             return Err(ProtocolError::HeadTooLarge)
@@ -215,23 +229,26 @@ pub fn parse_head(
     } else {
         Version::HTTP_11
     };
-    // Offsets into the head, so the values can be sliced out of it once it is frozen.
+    // Offsets into the head, so names and values can be taken from it once it is frozen.
     let base = buf.as_ptr() as usize;
-    let mut spans = [(0usize, 0usize); MAX_HEADERS];
-    let mut names: [Option<HeaderName>; MAX_HEADERS] = std::array::from_fn(|_| None);
-    let count = res.headers.len();
-    for (i, h) in res.headers.iter().enumerate() {
-        names[i] = Some(header_name(seen, i, h.name)?);
-        spans[i] = (h.value.as_ptr() as usize - base, h.value.len());
+    let HeadScratch { names, spans } = scratch;
+    spans.clear();
+    for h in res.headers.iter() {
+        spans.push([
+            h.name.as_ptr() as usize - base,
+            h.name.len(),
+            h.value.as_ptr() as usize - base,
+            h.value.len(),
+        ]);
     }
     let head = buf.split_to(len).freeze();
     if status.is_informational() && status != StatusCode::SWITCHING_PROTOCOLS {
         return Ok(Parsed::Interim);
     }
-    let mut headers = HeaderMap::with_capacity(count);
-    for (name, &(start, n)) in names.iter_mut().zip(spans.iter()).take(count) {
-        let Some(name) = name.take() else { continue };
-        let value = HeaderValue::from_maybe_shared(head.slice(start..start + n))
+    let mut headers = HeaderMap::with_capacity(spans.len());
+    for (i, &[ns, nl, vs, vl]) in spans.iter().enumerate() {
+        let name = header_name(names, i, &head[ns..ns + nl])?;
+        let value = HeaderValue::from_maybe_shared(head.slice(vs..vs + vl))
             .map_err(|_| ProtocolError::Header(name.to_string()))?;
         headers.append(name, value);
     }
@@ -261,10 +278,10 @@ pub fn parse_final_head(
     buf: &mut BytesMut,
     method: &Method,
     interim: &mut u32,
-    seen: &mut SeenNames,
+    scratch: &mut HeadScratch,
 ) -> Result<Option<Head>, ProtocolError> {
     while !buf.is_empty() {
-        match parse_head(buf, method, seen)? {
+        match parse_head(buf, method, scratch)? {
             Parsed::Head(head) => return Ok(Some(head)),
             Parsed::Interim if *interim >= MAX_INTERIM => {
                 return Err(ProtocolError::TooManyInterim)
@@ -670,7 +687,7 @@ mod tests {
 
     #[test]
     fn header_names_are_reused_across_heads_on_a_connection() {
-        let mut seen = SeenNames::new();
+        let mut seen = HeadScratch::default();
         let mut head = |text: &str| {
             let mut buf = BytesMut::from(text);
             match parse_head(&mut buf, &Method::GET, &mut seen).unwrap() {
@@ -703,7 +720,7 @@ mod tests {
 
     fn head(bytes: &[u8], method: Method) -> Result<Parsed, ProtocolError> {
         let mut buf = BytesMut::from(bytes);
-        parse_head(&mut buf, &method, &mut Vec::new())
+        parse_head(&mut buf, &method, &mut HeadScratch::default())
     }
 
     fn must_head(bytes: &[u8], method: Method) -> Head {
@@ -862,11 +879,11 @@ mod tests {
             &b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"[..],
         );
         assert!(matches!(
-            parse_head(&mut buf, &Method::POST, &mut Vec::new()),
+            parse_head(&mut buf, &Method::POST, &mut HeadScratch::default()),
             Ok(Parsed::Interim)
         ));
         assert!(
-            matches!(parse_head(&mut buf, &Method::POST, &mut Vec::new()), Ok(Parsed::Head(h)) if h.status == 200)
+            matches!(parse_head(&mut buf, &Method::POST, &mut HeadScratch::default()), Ok(Parsed::Head(h)) if h.status == 200)
         );
         assert!(buf.is_empty());
         assert!(matches!(

@@ -77,7 +77,7 @@ pub struct Conn {
     /// Reused by every request head sent (a few hundred bytes).
     head: Vec<u8>,
     /// Response header names by position, reused across responses.
-    seen: codec::SeenNames,
+    seen: codec::HeadScratch,
 }
 
 impl Conn {
@@ -86,7 +86,7 @@ impl Conn {
             io,
             buf: BytesMut::new(),
             head: Vec::new(),
-            seen: Vec::new(),
+            seen: codec::HeadScratch::default(),
         }
     }
 
@@ -193,7 +193,9 @@ impl Conn {
                 head: head_buf,
                 seen,
             }),
-            upload,
+            // Boxed: a body still uploading when the head arrives is rare, and an inline one
+            // made every response a few hundred bytes larger to move around.
+            upload: upload.map(Box::new),
             state,
             reusable: head.keep_alive && upload_failed.is_none(),
             read_size: FIRST_READ,
@@ -347,7 +349,7 @@ fn poll_head(
     buf: &mut BytesMut,
     method: &Method,
     interim: &mut u32,
-    seen: &mut codec::SeenNames,
+    seen: &mut codec::HeadScratch,
     cx: &mut Context<'_>,
 ) -> Poll<Result<codec::Head, UpstreamError>> {
     loop {
@@ -374,7 +376,7 @@ pub struct ResponseBody {
     /// `None` once the socket failed.
     conn: Option<Conn>,
     /// The rest of the request body, when the replica answered before it was all sent.
-    upload: Option<Upload>,
+    upload: Option<Box<Upload>>,
     state: State,
     /// The connection may carry another request once this body has ended.
     reusable: bool,

@@ -63,7 +63,7 @@ fn codec_reads(wire: &[u8], cuts: &[Index], method: &Method) -> Result<Outcome, 
     let mut buf = BytesMut::new();
     let mut interim = 0;
     let head = loop {
-        match codec::parse_final_head(&mut buf, method, &mut interim, &mut Vec::new()) {
+        match codec::parse_final_head(&mut buf, method, &mut interim, &mut Default::default()) {
             Ok(Some(head)) => break head,
             Ok(None) => {}
             Err(e) => return Err(e.to_string()),
@@ -170,7 +170,8 @@ async fn hyper_reads(wire: Vec<u8>, method: Method) -> Result<Outcome, String> {
 /// Why a case is not compared; see the module documentation.
 fn excluded(wire: &[u8], method: &Method) -> Option<&'static str> {
     let mut buf = BytesMut::from(wire);
-    let head = codec::parse_final_head(&mut buf, method, &mut 0, &mut Vec::new()).ok()??;
+    let head =
+        codec::parse_final_head(&mut buf, method, &mut 0, &mut Default::default()).ok()??;
     if head.status == StatusCode::SWITCHING_PROTOCOLS {
         return Some("101");
     }
