@@ -168,38 +168,53 @@ pub enum Parsed {
 /// but the header map itself.
 #[derive(Debug, Default)]
 pub struct HeadScratch {
-    /// Header names seen on the connection, by position in the last head: a replica sends the
-    /// same names in the same order, and a name that is not one of the standard ones would
-    /// otherwise be a new allocation in every response.
-    names: Vec<HeaderName>,
+    /// Header names seen on the connection, by position in the last head, with where their
+    /// bytes as sent lie in `raw`: a replica sends the same names in the same order, and a name
+    /// that is not one of the standard ones would otherwise be a new allocation in every
+    /// response. Compared as sent (a memcmp), not case-folded byte by byte.
+    names: Vec<(HeaderName, std::ops::Range<usize>)>,
+    raw: Vec<u8>,
     /// Where each header's name and value lie in the head being parsed (start, length, start,
     /// length), so both can be taken from the head once it is frozen.
     spans: Vec<[usize; 4]>,
 }
 
-/// The name of header `i`, from `seen` when the last head had it at the same place.
-fn header_name(
-    seen: &mut Vec<HeaderName>,
-    i: usize,
-    raw: &[u8],
-) -> Result<HeaderName, ProtocolError> {
-    if let Some(n) = seen.get(i) {
-        if n.as_str().len() == raw.len() && n.as_str().as_bytes().eq_ignore_ascii_case(raw) {
-            return Ok(n.clone());
+impl HeadScratch {
+    /// The name of header `i`, shared with the last head when it had the same bytes there.
+    fn name(&mut self, i: usize, raw: &[u8]) -> Result<HeaderName, ProtocolError> {
+        if let Some((n, r)) = self.names.get(i) {
+            if self.raw.get(r.clone()) == Some(raw) {
+                return Ok(n.clone());
+            }
         }
+        let name = HeaderName::from_bytes(raw)
+            .map_err(|_| ProtocolError::Header(String::from_utf8_lossy(raw).into_owned()))?;
+        if i > self.names.len() || i >= MAX_SEEN_NAMES {
+            return Ok(name);
+        }
+        if self.raw.len() + raw.len() > MAX_SEEN_BYTES {
+            // A replica whose names keep changing: start over rather than grow.
+            self.names.clear();
+            self.raw.clear();
+            if i > 0 {
+                return Ok(name);
+            }
+        }
+        let start = self.raw.len();
+        self.raw.extend_from_slice(raw);
+        let entry = (name.clone(), start..self.raw.len());
+        if i < self.names.len() {
+            self.names[i] = entry;
+        } else {
+            self.names.push(entry);
+        }
+        Ok(name)
     }
-    let name = HeaderName::from_bytes(raw)
-        .map_err(|_| ProtocolError::Header(String::from_utf8_lossy(raw).into_owned()))?;
-    if i < seen.len() {
-        seen[i] = name.clone();
-    } else if i == seen.len() && i < MAX_SEEN_NAMES {
-        seen.push(name.clone());
-    }
-    Ok(name)
 }
 
-/// Names remembered per connection (the first of each head).
+/// Names remembered per connection (the first of each head), and their bytes at most.
 const MAX_SEEN_NAMES: usize = 32;
+const MAX_SEEN_BYTES: usize = 2048;
 
 /// Parses a response head off the front of `buf` (consuming it when complete). Header values
 /// share `buf`'s memory instead of being copied.
@@ -231,10 +246,9 @@ pub fn parse_head(
     };
     // Offsets into the head, so names and values can be taken from it once it is frozen.
     let base = buf.as_ptr() as usize;
-    let HeadScratch { names, spans } = scratch;
-    spans.clear();
+    scratch.spans.clear();
     for h in res.headers.iter() {
-        spans.push([
+        scratch.spans.push([
             h.name.as_ptr() as usize - base,
             h.name.len(),
             h.value.as_ptr() as usize - base,
@@ -245,9 +259,10 @@ pub fn parse_head(
     if status.is_informational() && status != StatusCode::SWITCHING_PROTOCOLS {
         return Ok(Parsed::Interim);
     }
-    let mut headers = HeaderMap::with_capacity(spans.len());
-    for (i, &[ns, nl, vs, vl]) in spans.iter().enumerate() {
-        let name = header_name(names, i, &head[ns..ns + nl])?;
+    let mut headers = HeaderMap::with_capacity(scratch.spans.len());
+    for i in 0..scratch.spans.len() {
+        let [ns, nl, vs, vl] = scratch.spans[i];
+        let name = scratch.name(i, &head[ns..ns + nl])?;
         let value = HeaderValue::from_maybe_shared(head.slice(vs..vs + vl))
             .map_err(|_| ProtocolError::Header(name.to_string()))?;
         headers.append(name, value);
@@ -696,7 +711,7 @@ mod tests {
             }
         };
         let first = head("HTTP/1.1 200 OK\r\nX-Replica-Version: v1\r\ncontent-length: 0\r\n\r\n");
-        let second = head("HTTP/1.1 200 OK\r\nx-replica-version: v2\r\ncontent-length: 0\r\n\r\n");
+        let second = head("HTTP/1.1 200 OK\r\nX-Replica-Version: v2\r\ncontent-length: 0\r\n\r\n");
         let ptr = |h: &HeaderMap| h.keys().next().unwrap().as_str().as_ptr();
         assert_eq!(
             ptr(&first),
