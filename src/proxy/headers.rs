@@ -67,7 +67,8 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
         for line in first.iter().chain(more.iter()) {
             let Ok(line) = line.to_str() else { continue };
             for token in line.split(',').map(str::trim) {
-                if !(keep_upgrade && token.eq_ignore_ascii_case("upgrade")) && !token.is_empty() {
+                let kept = keep_upgrade && token.eq_ignore_ascii_case("upgrade");
+                if !kept && !token.is_empty() {
                     headers.remove(token);
                 }
             }
