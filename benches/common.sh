@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Shared by benches/e2e.sh and benches/memory.sh (sourced, not run): logging, installing the
-# tools the benchmarks need from Debian's packages, building switchyard. Set LOG_TAG first.
+# Shared by the shell benchmarks (sourced, not run): logging, installing the tools they need
+# from Debian's packages, building switchyard, stopping everything on exit, CPU time and
+# medians, the nginx pieces. Set LOG_TAG first.
 
 log() { printf '[%s %(%H:%M:%S)T] %s\n' "$LOG_TAG" -1 "$*" >&2; }
 die() { log "ERROR: $*"; exit 2; }
@@ -65,6 +66,107 @@ stop_all() { # PID...: TERM, wait up to 5 s, KILL; then remove $WORK unless KEEP
     if [[ -n $WORK && -d $WORK ]]; then
         if [[ $KEEP_WORK == 1 ]]; then log "kept $WORK"; else rm -rf "$WORK"; fi
     fi
+}
+
+# Processes a script started: each is stopped on exit with its children (nginx workers). A load
+# generator runs in the background as WRK_PID (so that a signal interrupts `wait` at once), a
+# sampler as SAMPLER_PID. A script may define `before_cleanup`.
+PIDS=()
+WRK_PID=""
+SAMPLER_PID=""
+WORK=""
+cleanup() {
+    local rc=$? all=() p c
+    trap - EXIT INT TERM
+    if declare -F before_cleanup >/dev/null; then before_cleanup || true; fi
+    for p in "${PIDS[@]}" ${SAMPLER_PID:+"$SAMPLER_PID"} ${WRK_PID:+"$WRK_PID"}; do
+        all+=("$p")
+        for c in $(pgrep -P "$p" 2>/dev/null || true); do all+=("$c"); done
+    done
+    stop_all "${all[@]}"
+    exit "$rc"
+}
+stop_everything_on_exit() {
+    trap cleanup EXIT
+    trap 'exit 130' INT
+    trap 'exit 143' TERM
+}
+
+# ---------------------------------------------------------------------------------------------
+# Figures.
+
+CLK_TCK=$(getconf CLK_TCK 2>/dev/null || echo 100)
+
+cpu_ticks() { # PID: user+system clock ticks of the process and its children (nginx workers)
+    local total=0 p f a
+    for p in "$1" $(pgrep -P "$1" 2>/dev/null || true); do
+        f=$(cat "/proc/$p/stat" 2>/dev/null) || continue
+        f=${f##*) }   # fields after "pid (comm) "; utime and stime are fields 14 and 15
+        read -r -a a <<<"$f"
+        total=$((total + a[11] + a[12]))
+    done
+    echo "$total"
+}
+
+median() { # NUMBER...: their median, to six significant digits
+    printf '%s\n' "$@" | sort -g | awk '{ a[NR] = $1 } END {
+        if (NR % 2) printf "%.6g\n", a[(NR + 1) / 2]; else printf "%.6g\n", (a[NR / 2] + a[NR / 2 + 1]) / 2 }'
+}
+
+# The awk function that reads a wrk or h2load duration ("512.00us", "1.2ms", "3s") as ms.
+AWK_MS='
+    function ms(v,   n, u) {
+        n = v + 0; u = v; sub(/^[0-9.]+/, "", u)
+        if (u == "us") return n / 1000
+        if (u == "ms") return n
+        if (u == "s")  return n * 1000
+        if (u == "m")  return n * 60000
+        if (u == "h")  return n * 3600000
+        return n
+    }'
+
+# ---------------------------------------------------------------------------------------------
+# nginx as a proxy: the two deployments 90/10, HTTP/1.1 keep-alive to them.
+
+nginx_proxy_head() { # WORKERS CONNECTIONS [MAIN_LINE...]: a proxy config up to inside `http {`
+    local workers=$1 conns=$2 line
+    shift 2
+    nginx_user_line
+    echo "daemon off;"
+    for line in "$@"; do echo "$line"; done
+    cat <<EOF
+worker_processes $workers;
+pid $WORK/proxy.pid;
+error_log $WORK/proxy-error.log warn;
+events { worker_connections $conns; }
+http {
+    access_log off;
+    tcp_nodelay on;
+    keepalive_timeout 65s;
+    keepalive_requests 100000;
+    $(nginx_temp_paths proxy)
+EOF
+}
+
+nginx_backends() { # the upstream block
+    cat <<EOF
+    upstream backends {
+        server 127.0.0.1:$P_V1 weight=9;
+        server 127.0.0.1:$P_V2 weight=1;
+        keepalive 256;
+        keepalive_requests 100000;
+    }
+EOF
+}
+
+nginx_proxy_location() { # the location every proxy server block uses
+    cat <<EOF
+        location / {
+            proxy_pass http://backends;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }
+EOF
 }
 
 port_free() { [[ -z $(ss -Hltn "( sport = :$1 )" 2>/dev/null) ]]; }

@@ -64,25 +64,7 @@ source "$(dirname "$0")/common.sh"
 # ---------------------------------------------------------------------------------------------
 # Processes, and cleaning them up whatever happens.
 
-PIDS=()
-WRK_PID=""   # wrk runs in the background so that a signal interrupts `wait` at once
-WORK=""
-
-cleanup() {
-    local rc=$?
-    trap - EXIT INT TERM
-    local all=() p
-    for p in "${PIDS[@]}" ${WRK_PID:+"$WRK_PID"}; do
-        all+=("$p")
-        # nginx workers are children of the master: remember them before it goes.
-        for c in $(pgrep -P "$p" 2>/dev/null || true); do all+=("$c"); done
-    done
-    stop_all "${all[@]}"
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+stop_everything_on_exit
 
 
 start_nginx() { # NAME: runs $WORK/NAME.conf in the foreground (daemon off) as our child
@@ -97,41 +79,17 @@ start_nginx() { # NAME: runs $WORK/NAME.conf in the foreground (daemon off) as o
 
 write_proxy_conf() {
     cat >"$WORK/proxy.conf" <<EOF
-$(nginx_user_line)
-daemon off;
-worker_processes $WORKERS;
-pid $WORK/proxy.pid;
-error_log $WORK/proxy-error.log warn;
-events { worker_connections 4096; }
-http {
-    access_log off;
-    tcp_nodelay on;
-    keepalive_timeout 65s;
-    keepalive_requests 100000;
-    $(nginx_temp_paths proxy)
-    upstream backends {
-        server 127.0.0.1:$P_V1 weight=9;
-        server 127.0.0.1:$P_V2 weight=1;
-        keepalive 256;
-        keepalive_requests 100000;
-    }
+$(nginx_proxy_head "$WORKERS" 4096)
+$(nginx_backends)
     server {
         listen 127.0.0.1:$P_NGINX backlog=4096;
-        location / {
-            proxy_pass http://backends;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-        }
+$(nginx_proxy_location)
     }
     # h2c by prior knowledge to clients, HTTP/1.1 to the upstream, as switchyard does.
     server {
         listen 127.0.0.1:$P_NGINX_H2 http2 backlog=4096;
         http2_max_concurrent_streams 256;
-        location / {
-            proxy_pass http://backends;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-        }
+$(nginx_proxy_location)
     }
     # HTTPS with the certificate switchyard is given.
     server {
@@ -139,11 +97,7 @@ http {
         ssl_certificate $WORK/cert.pem;
         ssl_certificate_key $WORK/key.pem;
         ssl_protocols TLSv1.2 TLSv1.3;
-        location / {
-            proxy_pass http://backends;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-        }
+$(nginx_proxy_location)
     }
 }
 EOF
@@ -154,16 +108,7 @@ EOF
 
 # Prints: rps p50_ms p99_ms requests non2xx socket_errors
 parse_wrk() {
-    awk '
-    function ms(v,   n, u) {
-        n = v + 0; u = v; sub(/^[0-9.]+/, "", u)
-        if (u == "us") return n / 1000
-        if (u == "ms") return n
-        if (u == "s")  return n * 1000
-        if (u == "m")  return n * 60000
-        if (u == "h")  return n * 3600000
-        return n
-    }
+    awk "$AWK_MS"'
     /^[ \t]*50%/ { p50 = ms($2) }
     /^[ \t]*99%/ { p99 = ms($2) }
     / requests in / { reqs = $1 }
@@ -176,23 +121,8 @@ parse_wrk() {
     }' "$1"
 }
 
-CLK_TCK=$(getconf CLK_TCK 2>/dev/null || echo 100)
 
-cpu_ticks() { # PID: user+system clock ticks of the process and its children (nginx workers)
-    local total=0 p f a
-    for p in "$1" $(pgrep -P "$1" 2>/dev/null || true); do
-        f=$(cat "/proc/$p/stat" 2>/dev/null) || continue
-        f=${f##*) }   # fields after "pid (comm) "; utime and stime are fields 14 and 15
-        read -r -a a <<<"$f"
-        total=$((total + a[11] + a[12]))
-    done
-    echo "$total"
-}
 
-median() {
-    printf '%s\n' "$@" | sort -g | awk '{ a[NR] = $1 } END {
-        if (NR % 2) printf "%.3f\n", a[(NR + 1) / 2]; else printf "%.3f\n", (a[NR / 2] + a[NR / 2 + 1]) / 2 }'
-}
 
 cpu_busy_pct() { # CPU in use by anything over 1 s, from /proc/stat
     local a b
@@ -207,14 +137,7 @@ cpu_busy_pct() { # CPU in use by anything over 1 s, from /proc/stat
 
 # Prints: rps mean_ms requests failed
 parse_h2load() {
-    awk '
-    function ms(v,   n, u) {
-        n = v + 0; u = v; sub(/^[0-9.]+/, "", u)
-        if (u == "us") return n / 1000
-        if (u == "ms") return n
-        if (u == "s")  return n * 1000
-        return n
-    }
+    awk "$AWK_MS"'
     /^finished in/ { rps = $4 }
     /^requests:/ { done = $6; failed = $10 + $12 + $14 }
     /^time for request:/ { mean = ms($6) }

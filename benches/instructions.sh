@@ -28,21 +28,7 @@ LOG_TAG=instructions
 # shellcheck source=benches/common.sh
 source "$(dirname "$0")/common.sh"
 
-PIDS=()
-WORK=""
-cleanup() {
-    local rc=$? all=() p
-    trap - EXIT INT TERM
-    for p in "${PIDS[@]}"; do
-        all+=("$p")
-        for c in $(pgrep -P "$p" 2>/dev/null || true); do all+=("$c"); done
-    done
-    stop_all "${all[@]}"
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+stop_everything_on_exit
 
 ensure_tools
 command -v valgrind >/dev/null || {
@@ -64,31 +50,11 @@ wait_http "http://127.0.0.1:$P_V1/" 10 "$!" || die "nginx upstream did not answe
 
 # One nginx process, no master: callgrind then follows the process that serves.
 cat >"$WORK/proxy.conf" <<EOF
-$(nginx_user_line)
-daemon off;
-master_process off;
-worker_processes 1;
-pid $WORK/proxy.pid;
-error_log $WORK/proxy-error.log warn;
-events { worker_connections 1024; }
-http {
-    access_log off;
-    tcp_nodelay on;
-    keepalive_requests 100000;
-    $(nginx_temp_paths proxy)
-    upstream backends {
-        server 127.0.0.1:$P_V1 weight=9;
-        server 127.0.0.1:$P_V2 weight=1;
-        keepalive 256;
-        keepalive_requests 100000;
-    }
+$(nginx_proxy_head 1 1024 "master_process off;")
+$(nginx_backends)
     server {
         listen 127.0.0.1:$P_NGINX backlog=4096;
-        location / {
-            proxy_pass http://backends;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-        }
+$(nginx_proxy_location)
     }
 }
 EOF

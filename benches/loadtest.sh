@@ -23,21 +23,7 @@ LOG_TAG=loadtest
 # shellcheck source=benches/common.sh
 source "$(dirname "$0")/common.sh"
 
-PIDS=()
-WORK=""
-cleanup() {
-    local rc=$? all=() p
-    trap - EXIT INT TERM
-    for p in "${PIDS[@]}"; do
-        all+=("$p")
-        for c in $(pgrep -P "$p" 2>/dev/null || true); do all+=("$c"); done
-    done
-    stop_all "${all[@]}"
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+stop_everything_on_exit
 
 ensure_tools
 build_switchyard
@@ -52,10 +38,6 @@ wait_http "http://127.0.0.1:$P_V1/" 10 "$!" || die "nginx did not answer"
 URL="http://127.0.0.1:$P_V1/"
 log "$ROUNDS rounds of ${DURATION}s, $CONNECTIONS connections: wrk -t$THREADS vs switchyard loadtest --concurrency $CONNECTIONS --get"
 
-median() {
-    printf '%s\n' "$@" | sort -g | awk '{ a[NR] = $1 } END {
-        if (NR % 2) printf "%.1f\n", a[(NR + 1) / 2]; else printf "%.1f\n", (a[NR / 2] + a[NR / 2 + 1]) / 2 }'
-}
 
 WRK=() SY=()
 for ((r = 1; r <= ROUNDS; r++)); do

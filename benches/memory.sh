@@ -41,26 +41,8 @@ source "$(dirname "$0")/common.sh"
 # ---------------------------------------------------------------------------------------------
 # Processes, and cleaning them up whatever happens.
 
-PIDS=()
-WRK_PID=""   # wrk runs in the background so that a signal interrupts `wait` at once
-SAMPLER_PID=""
-WORK=""
-
-cleanup() {
-    local rc=$?
-    trap - EXIT INT TERM
-    [[ -n $WORK && -d $WORK ]] && touch "$WORK/stop-sampler" 2>/dev/null || true
-    local all=() p
-    for p in "${PIDS[@]}" ${SAMPLER_PID:+"$SAMPLER_PID"} ${WRK_PID:+"$WRK_PID"}; do
-        all+=("$p")
-        for c in $(pgrep -P "$p" 2>/dev/null || true); do all+=("$c"); done
-    done
-    stop_all "${all[@]}"
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+before_cleanup() { [[ -n $WORK && -d $WORK ]] && touch "$WORK/stop-sampler" 2>/dev/null; }
+stop_everything_on_exit
 
 
 rss_kb() { awk '/^VmRSS:/ { print $2; f = 1 } END { if (!f) print 0 }' "/proc/$1/status" 2>/dev/null || echo 0; }

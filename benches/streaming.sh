@@ -29,22 +29,7 @@ LOG_TAG=streaming
 # shellcheck source=benches/common.sh
 source "$(dirname "$0")/common.sh"
 
-PIDS=()
-LOAD_PID=""
-WORK=""
-cleanup() {
-    local rc=$? all=() p
-    trap - EXIT INT TERM
-    for p in "${PIDS[@]}" ${LOAD_PID:+"$LOAD_PID"}; do
-        all+=("$p")
-        for c in $(pgrep -P "$p" 2>/dev/null || true); do all+=("$c"); done
-    done
-    stop_all "${all[@]}"
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+stop_everything_on_exit
 
 ensure_tools
 build_switchyard
@@ -67,18 +52,7 @@ wait_http "http://127.0.0.1:$P_REPLICA/healthz" 10 "$!" ||
 
 mkdir -p "$WORK/tmp"
 cat >"$WORK/proxy.conf" <<EOF
-$(nginx_user_line)
-daemon off;
-worker_processes $WORKERS;
-worker_rlimit_nofile 65536;
-pid $WORK/proxy.pid;
-error_log $WORK/proxy-error.log warn;
-events { worker_connections 16384; }
-http {
-    access_log off;
-    tcp_nodelay on;
-    keepalive_requests 100000;
-    $(nginx_temp_paths proxy)
+$(nginx_proxy_head "$WORKERS" 16384 "worker_rlimit_nofile 65536;")
     upstream replica {
         server 127.0.0.1:$P_REPLICA;
         keepalive 2048;
@@ -108,21 +82,6 @@ SY_PID=$!
 PIDS+=("$SY_PID")
 wait_http "http://127.0.0.1:$P_ADMIN/readyz" 15 "$SY_PID" || die "switchyard not ready: $(tail -5 "$WORK/switchyard.log")"
 
-CLK_TCK=$(getconf CLK_TCK 2>/dev/null || echo 100)
-cpu_ticks() { # PID: user+system clock ticks of the process and its children (nginx workers)
-    local total=0 p f a
-    for p in "$1" $(pgrep -P "$1" 2>/dev/null || true); do
-        f=$(cat "/proc/$p/stat" 2>/dev/null) || continue
-        f=${f##*) }
-        read -r -a a <<<"$f"
-        total=$((total + a[11] + a[12]))
-    done
-    echo "$total"
-}
-median() {
-    printf '%s\n' "$@" | sort -g | awk '{ a[NR] = $1 } END {
-        if (NR % 2) printf "%.5f\n", a[(NR + 1) / 2]; else printf "%.5f\n", (a[NR / 2] + a[NR / 2 + 1]) / 2 }'
-}
 
 # One run: the load generator keeps STREAMS streams open (each client starts its next stream
 # when one ends) through a RAMP-second warm-up and SECONDS_LOAD measured seconds; the proxy's
@@ -135,13 +94,13 @@ run() { # TARGET URL PID ROUND
     timeout $((RAMP + SECONDS_LOAD + 60)) "$BIN" loadtest "$url" --concurrency "$STREAMS" --stream true \
         --max-tokens "$TOKENS" --prompt-words 8 --max-in-flight "$STREAMS" --warmup "$RAMP" --duration "$SECONDS_LOAD" --timeout 60 \
         --json "$json" --quiet >"$WORK/$t-$r.txt" 2>&1 &
-    LOAD_PID=$!
+    WRK_PID=$!
     sleep "$RAMP"
     c0=$(cpu_ticks "$pid")
     sleep "$SECONDS_LOAD"
     c1=$(cpu_ticks "$pid")
-    wait "$LOAD_PID" || { LOAD_PID=""; cat "$WORK/$t-$r.txt" >&2; die "loadtest through $t failed"; }
-    LOAD_PID=""
+    wait "$WRK_PID" || { WRK_PID=""; cat "$WORK/$t-$r.txt" >&2; die "loadtest through $t failed"; }
+    WRK_PID=""
     read -r rate p50 p99 broken errors < <(python3 -c '
 import json, sys
 o = json.load(open(sys.argv[1]))["summary"]["overall"]
