@@ -15,12 +15,13 @@ DURATION=${DURATION:-10}        # seconds per measured wrk run
 WARMUP=${WARMUP:-2}             # seconds of warm-up before each measured run (0 = none)
 ROUNDS=${ROUNDS:-3}             # interleaved rounds (direct, nginx, switchyard)
 CONNECTIONS=${CONNECTIONS:-"8 64 256"}  # wrk -c, one HTTP/1.1 section per value
-SECTIONS=${SECTIONS:-"http1 h2c tls"}   # which comparisons to run
+SECTIONS=${SECTIONS:-"http1 h2c tls hosts"}   # which comparisons to run
+HOST_MODELS=${HOST_MODELS:-10000}  # hosts section: models in the configuration, one Host each
 H2_CLIENTS=${H2_CLIENTS:-16}    # h2load -c
 H2_STREAMS=${H2_STREAMS:-16}    # h2load -m (concurrent streams per connection)
 THREADS=${THREADS:-2}           # wrk -t
 WORKERS=${WORKERS:-2}           # switchyard --workers and nginx proxy worker_processes
-PORT_BASE=${PORT_BASE:-18100}   # ports PORT_BASE+1 .. PORT_BASE+11 on 127.0.0.1
+PORT_BASE=${PORT_BASE:-18100}   # ports PORT_BASE+1 .. PORT_BASE+13 on 127.0.0.1
 STRICT=${STRICT:-0}             # 1 = exit 1 when the acceptance check fails
 SKIP_BUILD=${SKIP_BUILD:-0}     # 1 = use the existing target/release/switchyard
 KEEP_WORK=${KEEP_WORK:-0}       # 1 = keep the temp dir (configs, logs, raw wrk output)
@@ -30,7 +31,7 @@ BASELINE_BIN=${BASELINE_BIN:-}  # another switchyard binary to measure alongside
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-for v in DURATION WARMUP ROUNDS THREADS WORKERS PORT_BASE H2_CLIENTS H2_STREAMS; do
+for v in DURATION WARMUP ROUNDS THREADS WORKERS PORT_BASE H2_CLIENTS H2_STREAMS HOST_MODELS; do
     [[ ${!v} =~ ^[0-9]+$ ]] || { echo "e2e: $v=${!v} is not a whole number" >&2; exit 2; }
 done
 for c in $CONNECTIONS; do
@@ -38,11 +39,11 @@ for c in $CONNECTIONS; do
         { echo "e2e: CONNECTIONS has '$c': want whole numbers, each at least THREADS ($THREADS)" >&2; exit 2; }
 done
 for sec in $SECTIONS; do
-    [[ $sec == http1 || $sec == h2c || $sec == tls ]] ||
-        { echo "e2e: SECTIONS has '$sec': want http1, h2c and/or tls" >&2; exit 2; }
+    [[ $sec == http1 || $sec == h2c || $sec == tls || $sec == hosts ]] ||
+        { echo "e2e: SECTIONS has '$sec': want http1, h2c, tls and/or hosts" >&2; exit 2; }
 done
-(( DURATION >= 1 && ROUNDS >= 1 && THREADS >= 1 && H2_CLIENTS >= 1 && H2_STREAMS >= 1 )) ||
-    { echo "e2e: need DURATION>=1, ROUNDS>=1, THREADS>=1, H2_CLIENTS>=1, H2_STREAMS>=1" >&2; exit 2; }
+(( DURATION >= 1 && ROUNDS >= 1 && THREADS >= 1 && H2_CLIENTS >= 1 && H2_STREAMS >= 1 && HOST_MODELS >= 1 )) ||
+    { echo "e2e: need DURATION>=1, ROUNDS>=1, THREADS>=1, H2_CLIENTS>=1, H2_STREAMS>=1, HOST_MODELS>=1" >&2; exit 2; }
 has_section() { [[ " $SECTIONS " == *" $1 "* ]]; }
 
 P_V1=$((PORT_BASE + 1))     # nginx upstream, deployment v1
@@ -56,6 +57,8 @@ P_NGINX_H2=$((PORT_BASE + 8))   # nginx proxy, h2c (prior knowledge) to clients
 P_NGINX_TLS=$((PORT_BASE + 9))  # nginx proxy, HTTPS
 P_SY_TLS=$((PORT_BASE + 10))    # switchyard terminating TLS (rustls)
 P_SY_TLS_ADMIN=$((PORT_BASE + 11))
+P_SY_HOSTS=$((PORT_BASE + 12))  # switchyard with HOST_MODELS models, one Host each
+P_SY_HOSTS_ADMIN=$((PORT_BASE + 13))
 
 LOG_TAG=e2e
 # shellcheck source=benches/common.sh
@@ -188,7 +191,7 @@ fi
 BIN=$PWD/target/release/switchyard
 
 WORK=$(mktemp -d /tmp/switchyard-e2e.XXXXXX)
-for p in $P_V1 $P_V2 $P_NGINX $P_SY $P_ADMIN $P_NGINX_H2 $P_NGINX_TLS $P_SY_TLS $P_SY_TLS_ADMIN; do
+for p in $P_V1 $P_V2 $P_NGINX $P_SY $P_ADMIN $P_NGINX_H2 $P_NGINX_TLS $P_SY_TLS $P_SY_TLS_ADMIN $P_SY_HOSTS $P_SY_HOSTS_ADMIN; do
     port_free "$p" || die "port 127.0.0.1:$p is in use; pick another PORT_BASE"
 done
 make_certificate
@@ -225,6 +228,24 @@ if has_section tls; then
         --tls-cert "$WORK/cert.pem" --tls-key "$WORK/key.pem"
     SY_TLS_PID=$LAST_PID
 fi
+if has_section hosts; then
+    # HOST_MODELS models, each with its own Host and one deployment on the v1 upstream: the
+    # first and the last model must cost the same to reach. Probes off (one per replica).
+    {
+        printf '[server]\nlisten = "127.0.0.1:%s"\nadmin_listen = "127.0.0.1:%s"\nworkers = %s\n' \
+            "$P_SY_HOSTS" "$P_SY_HOSTS_ADMIN" "$WORKERS"
+        printf 'shutdown_grace_seconds = 1\n[upstream]\nstatic_probe_interval_seconds = 0\n'
+        for ((m = 1; m <= HOST_MODELS; m++)); do
+            printf '[[models]]\nid = "m%d"\nhosts = ["m%d.example"]\n[[models.deployments]]\nid = "v1"\nreplicas = ["127.0.0.1:%s"]\n[[models.environments]]\nname = "production"\ncurrent = "v1"\n' \
+                "$m" "$m" "$P_V1"
+        done
+    } >"$WORK/hosts.toml"
+    RUST_LOG=${RUST_LOG:-warn} "$BIN" serve --config "$WORK/hosts.toml" --ephemeral >"$WORK/switchyard-hosts.log" 2>&1 &
+    HOSTS_PID=$!
+    PIDS+=("$HOSTS_PID")
+    wait_http "http://127.0.0.1:$P_SY_HOSTS_ADMIN/readyz" 60 "$HOSTS_PID" ||
+        die "switchyard with $HOST_MODELS models not ready: $(tail -5 "$WORK/switchyard-hosts.log")"
+fi
 if [[ -n $BASELINE_BIN ]]; then
     [[ -x $BASELINE_BIN ]] || die "BASELINE_BIN=$BASELINE_BIN is not an executable"
     port_free "$P_BASE" && port_free "$P_BASE_ADMIN" || die "ports $P_BASE/$P_BASE_ADMIN are in use"
@@ -253,6 +274,11 @@ URL[tls/nginx]="https://127.0.0.1:$P_NGINX_TLS/"
 URL[tls/switchyard]="https://127.0.0.1:$P_SY_TLS/"
 PROC[tls/nginx]=$NGINX_PID
 PROC[tls/switchyard]=${SY_TLS_PID:-}
+declare -A HOST_OF=([first]=m1.example [last]="m$HOST_MODELS.example")
+URL[hosts/first]="http://127.0.0.1:$P_SY_HOSTS/"
+URL[hosts/last]="http://127.0.0.1:$P_SY_HOSTS/"
+PROC[hosts/first]=${HOSTS_PID:-}
+PROC[hosts/last]=${HOSTS_PID:-}
 
 for t in "${HTTP1_TARGETS[@]}"; do
     body=$(curl -fsS --max-time 5 "${URL[http1/$t]}") || die "$t: ${URL[http1/$t]} did not answer 2xx"
@@ -262,6 +288,13 @@ if has_section h2c; then
     for t in nginx switchyard; do
         body=$(curl -fsS --max-time 5 --http2-prior-knowledge "${URL[h2c/$t]}") || die "$t: h2c to ${URL[h2c/$t]} failed"
         [[ $body == "hello from v"[12] ]] || die "$t (h2c): unexpected body '$body'"
+    done
+fi
+if has_section hosts; then
+    for t in first last; do
+        body=$(curl -fsS --max-time 5 -H "Host: ${HOST_OF[$t]}" "${URL[hosts/$t]}") ||
+            die "the $t of $HOST_MODELS models (Host ${HOST_OF[$t]}) did not answer 2xx"
+        [[ $body == "hello from v1" ]] || die "Host ${HOST_OF[$t]}: unexpected body '$body'"
     done
 fi
 if has_section tls; then
@@ -335,12 +368,18 @@ if has_section tls; then
     SECTION_TARGETS[tls]="nginx switchyard"
     SECTION_TITLE[tls]="HTTPS, wrk -t$THREADS -c64 (rustls vs OpenSSL, same P-256 certificate)"
 fi
+if has_section hosts; then
+    SECTION_LIST+=(hosts)
+    SECTION_TARGETS[hosts]="first last"
+    SECTION_TITLE[hosts]="Host routing among $HOST_MODELS models, wrk -t$THREADS -c64 to the first and the last model's Host"
+fi
 
 CONNECTIONS_NOW=64
-run_wrk() { # OUTFILE URL SECONDS (wrk -c from CONNECTIONS_NOW)
+WRK_HOST=""
+run_wrk() { # OUTFILE URL SECONDS (wrk -c from CONNECTIONS_NOW, a Host header from WRK_HOST)
     local out=$1 url=$2 secs=$3
-    timeout $((secs + 30)) wrk -t"$THREADS" -c"$CONNECTIONS_NOW" -d"${secs}s" --timeout 5s --latency "$url" \
-        >"$out" 2>&1 &
+    timeout $((secs + 30)) wrk -t"$THREADS" -c"$CONNECTIONS_NOW" -d"${secs}s" --timeout 5s --latency \
+        ${WRK_HOST:+-H "Host: $WRK_HOST"} "$url" >"$out" 2>&1 &
     WRK_PID=$!
     wait "$WRK_PID" || { WRK_PID=""; cat "$out" >&2; die "wrk against $url failed"; }
     WRK_PID=""
@@ -353,6 +392,11 @@ for ((r = 1; r <= ROUNDS; r++)); do
                 c*) CONNECTIONS_NOW=${sec#c}; measure "$sec" "$t" "$r" wrk "${URL[http1/$t]}" "${PROC[http1/$t]:-}" ;;
                 h2c) measure h2c "$t" "$r" h2 "${URL[h2c/$t]}" "${PROC[h2c/$t]}" ;;
                 tls) CONNECTIONS_NOW=64; measure tls "$t" "$r" wrk "${URL[tls/$t]}" "${PROC[tls/$t]}" ;;
+                hosts)
+                    CONNECTIONS_NOW=64 WRK_HOST=${HOST_OF[$t]}
+                    measure hosts "$t" "$r" wrk "${URL[hosts/$t]}" "${PROC[hosts/$t]}"
+                    WRK_HOST=""
+                    ;;
             esac
         done
     done
@@ -399,6 +443,13 @@ for sec in "${SECTION_LIST[@]}"; do
         printf '%-12s %12.0f %10.3f %10.3f %12s   %s | %s | %s\n' "$t" "${MED_RPS[$sec/$t]}" "$(median "${p5[@]}")" \
             "${MED_P99[$sec/$t]}" "$cpu_col" "$(printf '%.0f ' "${rs[@]}")" "$(printf '%.2f ' "${ps[@]}")" "$(printf '%s ' "${cs[@]}")"
     done
+    if [[ $sec == hosts ]]; then
+        printf 'last/first model: req/s %s, p99 %s, cpu per request %s (want req/s within noise of 1.0)\n' \
+            "$(ratio "${MED_RPS[hosts/last]}" "${MED_RPS[hosts/first]}")" \
+            "$(ratio "${MED_P99[hosts/last]}" "${MED_P99[hosts/first]}" 999)" \
+            "$(ratio "${MED_CPU[hosts/last]}" "${MED_CPU[hosts/first]}")"
+        continue
+    fi
     rr=$(ratio "${MED_RPS[$sec/switchyard]}" "${MED_RPS[$sec/nginx]}")
     pr=$(ratio "${MED_P99[$sec/switchyard]}" "${MED_P99[$sec/nginx]}" 999)
     cr=$(ratio "${MED_CPU[$sec/switchyard]}" "${MED_CPU[$sec/nginx]}")
@@ -417,7 +468,9 @@ done
 echo
 total=$((v1 + v2))
 split_ok=0
-if ((total > 0)); then
+if ! has_section http1 && ! has_section h2c; then
+    total=0   # only the hosts and TLS instances served traffic: no split to show
+elif ((total > 0)); then
     share=$(awk -v a="$v1" -v t="$total" 'BEGIN { printf "%.2f", 100 * a / t }')
     printf 'switchyard split (from /metrics, plain listener): v1 %d (%s%%), v2 %d (%s%%), want 90/10\n' \
         "$v1" "$share" "$v2" "$(awk -v s="$share" 'BEGIN { printf "%.2f", 100 - s }')"
