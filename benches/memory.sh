@@ -17,6 +17,7 @@ PORT_BASE=${PORT_BASE:-18200}     # ports PORT_BASE+1 .. PORT_BASE+4 on 127.0.0.
 STRICT=${STRICT:-0}               # 1 = exit 1 when a target is missed
 SKIP_BUILD=${SKIP_BUILD:-0}       # 1 = use the existing target/release/switchyard
 KEEP_WORK=${KEEP_WORK:-0}         # 1 = keep the temp dir (configs, logs, samples)
+SWITCHYARD_BIN=${SWITCHYARD_BIN:-} # another build to measure instead of target/release/switchyard
 IDLE_MAX_MB=${IDLE_MAX_MB:-20}
 PER_CONN_MAX_KB=${PER_CONN_MAX_KB:-40}
 LEAK_MAX_PCT=${LEAK_MAX_PCT:-10}
@@ -53,8 +54,13 @@ upstream_conns() { ss -Htn state established "( dport = :$P_V1 or dport = :$P_V2
 # Setup.
 
 ensure_tools
-build_switchyard
-BIN=$PWD/target/release/switchyard
+if [[ -n $SWITCHYARD_BIN ]]; then
+    [[ -x $SWITCHYARD_BIN ]] || die "SWITCHYARD_BIN=$SWITCHYARD_BIN is not an executable"
+    BIN=$SWITCHYARD_BIN
+else
+    build_switchyard
+    BIN=$PWD/target/release/switchyard
+fi
 
 # wrk holds CLIENTS sockets; switchyard holds CLIENTS client sockets plus its upstream side.
 want_fds=$((CLIENTS * 2 + 2000))
