@@ -385,6 +385,10 @@ impl Worker {
                     let service = service_fn(move |req| {
                         let ctx = ctx.clone();
                         let info = info.clone();
+                        // Boxed once: each async stage below keeps its arguments twice (as
+                        // captured and as moved-in locals), so a 264-byte request by value
+                        // made the request future 4 kB, all of it copied into hyper's slot.
+                        let req = Box::new(req);
                         async move { Ok::<_, std::convert::Infallible>(forward::proxy(&ctx, &info, req).await) }
                     });
                     let protocols = protocols.clone();

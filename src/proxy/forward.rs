@@ -11,11 +11,13 @@
 
 mod error;
 
+use std::future::Future;
 use std::io;
 use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
+use futures_util::future::{Either, FutureExt};
 use http::header::{self, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Method, Request, Response, StatusCode, Uri, Version};
@@ -55,7 +57,7 @@ const MAX_STALE_RETRIES: u32 = 2;
 pub async fn proxy(
     ctx: &ProxyContext,
     conn: &ConnInfo,
-    req: Request<Incoming>,
+    req: Box<Request<Incoming>>,
 ) -> Response<ProxyBody> {
     let started = Instant::now();
     if req.method() == Method::CONNECT {
@@ -93,7 +95,7 @@ pub async fn proxy(
 async fn forward(
     ctx: &ProxyContext,
     conn: &ConnInfo,
-    mut req: Request<Incoming>,
+    mut req: Box<Request<Incoming>>,
     started: Instant,
 ) -> Result<Response<ProxyBody>, ForwardError> {
     let Target {
@@ -104,7 +106,7 @@ async fn forward(
 
     let client_version = req.version();
     let upgrade = headers::is_upgrade(req.headers()) && req.version() == Version::HTTP_11;
-    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut *req));
     // The Host asked for, taken before stripping: `Connection: host` must not hide it.
     let host = request_host_value(&req);
     // Strip before adding forwarding headers, so `Connection: x-forwarded-for` cannot remove
@@ -159,7 +161,7 @@ async fn exchange(
     cfg: &UpstreamSettings,
     pool: &Arc<Pool>,
     mut replica: Arc<Replica>,
-    mut req: Request<Incoming>,
+    mut req: Box<Request<Incoming>>,
     started: Instant,
 ) -> Result<(InFlight, Response<ResponseBody>), ForwardError> {
     let mut tried = Tried::default();
@@ -171,7 +173,7 @@ async fn exchange(
             Ok(response) => return Ok((in_flight, response)),
             Err(Unanswered::NotSent(back, _)) if stale_retries < MAX_STALE_RETRIES => {
                 stale_retries += 1;
-                req = *back;
+                req = back;
             }
             Err(Unanswered::NotSent(_, e)) => {
                 return Err(ForwardError::Upstream {
@@ -247,40 +249,42 @@ enum Unanswered {
 
 /// Stage 3, send: writes the request and waits for the response head, at most
 /// `response_header_timeout`. The request body keeps streaming with the response body.
-async fn send(
-    cfg: &UpstreamSettings,
-    pool: &Arc<Pool>,
-    replica: &Arc<Replica>,
+///
+/// Built from combinators rather than as an `async fn`: an async stage keeps what it awaits a
+/// second time beside its arguments, and this one would have held the connection's whole
+/// exchange twice.
+fn send<'a>(
+    cfg: &'a UpstreamSettings,
+    pool: &'a Arc<Pool>,
+    replica: &'a Arc<Replica>,
     conn: Conn,
-    req: Request<Incoming>,
-) -> Result<Response<ResponseBody>, Unanswered> {
+    req: Box<Request<Incoming>>,
+) -> impl Future<Output = Result<Response<ResponseBody>, Unanswered>> + 'a {
     let sent = conn.send(req, cfg.request_body_idle_timeout, replica);
-    let result = match cfg.response_header_timeout {
-        Some(after) => match tokio::time::timeout(after, sent).await {
-            Ok(result) => result,
-            Err(_) => {
-                return Err(Unanswered::Failed(ForwardError::HeaderTimeout {
-                    pool: pool.clone(),
-                    replica: replica.addr,
-                    after,
-                }))
-            }
-        },
-        None => sent.await,
+    let limit = cfg.response_header_timeout;
+    let timed = match limit {
+        Some(after) => Either::Left(tokio::time::timeout(after, sent)),
+        None => Either::Right(sent.map(Ok)),
     };
-    result.map_err(|e| match e {
-        SendError::NotSent(back, e) => Unanswered::NotSent(back, e),
-        SendError::Failed(error) if error.is_client_body() => {
-            Unanswered::Failed(ForwardError::ClientBody {
+    timed.map(move |timed| match timed {
+        Err(_elapsed) => Err(Unanswered::Failed(ForwardError::HeaderTimeout {
+            pool: pool.clone(),
+            replica: replica.addr,
+            after: limit.unwrap_or_default(),
+        })),
+        Ok(Err(SendError::NotSent(back, e))) => Err(Unanswered::NotSent(back, e)),
+        Ok(Err(SendError::Failed(error))) if error.is_client_body() => {
+            Err(Unanswered::Failed(ForwardError::ClientBody {
                 pool: pool.clone(),
                 error,
-            })
+            }))
         }
-        SendError::Failed(error) => Unanswered::Failed(ForwardError::Upstream {
+        Ok(Err(SendError::Failed(error))) => Err(Unanswered::Failed(ForwardError::Upstream {
             pool: pool.clone(),
             replica: replica.addr,
             error,
-        }),
+        })),
+        Ok(Ok(response)) => Ok(response),
     })
 }
 

@@ -50,6 +50,21 @@ async fn echo_upstream() -> Upstream {
                     .body(b)
                     .unwrap()
             }
+            path if path.starts_with("/sized/") => {
+                // `/sized/BODY/HEADER`: BODY bytes of body, a header of HEADER bytes.
+                let mut n = path["/sized/".len()..]
+                    .split('/')
+                    .map(|n| n.parse::<usize>().unwrap());
+                let (body, header) = (n.next().unwrap(), n.next().unwrap());
+                Response::builder()
+                    .header("x-test-pad", "h".repeat(header))
+                    .body(full(
+                        (0..body)
+                            .map(|i| b'a' + (i % 26) as u8)
+                            .collect::<Vec<u8>>(),
+                    ))
+                    .unwrap()
+            }
             _ => Response::builder()
                 .header("content-type", "text/plain")
                 .header("x-test-method", parts.method.as_str())
@@ -219,6 +234,46 @@ async fn every_case_answers_the_same_direct_and_through_the_proxy() {
         let direct = ask(up.addr, (case.req)()).await;
         let proxied = ask(proxy.listen_addr, (case.req)()).await;
         assert_eq!(direct, proxied, "case {:?} differs", case.name);
+    }
+    proxy.shutdown().await;
+}
+
+/// The proxy sizes each upstream connection's first read by the responses it carried before:
+/// small ones shrink it, ones that fill it grow it. Responses of every size, one after another
+/// on the same pooled connection, heads larger than the read included, arrive whole.
+#[tokio::test]
+async fn responses_of_every_size_in_a_row_arrive_whole() {
+    let up = echo_upstream().await;
+    let proxy = start(settings(spec(&[("v1", vec![up.addr], 100)])));
+    let shapes: [(usize, usize); 12] = [
+        (10, 0),
+        (10, 0),
+        (10, 0),
+        (1_500, 0),
+        (5_000, 0),
+        (10, 0),
+        (70_000, 0),
+        (10, 0),
+        (10, 0),
+        (10, 6_000),
+        (0, 20_000),
+        (3_000, 3_000),
+    ];
+    for (body, header) in shapes {
+        let req = || {
+            Request::get(format!("/sized/{body}/{header}"))
+                .header("host", "t")
+                .body(empty())
+                .unwrap()
+        };
+        let direct = ask(up.addr, req()).await;
+        let proxied = ask(proxy.listen_addr, req()).await;
+        assert_eq!(
+            proxied.body.len(),
+            body,
+            "body of {body} bytes after a {header}-byte header"
+        );
+        assert_eq!(direct, proxied, "{body}-byte body, {header}-byte header");
     }
     proxy.shutdown().await;
 }

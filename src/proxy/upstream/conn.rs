@@ -9,6 +9,7 @@
 //! socket, which is how an inference server learns the client went away.
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -26,8 +27,12 @@ use tokio::net::TcpStream;
 use super::codec::{self, BodyDecoder, Decoded, ProtocolError, RequestFraming};
 use crate::routing::snapshot::{Replica, Uploading};
 
-/// First read of a response: enough for the head and a small body (inference JSON, SSE events).
-const FIRST_READ: usize = 4096;
+/// First read of a response on a new connection: a head and a small body (inference JSON, SSE
+/// events). Each connection then sizes its first read by the responses it gets, between
+/// `FIRST_READ_MIN` and `FIRST_READ_MAX`: every request in flight holds one such buffer.
+const FIRST_READ: usize = 2048;
+const FIRST_READ_MIN: usize = 1024;
+const FIRST_READ_MAX: usize = 16 * 1024;
 /// Reads of a long body grow up to this when they keep filling the buffer.
 const MAX_READ: usize = 64 * 1024;
 /// Request body pieces up to this size are copied into one write with their chunk framing.
@@ -78,6 +83,8 @@ pub struct Conn {
     head: Vec<u8>,
     /// Response header names by position, reused across responses.
     seen: codec::HeadScratch,
+    /// The size of the next response's first read (see `FIRST_READ`).
+    first_read: usize,
 }
 
 impl Conn {
@@ -87,6 +94,7 @@ impl Conn {
             buf: BytesMut::new(),
             head: Vec::new(),
             seen: codec::HeadScratch::default(),
+            first_read: FIRST_READ,
         }
     }
 
@@ -102,12 +110,15 @@ impl Conn {
     /// response body.
     /// A request body idle for `body_idle` is cut with [`UpstreamError::ClientBodyTimeout`];
     /// while it uploads, it counts as [`Uploading`] on `replica`.
-    pub async fn send(
+    ///
+    /// Not an `async fn`: one would keep the connection and the request twice (as arguments
+    /// and as the locals they move into), in a future that every request builds and moves.
+    pub fn send<'a>(
         mut self,
-        mut req: Request<Incoming>,
+        mut req: Box<Request<Incoming>>,
         body_idle: Option<Duration>,
-        replica: &Arc<Replica>,
-    ) -> Result<Response<ResponseBody>, SendError> {
+        replica: &'a Arc<Replica>,
+    ) -> impl Future<Output = Result<Response<ResponseBody>, SendError>> + 'a {
         if !req.headers().contains_key(header::HOST) {
             // HTTP/1.1 requires Host; an HTTP/1.0 client may have sent none. Name the replica.
             if let Some(host) = self
@@ -121,89 +132,77 @@ impl Conn {
         }
         let method = req.method().clone();
         let (framing, length) = request_framing(&req);
-        let mut head = std::mem::take(&mut self.head);
         codec::encode_head_into(
-            &mut head,
+            &mut self.head,
             &method,
             req.uri().path_and_query().map_or("/", |pq| pq.as_str()),
             req.headers(),
             framing,
             length,
         );
-        // Until the first write succeeds nothing was sent, and the caller may try elsewhere.
-        let written = match self.io.write(&head).await {
-            Ok(0) => {
-                return Err(SendError::NotSent(
-                    Box::new(req),
-                    io::ErrorKind::WriteZero.into(),
-                ))
-            }
-            Ok(n) => n,
-            Err(e) => return Err(SendError::NotSent(Box::new(req), e)),
-        };
-        let fail = |e| SendError::Failed(UpstreamError::Send(e));
-        self.io.write_all(&head[written..]).await.map_err(fail)?;
-        head.clear();
-        self.head = head;
+        async move {
+            // Until the first write succeeds nothing was sent, and the caller may try elsewhere.
+            let written = match self.io.write(&self.head).await {
+                Ok(0) => return Err(SendError::NotSent(req, io::ErrorKind::WriteZero.into())),
+                Ok(n) => n,
+                Err(e) => return Err(SendError::NotSent(req, e)),
+            };
+            let fail = |e| SendError::Failed(UpstreamError::Send(e));
+            self.io
+                .write_all(&self.head[written..])
+                .await
+                .map_err(fail)?;
+            self.head.clear();
 
-        let mut upload = (framing != RequestFraming::None).then(|| {
-            Upload::new(
-                req.into_body(),
-                framing == RequestFraming::Chunked,
-                body_idle,
-                Uploading::new(replica.clone()),
-            )
-        });
-        let mut upload_failed = None;
-        let mut interim = 0;
-        let Conn {
-            mut io,
-            mut buf,
-            head: head_buf,
-            mut seen,
-        } = self;
-        let head = std::future::poll_fn(|cx| {
-            if let Some(up) = upload.as_mut() {
-                match up.poll(&mut io, cx) {
-                    Poll::Ready(Ok(())) => upload = None,
-                    Poll::Ready(Err(e)) if e.is_client_body() => return Poll::Ready(Err(e)),
-                    // The replica stopped reading; it may still have answered.
-                    Poll::Ready(Err(e)) => {
-                        upload = None;
-                        upload_failed = Some(e);
+            let mut upload = (framing != RequestFraming::None).then(|| {
+                Upload::new(
+                    req.into_body(),
+                    framing == RequestFraming::Chunked,
+                    body_idle,
+                    Uploading::new(replica.clone()),
+                )
+            });
+            let mut upload_failed = None;
+            let mut interim = 0;
+            let head = std::future::poll_fn(|cx| {
+                if let Some(up) = upload.as_mut() {
+                    match up.poll(&mut self.io, cx) {
+                        Poll::Ready(Ok(())) => upload = None,
+                        Poll::Ready(Err(e)) if e.is_client_body() => return Poll::Ready(Err(e)),
+                        // The replica stopped reading; it may still have answered.
+                        Poll::Ready(Err(e)) => {
+                            upload = None;
+                            upload_failed = Some(e);
+                        }
+                        Poll::Pending => {}
                     }
-                    Poll::Pending => {}
                 }
-            }
-            poll_head(&mut io, &mut buf, &method, &mut interim, &mut seen, cx)
-        })
-        .await;
-        // No head after a failed upload: the upload's error says more than the read's.
-        let head = head.map_err(|e| SendError::Failed(upload_failed.take().unwrap_or(e)))?;
+                poll_head(&mut self, &method, &mut interim, cx)
+            })
+            .await;
+            // No head after a failed upload: the upload's error says more than the read's.
+            let head = head.map_err(|e| SendError::Failed(upload_failed.take().unwrap_or(e)))?;
 
-        let state = if head.status == http::StatusCode::SWITCHING_PROTOCOLS {
-            State::Upgrade
-        } else {
-            State::Body(BodyDecoder::new(head.framing))
-        };
-        let mut resp = Response::new(ResponseBody {
-            conn: Some(Conn {
-                io,
-                buf,
-                head: head_buf,
-                seen,
-            }),
-            // Boxed: a body still uploading when the head arrives is rare, and an inline one
-            // made every response a few hundred bytes larger to move around.
-            upload: upload.map(Box::new),
-            state,
-            reusable: head.keep_alive && upload_failed.is_none(),
-            read_size: FIRST_READ,
-        });
-        *resp.status_mut() = head.status;
-        *resp.version_mut() = head.version;
-        *resp.headers_mut() = head.headers;
-        Ok(resp)
+            let state = if head.status == http::StatusCode::SWITCHING_PROTOCOLS {
+                State::Upgrade
+            } else {
+                State::Body(BodyDecoder::new(head.framing))
+            };
+            let read_size = self.first_read;
+            let mut resp = Response::new(ResponseBody {
+                conn: Some(self),
+                // Boxed: a body still uploading when the head arrives is rare, and an inline
+                // one made every response a few hundred bytes larger to move around.
+                upload: upload.map(Box::new),
+                state,
+                reusable: head.keep_alive && upload_failed.is_none(),
+                read_size,
+            });
+            *resp.status_mut() = head.status;
+            *resp.version_mut() = head.version;
+            *resp.headers_mut() = head.headers;
+            Ok(resp)
+        }
     }
 }
 
@@ -343,24 +342,41 @@ impl Upload {
     }
 }
 
-/// Reads until a whole final (non-1xx) response head is in `buf`, and parses it.
+/// Reads until a whole final (non-1xx) response head is in the connection's buffer, and parses
+/// it. A first read that fills the buffer makes the next response's first read twice as large;
+/// one that fills less than a quarter of it, half as large.
 fn poll_head(
-    io: &mut TcpStream,
-    buf: &mut BytesMut,
+    conn: &mut Conn,
     method: &Method,
     interim: &mut u32,
-    seen: &mut codec::HeadScratch,
     cx: &mut Context<'_>,
 ) -> Poll<Result<codec::Head, UpstreamError>> {
+    let mut first = conn.buf.is_empty();
     loop {
-        if let Some(head) = codec::parse_final_head(buf, method, interim, seen)? {
+        if let Some(head) = codec::parse_final_head(&mut conn.buf, method, interim, &mut conn.seen)?
+        {
             return Poll::Ready(Ok(head));
         }
-        if buf.capacity() - buf.len() < FIRST_READ / 4 {
-            buf.reserve(FIRST_READ);
+        let buf = &mut conn.buf;
+        if buf.capacity() - buf.len() < conn.first_read / 4 {
+            buf.reserve(conn.first_read);
         }
-        if ready!(tokio_util::io::poll_read_buf(Pin::new(&mut *io), cx, buf))? == 0 {
+        let room = buf.capacity() - buf.len();
+        let n = ready!(tokio_util::io::poll_read_buf(
+            Pin::new(&mut conn.io),
+            cx,
+            buf
+        ))?;
+        if n == 0 {
             return Poll::Ready(Err(UpstreamError::ClosedBeforeHead));
+        }
+        if first {
+            first = false;
+            if n == room {
+                conn.first_read = (conn.first_read * 2).min(FIRST_READ_MAX);
+            } else if n <= room / 4 {
+                conn.first_read = (conn.first_read / 2).max(FIRST_READ_MIN);
+            }
         }
     }
 }
