@@ -453,3 +453,48 @@ pub fn local(status: StatusCode, message: impl Into<String>) -> Response<ProxyBo
     );
     resp
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    /// The size of the future a function returns, without calling it.
+    fn future_size<A, B, C, F, Fut>(_: F) -> usize
+    where
+        F: FnOnce(A, B, C) -> Fut,
+    {
+        std::mem::size_of::<Fut>()
+    }
+
+    fn future_size4<A, B, C, D, F, Fut>(_: F) -> usize
+    where
+        F: FnOnce(A, B, C, D) -> Fut,
+    {
+        std::mem::size_of::<Fut>()
+    }
+
+    /// hyper keeps each connection's request future in a slot as large as the future, and moves
+    /// it there for every request: an async stage taking the request or the connection by value
+    /// keeps it twice, and the future had grown to 4 kB that way (benches/README.md, third
+    /// pass of issue 15).
+    #[test]
+    fn request_futures_stay_small() {
+        let proxy =
+            future_size::<&'static ProxyContext, &'static ConnInfo, Box<Request<Incoming>>, _, _>(
+                proxy,
+            );
+        let send = future_size4::<
+            Conn,
+            Box<Request<Incoming>>,
+            Option<Duration>,
+            &'static Arc<Replica>,
+            _,
+            _,
+        >(Conn::send);
+        // 1,064 and 528 bytes when written; 3,704 and 1,424 before the third pass.
+        assert!(proxy <= 1536, "the request future is {proxy} bytes");
+        assert!(send <= 768, "an upstream exchange's future is {send} bytes");
+    }
+}
