@@ -339,7 +339,10 @@ fn respond(
         cfg.body_idle_timeout,
         is_streamed(&parts.headers),
     );
-    Ok(Response::from_parts(parts, ProxyBody::Upstream(body)))
+    Ok(Response::from_parts(
+        parts,
+        ProxyBody::Upstream(Box::new(body)),
+    ))
 }
 
 /// A body that arrives in chunks over time (SSE, or no length announced): its chunk gaps are
