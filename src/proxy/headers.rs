@@ -178,4 +178,15 @@ mod tests {
         add_forwarded(&mut h, &peer, "http", None);
         assert_eq!(h.get("x-forwarded-for").unwrap(), "10.1.1.1");
     }
+
+    /// The length prefilter is written out by hand: a name added to the list without its
+    /// length would silently never be stripped.
+    #[test]
+    fn the_length_prefilter_covers_every_hop_by_hop_name() {
+        let derived = HOP_BY_HOP
+            .iter()
+            .chain([&PROXY_CONNECTION])
+            .fold(0u32, |bits, name| bits | 1 << name.as_str().len());
+        assert_eq!(HOP_BY_HOP_LENGTHS, derived);
+    }
 }
