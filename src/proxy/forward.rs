@@ -74,18 +74,20 @@ pub async fn proxy(
     }
     // RFC 9112 3.2: a request with more than one Host, or an HTTP/1.1 request with none, gets
     // a 400 (HTTP/2 carries the authority in `:authority`; HTTP/1.0 may omit Host).
-    let hosts = req.headers().get_all(header::HOST).iter().count();
-    if hosts > 1 || (hosts == 0 && req.version() == Version::HTTP_11) {
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    let host_header = hosts.next().cloned();
+    let more_hosts = hosts.next().is_some();
+    if more_hosts || (host_header.is_none() && req.version() == Version::HTTP_11) {
         return local(
             StatusCode::BAD_REQUEST,
-            if hosts > 1 {
+            if more_hosts {
                 "more than one Host header"
             } else {
                 "an HTTP/1.1 request needs a Host header"
             },
         );
     }
-    match forward(ctx, conn, req, started).await {
+    match forward(ctx, conn, req, host_header, started).await {
         Ok(resp) => resp,
         Err(e) => e.into_response(ctx.deployment_header),
     }
@@ -96,19 +98,24 @@ async fn forward(
     ctx: &ProxyContext,
     conn: &ConnInfo,
     mut req: Box<Request<Incoming>>,
+    host_header: Option<HeaderValue>,
     started: Instant,
 ) -> Result<Response<ProxyBody>, ForwardError> {
     let Target {
         pool,
         replica,
         strip,
-    } = route(&ctx.router, &req)?;
+    } = route(&ctx.router, &req, host_header.as_ref())?;
 
     let client_version = req.version();
     let upgrade = headers::is_upgrade(req.headers()) && req.version() == Version::HTTP_11;
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut *req));
     // The Host asked for, taken before stripping: `Connection: host` must not hide it.
-    let host = request_host_value(&req);
+    let host = host_header.or_else(|| {
+        req.uri()
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    });
     // Strip before adding forwarding headers, so `Connection: x-forwarded-for` cannot remove
     // the client address the proxy adds.
     headers::strip_hop_by_hop(req.headers_mut(), upgrade);
@@ -129,10 +136,20 @@ struct Target {
 
 /// Stage 1, route: one snapshot load chooses the pool and a replica; only the Arcs needed
 /// across awaits are kept.
-fn route(router: &Router, req: &Request<Incoming>) -> Result<Target, ForwardError> {
+fn route(
+    router: &Router,
+    req: &Request<Incoming>,
+    host_header: Option<&HeaderValue>,
+) -> Result<Target, ForwardError> {
+    // The Host the client addressed: the URI authority (HTTP/2, absolute form) or the header.
+    let host = req
+        .uri()
+        .authority()
+        .map(|a| a.as_str())
+        .or_else(|| host_header.and_then(|h| h.to_str().ok()));
     let snapshot = router.load();
     let resolved = snapshot
-        .resolve(request_host(req), req.uri().path())
+        .resolve(host, req.uri().path())
         .map_err(ForwardError::NoRoute)?;
     let mut rng = rand::rng();
     let pool = match resolved.route {
@@ -288,8 +305,8 @@ fn send<'a>(
     })
 }
 
-/// Stage 4, respond: the replica's head as the client gets it (its protocol version, hop-by-hop
-/// headers dropped, the deployment tag), with a body that counts the request in flight until it
+/// Stage 4, respond: the replica's head as the client gets it (its protocol version, the
+/// deployment tag; the codec dropped the hop-by-hop headers), with a body that counts the request in flight until it
 /// ends; or, for a 101, the tunnel.
 fn respond(
     ctx: &ProxyContext,
@@ -330,7 +347,7 @@ fn respond(
             }),
         };
     }
-    headers::strip_hop_by_hop(&mut parts.headers, false);
+    // The codec left the hop-by-hop headers out of the head already.
     let cfg = &ctx.upstream;
     let body = UpstreamBody::new(
         body,
@@ -352,26 +369,6 @@ fn is_streamed(headers: &http::HeaderMap) -> bool {
         || headers
             .get(header::CONTENT_TYPE)
             .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"))
-}
-
-/// The Host the client addressed: the `Host` header (HTTP/1.1) or the URI authority (HTTP/2).
-fn request_host(req: &Request<Incoming>) -> Option<&str> {
-    req.uri().authority().map(|a| a.as_str()).or_else(|| {
-        req.headers()
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
-    })
-}
-
-/// The `Host` header, or for HTTP/2 the URI authority, as a header value.
-fn request_host_value(req: &Request<Incoming>) -> Option<HeaderValue> {
-    match req.headers().get(header::HOST) {
-        Some(h) => Some(h.clone()),
-        None => req
-            .uri()
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
-    }
 }
 
 /// Makes the request fit for an HTTP/1.1 replica: origin-form URI without the routing prefix,

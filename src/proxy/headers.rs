@@ -29,6 +29,26 @@ pub fn is_upgrade(headers: &HeaderMap) -> bool {
     headers.contains_key(header::UPGRADE) && connection_lists(headers, "upgrade")
 }
 
+/// True for the names that are hop-by-hop whatever `Connection` lists: the fixed set and
+/// `Proxy-Connection`.
+pub fn is_hop_by_hop(name: &HeaderName) -> bool {
+    let len = name.as_str().len();
+    len < 32
+        && HOP_BY_HOP_LENGTHS & (1 << len) != 0
+        && (HOP_BY_HOP.contains(name) || name == PROXY_CONNECTION)
+}
+
+/// The names one `Connection` line lists, trimmed, as [`strip_hop_by_hop`] reads them: none
+/// from a line that is not visible ASCII (`HeaderValue::to_str`'s rule).
+pub fn connection_tokens(line: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let readable = line
+        .iter()
+        .all(|&b| b == b'\t' || (b' '..=b'~').contains(&b));
+    line.split(|&b| b == b',')
+        .map(|t| t.trim_ascii())
+        .filter(move |t| readable && !t.is_empty())
+}
+
 fn connection_lists(headers: &HeaderMap, token: &str) -> bool {
     headers
         .get_all(header::CONNECTION)

@@ -4,6 +4,8 @@
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode, Version};
+
+use crate::proxy::headers;
 use http_body::{Frame, SizeHint};
 use std::mem::MaybeUninit;
 
@@ -148,10 +150,14 @@ pub enum BodyFraming {
 pub struct Head {
     pub status: StatusCode,
     pub version: Version,
+    /// The end-to-end headers: hop-by-hop ones (the fixed set and whatever `Connection`
+    /// lists) are left out, except in a 101, which passes its `Connection` and `Upgrade` on.
     pub headers: HeaderMap,
     pub framing: BodyFraming,
     /// The replica lets the connection carry another request after this response.
     pub keep_alive: bool,
+    /// The head carried `Transfer-Encoding` (which, being hop-by-hop, is not in `headers`).
+    pub transfer_encoding: bool,
 }
 
 /// What a look at the read buffer found.
@@ -177,6 +183,10 @@ pub struct HeadScratch {
     /// Where each header's name and value lie in the head being parsed (start, length, start,
     /// length), so both can be taken from the head once it is frozen.
     spans: Vec<[usize; 4]>,
+    /// The names of the head being parsed, in order.
+    parsed: Vec<HeaderName>,
+    /// Where the names its `Connection` lines list lie in it (but `keep-alive`).
+    listed: Vec<std::ops::Range<usize>>,
 }
 
 impl HeadScratch {
@@ -259,31 +269,101 @@ pub fn parse_head(
     if status.is_informational() && status != StatusCode::SWITCHING_PROTOCOLS {
         return Ok(Parsed::Interim);
     }
-    let mut headers = HeaderMap::with_capacity(scratch.spans.len());
-    for i in 0..scratch.spans.len() {
+    // The framing is read from the head as sent, and hop-by-hop headers never enter the map
+    // (RFC 9110 7.6.1): the proxy would otherwise remove them again, a hash and a probe each,
+    // and nearly every replica sends `Connection`.
+    let n = scratch.spans.len();
+    let mut facts = Facts::default();
+    scratch.parsed.clear();
+    scratch.listed.clear();
+    for i in 0..n {
         let [ns, nl, vs, vl] = scratch.spans[i];
         let name = scratch.name(i, &head[ns..ns + nl])?;
+        if name == header::CONNECTION {
+            for t in headers::connection_tokens(&head[vs..vs + vl]) {
+                if t.eq_ignore_ascii_case(b"keep-alive") {
+                    // Names the `Keep-Alive` header, dropped anyway.
+                    facts.keep_alive = true;
+                    continue;
+                }
+                facts.close |= t.eq_ignore_ascii_case(b"close");
+                // A span of `head`: the token is a subslice of it.
+                let start = t.as_ptr() as usize - head.as_ptr() as usize;
+                scratch.listed.push(start..start + t.len());
+            }
+        } else if name == header::TRANSFER_ENCODING {
+            facts.transfer_encoding = Some(i);
+        } else if name == header::CONTENT_LENGTH {
+            facts.content_length = true;
+        }
+        scratch.parsed.push(name);
+    }
+    let lengths = || {
+        (0..n)
+            .filter(|&i| scratch.parsed[i] == header::CONTENT_LENGTH)
+            .map(|i| value_bytes(&head, &scratch.spans[i]))
+    };
+    let last_te = facts
+        .transfer_encoding
+        .map(|i| value_bytes(&head, &scratch.spans[i]));
+    let (framing, mut framing_ok) = framing(status, method, last_te, lengths)?;
+    // Transfer-Encoding wins over a Content-Length sent alongside, which must go (RFC 9112
+    // 6.3): passing both on would let the client frame the body differently. An HTTP/1.0
+    // message with Transfer-Encoding is faulty framing: no reuse after it.
+    let drop_length = framing != BodyFraming::Empty && facts.transfer_encoding.is_some();
+    if drop_length {
+        framing_ok &= version == Version::HTTP_11;
+    }
+    let keep_alive = framing_ok
+        && framing != BodyFraming::UntilClose
+        && !facts.close
+        && (version == Version::HTTP_11 || facts.keep_alive);
+    // A 101 keeps `Connection` and `Upgrade`: the proxy passes the switch on as it came.
+    let strip = status != StatusCode::SWITCHING_PROTOCOLS;
+    let mut headers = HeaderMap::with_capacity(n);
+    for (i, name) in scratch.parsed.drain(..).enumerate() {
+        if strip
+            && (headers::is_hop_by_hop(&name)
+                || (drop_length && name == header::CONTENT_LENGTH)
+                || listed(&head, &scratch.listed, &name))
+        {
+            continue;
+        }
+        let [_, _, vs, vl] = scratch.spans[i];
         let value = HeaderValue::from_maybe_shared(head.slice(vs..vs + vl))
             .map_err(|_| ProtocolError::Header(name.to_string()))?;
         headers.append(name, value);
     }
-    let (framing, mut framing_ok) = framing(&headers, status, method)?;
-    if framing != BodyFraming::Empty && headers.contains_key(header::TRANSFER_ENCODING) {
-        // Transfer-Encoding wins over a Content-Length sent alongside, which must go (RFC 9112
-        // 6.3): passing both on would let the client frame the body differently. An HTTP/1.0
-        // message with Transfer-Encoding is faulty framing: no reuse after it.
-        headers.remove(header::CONTENT_LENGTH);
-        framing_ok &= version == Version::HTTP_11;
-    }
-    let keep_alive =
-        framing_ok && framing != BodyFraming::UntilClose && keep_alive(&headers, version);
     Ok(Parsed::Head(Head {
         status,
         version,
         headers,
         framing,
         keep_alive,
+        transfer_encoding: facts.transfer_encoding.is_some(),
     }))
+}
+
+/// What the framing headers of one head say.
+#[derive(Default)]
+struct Facts {
+    close: bool,
+    keep_alive: bool,
+    /// Where the last `Transfer-Encoding` line is.
+    transfer_encoding: Option<usize>,
+    content_length: bool,
+}
+
+fn value_bytes<'h>(head: &'h [u8], span: &[usize; 4]) -> &'h [u8] {
+    &head[span[2]..span[2] + span[3]]
+}
+
+/// Whether a `Connection` line of the head listed `name`.
+fn listed(head: &[u8], listed: &[std::ops::Range<usize>], name: &HeaderName) -> bool {
+    let name = name.as_str().as_bytes();
+    listed
+        .iter()
+        .any(|r| r.len() == name.len() && head[r.clone()].eq_ignore_ascii_case(name))
 }
 
 /// Parses heads off the front of `buf` until the final (non-1xx, or 101) one, skipping at most
@@ -308,12 +388,17 @@ pub fn parse_final_head(
     Ok(None)
 }
 
-/// The body framing, and whether the connection can be reused after it.
-fn framing(
-    headers: &HeaderMap,
+/// The body framing, and whether the connection can be reused after it, from the last
+/// `Transfer-Encoding` line and the `Content-Length` values.
+fn framing<'h, L>(
     status: StatusCode,
     method: &Method,
-) -> Result<(BodyFraming, bool), ProtocolError> {
+    last_transfer_encoding: Option<&[u8]>,
+    lengths: impl Fn() -> L,
+) -> Result<(BodyFraming, bool), ProtocolError>
+where
+    L: Iterator<Item = &'h [u8]>,
+{
     if method == Method::HEAD
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED
@@ -321,15 +406,11 @@ fn framing(
     {
         return Ok((BodyFraming::Empty, true));
     }
-    let has_length = headers.contains_key(header::CONTENT_LENGTH);
-    if let Some(te) = headers.get(header::TRANSFER_ENCODING) {
-        let chunked_last = headers
-            .get_all(header::TRANSFER_ENCODING)
-            .iter()
-            .next_back()
-            .unwrap_or(te)
-            .to_str()
+    let has_length = lengths().next().is_some();
+    if let Some(te) = last_transfer_encoding {
+        let chunked_last = std::str::from_utf8(te)
             .ok()
+            .filter(|_| te.iter().all(|&b| b == b'\t' || (b' '..=b'~').contains(&b)))
             .and_then(|v| v.rsplit(',').next())
             .is_some_and(|t| t.trim().eq_ignore_ascii_case("chunked"));
         // Transfer-Encoding overrides Content-Length, but a response with both may be an
@@ -343,18 +424,17 @@ fn framing(
     if !has_length {
         return Ok((BodyFraming::UntilClose, false));
     }
-    let length = content_length(headers)?;
+    let length = content_length(lengths())?;
     Ok((BodyFraming::Length(length), true))
 }
 
 /// The Content-Length, as hyper's client reads it: every value (and every comma-separated part
 /// of one) visible ASCII, digits only between optional spaces and tabs, all equal, and at most
 /// [`MAX_CONTENT_LENGTH`].
-fn content_length(headers: &HeaderMap) -> Result<u64, ProtocolError> {
+fn content_length<'h>(values: impl Iterator<Item = &'h [u8]>) -> Result<u64, ProtocolError> {
     let mut length: Option<u64> = None;
-    for v in headers.get_all(header::CONTENT_LENGTH) {
-        let invalid = || ProtocolError::ContentLength(String::from_utf8_lossy(v.as_bytes()).into());
-        let bytes = v.as_bytes();
+    for bytes in values {
+        let invalid = || ProtocolError::ContentLength(String::from_utf8_lossy(bytes).into());
         // `HeaderValue::to_str`'s rule: obs-text is no length, not even around digits.
         if !bytes
             .iter()
@@ -394,19 +474,6 @@ fn trim_ows(mut s: &[u8]) -> &[u8] {
         s = rest;
     }
     s
-}
-
-fn keep_alive(headers: &HeaderMap, version: Version) -> bool {
-    let mut close = false;
-    let mut keep = false;
-    for v in headers.get_all(header::CONNECTION) {
-        for t in v.to_str().unwrap_or("").split(',') {
-            let t = t.trim();
-            close |= t.eq_ignore_ascii_case("close");
-            keep |= t.eq_ignore_ascii_case("keep-alive");
-        }
-    }
-    !close && (version == Version::HTTP_11 || keep)
 }
 
 /// What the chunked decoder produced.
@@ -831,6 +898,43 @@ mod tests {
             assert_eq!(h.framing, BodyFraming::Empty);
             assert!(h.keep_alive);
         }
+    }
+
+    #[test]
+    fn hop_by_hop_headers_stay_out_of_the_head_except_in_a_101() {
+        let h = must_head(
+            b"HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Secret\r\nX-Secret: 1\r\n\
+              Keep-Alive: timeout=5\r\nProxy-Connection: keep-alive\r\nUpgrade: h2c\r\n\
+              connection: X-Other\r\nx-other: 2\r\nX-Kept: 3\r\nContent-Length: 0\r\n\r\n",
+            Method::GET,
+        );
+        let names: Vec<&str> = h.headers.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["x-kept", "content-length"]);
+        assert!(h.keep_alive, "the dropped Connection line still counts");
+        let h = must_head(
+            b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n",
+            Method::GET,
+        );
+        assert!(h.headers.get(header::CONNECTION).is_none());
+        assert!(!h.keep_alive);
+        // A line that is not visible ASCII lists nothing, as `HeaderValue::to_str` reads it.
+        let h = must_head(
+            b"HTTP/1.1 200 OK\r\nConnection: x-a, \xff\r\nx-a: 1\r\nContent-Length: 0\r\n\r\n",
+            Method::GET,
+        );
+        assert_eq!(h.headers["x-a"], "1");
+        let h = must_head(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-A: 1\r\n\r\n",
+            Method::GET,
+        );
+        assert!(h.transfer_encoding);
+        assert!(!h.headers.contains_key(header::TRANSFER_ENCODING));
+        let h = must_head(
+            b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+            Method::GET,
+        );
+        assert_eq!(h.headers["connection"], "Upgrade");
+        assert_eq!(h.headers["upgrade"], "websocket");
     }
 
     #[test]
