@@ -29,7 +29,7 @@ use tracing::field;
 
 use self::error::ForwardError;
 use super::body::{InFlight, ProxyBody, UpstreamBody};
-use super::headers;
+use super::headers::{self, Forwarding};
 use super::upstream::{self, Conn, ResponseBody, SendError, UpstreamError};
 use crate::config::UpstreamSettings;
 use crate::routing::{Pool, Replica, Route, Router};
@@ -119,10 +119,16 @@ async fn forward(
     // Strip before adding forwarding headers, so `Connection: x-forwarded-for` cannot remove
     // the client address the proxy adds.
     headers::strip_hop_by_hop(req.headers_mut(), upgrade);
-    rewrite_request(&mut req, strip, conn, host).map_err(ForwardError::BadRequest)?;
+    rewrite_path(&mut req, strip).map_err(ForwardError::BadRequest)?;
     *req.version_mut() = Version::HTTP_11;
+    let forwarding = Forwarding {
+        peer: &conn.peer_ip,
+        proto: conn.proto,
+        host: host.as_ref(),
+    };
 
-    let (in_flight, response) = exchange(&ctx.upstream, &pool, replica, req, started).await?;
+    let (in_flight, response) =
+        exchange(&ctx.upstream, &pool, replica, req, &forwarding, started).await?;
     respond(ctx, in_flight, response, client_version, client_upgrade)
 }
 
@@ -179,6 +185,7 @@ async fn exchange(
     pool: &Arc<Pool>,
     mut replica: Arc<Replica>,
     mut req: Box<Request<Incoming>>,
+    forwarding: &Forwarding<'_>,
     started: Instant,
 ) -> Result<(InFlight, Response<ResponseBody>), ForwardError> {
     let mut tried = Tried::default();
@@ -186,7 +193,7 @@ async fn exchange(
     loop {
         let conn = connect(cfg, pool, &mut replica, &mut tried).await?;
         let in_flight = InFlight::begin(replica.clone(), pool.clone(), started);
-        match send(cfg, pool, &replica, conn, req).await {
+        match send(cfg, pool, &replica, conn, req, forwarding).await {
             Ok(response) => return Ok((in_flight, response)),
             Err(Unanswered::NotSent(back, _)) if stale_retries < MAX_STALE_RETRIES => {
                 stale_retries += 1;
@@ -276,8 +283,9 @@ fn send<'a>(
     replica: &'a Arc<Replica>,
     conn: Conn,
     req: Box<Request<Incoming>>,
+    forwarding: &Forwarding<'_>,
 ) -> impl Future<Output = Result<Response<ResponseBody>, Unanswered>> + 'a {
-    let sent = conn.send(req, cfg.request_body_idle_timeout, replica);
+    let sent = conn.send(req, forwarding, cfg.request_body_idle_timeout, replica);
     let limit = cfg.response_header_timeout;
     let timed = match limit {
         Some(after) => Either::Left(tokio::time::timeout(after, sent)),
@@ -371,19 +379,9 @@ fn is_streamed(headers: &http::HeaderMap) -> bool {
             .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"))
 }
 
-/// Makes the request fit for an HTTP/1.1 replica: origin-form URI without the routing prefix,
-/// a Host header, forwarding headers.
-fn rewrite_request(
-    req: &mut Request<Incoming>,
-    strip: usize,
-    conn: &ConnInfo,
-    host: Option<HeaderValue>,
-) -> Result<(), &'static str> {
-    if let Some(h) = &host {
-        if !req.headers().contains_key(header::HOST) {
-            req.headers_mut().insert(header::HOST, h.clone());
-        }
-    }
+/// Makes the request's target fit for an HTTP/1.1 replica: origin form, without the routing
+/// prefix. (Host and the forwarding headers are written as the head is encoded.)
+fn rewrite_path(req: &mut Request<Incoming>, strip: usize) -> Result<(), &'static str> {
     let absolute = req.uri().scheme().is_some() || req.uri().authority().is_some();
     if strip > 0 || absolute {
         let path = &req.uri().path()[strip..];
@@ -398,7 +396,6 @@ fn rewrite_request(
             Err(_) => return Err("the request path cannot be forwarded"),
         }
     }
-    headers::add_forwarded(req.headers_mut(), &conn.peer_ip, conn.proto, host);
     Ok(())
 }
 
@@ -468,9 +465,9 @@ mod tests {
         std::mem::size_of::<Fut>()
     }
 
-    fn future_size4<A, B, C, D, F, Fut>(_: F) -> usize
+    fn future_size5<A, B, C, D, E, F, Fut>(_: F) -> usize
     where
-        F: FnOnce(A, B, C, D) -> Fut,
+        F: FnOnce(A, B, C, D, E) -> Fut,
     {
         std::mem::size_of::<Fut>()
     }
@@ -485,9 +482,10 @@ mod tests {
             future_size::<&'static ProxyContext, &'static ConnInfo, Box<Request<Incoming>>, _, _>(
                 proxy,
             );
-        let send = future_size4::<
+        let send = future_size5::<
             Conn,
             Box<Request<Incoming>>,
+            &'static Forwarding<'static>,
             Option<Duration>,
             &'static Arc<Replica>,
             _,

@@ -107,28 +107,56 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     }
 }
 
-/// Appends the client address to `X-Forwarded-For` and sets `X-Forwarded-Proto` and
-/// `X-Forwarded-Host` (the Host the client asked for).
-pub fn add_forwarded(
-    headers: &mut HeaderMap,
-    peer: &HeaderValue,
-    proto: &'static str,
-    host: Option<HeaderValue>,
-) {
-    // Room for the three at once: a request map sized for the client's few headers would
-    // otherwise grow (and reallocate) on the way.
-    headers.reserve(3);
-    let chained = headers.get(&X_FORWARDED_FOR).and_then(|prev| {
-        let mut v = Vec::with_capacity(prev.len() + 2 + peer.len());
-        v.extend_from_slice(prev.as_bytes());
-        v.extend_from_slice(b", ");
-        v.extend_from_slice(peer.as_bytes());
-        HeaderValue::from_bytes(&v).ok()
-    });
-    headers.insert(&X_FORWARDED_FOR, chained.unwrap_or_else(|| peer.clone()));
-    headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(proto));
-    if let Some(h) = host {
-        headers.insert(&X_FORWARDED_HOST, h);
+/// What the proxy tells a replica about the client. It is written into the request head as the
+/// head is encoded ([`crate::proxy::upstream::codec::encode_head_into`]) rather than inserted
+/// into the client's header map: three inserts and a lookup on every request cost more than the
+/// name comparisons the encoder makes instead.
+///
+/// - `X-Forwarded-For`: every value the client sent, joined with `, `, then the client's address.
+/// - `X-Forwarded-Proto`: replaced by the scheme the client used.
+/// - `X-Forwarded-Host`: replaced by the Host the client asked for, when there is one.
+/// - `Host`: that same Host, when the request has none left (an HTTP/2 request carries the
+///   authority instead; `Connection: host` strips it).
+#[derive(Debug, Clone, Copy)]
+pub struct Forwarding<'a> {
+    pub peer: &'a HeaderValue,
+    pub proto: &'static str,
+    /// The `Host` header, or for HTTP/2 the URI authority, taken before stripping.
+    pub host: Option<&'a HeaderValue>,
+}
+
+impl Forwarding<'_> {
+    /// The client's headers that [`Forwarding::write`] replaces, so the encoder leaves them out.
+    pub fn replaces(name: &HeaderName) -> bool {
+        // Compared by length first: 15, 16 and 17 bytes.
+        (15..=17).contains(&name.as_str().len())
+            && (name == X_FORWARDED_FOR || name == X_FORWARDED_PROTO || name == X_FORWARDED_HOST)
+    }
+
+    /// Writes the header lines. `headers` is the client's map, for its `X-Forwarded-For`
+    /// values; `has_host`: whether the encoder already wrote a `Host` line from it.
+    pub fn write(&self, headers: &HeaderMap, prior_for: bool, has_host: bool, out: &mut Vec<u8>) {
+        out.extend_from_slice(b"x-forwarded-for: ");
+        if prior_for {
+            for v in headers.get_all(&X_FORWARDED_FOR) {
+                out.extend_from_slice(v.as_bytes());
+                out.extend_from_slice(b", ");
+            }
+        }
+        out.extend_from_slice(self.peer.as_bytes());
+        out.extend_from_slice(b"\r\nx-forwarded-proto: ");
+        out.extend_from_slice(self.proto.as_bytes());
+        out.extend_from_slice(b"\r\n");
+        if let Some(host) = self.host {
+            out.extend_from_slice(b"x-forwarded-host: ");
+            out.extend_from_slice(host.as_bytes());
+            out.extend_from_slice(b"\r\n");
+            if !has_host {
+                out.extend_from_slice(b"host: ");
+                out.extend_from_slice(host.as_bytes());
+                out.extend_from_slice(b"\r\n");
+            }
+        }
     }
 }
 
@@ -182,21 +210,47 @@ mod tests {
     }
 
     #[test]
-    fn forwarded_for_is_appended() {
+    fn forwarding_appends_to_every_forwarded_for_line_and_replaces_the_rest() {
         let peer = HeaderValue::from_static("10.1.1.1");
-        let mut h = map(&[("x-forwarded-for", "1.2.3.4")]);
-        add_forwarded(
-            &mut h,
-            &peer,
-            "https",
-            Some(HeaderValue::from_static("a.example")),
+        let host = HeaderValue::from_static("a.example");
+        let h = map(&[
+            ("x-forwarded-for", "1.2.3.4"),
+            ("x-forwarded-for", "5.6.7.8"),
+            ("x-forwarded-proto", "gopher"),
+        ]);
+        assert!(h.keys().all(Forwarding::replaces));
+        assert!(!Forwarding::replaces(&header::HOST));
+        assert!(!Forwarding::replaces(&HeaderName::from_static(
+            "x-forwarded-fox"
+        )));
+        let mut out = Vec::new();
+        let fwd = Forwarding {
+            peer: &peer,
+            proto: "https",
+            host: Some(&host),
+        };
+        fwd.write(&h, true, true, &mut out);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "x-forwarded-for: 1.2.3.4, 5.6.7.8, 10.1.1.1\r\nx-forwarded-proto: https\r\n\
+             x-forwarded-host: a.example\r\n"
         );
-        assert_eq!(h.get("x-forwarded-for").unwrap(), "1.2.3.4, 10.1.1.1");
-        assert_eq!(h.get("x-forwarded-proto").unwrap(), "https");
-        assert_eq!(h.get("x-forwarded-host").unwrap(), "a.example");
-        let mut h = HeaderMap::new();
-        add_forwarded(&mut h, &peer, "http", None);
-        assert_eq!(h.get("x-forwarded-for").unwrap(), "10.1.1.1");
+        let mut out = Vec::new();
+        let fwd = Forwarding { host: None, ..fwd };
+        fwd.write(&HeaderMap::new(), false, false, &mut out);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "x-forwarded-for: 10.1.1.1\r\nx-forwarded-proto: https\r\n"
+        );
+        let mut out = Vec::new();
+        let fwd = Forwarding {
+            host: Some(&host),
+            ..fwd
+        };
+        fwd.write(&HeaderMap::new(), false, false, &mut out);
+        assert!(String::from_utf8(out)
+            .unwrap()
+            .ends_with("host: a.example\r\n"));
     }
 
     /// The length prefilter is written out by hand: a name added to the list without its

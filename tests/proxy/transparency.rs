@@ -314,6 +314,7 @@ async fn hop_by_hop_headers_are_dropped_both_ways_and_forwarding_headers_added()
         .header("proxy-connection", "keep-alive")
         .header("te", "gzip")
         .header("x-forwarded-for", "203.0.113.9")
+        .header("x-forwarded-for", "198.51.100.7")
         .header("x-kept", "yes")
         .body(empty())
         .unwrap();
@@ -336,7 +337,8 @@ async fn hop_by_hop_headers_are_dropped_both_ways_and_forwarding_headers_added()
     assert!(names.contains("\"x-kept\""), "{names}");
     assert_eq!(
         rest,
-        "Some(\"203.0.113.9, 127.0.0.1\")|Some(\"http\")|Some(\"model.example\")"
+        // Both of the client's lines, joined, then the client itself.
+        "Some(\"203.0.113.9, 198.51.100.7, 127.0.0.1\")|Some(\"http\")|Some(\"model.example\")"
     );
     assert!(
         got.headers.get("x-upstream-private").is_none(),

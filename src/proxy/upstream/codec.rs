@@ -5,7 +5,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode, Version};
 
-use crate::proxy::headers;
+use crate::proxy::headers::{self, Forwarding, X_FORWARDED_FOR};
 use http_body::{Frame, SizeHint};
 use std::mem::MaybeUninit;
 
@@ -58,6 +58,7 @@ pub fn encode_head(
     headers: &HeaderMap,
     framing: RequestFraming,
     content_length: Option<u64>,
+    forwarding: Option<&Forwarding<'_>>,
 ) -> Vec<u8> {
     let mut out = Vec::new();
     encode_head_into(
@@ -67,12 +68,14 @@ pub fn encode_head(
         headers,
         framing,
         content_length,
+        forwarding,
     );
     out
 }
 
 /// [`encode_head`] into `out` (cleared first): a connection reuses one buffer for every
-/// request it sends instead of allocating one each time.
+/// request it sends instead of allocating one each time. With `forwarding`, the client's
+/// forwarding headers are left out and the proxy's written instead.
 pub fn encode_head_into(
     out: &mut Vec<u8>,
     method: &Method,
@@ -80,11 +83,15 @@ pub fn encode_head_into(
     headers: &HeaderMap,
     framing: RequestFraming,
     content_length: Option<u64>,
+    forwarding: Option<&Forwarding<'_>>,
 ) {
     out.clear();
     let size = method.as_str().len()
         + path_and_query.len()
         + 64
+        + forwarding.map_or(0, |f| {
+            128 + f.peer.len() + 2 * f.host.map_or(0, |h| h.len())
+        })
         + headers
             .iter()
             .map(|(n, v)| n.as_str().len() + v.len() + 4)
@@ -94,17 +101,28 @@ pub fn encode_head_into(
     out.push(b' ');
     out.extend_from_slice(path_and_query.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
+    let mut has_host = false;
+    let mut has_length = false;
+    let mut prior_for = false;
     for (name, value) in headers {
+        if forwarding.is_some() && Forwarding::replaces(name) {
+            prior_for |= name == X_FORWARDED_FOR;
+            continue;
+        }
+        has_host |= name == header::HOST;
+        has_length |= name == header::CONTENT_LENGTH;
         out.extend_from_slice(name.as_str().as_bytes());
         out.extend_from_slice(b": ");
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
+    if let Some(f) = forwarding {
+        f.write(headers, prior_for, has_host, out);
+    }
     match framing {
         RequestFraming::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
         RequestFraming::Length => {
-            if let (Some(n), false) = (content_length, headers.contains_key(header::CONTENT_LENGTH))
-            {
+            if let (Some(n), false) = (content_length, has_length) {
                 // Formatted in place (writing to a Vec cannot fail).
                 let _ = std::io::Write::write_fmt(out, format_args!("content-length: {n}\r\n"));
             }
@@ -818,12 +836,26 @@ mod tests {
         h.insert(header::HOST, HeaderValue::from_static("m.local"));
         h.append("x-a", HeaderValue::from_static("1"));
         h.append("x-a", HeaderValue::from_static("2"));
-        let get = encode_head(&Method::GET, "/v1?q=1", &h, RequestFraming::None, None);
+        let get = encode_head(
+            &Method::GET,
+            "/v1?q=1",
+            &h,
+            RequestFraming::None,
+            None,
+            None,
+        );
         assert_eq!(
             String::from_utf8(get).unwrap(),
             "GET /v1?q=1 HTTP/1.1\r\nhost: m.local\r\nx-a: 1\r\nx-a: 2\r\n\r\n"
         );
-        let post = encode_head(&Method::POST, "/", &h, RequestFraming::Length, Some(12));
+        let post = encode_head(
+            &Method::POST,
+            "/",
+            &h,
+            RequestFraming::Length,
+            Some(12),
+            None,
+        );
         assert!(String::from_utf8(post)
             .unwrap()
             .ends_with("x-a: 2\r\ncontent-length: 12\r\n\r\n"));
@@ -834,11 +866,12 @@ mod tests {
             &h,
             RequestFraming::Length,
             Some(12),
+            None,
         ))
         .unwrap();
         assert_eq!(post.matches("content-length").count(), 1, "{post}");
         h.remove(header::CONTENT_LENGTH);
-        let chunked = encode_head(&Method::POST, "/", &h, RequestFraming::Chunked, None);
+        let chunked = encode_head(&Method::POST, "/", &h, RequestFraming::Chunked, None, None);
         assert!(String::from_utf8(chunked)
             .unwrap()
             .ends_with("transfer-encoding: chunked\r\n\r\n"));

@@ -25,6 +25,7 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::codec::{self, BodyDecoder, Decoded, ProtocolError, RequestFraming};
+use crate::proxy::headers::Forwarding;
 use crate::routing::snapshot::{Replica, Uploading};
 
 /// First read of a response on a new connection: a head and a small body (inference JSON, SSE
@@ -105,7 +106,8 @@ impl Conn {
         matches!(self.io.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
     }
 
-    /// Sends the request and waits for the response head; the body streams after. The request
+    /// Sends the request, with the proxy's `forwarding` headers, and waits for the response
+    /// head; the body streams after. The request
     /// body keeps streaming after the response head arrives (full duplex), driven by the
     /// response body.
     /// A request body idle for `body_idle` is cut with [`UpstreamError::ClientBodyTimeout`];
@@ -116,10 +118,12 @@ impl Conn {
     pub fn send<'a>(
         mut self,
         mut req: Box<Request<Incoming>>,
+        forwarding: &Forwarding<'_>,
         body_idle: Option<Duration>,
         replica: &'a Arc<Replica>,
     ) -> impl Future<Output = Result<Response<ResponseBody>, SendError>> + 'a {
-        if !req.headers().contains_key(header::HOST) {
+        // With a Host to forward, the encoder writes it if the request has none left.
+        if forwarding.host.is_none() && !req.headers().contains_key(header::HOST) {
             // HTTP/1.1 requires Host; an HTTP/1.0 client may have sent none. Name the replica.
             if let Some(host) = self
                 .io
@@ -139,6 +143,7 @@ impl Conn {
             req.headers(),
             framing,
             length,
+            Some(forwarding),
         );
         async move {
             // Until the first write succeeds nothing was sent, and the caller may try elsewhere.
