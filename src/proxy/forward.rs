@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use futures_util::future::{Either, FutureExt};
+use futures_util::future::FutureExt;
 use http::header::{self, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Method, Request, Response, StatusCode, Uri, Version};
@@ -30,7 +30,7 @@ use tracing::field;
 use self::error::ForwardError;
 use super::body::{InFlight, ProxyBody, UpstreamBody};
 use super::headers::{self, Forwarding};
-use super::upstream::{self, Conn, ResponseBody, SendError, UpstreamError};
+use super::upstream::{self, Conn, ResponseBody, SendError, Timeouts, UpstreamError};
 use crate::config::UpstreamSettings;
 use crate::routing::{Pool, Replica, Route, Router};
 
@@ -285,37 +285,36 @@ fn send<'a>(
     req: Box<Request<Incoming>>,
     forwarding: &Forwarding<'_>,
 ) -> impl Future<Output = Result<Response<ResponseBody>, Unanswered>> + 'a {
-    let sent = conn.send(req, forwarding, cfg.request_body_idle_timeout, replica);
-    let limit = cfg.response_header_timeout;
-    let timed = match limit {
-        Some(after) => Either::Left(tokio::time::timeout(after, sent)),
-        None => Either::Right(sent.map(Ok)),
+    let timeouts = Timeouts {
+        response_header: cfg.response_header_timeout,
+        request_body_idle: cfg.request_body_idle_timeout,
     };
-    timed.map(move |timed| match timed {
-        Err(_elapsed) => Err(Unanswered::Failed(ForwardError::HeaderTimeout {
+    let sent = conn.send(req, forwarding, timeouts, replica);
+    sent.map(move |sent| match sent {
+        Err(SendError::HeaderTimeout) => Err(Unanswered::Failed(ForwardError::HeaderTimeout {
             pool: pool.clone(),
             replica: replica.addr,
-            after: limit.unwrap_or_default(),
+            after: cfg.response_header_timeout.unwrap_or_default(),
         })),
-        Ok(Err(SendError::NotSent(back, e))) => Err(Unanswered::NotSent(back, e)),
-        Ok(Err(SendError::Failed(error))) if error.is_client_body() => {
+        Err(SendError::NotSent(back, e)) => Err(Unanswered::NotSent(back, e)),
+        Err(SendError::Failed(error)) if error.is_client_body() => {
             Err(Unanswered::Failed(ForwardError::ClientBody {
                 pool: pool.clone(),
                 error,
             }))
         }
-        Ok(Err(SendError::Failed(error))) => Err(Unanswered::Failed(ForwardError::Upstream {
+        Err(SendError::Failed(error)) => Err(Unanswered::Failed(ForwardError::Upstream {
             pool: pool.clone(),
             replica: replica.addr,
             error,
         })),
-        Ok(Ok(response)) => Ok(response),
+        Ok(response) => Ok(response),
     })
 }
 
 /// Stage 4, respond: the replica's head as the client gets it (its protocol version, the
-/// deployment tag; the codec dropped the hop-by-hop headers), with a body that counts the request in flight until it
-/// ends; or, for a 101, the tunnel.
+/// deployment tag; the codec dropped the hop-by-hop headers), with a body that counts the
+/// request in flight until it ends; or, for a 101, the tunnel.
 fn respond(
     ctx: &ProxyContext,
     in_flight: InFlight,
@@ -486,7 +485,7 @@ mod tests {
             Conn,
             Box<Request<Incoming>>,
             &'static Forwarding<'static>,
-            Option<Duration>,
+            Timeouts,
             &'static Arc<Replica>,
             _,
             _,

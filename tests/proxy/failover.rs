@@ -115,6 +115,44 @@ async fn slow_response_headers_are_a_504() {
     proxy.shutdown().await;
 }
 
+/// Each upstream connection keeps one response-header timer and moves it to every request's
+/// deadline: a deadline that passed while the connection sat in the pool must not cut the next
+/// request, and a later request on the same connection must still be cut when it is slow.
+#[tokio::test]
+async fn the_response_header_timeout_holds_for_every_request_on_a_pooled_connection() {
+    let up = upstream(|req| async move {
+        if req.uri().path() == "/slow" {
+            std::future::pending::<()>().await;
+        }
+        Response::new(full("ok"))
+    })
+    .await;
+    let mut s = settings(spec(&[("v1", vec![up.addr], 100)]));
+    s.upstream.response_header_timeout = Some(Duration::from_millis(300));
+    let proxy = start(s);
+    let mut c = h1(proxy.listen_addr).await;
+    async fn status(c: &mut H1, path: &'static str) -> u16 {
+        let req = http::Request::get(path).body(empty()).unwrap();
+        c.send_request(req).await.unwrap().status().as_u16()
+    }
+    assert_eq!(status(&mut c, "/").await, 200);
+    // Idle in the pool well past the first request's deadline.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(status(&mut c, "/").await, 200);
+    assert_eq!(status(&mut c, "/").await, 200);
+    let started = std::time::Instant::now();
+    assert_eq!(status(&mut c, "/slow").await, 504);
+    assert!(started.elapsed() >= Duration::from_millis(250));
+    assert!(started.elapsed() < Duration::from_secs(2));
+    assert_eq!(status(&mut c, "/").await, 200);
+    assert_eq!(
+        up.connections.load(Ordering::SeqCst),
+        2,
+        "one pooled connection for the fast requests, then a new one after the cut"
+    );
+    proxy.shutdown().await;
+}
+
 /// A raw upstream that reads a request and closes the connection without answering.
 async fn hang_up_upstream() -> (std::net::SocketAddr, Arc<AtomicUsize>) {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();

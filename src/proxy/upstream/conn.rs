@@ -23,6 +23,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::time::Sleep;
 
 use super::codec::{self, BodyDecoder, Decoded, ProtocolError, RequestFraming};
 use crate::proxy::headers::Forwarding;
@@ -73,6 +74,17 @@ pub enum SendError {
     /// Not a byte reached the replica: the request can be sent on another connection.
     NotSent(Box<Request<Incoming>>, io::Error),
     Failed(UpstreamError),
+    /// No response head within the response-header timeout.
+    HeaderTimeout,
+}
+
+/// How long a request may wait on the replica.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Timeouts {
+    /// From sending the request to the whole response head.
+    pub response_header: Option<Duration>,
+    /// Between pieces of the request body coming from the client.
+    pub request_body_idle: Option<Duration>,
 }
 
 /// An open connection to a replica, idle between requests.
@@ -86,6 +98,10 @@ pub struct Conn {
     seen: codec::HeadScratch,
     /// The size of the next response's first read (see `FIRST_READ`).
     first_read: usize,
+    /// The response-header timer, kept for the connection's life and moved to each request's
+    /// deadline. A new timer per request cost a timer-wheel insert and removal every time; a
+    /// later deadline on a timer still waiting is one atomic update.
+    head_timer: Option<Pin<Box<Sleep>>>,
 }
 
 impl Conn {
@@ -96,6 +112,7 @@ impl Conn {
             head: Vec::new(),
             seen: codec::HeadScratch::default(),
             first_read: FIRST_READ,
+            head_timer: None,
         }
     }
 
@@ -119,7 +136,7 @@ impl Conn {
         mut self,
         mut req: Box<Request<Incoming>>,
         forwarding: &Forwarding<'_>,
-        body_idle: Option<Duration>,
+        timeouts: Timeouts,
         replica: &'a Arc<Replica>,
     ) -> impl Future<Output = Result<Response<ResponseBody>, SendError>> + 'a {
         // With a Host to forward, the encoder writes it if the request has none left.
@@ -146,6 +163,9 @@ impl Conn {
             Some(forwarding),
         );
         async move {
+            let deadline = timeouts
+                .response_header
+                .map(|t| tokio::time::Instant::now() + t);
             // Until the first write succeeds nothing was sent, and the caller may try elsewhere.
             let written = match self.io.write(&self.head).await {
                 Ok(0) => return Err(SendError::NotSent(req, io::ErrorKind::WriteZero.into())),
@@ -163,17 +183,25 @@ impl Conn {
                 Upload::new(
                     req.into_body(),
                     framing == RequestFraming::Chunked,
-                    body_idle,
+                    timeouts.request_body_idle,
                     Uploading::new(replica.clone()),
                 )
             });
             let mut upload_failed = None;
             let mut interim = 0;
+            if let Some(at) = deadline {
+                match self.head_timer.as_mut() {
+                    Some(timer) => timer.as_mut().reset(at),
+                    None => self.head_timer = Some(Box::pin(tokio::time::sleep_until(at))),
+                }
+            }
             let head = std::future::poll_fn(|cx| {
                 if let Some(up) = upload.as_mut() {
                     match up.poll(&mut self.io, cx) {
                         Poll::Ready(Ok(())) => upload = None,
-                        Poll::Ready(Err(e)) if e.is_client_body() => return Poll::Ready(Err(e)),
+                        Poll::Ready(Err(e)) if e.is_client_body() => {
+                            return Poll::Ready(Err(Some(e)))
+                        }
                         // The replica stopped reading; it may still have answered.
                         Poll::Ready(Err(e)) => {
                             upload = None;
@@ -182,11 +210,27 @@ impl Conn {
                         Poll::Pending => {}
                     }
                 }
-                poll_head(&mut self, &method, &mut interim, cx)
+                if let Poll::Ready(head) = poll_head(&mut self, &method, &mut interim, cx) {
+                    return Poll::Ready(head.map_err(Some));
+                }
+                let timed_out = deadline.is_some()
+                    && self
+                        .head_timer
+                        .as_mut()
+                        .is_some_and(|timer| timer.as_mut().poll(cx).is_ready());
+                if timed_out {
+                    Poll::Ready(Err(None))
+                } else {
+                    Poll::Pending
+                }
             })
             .await;
-            // No head after a failed upload: the upload's error says more than the read's.
-            let head = head.map_err(|e| SendError::Failed(upload_failed.take().unwrap_or(e)))?;
+            let head = match head {
+                Ok(head) => head,
+                Err(None) => return Err(SendError::HeaderTimeout),
+                // No head after a failed upload: the upload's error says more than the read's.
+                Err(Some(e)) => return Err(SendError::Failed(upload_failed.take().unwrap_or(e))),
+            };
 
             let state = if head.status == http::StatusCode::SWITCHING_PROTOCOLS {
                 State::Upgrade

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use tokio::net::TcpStream;
 
-pub use conn::{Conn, ResponseBody, SendError, UpstreamError};
+pub use conn::{Conn, ResponseBody, SendError, Timeouts, UpstreamError};
 
 /// Replica ids are already unique small integers: hash them as themselves.
 #[derive(Default)]
