@@ -452,7 +452,6 @@ pub fn local(status: StatusCode, message: impl Into<String>) -> Response<ProxyBo
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
 
     use super::*;
 
