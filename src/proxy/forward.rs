@@ -356,26 +356,18 @@ fn respond(
     }
     // The codec left the hop-by-hop headers out of the head already.
     let cfg = &ctx.upstream;
+    let streamed = body.is_streamed();
     let body = UpstreamBody::new(
         body,
         in_flight,
         cfg.pool_max_idle_per_replica,
         cfg.body_idle_timeout,
-        is_streamed(&parts.headers),
+        streamed,
     );
     Ok(Response::from_parts(
         parts,
         ProxyBody::Upstream(Box::new(body)),
     ))
-}
-
-/// A body that arrives in chunks over time (SSE, or no length announced): its chunk gaps are
-/// inter-token latency.
-fn is_streamed(headers: &http::HeaderMap) -> bool {
-    !headers.contains_key(header::CONTENT_LENGTH)
-        || headers
-            .get(header::CONTENT_TYPE)
-            .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"))
 }
 
 /// Makes the request's target fit for an HTTP/1.1 replica: origin form, without the routing

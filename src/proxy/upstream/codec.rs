@@ -176,6 +176,9 @@ pub struct Head {
     pub keep_alive: bool,
     /// The head carried `Transfer-Encoding` (which, being hop-by-hop, is not in `headers`).
     pub transfer_encoding: bool,
+    /// The body arrives in pieces over time: the client gets no length for it, or it is an
+    /// event stream (SSE). The gaps between its pieces are inter-token latency.
+    pub streamed: bool,
 }
 
 /// What a look at the read buffer found.
@@ -313,6 +316,9 @@ pub fn parse_head(
             facts.transfer_encoding = Some(i);
         } else if name == header::CONTENT_LENGTH {
             facts.content_length = true;
+        } else if name == header::CONTENT_TYPE && !facts.content_type {
+            facts.content_type = true;
+            facts.event_stream = head[vs..vs + vl].starts_with(b"text/event-stream");
         }
         scratch.parsed.push(name);
     }
@@ -339,6 +345,7 @@ pub fn parse_head(
     // A 101 keeps `Connection` and `Upgrade`: the proxy passes the switch on as it came.
     let strip = status != StatusCode::SWITCHING_PROTOCOLS;
     let mut headers = HeaderMap::with_capacity(n);
+    let mut length_kept = false;
     for (i, name) in scratch.parsed.drain(..).enumerate() {
         if strip
             && (headers::is_hop_by_hop(&name)
@@ -350,6 +357,7 @@ pub fn parse_head(
         let [_, _, vs, vl] = scratch.spans[i];
         let value = HeaderValue::from_maybe_shared(head.slice(vs..vs + vl))
             .map_err(|_| ProtocolError::Header(name.to_string()))?;
+        length_kept |= name == header::CONTENT_LENGTH;
         headers.append(name, value);
     }
     Ok(Parsed::Head(Head {
@@ -359,6 +367,7 @@ pub fn parse_head(
         framing,
         keep_alive,
         transfer_encoding: facts.transfer_encoding.is_some(),
+        streamed: !length_kept || facts.event_stream,
     }))
 }
 
@@ -370,6 +379,9 @@ struct Facts {
     /// Where the last `Transfer-Encoding` line is.
     transfer_encoding: Option<usize>,
     content_length: bool,
+    /// A `Content-Type` line was seen; the first one says whether this is an event stream.
+    content_type: bool,
+    event_stream: bool,
 }
 
 fn value_bytes<'h>(head: &'h [u8], span: &[usize; 4]) -> &'h [u8] {
@@ -931,6 +943,27 @@ mod tests {
             assert_eq!(h.framing, BodyFraming::Empty);
             assert!(h.keep_alive);
         }
+    }
+
+    #[test]
+    fn a_body_without_a_length_or_an_event_stream_counts_as_streamed() {
+        let streamed = |wire: &[u8]| must_head(wire, Method::GET).streamed;
+        assert!(!streamed(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n"));
+        assert!(streamed(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+        ));
+        assert!(streamed(
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nContent-Length: 5\r\n\r\n"
+        ));
+        // The length the client would get is gone: Transfer-Encoding came with it.
+        assert!(streamed(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n"
+        ));
+        // The first Content-Type decides, as a header lookup would.
+        assert!(!streamed(
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\
+              Content-Type: text/event-stream\r\nContent-Length: 5\r\n\r\n"
+        ));
     }
 
     #[test]

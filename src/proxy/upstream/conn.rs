@@ -246,6 +246,7 @@ impl Conn {
                 state,
                 reusable: head.keep_alive && upload_failed.is_none(),
                 read_size,
+                streamed: head.streamed,
             });
             *resp.status_mut() = head.status;
             *resp.version_mut() = head.version;
@@ -446,6 +447,7 @@ pub struct ResponseBody {
     /// The connection may carry another request once this body has ended.
     reusable: bool,
     read_size: usize,
+    streamed: bool,
 }
 
 impl ResponseBody {
@@ -463,6 +465,11 @@ impl ResponseBody {
         // Let go of the read buffer: frames already handed on keep what they need of it.
         conn.buf = BytesMut::new();
         Some(conn)
+    }
+
+    /// Whether the body arrives in pieces over time ([`codec::Head::streamed`]).
+    pub fn is_streamed(&self) -> bool {
+        self.streamed
     }
 
     /// After a 101 response: the socket and any bytes of the new protocol already read.
