@@ -19,7 +19,7 @@ use crate::admin;
 use crate::admin::Health;
 use crate::config::{ConfigError, Settings};
 use crate::metrics::Metrics;
-use crate::proxy::client_conn::{self, Protocols};
+use crate::proxy::client_conn::{self, Protocols, RequestGuard};
 use crate::proxy::{forward, tls, ConnInfo, ProxyContext};
 use crate::replicas::ProviderTiming;
 use crate::rollout::controller::{Controller, ModelSetup};
@@ -380,24 +380,31 @@ impl Worker {
                         peer_ip: HeaderValue::from_str(&peer.ip().to_string())
                             .unwrap_or_else(|_| HeaderValue::from_static("unknown")),
                         proto: if self.tls.is_some() { "https" } else { "http" },
+                        activity: Default::default(),
                     });
+                    let conn_info = info.clone();
                     let ctx = self.ctx.clone();
                     let service = service_fn(move |req| {
                         let ctx = ctx.clone();
-                        let info = info.clone();
+                        // The connection counts as busy from here until the response body is
+                        // dropped (its idle watchdog, `client_conn::until_drained`).
+                        let request = RequestGuard::begin(info.clone());
                         // Boxed once: each async stage below keeps its arguments twice (as
                         // captured and as moved-in locals), so a 264-byte request by value
                         // made the request future 4 kB, all of it copied into hyper's slot.
                         let req = Box::new(req);
-                        async move { Ok::<_, std::convert::Infallible>(forward::proxy(&ctx, &info, req).await) }
+                        async move {
+                            let resp = forward::proxy(&ctx, request.info(), req).await;
+                            Ok::<_, std::convert::Infallible>(resp.map(|body| body.held_by(request)))
+                        }
                     });
                     let protocols = protocols.clone();
                     let drain = drain.subscribe();
                     // Two task types: a plain connection's task does not carry the room a TLS
                     // handshake needs (several kB per connection).
                     match self.tls.clone() {
-                        None => tokio::spawn(client_conn::serve_plain(protocols, stream, peer, service, drain)),
-                        Some(acceptor) => tokio::spawn(client_conn::serve_tls(protocols, acceptor, stream, peer, service, drain)),
+                        None => tokio::spawn(client_conn::serve_plain(protocols, stream, peer, (service, conn_info), drain)),
+                        Some(acceptor) => tokio::spawn(client_conn::serve_tls(protocols, acceptor, stream, peer, (service, conn_info), drain)),
                     };
                 }
             }

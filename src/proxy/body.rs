@@ -11,6 +11,7 @@ use http_body::{Body, Frame, SizeHint};
 use tokio::time::Sleep;
 use tracing::field;
 
+use super::client_conn::RequestGuard;
 use super::upstream::{self, ResponseBody, UpstreamError};
 use crate::metrics::UpstreamErrorKind;
 use crate::routing::{Pool, Replica};
@@ -244,7 +245,14 @@ impl Drop for UpstreamBody {
 }
 
 /// What the proxy answers with: a replica's stream, or a short message of its own.
-pub enum ProxyBody {
+pub struct ProxyBody {
+    inner: Inner,
+    /// Keeps the client connection counted busy until hyper has written the body and dropped
+    /// it (see [`super::client_conn::Activity`]).
+    request: Option<RequestGuard>,
+}
+
+enum Inner {
     /// Boxed, at one allocation per proxied response: the response is moved several times on
     /// its way into hyper, and an inline upstream body made each move 350 bytes larger (fewer
     /// instructions per request with the box than without, benches/README.md).
@@ -254,11 +262,31 @@ pub enum ProxyBody {
 
 impl ProxyBody {
     pub fn empty() -> Self {
-        ProxyBody::Local(None)
+        Self::local(None)
     }
 
     pub fn text(s: impl Into<Bytes>) -> Self {
-        ProxyBody::Local(Some(s.into()))
+        Self::local(Some(s.into()))
+    }
+
+    fn local(b: Option<Bytes>) -> Self {
+        ProxyBody {
+            inner: Inner::Local(b),
+            request: None,
+        }
+    }
+
+    pub fn upstream(body: UpstreamBody) -> Self {
+        ProxyBody {
+            inner: Inner::Upstream(Box::new(body)),
+            request: None,
+        }
+    }
+
+    /// The body, holding `request` until it is dropped.
+    pub fn held_by(mut self, request: RequestGuard) -> Self {
+        self.request = Some(request);
+        self
     }
 }
 
@@ -270,23 +298,23 @@ impl Body for ProxyBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        match self.get_mut() {
-            ProxyBody::Upstream(b) => Pin::new(&mut **b).poll_frame(cx),
-            ProxyBody::Local(b) => Poll::Ready(b.take().map(|d| Ok(Frame::data(d)))),
+        match &mut self.get_mut().inner {
+            Inner::Upstream(b) => Pin::new(&mut **b).poll_frame(cx),
+            Inner::Local(b) => Poll::Ready(b.take().map(|d| Ok(Frame::data(d)))),
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        match self {
-            ProxyBody::Upstream(b) => b.is_end_stream(),
-            ProxyBody::Local(b) => b.is_none(),
+        match &self.inner {
+            Inner::Upstream(b) => b.is_end_stream(),
+            Inner::Local(b) => b.is_none(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
-        match self {
-            ProxyBody::Upstream(b) => b.size_hint(),
-            ProxyBody::Local(b) => SizeHint::with_exact(b.as_ref().map_or(0, |d| d.len() as u64)),
+        match &self.inner {
+            Inner::Upstream(b) => b.size_hint(),
+            Inner::Local(b) => SizeHint::with_exact(b.as_ref().map_or(0, |d| d.len() as u64)),
         }
     }
 }

@@ -12,10 +12,10 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::{pin, Pin};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll, Wake, Waker};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::task::AtomicWaker;
 
@@ -28,13 +28,14 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use super::body::ProxyBody;
+use super::ConnInfo;
 
 /// The client connection preface every HTTP/2 connection without TLS starts with (RFC 9113 3.4).
 const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// A client that opened a connection must send its first request head (or the HTTP/2 preface)
-/// within this time by default; hyper's header read timeout takes over from there
-/// (`server.client_header_timeout_seconds`).
+/// within this time by default, and an HTTP/1.1 connection without a request in progress is
+/// closed after it (`server.client_header_timeout_seconds`; see `until_drained`).
 pub const FIRST_BYTES_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Time a client has to complete the TLS handshake.
@@ -44,16 +45,17 @@ const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct Protocols {
     http1: http1::Builder,
     http2: http2::Builder<TokioExecutor>,
-    /// For the first bytes, then for every request head (idle keep-alive included).
+    /// For the first bytes, then for every request head (idle keep-alive included): an
+    /// HTTP/1.1 connection without a request in progress for this long is closed.
     header_timeout: Duration,
 }
 
 impl Protocols {
     pub fn new(header_timeout: Duration) -> Self {
         let mut http1 = http1::Builder::new();
-        http1
-            .timer(TokioTimer::new())
-            .header_read_timeout(header_timeout);
+        // The connection's idle watchdog (`until_drained`) does this job: hyper's own timeout
+        // allocates, arms and cancels a timer for every request head.
+        http1.header_read_timeout(None);
         let mut http2 = http2::Builder::new(TokioExecutor::new());
         http2
             .timer(TokioTimer::new())
@@ -86,7 +88,7 @@ pub async fn serve_plain<S>(
     protocols: Arc<Protocols>,
     stream: TcpStream,
     peer: SocketAddr,
-    service: S,
+    (service, info): (S, Arc<ConnInfo>),
     drain: watch::Receiver<()>,
 ) where
     S: ProxyService,
@@ -100,7 +102,7 @@ pub async fn serve_plain<S>(
     let Some(protocol) = protocol else {
         return;
     };
-    let result = serve(protocols, protocol, stream, service, drain).await;
+    let result = serve(protocols, protocol, stream, service, &info, drain).await;
     if let Err(e) = result {
         tracing::debug!(%peer, error = %e, "client connection ended with an error");
     }
@@ -112,7 +114,7 @@ pub async fn serve_tls<S>(
     acceptor: tokio_rustls::TlsAcceptor,
     stream: TcpStream,
     peer: SocketAddr,
-    service: S,
+    (service, info): (S, Arc<ConnInfo>),
     drain: watch::Receiver<()>,
 ) where
     S: ProxyService,
@@ -138,7 +140,7 @@ pub async fn serve_tls<S>(
         Some(b"h2") => Protocol::Http2,
         _ => Protocol::Http1,
     };
-    let result = serve(protocols, protocol, tls, service, drain).await;
+    let result = serve(protocols, protocol, tls, service, &info, drain).await;
     if let Err(e) = result {
         tracing::debug!(%peer, error = %e, "client connection ended with an error");
     }
@@ -188,6 +190,7 @@ async fn serve<IO, S>(
     protocol: Protocol,
     io: IO,
     service: S,
+    info: &ConnInfo,
     drain: watch::Receiver<()>,
 ) -> Result<(), hyper::Error>
 where
@@ -202,12 +205,16 @@ where
                 .serve_connection(io, service)
                 .with_upgrades();
             let conn = pin!(conn);
-            until_drained(conn, drain, |c| c.graceful_shutdown()).await
+            let idle = Some((&info.activity, protocols.header_timeout));
+            let served = until_drained(conn, drain, idle, |c| c.graceful_shutdown()).await;
+            // `None`: the watchdog closed a connection idle for too long.
+            served.unwrap_or(Ok(()))
         }
         Protocol::Http2 => {
             // Boxed: HTTP/2 state is twice the size of HTTP/1.1's and most clients speak 1.1.
             let mut conn = Box::pin(protocols.http2.serve_connection(io, service));
-            until_drained(conn.as_mut(), drain, |c| c.graceful_shutdown()).await
+            let served = until_drained(conn.as_mut(), drain, None, |c| c.graceful_shutdown()).await;
+            served.unwrap_or(Ok(()))
         }
     }
 }
@@ -220,27 +227,44 @@ where
 /// every time the connection is polled, several times per request, and each poll of a
 /// `watch` change takes the channel's waiter lock: about 300 instructions per request
 /// (benches/README.md, fourth pass of issue 15).
+///
+/// With `idle`, a watchdog closes the connection (`None`) once it has had no request in
+/// progress for the given time: a client must send each request head within it, and an idle
+/// keep-alive connection closes after it. The watchdog is one timer per connection that wakes
+/// once per period; requests only mark the connection busy and idle.
 async fn until_drained<C, T>(
     mut conn: Pin<&mut C>,
     mut drain: watch::Receiver<()>,
+    idle: Option<(&Activity, Duration)>,
     shutdown: impl FnOnce(Pin<&mut C>),
-) -> T
+) -> Option<T>
 where
     C: Future<Output = T>,
 {
     let signal = Arc::new(DrainSignal::default());
     let signal_waker = Waker::from(signal.clone());
+    let mut watchdog = pin!(idle.map(|(_, after)| tokio::time::sleep(after)));
     let drained = {
         let mut changed = pin!(drain.changed());
         std::future::poll_fn(|cx| {
             if let Poll::Ready(out) = conn.as_mut().poll(cx) {
-                return Poll::Ready(Some(out));
+                return Poll::Ready(Some(Some(out)));
             }
             signal.task.register(cx.waker());
             if signal.woken.swap(false, Ordering::AcqRel) {
                 let mut signal_cx = Context::from_waker(&signal_waker);
                 if changed.as_mut().poll(&mut signal_cx).is_ready() {
                     return Poll::Ready(None);
+                }
+            }
+            if let (Some((activity, after)), Some(mut timer)) =
+                (idle, watchdog.as_mut().as_pin_mut())
+            {
+                while timer.as_mut().poll(cx).is_ready() {
+                    match activity.idle_until(after) {
+                        Some(next) => timer.as_mut().reset(next.into()),
+                        None => return Poll::Ready(Some(None)),
+                    }
                 }
             }
             Poll::Pending
@@ -255,7 +279,66 @@ where
     // to be dropped.
     let out = conn.await;
     drop(drain);
-    out
+    Some(out)
+}
+
+/// Requests in progress on one client connection, and since when it has had none.
+#[derive(Debug)]
+pub struct Activity {
+    busy: AtomicU32,
+    /// Nanoseconds from `epoch` to when the last request in progress ended.
+    idle_since: AtomicU64,
+    epoch: Instant,
+}
+
+impl Default for Activity {
+    fn default() -> Self {
+        Activity {
+            busy: AtomicU32::new(0),
+            idle_since: AtomicU64::new(0),
+            epoch: Instant::now(),
+        }
+    }
+}
+
+impl Activity {
+    /// `None` when the connection has been idle for `after`; otherwise when to look again.
+    fn idle_until(&self, after: Duration) -> Option<Instant> {
+        let now = Instant::now();
+        if self.busy.load(Ordering::Acquire) > 0 {
+            return Some(now + after);
+        }
+        let since = self.epoch + Duration::from_nanos(self.idle_since.load(Ordering::Acquire));
+        let until = since + after;
+        (until > now).then_some(until)
+    }
+}
+
+/// Marks its connection busy from the moment the request's head arrived until the response
+/// body is dropped (hyper wrote it, or gave up on it).
+pub struct RequestGuard(Arc<ConnInfo>);
+
+impl RequestGuard {
+    pub fn begin(info: Arc<ConnInfo>) -> Self {
+        info.activity.busy.fetch_add(1, Ordering::AcqRel);
+        RequestGuard(info)
+    }
+
+    pub fn info(&self) -> &ConnInfo {
+        &self.0
+    }
+}
+
+impl Drop for RequestGuard {
+    fn drop(&mut self) {
+        let activity = &self.0.activity;
+        if activity.busy.fetch_sub(1, Ordering::AcqRel) == 1 {
+            let since = activity.epoch.elapsed().as_nanos();
+            activity
+                .idle_since
+                .store(u64::try_from(since).unwrap_or(u64::MAX), Ordering::Release);
+        }
+    }
 }
 
 /// Wakes the connection's task when the drain signal fires, and notes that it did.

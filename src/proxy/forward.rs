@@ -46,6 +46,8 @@ pub struct ConnInfo {
     /// The client's IP, ready to append to `X-Forwarded-For`.
     pub peer_ip: HeaderValue,
     pub proto: &'static str,
+    /// Requests in progress, for the connection's idle watchdog.
+    pub activity: super::client_conn::Activity,
 }
 
 /// At most this many replicas are tried for one request (config caps attempts at 16).
@@ -364,10 +366,7 @@ fn respond(
         cfg.body_idle_timeout,
         streamed,
     );
-    Ok(Response::from_parts(
-        parts,
-        ProxyBody::Upstream(Box::new(body)),
-    ))
+    Ok(Response::from_parts(parts, ProxyBody::upstream(body)))
 }
 
 /// Makes the request's target fit for an HTTP/1.1 replica: origin form, without the routing

@@ -107,3 +107,96 @@ async fn idle_proxy_clients_are_cut_after_the_header_timeout() {
     assert!(started.elapsed() < Duration::from_secs(10));
     proxy.shutdown().await;
 }
+
+/// Reads until the server closes the connection, at most `within`; whether it did.
+async fn closed_within(c: &mut TcpStream, within: Duration) -> bool {
+    let mut buf = [0u8; 1024];
+    tokio::time::timeout(within, async {
+        loop {
+            match c.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => continue,
+            }
+        }
+    })
+    .await
+    .is_ok()
+}
+
+/// A head sent a byte at a time keeps bytes coming but never completes: the header timeout
+/// counts from the start of the head, not from the last byte.
+#[tokio::test]
+async fn a_request_head_trickling_in_is_cut_after_the_header_timeout() {
+    let up = named("v1").await;
+    let mut s = settings(spec(&[("v1", vec![up.addr], 1)]));
+    s.client_header_timeout = Duration::from_secs(1);
+    let proxy = start(s);
+    let mut c = TcpStream::connect(proxy.listen_addr).await.unwrap();
+    c.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n").await.unwrap();
+    let started = Instant::now();
+    let mut cut = false;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if c.write_all(b"x").await.is_err() {
+            cut = true;
+            break;
+        }
+        let mut probe = [0u8; 64];
+        if let Ok(Ok(0) | Err(_)) =
+            tokio::time::timeout(Duration::from_millis(1), c.read(&mut probe)).await
+        {
+            cut = true;
+            break;
+        }
+    }
+    assert!(cut, "a head trickling for 5 s was not cut");
+    let after = started.elapsed();
+    assert!(
+        after >= Duration::from_millis(800),
+        "cut after only {after:?}"
+    );
+    assert!(after < Duration::from_secs(4), "cut after {after:?}");
+    proxy.shutdown().await;
+}
+
+/// The header timeout is for heads and idle connections, not for answers: a replica that
+/// takes longer than it to respond still gets its response through, and the connection then
+/// closes once it has been idle for the timeout.
+#[tokio::test]
+async fn a_response_slower_than_the_header_timeout_still_arrives() {
+    let up = upstream(|_req| async {
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        http::Response::new(full("late but whole"))
+    })
+    .await;
+    let mut s = settings(spec(&[("v1", vec![up.addr], 1)]));
+    s.client_header_timeout = Duration::from_secs(1);
+    let proxy = start(s);
+    let mut c = TcpStream::connect(proxy.listen_addr).await.unwrap();
+    c.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !got.ends_with(b"late but whole") {
+        let n = tokio::time::timeout(Duration::from_secs(10), c.read(&mut buf))
+            .await
+            .expect("no response within 10 s")
+            .unwrap();
+        assert!(
+            n > 0,
+            "closed before the response: {:?}",
+            String::from_utf8_lossy(&got)
+        );
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert!(got.starts_with(b"HTTP/1.1 200"));
+    let idle_from = Instant::now();
+    assert!(closed_within(&mut c, Duration::from_secs(10)).await);
+    let idle = idle_from.elapsed();
+    assert!(
+        idle >= Duration::from_millis(800),
+        "closed after only {idle:?} idle"
+    );
+    proxy.shutdown().await;
+}
