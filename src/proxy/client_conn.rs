@@ -241,9 +241,14 @@ async fn until_drained<C, T>(
 where
     C: Future<Output = T>,
 {
-    let signal = Arc::new(DrainSignal::default());
+    let signal = Arc::new(Signal::default());
     let signal_waker = Waker::from(signal.clone());
     let mut watchdog = pin!(idle.map(|(_, after)| tokio::time::sleep(after)));
+    // Polled only after its timer fired, like the drain signal: a streamed response wakes the
+    // task for every piece, and polling the timer each time cost about as much as the rest of
+    // the wake-up.
+    let watchdog_signal = Arc::new(Signal::default());
+    let watchdog_waker = Waker::from(watchdog_signal.clone());
     let drained = {
         let mut changed = pin!(drain.changed());
         std::future::poll_fn(|cx| {
@@ -260,7 +265,12 @@ where
             if let (Some((activity, after)), Some(mut timer)) =
                 (idle, watchdog.as_mut().as_pin_mut())
             {
-                while timer.as_mut().poll(cx).is_ready() {
+                watchdog_signal.task.register(cx.waker());
+                if !watchdog_signal.woken.swap(false, Ordering::AcqRel) {
+                    return Poll::Pending;
+                }
+                let mut watchdog_cx = Context::from_waker(&watchdog_waker);
+                while timer.as_mut().poll(&mut watchdog_cx).is_ready() {
                     match activity.idle_until(after) {
                         Some(next) => timer.as_mut().reset(next.into()),
                         None => return Poll::Ready(Some(None)),
@@ -341,23 +351,24 @@ impl Drop for RequestGuard {
     }
 }
 
-/// Wakes the connection's task when the drain signal fires, and notes that it did.
-struct DrainSignal {
+/// Wakes the connection's task when a signal (the drain, the idle watchdog's timer) fires, and
+/// notes that it did, so that the signal is polled only then.
+struct Signal {
     /// Set when the signal's future should be polled: at first, then after each wake.
     woken: AtomicBool,
     task: AtomicWaker,
 }
 
-impl Default for DrainSignal {
+impl Default for Signal {
     fn default() -> Self {
-        DrainSignal {
+        Signal {
             woken: AtomicBool::new(true),
             task: AtomicWaker::new(),
         }
     }
 }
 
-impl Wake for DrainSignal {
+impl Wake for Signal {
     fn wake(self: Arc<Self>) {
         self.wake_by_ref();
     }
