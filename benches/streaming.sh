@@ -33,7 +33,7 @@ stop_everything_on_exit
 
 ensure_tools
 build_switchyard
-BIN=$PWD/target/release/switchyard
+BIN=${SWITCHYARD_BIN:-$PWD/target/release/switchyard}
 # Each stream is a client socket and an upstream socket in the proxy, and one of each in the
 # load generator and the replica.
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
