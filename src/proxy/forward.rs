@@ -89,7 +89,14 @@ pub async fn proxy(
             },
         );
     }
-    match forward(ctx, conn, req, host_header, started).await {
+    // The Host asked for (the header, or for HTTP/2 the URI authority), taken before
+    // stripping: `Connection: host` must not hide it. One value held across the exchange.
+    let host = host_header.or_else(|| {
+        req.uri()
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    });
+    match forward(ctx, conn, req, host, started).await {
         Ok(resp) => resp,
         Err(e) => e.into_response(ctx.deployment_header),
     }
@@ -100,24 +107,18 @@ async fn forward(
     ctx: &ProxyContext,
     conn: &ConnInfo,
     mut req: Box<Request<Incoming>>,
-    host_header: Option<HeaderValue>,
+    host: Option<HeaderValue>,
     started: Instant,
 ) -> Result<Response<ProxyBody>, ForwardError> {
     let Target {
         pool,
         replica,
         strip,
-    } = route(&ctx.router, &req, host_header.as_ref())?;
+    } = route(&ctx.router, &req, host.as_ref())?;
 
     let client_version = req.version();
     let upgrade = headers::is_upgrade(req.headers()) && req.version() == Version::HTTP_11;
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut *req));
-    // The Host asked for, taken before stripping: `Connection: host` must not hide it.
-    let host = host_header.or_else(|| {
-        req.uri()
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-    });
     // Strip before adding forwarding headers, so `Connection: x-forwarded-for` cannot remove
     // the client address the proxy adds.
     headers::strip_hop_by_hop(req.headers_mut(), upgrade);

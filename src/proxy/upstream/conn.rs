@@ -162,10 +162,12 @@ impl Conn {
             length,
             Some(forwarding),
         );
+        // Only these two go into the future: it is kept in hyper's slot on every connection.
+        let deadline = timeouts
+            .response_header
+            .map(|t| tokio::time::Instant::now() + t);
+        let body_idle = timeouts.request_body_idle;
         async move {
-            let deadline = timeouts
-                .response_header
-                .map(|t| tokio::time::Instant::now() + t);
             // Until the first write succeeds nothing was sent, and the caller may try elsewhere.
             let written = match self.io.write(&self.head).await {
                 Ok(0) => return Err(SendError::NotSent(req, io::ErrorKind::WriteZero.into())),
@@ -183,7 +185,7 @@ impl Conn {
                 Upload::new(
                     req.into_body(),
                     framing == RequestFraming::Chunked,
-                    timeouts.request_body_idle,
+                    body_idle,
                     Uploading::new(replica.clone()),
                 )
             });
