@@ -1,5 +1,5 @@
 //! One handler per operation. Each `#[utoipa::path]` is the route's only declaration: the
-//! router and the OpenAPI document are both built from it ([`routes`]).
+//! router ([`serving_routes`]) and the OpenAPI document ([`routes`]) are both built from it.
 
 use std::convert::Infallible;
 use std::time::Duration;
@@ -157,29 +157,68 @@ enum WriteErrors {
     NotSaved(ErrorBody),
 }
 
-/// Every route with its handler and its documentation.
+/// Every handler of the API, once: the served router ([`serving_routes`]) and the OpenAPI
+/// document ([`routes`]) are both made from this list.
+macro_rules! with_every_handler {
+    ($then:ident) => {
+        $then!(
+            list_models,
+            get_model,
+            list_deployments,
+            create_deployment,
+            get_deployment,
+            activate_deployment,
+            deactivate_deployment,
+            list_environments,
+            get_environment,
+            update_environment,
+            promote,
+            pause_promotion,
+            resume_promotion,
+            cancel_promotion,
+            force_cancel_promotion,
+            force_roll_forward_promotion,
+            events,
+            figures,
+            plan,
+            cluster,
+            list_endpoints,
+            register_endpoint,
+            deregister_endpoint
+        )
+    };
+}
+
+/// Every route with its handler and its documentation: what `/openapi.json` is made from.
 pub fn routes() -> OpenApiRouter<ApiState> {
-    OpenApiRouter::with_openapi(ApiDoc::openapi())
-        .routes(routes!(list_models))
-        .routes(routes!(get_model))
-        .routes(routes!(list_deployments, create_deployment))
-        .routes(routes!(get_deployment))
-        .routes(routes!(activate_deployment))
-        .routes(routes!(deactivate_deployment))
-        .routes(routes!(list_environments))
-        .routes(routes!(get_environment, update_environment))
-        .routes(routes!(promote))
-        .routes(routes!(pause_promotion))
-        .routes(routes!(resume_promotion))
-        .routes(routes!(cancel_promotion))
-        .routes(routes!(force_cancel_promotion))
-        .routes(routes!(force_roll_forward_promotion))
-        .routes(routes!(events))
-        .routes(routes!(figures))
-        .routes(routes!(plan))
-        .routes(routes!(cluster))
-        .routes(routes!(list_endpoints, register_endpoint))
-        .routes(routes!(deregister_endpoint))
+    macro_rules! documented {
+        ($($handler:ident),*) => {
+            OpenApiRouter::with_openapi(ApiDoc::openapi()) $(.routes(routes!($handler)))*
+        };
+    }
+    with_every_handler!(documented)
+}
+
+/// Every route with its handler, without the documentation: the path and methods come from
+/// the same `#[utoipa::path]` attributes, but none of the schemas is built. Building them (330
+/// kB of code) at start-up kept those pages resident in every idle proxy.
+pub fn serving_routes() -> axum::Router<ApiState> {
+    use utoipa::Path as _;
+    use utoipa_axum::PathItemExt as _;
+    macro_rules! served {
+        ($($handler:ident),*) => {{
+            let router = axum::Router::new();
+            $(
+                let path = utoipa_axum::paste! { [<__path_ $handler>]::path() };
+                let methods = utoipa_axum::paste! { [<__path_ $handler>]::methods() };
+                let router = methods.iter().fold(router, |router, method| {
+                    router.route(&path, axum::routing::on(method.to_method_filter(), $handler))
+                });
+            )*
+            router
+        }};
+    }
+    with_every_handler!(served)
 }
 
 /// The deployment's registered endpoints.

@@ -57,8 +57,7 @@ pub const MAX_BODY: usize = 64 * 1024;
 
 /// The router of every `/v1` route, with the state it serves.
 pub fn router(state: ApiState) -> axum::Router {
-    let (router, _) = handlers::routes().split_for_parts();
-    router
+    handlers::serving_routes()
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
