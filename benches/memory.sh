@@ -18,8 +18,8 @@ STRICT=${STRICT:-0}               # 1 = exit 1 when a target is missed
 SKIP_BUILD=${SKIP_BUILD:-0}       # 1 = use the existing target/release/switchyard
 KEEP_WORK=${KEEP_WORK:-0}         # 1 = keep the temp dir (configs, logs, samples)
 SWITCHYARD_BIN=${SWITCHYARD_BIN:-} # another build to measure instead of target/release/switchyard
-IDLE_MAX_MB=${IDLE_MAX_MB:-20}
-PER_CONN_MAX_KB=${PER_CONN_MAX_KB:-40}
+IDLE_MAX_MB=${IDLE_MAX_MB:-8}
+PER_CONN_MAX_KB=${PER_CONN_MAX_KB:-20}
 LEAK_MAX_PCT=${LEAK_MAX_PCT:-10}
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
