@@ -102,8 +102,14 @@ mod tests {
                     assert_eq!(z as usize % align, 0, "zeroed {layout:?} gave {z:p}");
                     assert!(std::slice::from_raw_parts(z, size).iter().all(|b| *b == 0));
                     let grown = a.realloc(p, layout, size * 2 + 8);
-                    assert_eq!(grown as usize % align, 0, "realloc of {layout:?} gave {grown:p}");
-                    assert!(std::slice::from_raw_parts(grown, size).iter().all(|b| *b == 0xa5));
+                    assert_eq!(
+                        grown as usize % align,
+                        0,
+                        "realloc of {layout:?} gave {grown:p}"
+                    );
+                    assert!(std::slice::from_raw_parts(grown, size)
+                        .iter()
+                        .all(|b| *b == 0xa5));
                     live.push((z, layout));
                     a.dealloc(
                         grown,

@@ -385,18 +385,12 @@ impl Worker {
                     let conn_info = info.clone();
                     let ctx = self.ctx.clone();
                     let service = service_fn(move |req| {
-                        let ctx = ctx.clone();
                         // The connection counts as busy from here until the response body is
                         // dropped (its idle watchdog, `client_conn::until_drained`).
                         let request = RequestGuard::begin(info.clone());
-                        // Boxed once: each async stage below keeps its arguments twice (as
-                        // captured and as moved-in locals), so a 264-byte request by value
-                        // made the request future 4 kB, all of it copied into hyper's slot.
-                        let req = Box::new(req);
-                        async move {
-                            let resp = forward::proxy(&ctx, request.info(), req).await;
-                            Ok::<_, std::convert::Infallible>(resp.map(|body| body.held_by(request)))
-                        }
+                        // Boxed once: a 264-byte request by value is kept in the future's
+                        // state, all of which hyper copies into its slot.
+                        forward::proxy(ctx.clone(), request, Box::new(req))
                     });
                     let protocols = protocols.clone();
                     let drain = drain.subscribe();

@@ -11,6 +11,7 @@
 
 mod error;
 
+use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::sync::Arc;
@@ -29,6 +30,7 @@ use tracing::field;
 
 use self::error::ForwardError;
 use super::body::{InFlight, ProxyBody, UpstreamBody};
+use super::client_conn::RequestGuard;
 use super::headers::{self, Forwarding};
 use super::upstream::{self, Conn, ResponseBody, SendError, Timeouts, UpstreamError};
 use crate::config::UpstreamSettings;
@@ -55,13 +57,71 @@ const MAX_TRIED: usize = 16;
 /// Pooled connections found closing (no byte of the request sent) before giving up.
 const MAX_STALE_RETRIES: u32 = 2;
 
-/// Proxies one request. Never fails: problems become 4xx/5xx responses with a short body.
+/// Proxies one request. Never fails: problems become 4xx/5xx responses with a short body. The
+/// response body holds `request` (its connection's busy mark) until it is dropped.
+///
+/// One async body from hyper's call to the response: every async stage nested in another is
+/// moved into its parent's state when awaited, and hyper moves the whole future into its
+/// connection's slot once more, so each level cost a copy of the request's state (about 1 kB)
+/// per request. The work before the exchange is the synchronous [`prepare`].
 pub async fn proxy(
-    ctx: &ProxyContext,
-    conn: &ConnInfo,
+    ctx: Arc<ProxyContext>,
+    request: RequestGuard,
     req: Box<Request<Incoming>>,
-) -> Response<ProxyBody> {
+) -> Result<Response<ProxyBody>, Infallible> {
     let started = Instant::now();
+    let resp = match prepare(&ctx, req) {
+        Err(resp) => resp,
+        Ok(Prepared {
+            target,
+            req,
+            host,
+            client_version,
+            client_upgrade,
+        }) => {
+            let conn = request.info();
+            let forwarding = Forwarding {
+                peer: &conn.peer_ip,
+                proto: conn.proto,
+                host: host.as_ref(),
+            };
+            let exchanged = exchange(
+                &ctx.upstream,
+                &target.pool,
+                target.replica,
+                req,
+                &forwarding,
+                started,
+            )
+            .await;
+            exchanged
+                .and_then(|(in_flight, response)| {
+                    respond(&ctx, in_flight, response, client_version, client_upgrade)
+                })
+                .unwrap_or_else(|e| e.into_response(ctx.deployment_header))
+        }
+    };
+    Ok(resp.map(|body| body.held_by(request)))
+}
+
+/// A request ready to go upstream: routed, stripped of hop-by-hop headers, its path rewritten.
+struct Prepared {
+    target: Target,
+    req: Box<Request<Incoming>>,
+    /// The Host asked for, for the upstream head.
+    host: Option<HeaderValue>,
+    client_version: Version,
+    client_upgrade: Option<OnUpgrade>,
+}
+
+/// Everything before the exchange: the request's own checks, the route (stage 1) and the
+/// request made fit for the replica; or the response that refuses it.
+// Both sides are consumed at once by the caller; boxing the refusal would only add an allocation.
+#[allow(clippy::result_large_err)]
+fn prepare(
+    ctx: &ProxyContext,
+    mut req: Box<Request<Incoming>>,
+) -> Result<Prepared, Response<ProxyBody>> {
     if req.method() == Method::CONNECT {
         // A reverse proxy has no tunnel to open; replicas are reached by path and Host.
         let mut resp = local(
@@ -72,7 +132,7 @@ pub async fn proxy(
             header::ALLOW,
             HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"),
         );
-        return resp;
+        return Err(resp);
     }
     // RFC 9112 3.2: a request with more than one Host, or an HTTP/1.1 request with none, gets
     // a 400 (HTTP/2 carries the authority in `:authority`; HTTP/1.0 may omit Host).
@@ -80,15 +140,17 @@ pub async fn proxy(
     let host_header = hosts.next().cloned();
     let more_hosts = hosts.next().is_some();
     if more_hosts || (host_header.is_none() && req.version() == Version::HTTP_11) {
-        return local(
+        return Err(local(
             StatusCode::BAD_REQUEST,
             if more_hosts {
                 "more than one Host header"
             } else {
                 "an HTTP/1.1 request needs a Host header"
             },
-        );
+        ));
     }
+    let refused = |e: ForwardError| e.into_response(ctx.deployment_header);
+    let target = route(&ctx.router, &req, host_header.as_ref()).map_err(refused)?;
     // The Host asked for (the header, or for HTTP/2 the URI authority), taken before
     // stripping: `Connection: host` must not hide it. One value held across the exchange.
     let host = host_header.or_else(|| {
@@ -96,43 +158,21 @@ pub async fn proxy(
             .authority()
             .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
     });
-    match forward(ctx, conn, req, host, started).await {
-        Ok(resp) => resp,
-        Err(e) => e.into_response(ctx.deployment_header),
-    }
-}
-
-/// The stages in order: route, prepare the request, connect and send, respond.
-async fn forward(
-    ctx: &ProxyContext,
-    conn: &ConnInfo,
-    mut req: Box<Request<Incoming>>,
-    host: Option<HeaderValue>,
-    started: Instant,
-) -> Result<Response<ProxyBody>, ForwardError> {
-    let Target {
-        pool,
-        replica,
-        strip,
-    } = route(&ctx.router, &req, host.as_ref())?;
-
     let client_version = req.version();
     let upgrade = headers::is_upgrade(req.headers()) && req.version() == Version::HTTP_11;
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut *req));
     // Strip before adding forwarding headers, so `Connection: x-forwarded-for` cannot remove
     // the client address the proxy adds.
     headers::strip_hop_by_hop(req.headers_mut(), upgrade);
-    rewrite_path(&mut req, strip).map_err(ForwardError::BadRequest)?;
+    rewrite_path(&mut req, target.strip).map_err(|e| refused(ForwardError::BadRequest(e)))?;
     *req.version_mut() = Version::HTTP_11;
-    let forwarding = Forwarding {
-        peer: &conn.peer_ip,
-        proto: conn.proto,
-        host: host.as_ref(),
-    };
-
-    let (in_flight, response) =
-        exchange(&ctx.upstream, &pool, replica, req, &forwarding, started).await?;
-    respond(ctx, in_flight, response, client_version, client_upgrade)
+    Ok(Prepared {
+        target,
+        req,
+        host,
+        client_version,
+        client_upgrade,
+    })
 }
 
 /// Where the routing decision sends a request.
@@ -469,9 +509,7 @@ mod tests {
     #[test]
     fn request_futures_stay_small() {
         let proxy =
-            future_size::<&'static ProxyContext, &'static ConnInfo, Box<Request<Incoming>>, _, _>(
-                proxy,
-            );
+            future_size::<Arc<ProxyContext>, RequestGuard, Box<Request<Incoming>>, _, _>(proxy);
         let send = future_size5::<
             Conn,
             Box<Request<Incoming>>,
