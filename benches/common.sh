@@ -37,6 +37,28 @@ ensure_tools() {
     command -v nginx >/dev/null && command -v wrk >/dev/null || die "nginx or wrk still missing"
 }
 
+ensure_valgrind() {
+    command -v valgrind >/dev/null && return 0
+    [[ $EUID -eq 0 ]] || die "valgrind is missing; run as root or install it"
+    log "installing: valgrind"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq valgrind >/dev/null || die "apt-get install valgrind failed"
+}
+
+# The upstream nginx of the callgrind scripts, once the ports are checked free: writes the
+# config (write_upstream_conf), starts it and waits for it.
+#   start_upstream WORKER_CONNECTIONS PORT...
+start_upstream() {
+    local conns=$1 p
+    shift
+    for p in "$@"; do
+        port_free "$p" || die "port 127.0.0.1:$p is in use; pick another PORT_BASE"
+    done
+    write_upstream_conf "$conns"
+    nginx -p "$WORK" -e "$WORK/upstream-error.log" -c "$WORK/upstream.conf" >>"$WORK/upstream-error.log" 2>&1 &
+    PIDS+=($!)
+    wait_http "http://127.0.0.1:$P_V1/" 10 "$!" || die "nginx upstream did not answer"
+}
+
 build_switchyard() {
     if [[ $SKIP_BUILD == 1 ]]; then
         [[ -x target/release/switchyard ]] || die "SKIP_BUILD=1 but target/release/switchyard is missing"

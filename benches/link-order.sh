@@ -25,21 +25,11 @@ LOG_TAG=link-order
 source "$(dirname "$0")/common.sh"
 stop_everything_on_exit
 ensure_tools
-command -v valgrind >/dev/null || {
-    [[ $EUID -eq 0 ]] || die "valgrind is missing; run as root or install it"
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq valgrind >/dev/null || die "apt-get install valgrind failed"
-}
+ensure_valgrind
 build_switchyard
 BIN=${SWITCHYARD_BIN:-$PWD/target/release/switchyard}
 WORK=$(mktemp -d /tmp/switchyard-order.XXXXXX)
-for p in $P_V1 $P_V2 $P_SY $P_ADMIN; do
-    port_free "$p" || die "port 127.0.0.1:$p is in use; pick another PORT_BASE"
-done
-
-write_upstream_conf 1024
-nginx -p "$WORK" -e "$WORK/upstream-error.log" -c "$WORK/upstream.conf" >>"$WORK/upstream-error.log" 2>&1 &
-PIDS+=($!)
-wait_http "http://127.0.0.1:$P_V1/" 10 "$!" || die "nginx upstream did not answer"
+start_upstream 1024 $P_V1 $P_V2 $P_SY $P_ADMIN
 
 # --demangle=no: the linker wants symbol names as they are in the object file.
 RUST_LOG=warn valgrind --tool=callgrind --demangle=no --dump-instr=no \
