@@ -1242,6 +1242,15 @@ max_error_rate_percent = 1.0
         s == "FAILED" || s == "PAUSED" || s == "SUCCEEDED"
     });
     let t = load.finish();
+    // The follower learns the outcome through etcd, a moment after the leader decided it.
+    wait_for(
+        "the follower to see the promotion end",
+        Duration::from_secs(10),
+        || {
+            let s = promotion(b.admin).0;
+            s == "FAILED" || s == "PAUSED" || s == "SUCCEEDED"
+        },
+    );
     let v = get_json(b.admin, ENV);
     let p = &v["in_progress_promotion"];
     assert_eq!(p["status"], "FAILED", "{v}");
