@@ -58,19 +58,20 @@ struct ChunkTiming {
 }
 
 impl ChunkTiming {
-    fn chunk(&mut self, in_flight: &InFlight) {
+    /// A data chunk arrived; `now` reads the clock, called only when the reading is used.
+    fn chunk(&mut self, in_flight: &InFlight, now: impl FnOnce() -> Instant) {
         self.chunks = self.chunks.saturating_add(1);
         let m = &in_flight.pool.metrics;
         match self.last {
             None => {
-                let now = Instant::now();
+                let now = now();
                 let ttfb = now.duration_since(in_flight.started);
                 m.stats.first_byte(ttfb);
                 self.first = Some(now);
                 self.last = Some(now);
             }
             Some(last) if self.streamed => {
-                let now = Instant::now();
+                let now = now();
                 let gap = now.duration_since(last);
                 m.stats.inter_chunk(gap);
                 self.last = Some(now);
@@ -108,8 +109,12 @@ pub struct UpstreamBody {
     in_flight: InFlight,
     max_idle_per_replica: usize,
     idle_timeout: Option<Duration>,
-    /// Armed only once the body has to wait, so quick responses allocate no timer.
+    /// Armed only once the body has to wait, so quick responses allocate no timer. It is not
+    /// moved on every frame (that re-files it in the timer wheel, once per streamed token):
+    /// when it fires early because frames came since, it is re-armed from `last_frame`.
     idle: Option<Pin<Box<Sleep>>>,
+    /// When the last frame came, kept only while `idle` is armed.
+    last_frame: Option<tokio::time::Instant>,
     timing: ChunkTiming,
 }
 
@@ -127,6 +132,7 @@ impl UpstreamBody {
             max_idle_per_replica,
             idle_timeout,
             idle: None,
+            last_frame: None,
             timing: ChunkTiming {
                 streamed,
                 first: None,
@@ -157,11 +163,16 @@ impl Body for UpstreamBody {
         let this = &mut *self;
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
-                if let (Some(sleep), Some(t)) = (this.idle.as_mut(), this.idle_timeout) {
-                    sleep.as_mut().reset(tokio::time::Instant::now() + t);
+                let data = frame.data_ref().is_some_and(|d| !d.is_empty());
+                // One clock reading serves both the idle timer and the chunk timing.
+                let mut now = None;
+                let mut read_clock = || *now.get_or_insert_with(tokio::time::Instant::now);
+                if this.idle.is_some() {
+                    this.last_frame = Some(read_clock());
                 }
-                if frame.data_ref().is_some_and(|d| !d.is_empty()) {
-                    this.timing.chunk(&this.in_flight);
+                if data {
+                    this.timing
+                        .chunk(&this.in_flight, || read_clock().into_std());
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
@@ -200,24 +211,36 @@ impl Body for UpstreamBody {
                 let Some(t) = this.idle_timeout else {
                     return Poll::Pending;
                 };
-                let sleep = this
-                    .idle
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(t)));
-                match sleep.as_mut().poll(cx) {
-                    Poll::Pending => Poll::Pending,
-                    Poll::Ready(()) => {
-                        let p = &this.in_flight.pool;
-                        p.metrics.count_error(UpstreamErrorKind::BodyIdleTimeout);
-                        p.metrics.stats.stream_cut();
-                        let e = BodyIdleTimeout {
-                            deployment: p.deployment.to_string(),
-                            replica: this.in_flight.replica.addr,
-                            after: t,
-                        };
-                        tracing::warn!("{e}");
-                        // The response is unfinished, so its connection is never reused.
-                        Poll::Ready(Some(Err(e.into())))
+                let sleep = match &mut this.idle {
+                    Some(sleep) => sleep,
+                    None => {
+                        let now = tokio::time::Instant::now();
+                        this.last_frame = Some(now);
+                        this.idle
+                            .insert(Box::pin(tokio::time::sleep_until(now + t)))
                     }
+                };
+                loop {
+                    if sleep.as_mut().poll(cx).is_pending() {
+                        return Poll::Pending;
+                    }
+                    // Fired: frames that came since it was armed push the deadline on.
+                    let deadline = this.last_frame.map(|at| at + t);
+                    if let Some(deadline) = deadline.filter(|d| *d > tokio::time::Instant::now()) {
+                        sleep.as_mut().reset(deadline);
+                        continue;
+                    }
+                    let p = &this.in_flight.pool;
+                    p.metrics.count_error(UpstreamErrorKind::BodyIdleTimeout);
+                    p.metrics.stats.stream_cut();
+                    let e = BodyIdleTimeout {
+                        deployment: p.deployment.to_string(),
+                        replica: this.in_flight.replica.addr,
+                        after: t,
+                    };
+                    tracing::warn!("{e}");
+                    // The response is unfinished, so its connection is never reused.
+                    return Poll::Ready(Some(Err(e.into())));
                 }
             }
         }

@@ -236,6 +236,48 @@ async fn a_stream_silent_for_longer_than_the_idle_timeout_is_cut() {
     proxy.shutdown().await;
 }
 
+/// The idle timer measures silence, not the stream's length: a stream that keeps sending
+/// outlives many idle timeouts (the timer is re-armed from the last frame, not per frame).
+#[tokio::test]
+async fn a_stream_that_keeps_sending_outlives_the_idle_timeout() {
+    let up = upstream(|_req| async {
+        let (tx, body) = channel_body();
+        tokio::spawn(async move {
+            for i in 0..12 {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                let event = format!("data: {i}\n\n");
+                if tx.send(Bytes::from(event)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Response::new(body)
+    })
+    .await;
+    let mut s = settings(spec(&[("v1", vec![up.addr], 100)]));
+    s.upstream.body_idle_timeout = Some(Duration::from_millis(350));
+    let proxy = start(s);
+    let mut c = h1(proxy.listen_addr).await;
+    let resp = c
+        .send_request(http::Request::get("/").body(empty()).unwrap())
+        .await
+        .unwrap();
+    let body = tokio::time::timeout(Duration::from_secs(10), resp.into_body().collect())
+        .await
+        .expect("the stream did not end")
+        .expect("a stream that never went silent for the idle timeout was cut")
+        .to_bytes();
+    let expected: String = (0..12).map(|i| format!("data: {i}\n\n")).collect();
+    assert_eq!(std::str::from_utf8(&body).unwrap(), expected);
+    let (_, metrics) = admin(proxy.admin_addr, "/metrics").await;
+    assert_eq!(
+        sample(&metrics, "switchyard_upstream_errors_total{deployment=\"v1\",environment=\"production\",kind=\"body_idle_timeout\",model=\"m\"}").unwrap_or(0.0),
+        0.0,
+        "{metrics}"
+    );
+    proxy.shutdown().await;
+}
+
 #[tokio::test]
 async fn a_request_body_that_breaks_mid_stream_closes_the_replica_connection() {
     // The replica answers at once and streams while the request body is still coming.
