@@ -3,7 +3,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -115,6 +115,8 @@ pub struct UpstreamBody {
     idle: Option<Pin<Box<Sleep>>>,
     /// When the last frame came, kept only while `idle` is armed.
     last_frame: Option<tokio::time::Instant>,
+    /// The waker `idle` was last polled with.
+    idle_waker: Option<Waker>,
     timing: ChunkTiming,
 }
 
@@ -133,6 +135,7 @@ impl UpstreamBody {
             idle_timeout,
             idle: None,
             last_frame: None,
+            idle_waker: None,
             timing: ChunkTiming {
                 streamed,
                 first: None,
@@ -221,10 +224,30 @@ impl Body for UpstreamBody {
                     }
                 };
                 loop {
-                    if sleep.as_mut().poll(cx).is_pending() {
+                    // The timer keeps the waker it was last polled with. hyper polls a body
+                    // again right after every flush, so most polls find nothing new; while
+                    // the timer has not fired and the waker is the same, polling it would
+                    // only register that waker again (~120 instructions, twice per event).
+                    let same_waker = this
+                        .idle_waker
+                        .as_ref()
+                        .is_some_and(|w| w.will_wake(cx.waker()));
+                    if same_waker && !sleep.is_elapsed() {
                         return Poll::Pending;
                     }
-                    // Fired: frames that came since it was armed push the deadline on.
+                    // Out of coop budget, `poll` yields before it registers anything.
+                    let registers = tokio::task::coop::has_budget_remaining();
+                    if sleep.as_mut().poll(cx).is_pending() {
+                        if !registers {
+                            this.idle_waker = None;
+                        } else if !same_waker {
+                            this.idle_waker = Some(cx.waker().clone());
+                        }
+                        return Poll::Pending;
+                    }
+                    // Fired, which took the waker: whatever comes next polls it again.
+                    this.idle_waker = None;
+                    // Frames that came since it was armed push the deadline on.
                     let deadline = this.last_frame.map(|at| at + t);
                     if let Some(deadline) = deadline.filter(|d| *d > tokio::time::Instant::now()) {
                         sleep.as_mut().reset(deadline);

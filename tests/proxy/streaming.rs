@@ -278,6 +278,71 @@ async fn a_stream_that_keeps_sending_outlives_the_idle_timeout() {
     proxy.shutdown().await;
 }
 
+/// The timer re-armed by frames still cuts the stream once the frames stop.
+#[tokio::test]
+async fn a_stream_that_goes_silent_after_sending_is_cut() {
+    let up = upstream(|_req| async {
+        let (tx, body) = channel_body();
+        tokio::spawn(async move {
+            for i in 0..5 {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                if tx
+                    .send(Bytes::from(format!("data: {i}\n\n")))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            drop(tx);
+        });
+        Response::new(body)
+    })
+    .await;
+    let mut s = settings(spec(&[("v1", vec![up.addr], 100)]));
+    s.upstream.body_idle_timeout = Some(Duration::from_millis(350));
+    let proxy = start(s);
+    let mut c = h1(proxy.listen_addr).await;
+    let resp = c
+        .send_request(http::Request::get("/").body(empty()).unwrap())
+        .await
+        .unwrap();
+    let mut body = resp.into_body();
+    let mut got = Vec::new();
+    let mut last_event = Instant::now();
+    let cut = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match body.frame().await {
+                Some(Ok(frame)) => {
+                    got.extend_from_slice(&frame.into_data().unwrap_or_default());
+                    last_event = Instant::now();
+                }
+                Some(Err(_)) => return true,
+                None => return false,
+            }
+        }
+    })
+    .await
+    .expect("a stream silent after its fifth event was not cut by the idle timeout");
+    assert!(cut, "the client must see the stream fail, not end cleanly");
+    // 350 ms of silence, then the cut: not the next time something else wakes the connection.
+    let silent = last_event.elapsed();
+    assert!(
+        silent < Duration::from_millis(1500),
+        "cut only after {silent:?} of silence"
+    );
+    let expected: String = (0..5).map(|i| format!("data: {i}\n\n")).collect();
+    assert_eq!(std::str::from_utf8(&got).unwrap(), expected);
+    let (_, metrics) = admin(proxy.admin_addr, "/metrics").await;
+    assert_eq!(
+        sample(&metrics, "switchyard_upstream_errors_total{deployment=\"v1\",environment=\"production\",kind=\"body_idle_timeout\",model=\"m\"}"),
+        Some(1.0),
+        "{metrics}"
+    );
+    proxy.shutdown().await;
+}
+
 #[tokio::test]
 async fn a_request_body_that_breaks_mid_stream_closes_the_replica_connection() {
     // The replica answers at once and streams while the request body is still coming.
