@@ -5,20 +5,25 @@
 # counters are zeroed after a warm-up and dumped after a fixed load, and the instructions
 # between are divided by the requests served. Kernel work is not counted: both make the same
 # system calls per request (see benches/README.md), so this is where the two differ.
+# STREAMS=N counts per server-sent event instead: N streams at RATE events/s each from
+# switchyard's built-in replica, through both proxies (nginx with proxy_buffering off).
 #
 #   bash benches/instructions.sh
 #   SECONDS_LOAD=4 CONNECTIONS=8 bash benches/instructions.sh
+#   STREAMS=50 bash benches/instructions.sh
 set -euo pipefail
 
 SECONDS_LOAD=${SECONDS_LOAD:-8}  # seconds of measured load per proxy (wrk -t1)
 CONNECTIONS=${CONNECTIONS:-16}   # wrk -c
+STREAMS=${STREAMS:-0}            # >0: SSE streams instead of wrk requests
+RATE=${RATE:-50}                 # events per second per stream (with STREAMS)
 PORT_BASE=${PORT_BASE:-18400}    # ports PORT_BASE+1 .. PORT_BASE+5 on 127.0.0.1
 SKIP_BUILD=${SKIP_BUILD:-0}
 KEEP_WORK=${KEEP_WORK:-0}
 SWITCHYARD_BIN=${SWITCHYARD_BIN:-}  # another build to count instead of target/release/switchyard
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-for v in SECONDS_LOAD CONNECTIONS PORT_BASE; do
+for v in SECONDS_LOAD CONNECTIONS PORT_BASE STREAMS RATE; do
     [[ ${!v} =~ ^[0-9]+$ ]] || { echo "instructions: $v=${!v} is not a whole number" >&2; exit 2; }
 done
 
@@ -35,15 +40,41 @@ ensure_valgrind
 build_switchyard
 BIN=${SWITCHYARD_BIN:-$PWD/target/release/switchyard}
 WORK=$(mktemp -d /tmp/switchyard-instr.XXXXXX)
-start_upstream 4096 $P_V1 $P_V2 $P_NGINX $P_SY $P_ADMIN
+if ((STREAMS == 0)); then
+    start_upstream 4096 $P_V1 $P_V2 $P_NGINX $P_SY $P_ADMIN
+    UPSTREAMS=(--upstream "v1=127.0.0.1:$P_V1" --upstream "v2=127.0.0.1:$P_V2" --weight v1=90 --weight v2=10)
+    BACKENDS=$(nginx_backends)
+    LOCATION=$(nginx_proxy_location)
+    READY_PATH=/
+else
+    ((STREAMS * 4 + 200 <= $(ulimit -n))) || die "open-file limit $(ulimit -n) is too low for STREAMS=$STREAMS"
+    for p in $P_V1 $P_NGINX $P_SY $P_ADMIN; do
+        port_free "$p" || die "port 127.0.0.1:$p is in use; pick another PORT_BASE"
+    done
+    # The replica sends one event per token, every 1/RATE s, from the first byte on.
+    "$BIN" replica --host 127.0.0.1 --port "$P_V1" --tokens-per-second "$RATE" --latency-ms 0 \
+        >"$WORK/replica.log" 2>&1 &
+    PIDS+=($!)
+    wait_http "http://127.0.0.1:$P_V1/healthz" 10 "$!" || die "replica did not answer: $(tail -3 "$WORK/replica.log")"
+    mkdir -p "$WORK/tmp"
+    UPSTREAMS=(--upstream "v1=127.0.0.1:$P_V1")
+    READY_PATH=/healthz
+    BACKENDS="    upstream backends { server 127.0.0.1:$P_V1; keepalive 1024; keepalive_requests 100000; }"
+    LOCATION="        location / {
+            proxy_pass http://backends;
+            proxy_http_version 1.1;
+            proxy_set_header Connection \"\";
+            proxy_buffering off;
+        }"
+fi
 
 # One nginx process, no master: callgrind then follows the process that serves.
 cat >"$WORK/proxy.conf" <<EOF
-$(nginx_proxy_head 1 1024 "master_process off;")
-$(nginx_backends)
+$(nginx_proxy_head 1 4096 "master_process off;")
+$BACKENDS
     server {
         listen 127.0.0.1:$P_NGINX backlog=4096;
-$(nginx_proxy_location)
+$LOCATION
     }
 }
 EOF
@@ -55,14 +86,36 @@ count() { # NAME URL READY_URL -- COMMAND...: writes "instructions requests" to 
     local pid=$!
     PIDS+=("$pid")
     wait_http "$ready" 60 "$pid" || die "$name did not answer under valgrind: $(tail -5 "$WORK/$name.log")"
-    timeout 60 wrk -t1 -c"$CONNECTIONS" -d3s "$url" >/dev/null || die "$name: warm-up failed"
-    callgrind_control -z "$pid" >/dev/null 2>&1 || die "callgrind_control -z $pid failed"
-    timeout $((SECONDS_LOAD + 60)) wrk -t1 -c"$CONNECTIONS" -d"${SECONDS_LOAD}s" "$url" >"$WORK/$name.wrk" 2>&1 ||
-        die "$name: wrk failed: $(cat "$WORK/$name.wrk")"
-    callgrind_control -d "$pid" >/dev/null 2>&1 || die "callgrind_control -d $pid failed"
     local reqs ir
-    reqs=$(awk '/ requests in / { print $1 }' "$WORK/$name.wrk")
-    grep -q 'Non-2xx\|Socket errors' "$WORK/$name.wrk" && log "$name: $(grep 'Non-2xx\|Socket errors' "$WORK/$name.wrk")"
+    if ((STREAMS == 0)); then
+        timeout 60 wrk -t1 -c"$CONNECTIONS" -d3s "$url" >/dev/null || die "$name: warm-up failed"
+        callgrind_control -z "$pid" >/dev/null 2>&1 || die "callgrind_control -z $pid failed"
+        timeout $((SECONDS_LOAD + 60)) wrk -t1 -c"$CONNECTIONS" -d"${SECONDS_LOAD}s" "$url" >"$WORK/$name.wrk" 2>&1 ||
+            die "$name: wrk failed: $(cat "$WORK/$name.wrk")"
+        callgrind_control -d "$pid" >/dev/null 2>&1 || die "callgrind_control -d $pid failed"
+        reqs=$(awk '/ requests in / { print $1 }' "$WORK/$name.wrk")
+        grep -q 'Non-2xx\|Socket errors' "$WORK/$name.wrk" && log "$name: $(grep 'Non-2xx\|Socket errors' "$WORK/$name.wrk")"
+    else
+        # The streams open during a 4-second warm-up; the counters cover SECONDS_LOAD seconds
+        # after it while the load generator keeps every stream going (it starts the next one
+        # when one ends). Events are counted at the replica's pace, STREAMS x RATE per second:
+        # the load generator counts whole streams, which end unevenly across the window.
+        timeout $((SECONDS_LOAD + 90)) "$BIN" loadtest "$url" --concurrency "$STREAMS" --stream true \
+            --max-tokens "$RATE" --prompt-words 8 --max-in-flight "$STREAMS" --warmup 4 \
+            --duration $((SECONDS_LOAD + 2)) --timeout 60 --json "$WORK/$name.json" --quiet >"$WORK/$name.lt" 2>&1 &
+        WRK_PID=$!
+        sleep 4
+        callgrind_control -z "$pid" >/dev/null 2>&1 || die "callgrind_control -z $pid failed"
+        sleep "$SECONDS_LOAD"
+        callgrind_control -d "$pid" >/dev/null 2>&1 || die "callgrind_control -d $pid failed"
+        wait "$WRK_PID" || { WRK_PID=""; die "$name: loadtest failed: $(tail -5 "$WORK/$name.lt")"; }
+        WRK_PID=""
+        local broken
+        broken=$(python3 -c 'import json, sys; o = json.load(open(sys.argv[1]))["summary"]["overall"]; print(o["broken_streams"] + o["errors"])' "$WORK/$name.json") ||
+            die "$name: cannot read $WORK/$name.json"
+        ((broken == 0)) || die "$name: $broken streams broke or failed (see $WORK/$name.json)"
+        reqs=$((STREAMS * RATE * SECONDS_LOAD))
+    fi
     # The dump after the zeroing: the file with the highest part number holds the measured part.
     ir=$(cat "$WORK/$name.$pid.out."* 2>/dev/null | awk '/^summary:/ { s = $2 } END { print s + 0 }')
     [[ -n $reqs && $ir -gt 0 ]] || die "$name: no count (requests '$reqs', instructions '$ir')"
@@ -72,18 +125,23 @@ count() { # NAME URL READY_URL -- COMMAND...: writes "instructions requests" to 
 
 # (valgrind runs the program itself: a wrapper such as env would leave the real one uncounted.)
 export RUST_LOG=warn
-count switchyard "http://127.0.0.1:$P_SY/" "http://127.0.0.1:$P_ADMIN/readyz" -- "$BIN" serve --listen "127.0.0.1:$P_SY" --admin-listen "127.0.0.1:$P_ADMIN" \
-    --upstream "v1=127.0.0.1:$P_V1" --upstream "v2=127.0.0.1:$P_V2" --weight v1=90 --weight v2=10 \
-    --workers 1 --shutdown-grace-seconds 1 --ephemeral
-count nginx "http://127.0.0.1:$P_NGINX/" "http://127.0.0.1:$P_NGINX/" -- \
+count switchyard "http://127.0.0.1:$P_SY" "http://127.0.0.1:$P_ADMIN/readyz" -- "$BIN" serve --listen "127.0.0.1:$P_SY" --admin-listen "127.0.0.1:$P_ADMIN" \
+    "${UPSTREAMS[@]}" --workers 1 --shutdown-grace-seconds 1 --ephemeral
+count nginx "http://127.0.0.1:$P_NGINX" "http://127.0.0.1:$P_NGINX$READY_PATH" -- \
     nginx -p "$WORK" -e "$WORK/proxy-error.log" -c "$WORK/proxy.conf"
 read -r sy_ir sy_n <"$WORK/switchyard.result"
 read -r ng_ir ng_n <"$WORK/nginx.result"
 
 echo
-echo "== user-space instructions per proxied request (callgrind, wrk -t1 -c$CONNECTIONS, ${SECONDS_LOAD}s each) =="
-awk -v si="$sy_ir" -v sn="$sy_n" -v ni="$ng_ir" -v nn="$ng_n" 'BEGIN {
-    printf "switchyard  %10d instructions / %7d requests = %8.0f per request\n", si, sn, si / sn
-    printf "nginx       %10d instructions / %7d requests = %8.0f per request\n", ni, nn, ni / nn
+if ((STREAMS == 0)); then
+    unit=request
+    echo "== user-space instructions per proxied request (callgrind, wrk -t1 -c$CONNECTIONS, ${SECONDS_LOAD}s each) =="
+else
+    unit=event
+    echo "== user-space instructions per server-sent event (callgrind, $STREAMS streams x $RATE events/s, ${SECONDS_LOAD}s each) =="
+fi
+awk -v si="$sy_ir" -v sn="$sy_n" -v ni="$ng_ir" -v nn="$ng_n" -v u="$unit" 'BEGIN {
+    printf "switchyard  %10d instructions / %7d %ss = %8.0f per %s\n", si, sn, u, si / sn, u
+    printf "nginx       %10d instructions / %7d %ss = %8.0f per %s\n", ni, nn, u, ni / nn, u
     printf "switchyard/nginx: %.3f\n", (si / sn) / (ni / nn)
 }'
