@@ -197,28 +197,60 @@ async fn request_bodies_stream_to_the_upstream_before_they_end() {
     proxy.shutdown().await;
 }
 
-#[tokio::test]
-async fn a_stream_silent_for_longer_than_the_idle_timeout_is_cut() {
-    let up = upstream(|_req| async {
+/// One request through a proxy with body idle timeout `idle`, to a replica that sends
+/// `events` SSE events `every` apart, then ends the stream or, with `then_silent`, keeps it
+/// open without a byte for 30 s.
+async fn paced_stream(
+    events: usize,
+    every: Duration,
+    then_silent: bool,
+    idle: Duration,
+) -> (
+    switchyard::server::RunningProxy,
+    Response<hyper::body::Incoming>,
+) {
+    let up = upstream(move |_req| async move {
         let (tx, body) = channel_body();
         tokio::spawn(async move {
-            tx.send(Bytes::from_static(b"data: first\n\n"))
-                .await
-                .unwrap();
-            tokio::time::sleep(Duration::from_secs(30)).await;
+            for i in 0..events {
+                tokio::time::sleep(every).await;
+                if tx.send(Bytes::from(sse_event(i))).await.is_err() {
+                    return;
+                }
+            }
+            if then_silent {
+                tokio::time::sleep(Duration::from_secs(30)).await;
+            }
             drop(tx);
         });
         Response::new(body)
     })
     .await;
     let mut s = settings(spec(&[("v1", vec![up.addr], 100)]));
-    s.upstream.body_idle_timeout = Some(Duration::from_millis(300));
+    s.upstream.body_idle_timeout = Some(idle);
     let proxy = start(s);
     let mut c = h1(proxy.listen_addr).await;
     let resp = c
         .send_request(http::Request::get("/").body(empty()).unwrap())
         .await
         .unwrap();
+    (proxy, resp)
+}
+
+fn sse_event(i: usize) -> String {
+    format!("data: {i}\n\n")
+}
+
+/// Streams the proxy cut for silence, from its metrics.
+async fn body_idle_timeouts(proxy: &switchyard::server::RunningProxy) -> f64 {
+    let (_, metrics) = admin(proxy.admin_addr, "/metrics").await;
+    sample(&metrics, "switchyard_upstream_errors_total{deployment=\"v1\",environment=\"production\",kind=\"body_idle_timeout\",model=\"m\"}")
+        .unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn a_stream_silent_for_longer_than_the_idle_timeout_is_cut() {
+    let (proxy, resp) = paced_stream(1, Duration::ZERO, true, Duration::from_millis(300)).await;
     let started = Instant::now();
     let result = tokio::time::timeout(Duration::from_secs(5), resp.into_body().collect()).await;
     let result = result.expect("stream was not cut by the idle timeout");
@@ -227,12 +259,7 @@ async fn a_stream_silent_for_longer_than_the_idle_timeout_is_cut() {
         "the client must see the stream fail, not end cleanly"
     );
     assert!(started.elapsed() < Duration::from_secs(2));
-    let (_, metrics) = admin(proxy.admin_addr, "/metrics").await;
-    assert_eq!(
-        sample(&metrics, "switchyard_upstream_errors_total{deployment=\"v1\",environment=\"production\",kind=\"body_idle_timeout\",model=\"m\"}"),
-        Some(1.0),
-        "{metrics}"
-    );
+    assert_eq!(body_idle_timeouts(&proxy).await, 1.0);
     proxy.shutdown().await;
 }
 
@@ -240,74 +267,24 @@ async fn a_stream_silent_for_longer_than_the_idle_timeout_is_cut() {
 /// outlives many idle timeouts (the timer is re-armed from the last frame, not per frame).
 #[tokio::test]
 async fn a_stream_that_keeps_sending_outlives_the_idle_timeout() {
-    let up = upstream(|_req| async {
-        let (tx, body) = channel_body();
-        tokio::spawn(async move {
-            for i in 0..12 {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                let event = format!("data: {i}\n\n");
-                if tx.send(Bytes::from(event)).await.is_err() {
-                    return;
-                }
-            }
-        });
-        Response::new(body)
-    })
-    .await;
-    let mut s = settings(spec(&[("v1", vec![up.addr], 100)]));
-    s.upstream.body_idle_timeout = Some(Duration::from_millis(350));
-    let proxy = start(s);
-    let mut c = h1(proxy.listen_addr).await;
-    let resp = c
-        .send_request(http::Request::get("/").body(empty()).unwrap())
-        .await
-        .unwrap();
+    let every = Duration::from_millis(100);
+    let (proxy, resp) = paced_stream(12, every, false, Duration::from_millis(350)).await;
     let body = tokio::time::timeout(Duration::from_secs(10), resp.into_body().collect())
         .await
         .expect("the stream did not end")
         .expect("a stream that never went silent for the idle timeout was cut")
         .to_bytes();
-    let expected: String = (0..12).map(|i| format!("data: {i}\n\n")).collect();
+    let expected: String = (0..12).map(sse_event).collect();
     assert_eq!(std::str::from_utf8(&body).unwrap(), expected);
-    let (_, metrics) = admin(proxy.admin_addr, "/metrics").await;
-    assert_eq!(
-        sample(&metrics, "switchyard_upstream_errors_total{deployment=\"v1\",environment=\"production\",kind=\"body_idle_timeout\",model=\"m\"}").unwrap_or(0.0),
-        0.0,
-        "{metrics}"
-    );
+    assert_eq!(body_idle_timeouts(&proxy).await, 0.0);
     proxy.shutdown().await;
 }
 
 /// The timer re-armed by frames still cuts the stream once the frames stop.
 #[tokio::test]
 async fn a_stream_that_goes_silent_after_sending_is_cut() {
-    let up = upstream(|_req| async {
-        let (tx, body) = channel_body();
-        tokio::spawn(async move {
-            for i in 0..5 {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                if tx
-                    .send(Bytes::from(format!("data: {i}\n\n")))
-                    .await
-                    .is_err()
-                {
-                    return;
-                }
-            }
-            tokio::time::sleep(Duration::from_secs(30)).await;
-            drop(tx);
-        });
-        Response::new(body)
-    })
-    .await;
-    let mut s = settings(spec(&[("v1", vec![up.addr], 100)]));
-    s.upstream.body_idle_timeout = Some(Duration::from_millis(350));
-    let proxy = start(s);
-    let mut c = h1(proxy.listen_addr).await;
-    let resp = c
-        .send_request(http::Request::get("/").body(empty()).unwrap())
-        .await
-        .unwrap();
+    let every = Duration::from_millis(100);
+    let (proxy, resp) = paced_stream(5, every, true, Duration::from_millis(350)).await;
     let mut body = resp.into_body();
     let mut got = Vec::new();
     let mut last_event = Instant::now();
@@ -332,14 +309,9 @@ async fn a_stream_that_goes_silent_after_sending_is_cut() {
         silent < Duration::from_millis(1500),
         "cut only after {silent:?} of silence"
     );
-    let expected: String = (0..5).map(|i| format!("data: {i}\n\n")).collect();
+    let expected: String = (0..5).map(sse_event).collect();
     assert_eq!(std::str::from_utf8(&got).unwrap(), expected);
-    let (_, metrics) = admin(proxy.admin_addr, "/metrics").await;
-    assert_eq!(
-        sample(&metrics, "switchyard_upstream_errors_total{deployment=\"v1\",environment=\"production\",kind=\"body_idle_timeout\",model=\"m\"}"),
-        Some(1.0),
-        "{metrics}"
-    );
+    assert_eq!(body_idle_timeouts(&proxy).await, 1.0);
     proxy.shutdown().await;
 }
 
