@@ -10,8 +10,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use http::HeaderValue;
-use hyper::service::service_fn;
+use http::{HeaderValue, Request};
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 
@@ -19,6 +18,7 @@ use crate::admin;
 use crate::admin::Health;
 use crate::config::{ConfigError, Settings};
 use crate::metrics::Metrics;
+use crate::proxy::client_body::ClientBody;
 use crate::proxy::client_conn::{self, Protocols, RequestGuard};
 use crate::proxy::{forward, tls, ConnInfo, ProxyContext};
 use crate::replicas::ProviderTiming;
@@ -384,14 +384,14 @@ impl Worker {
                     });
                     let conn_info = info.clone();
                     let ctx = self.ctx.clone();
-                    let service = service_fn(move |req| {
+                    let service = move |req: Request<ClientBody>| {
                         // The connection counts as busy from here until the response body is
                         // dropped (its idle watchdog, `client_conn::until_drained`).
                         let request = RequestGuard::begin(info.clone());
                         // Boxed once: a 264-byte request by value is kept in the future's
                         // state, all of which hyper copies into its slot.
                         forward::proxy(ctx.clone(), request, Box::new(req))
-                    });
+                    };
                     let protocols = protocols.clone();
                     let drain = drain.subscribe();
                     // Two task types: a plain connection's task does not carry the room a TLS

@@ -1,5 +1,6 @@
-//! Serving one client connection: choosing HTTP/1.1 or HTTP/2, running hyper's connection on
-//! it, and draining it when the worker shuts down.
+//! Serving one client connection: choosing HTTP/1.1 or HTTP/2, running the proxy's own
+//! HTTP/1.1 server ([`super::http1`]) or hyper's HTTP/2 server on it, and draining it when the
+//! worker shuts down.
 //!
 //! hyper-util's `auto` builder does the protocol choice by reading the first bytes and handing
 //! them back through a rewind wrapper. hyper's first read then sees only those few bytes, needs
@@ -19,15 +20,18 @@ use std::time::{Duration, Instant};
 
 use futures_util::task::AtomicWaker;
 
+use http::{Request, Response};
 use hyper::body::Incoming;
-use hyper::server::conn::{http1, http2};
-use hyper::service::HttpService;
+use hyper::server::conn::http2;
+use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use super::body::ProxyBody;
+use super::client_body::ClientBody;
+use super::http1;
 use super::ConnInfo;
 
 /// The client connection preface every HTTP/2 connection without TLS starts with (RFC 9113 3.4).
@@ -43,7 +47,6 @@ const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How each protocol is served; built once per worker.
 pub struct Protocols {
-    http1: http1::Builder,
     http2: http2::Builder<TokioExecutor>,
     /// For the first bytes, then for every request head (idle keep-alive included): an
     /// HTTP/1.1 connection without a request in progress for this long is closed.
@@ -52,17 +55,12 @@ pub struct Protocols {
 
 impl Protocols {
     pub fn new(header_timeout: Duration) -> Self {
-        let mut http1 = http1::Builder::new();
-        // The connection's idle watchdog (`until_drained`) does this job: hyper's own timeout
-        // allocates, arms and cancels a timer for every request head.
-        http1.header_read_timeout(None);
         let mut http2 = http2::Builder::new(TokioExecutor::new());
         http2
             .timer(TokioTimer::new())
             .max_concurrent_streams(1024)
             .keep_alive_interval(Some(Duration::from_secs(30)));
         Protocols {
-            http1,
             http2,
             header_timeout,
         }
@@ -146,17 +144,19 @@ pub async fn serve_tls<S>(
     }
 }
 
-/// The service every client connection runs: [`super::forward::proxy`] behind `service_fn`.
+/// The service every client connection runs: [`super::forward::proxy`] behind a closure.
 pub trait ProxyService:
-    HttpService<Incoming, ResBody = ProxyBody, Error = Infallible, Future: Send> + Send + 'static
+    Fn(Request<ClientBody>) -> Self::Fut + Clone + Send + Sync + 'static
 {
+    type Fut: Future<Output = Result<Response<ProxyBody>, Infallible>> + Send + 'static;
 }
 
-impl<S> ProxyService for S where
-    S: HttpService<Incoming, ResBody = ProxyBody, Error = Infallible, Future: Send>
-        + Send
-        + 'static
+impl<S, F> ProxyService for S
+where
+    S: Fn(Request<ClientBody>) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Result<Response<ProxyBody>, Infallible>> + Send + 'static,
 {
+    type Fut = F;
 }
 
 /// Tells HTTP/2 with prior knowledge from HTTP/1.1 by peeking at the first bytes, leaving them in
@@ -192,29 +192,26 @@ async fn serve<IO, S>(
     service: S,
     info: &ConnInfo,
     drain: watch::Receiver<()>,
-) -> Result<(), hyper::Error>
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     S: ProxyService,
 {
-    let io = TokioIo::new(io);
     match protocol {
         Protocol::Http1 => {
-            let conn = protocols
-                .http1
-                .serve_connection(io, service)
-                .with_upgrades();
-            let conn = pin!(conn);
+            let conn = pin!(http1::Connection::new(io, service));
             let idle = Some((&info.activity, protocols.header_timeout));
             let served = until_drained(conn, drain, idle, |c| c.graceful_shutdown()).await;
             // `None`: the watchdog closed a connection idle for too long.
-            served.unwrap_or(Ok(()))
+            Ok(served.unwrap_or(Ok(()))?)
         }
         Protocol::Http2 => {
+            let service =
+                service_fn(move |req: Request<Incoming>| service(req.map(ClientBody::H2)));
             // Boxed: HTTP/2 state is twice the size of HTTP/1.1's and most clients speak 1.1.
-            let mut conn = Box::pin(protocols.http2.serve_connection(io, service));
+            let mut conn = Box::pin(protocols.http2.serve_connection(TokioIo::new(io), service));
             let served = until_drained(conn.as_mut(), drain, None, |c| c.graceful_shutdown()).await;
-            served.unwrap_or(Ok(()))
+            Ok(served.unwrap_or(Ok(()))?)
         }
     }
 }

@@ -22,14 +22,12 @@ use futures_util::future::FutureExt;
 use http::header::{self, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Method, Request, Response, StatusCode, Uri, Version};
-use hyper::body::Incoming;
-use hyper::upgrade::OnUpgrade;
-use hyper_util::rt::TokioIo;
 use tokio::io::AsyncWriteExt;
 use tracing::field;
 
 use self::error::ForwardError;
 use super::body::{InFlight, ProxyBody, UpstreamBody};
+use super::client_body::{ClientBody, ClientUpgrade};
 use super::client_conn::RequestGuard;
 use super::headers::{self, Forwarding};
 use super::upstream::{self, Conn, ResponseBody, SendError, Timeouts, UpstreamError};
@@ -67,7 +65,7 @@ const MAX_STALE_RETRIES: u32 = 2;
 pub async fn proxy(
     ctx: Arc<ProxyContext>,
     request: RequestGuard,
-    req: Box<Request<Incoming>>,
+    req: Box<Request<ClientBody>>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let started = Instant::now();
     let resp = match prepare(&ctx, req) {
@@ -107,11 +105,11 @@ pub async fn proxy(
 /// A request ready to go upstream: routed, stripped of hop-by-hop headers, its path rewritten.
 struct Prepared {
     target: Target,
-    req: Box<Request<Incoming>>,
+    req: Box<Request<ClientBody>>,
     /// The Host asked for, for the upstream head.
     host: Option<HeaderValue>,
     client_version: Version,
-    client_upgrade: Option<OnUpgrade>,
+    client_upgrade: Option<ClientUpgrade>,
 }
 
 /// Everything before the exchange: the request's own checks, the route (stage 1) and the
@@ -120,7 +118,7 @@ struct Prepared {
 #[allow(clippy::result_large_err)]
 fn prepare(
     ctx: &ProxyContext,
-    mut req: Box<Request<Incoming>>,
+    mut req: Box<Request<ClientBody>>,
 ) -> Result<Prepared, Response<ProxyBody>> {
     if req.method() == Method::CONNECT {
         // A reverse proxy has no tunnel to open; replicas are reached by path and Host.
@@ -160,7 +158,7 @@ fn prepare(
     });
     let client_version = req.version();
     let upgrade = headers::is_upgrade(req.headers()) && req.version() == Version::HTTP_11;
-    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut *req));
+    let client_upgrade = upgrade.then(|| ClientUpgrade::take(&mut req));
     // Strip before adding forwarding headers, so `Connection: x-forwarded-for` cannot remove
     // the client address the proxy adds.
     headers::strip_hop_by_hop(req.headers_mut(), upgrade);
@@ -187,7 +185,7 @@ struct Target {
 /// across awaits are kept.
 fn route(
     router: &Router,
-    req: &Request<Incoming>,
+    req: &Request<ClientBody>,
     host_header: Option<&HeaderValue>,
 ) -> Result<Target, ForwardError> {
     // The Host the client addressed: the URI authority (HTTP/2, absolute form) or the header.
@@ -227,7 +225,7 @@ async fn exchange(
     cfg: &UpstreamSettings,
     pool: &Arc<Pool>,
     mut replica: Arc<Replica>,
-    mut req: Box<Request<Incoming>>,
+    mut req: Box<Request<ClientBody>>,
     forwarding: &Forwarding<'_>,
     started: Instant,
 ) -> Result<(InFlight, Response<ResponseBody>), ForwardError> {
@@ -310,7 +308,7 @@ async fn connect(
 /// Why stage 3 produced no response head.
 enum Unanswered {
     /// Not a byte reached the replica (a pooled connection was closing): the request is back.
-    NotSent(Box<Request<Incoming>>, io::Error),
+    NotSent(Box<Request<ClientBody>>, io::Error),
     Failed(ForwardError),
 }
 
@@ -325,7 +323,7 @@ fn send<'a>(
     pool: &'a Arc<Pool>,
     replica: &'a Arc<Replica>,
     conn: Conn,
-    req: Box<Request<Incoming>>,
+    req: Box<Request<ClientBody>>,
     forwarding: &Forwarding<'_>,
 ) -> impl Future<Output = Result<Response<ResponseBody>, Unanswered>> + 'a {
     let timeouts = Timeouts {
@@ -363,7 +361,7 @@ fn respond(
     in_flight: InFlight,
     response: Response<ResponseBody>,
     client_version: Version,
-    client_upgrade: Option<OnUpgrade>,
+    client_upgrade: Option<ClientUpgrade>,
 ) -> Result<Response<ProxyBody>, ForwardError> {
     if response.status() == StatusCode::SWITCHING_PROTOCOLS && client_upgrade.is_none() {
         // The socket now speaks an unknown protocol: dropped with the response.
@@ -412,7 +410,7 @@ fn respond(
 
 /// Makes the request's target fit for an HTTP/1.1 replica: origin form, without the routing
 /// prefix. (Host and the forwarding headers are written as the head is encoded.)
-fn rewrite_path(req: &mut Request<Incoming>, strip: usize) -> Result<(), &'static str> {
+fn rewrite_path(req: &mut Request<ClientBody>, strip: usize) -> Result<(), &'static str> {
     let absolute = req.uri().scheme().is_some() || req.uri().authority().is_some();
     if strip > 0 || absolute {
         let path = &req.uri().path()[strip..];
@@ -432,11 +430,11 @@ fn rewrite_path(req: &mut Request<Incoming>, strip: usize) -> Result<(), &'stati
 
 /// Bridges an upgraded (e.g. WebSocket) connection: client bytes to the replica and back.
 async fn tunnel(
-    client: hyper::upgrade::OnUpgrade,
+    client: ClientUpgrade,
     (mut upstream, early): (tokio::net::TcpStream, Bytes),
     in_flight: InFlight,
 ) {
-    let client = match client.await {
+    let mut client = match client.switched().await {
         Ok(c) => c,
         Err(e) => {
             tracing::warn!(
@@ -447,7 +445,6 @@ async fn tunnel(
             return;
         }
     };
-    let mut client = TokioIo::new(client);
     // Bytes of the new protocol the replica sent right behind its 101.
     if !early.is_empty() {
         if let Err(e) = client.write_all(&early).await {
@@ -509,10 +506,10 @@ mod tests {
     #[test]
     fn request_futures_stay_small() {
         let proxy =
-            future_size::<Arc<ProxyContext>, RequestGuard, Box<Request<Incoming>>, _, _>(proxy);
+            future_size::<Arc<ProxyContext>, RequestGuard, Box<Request<ClientBody>>, _, _>(proxy);
         let send = future_size5::<
             Conn,
-            Box<Request<Incoming>>,
+            Box<Request<ClientBody>>,
             &'static Forwarding<'static>,
             Timeouts,
             &'static Arc<Replica>,

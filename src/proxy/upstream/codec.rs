@@ -212,7 +212,7 @@ pub struct HeadScratch {
 
 impl HeadScratch {
     /// The name of header `i`, shared with the last head when it had the same bytes there.
-    fn name(&mut self, i: usize, raw: &[u8]) -> Result<HeaderName, ProtocolError> {
+    pub(crate) fn name(&mut self, i: usize, raw: &[u8]) -> Result<HeaderName, ProtocolError> {
         if let Some((n, r)) = self.names.get(i) {
             if self.raw.get(r.clone()) == Some(raw) {
                 return Ok(n.clone());
@@ -240,6 +240,22 @@ impl HeadScratch {
             self.names.push(entry);
         }
         Ok(name)
+    }
+}
+
+impl HeadScratch {
+    /// Where each header's name and value lie in the head being parsed (start, length, start,
+    /// length); for the client side's request parser.
+    pub(crate) fn spans_mut(&mut self) -> &mut Vec<[usize; 4]> {
+        &mut self.spans
+    }
+
+    pub(crate) fn spans_len(&self) -> usize {
+        self.spans.len()
+    }
+
+    pub(crate) fn span(&self, i: usize) -> [usize; 4] {
+        self.spans[i]
     }
 }
 
@@ -461,7 +477,9 @@ where
 /// The Content-Length, as hyper's client reads it: every value (and every comma-separated part
 /// of one) visible ASCII, digits only between optional spaces and tabs, all equal, and at most
 /// [`MAX_CONTENT_LENGTH`].
-fn content_length<'h>(values: impl Iterator<Item = &'h [u8]>) -> Result<u64, ProtocolError> {
+pub(crate) fn content_length<'h>(
+    values: impl Iterator<Item = &'h [u8]>,
+) -> Result<u64, ProtocolError> {
     let mut length: Option<u64> = None;
     for bytes in values {
         let invalid = || ProtocolError::ContentLength(String::from_utf8_lossy(bytes).into());

@@ -16,11 +16,11 @@ use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
+use crate::proxy::client_body::{ClientBody, ClientBodyError};
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response};
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Sleep;
@@ -53,7 +53,7 @@ pub enum UpstreamError {
     #[error("sending the request failed: {0}")]
     Send(io::Error),
     #[error("the client's request body failed: {0}")]
-    ClientBody(hyper::Error),
+    ClientBody(ClientBodyError),
     #[error("the client sent no request body bytes for {0:?}")]
     ClientBodyTimeout(Duration),
 }
@@ -72,7 +72,7 @@ impl UpstreamError {
 #[derive(Debug)]
 pub enum SendError {
     /// Not a byte reached the replica: the request can be sent on another connection.
-    NotSent(Box<Request<Incoming>>, io::Error),
+    NotSent(Box<Request<ClientBody>>, io::Error),
     Failed(UpstreamError),
     /// No response head within the response-header timeout.
     HeaderTimeout,
@@ -134,7 +134,7 @@ impl Conn {
     /// and as the locals they move into), in a future that every request builds and moves.
     pub fn send<'a>(
         mut self,
-        mut req: Box<Request<Incoming>>,
+        mut req: Box<Request<ClientBody>>,
         forwarding: &Forwarding<'_>,
         timeouts: Timeouts,
         replica: &'a Arc<Replica>,
@@ -259,7 +259,7 @@ impl Conn {
 }
 
 /// How the request body goes on the wire, and the length to declare if the client did not.
-fn request_framing(req: &Request<Incoming>) -> (RequestFraming, Option<u64>) {
+fn request_framing(req: &Request<ClientBody>) -> (RequestFraming, Option<u64>) {
     let body = req.body();
     if req.headers().contains_key(header::CONTENT_LENGTH) {
         return (RequestFraming::Length, None);
@@ -282,7 +282,7 @@ fn request_framing(req: &Request<Incoming>) -> (RequestFraming, Option<u64>) {
 /// The client's request body on its way to the replica, one frame at a time: the next frame
 /// is taken only once the previous one is written, so a slow replica slows the client.
 struct Upload {
-    body: Incoming,
+    body: ClientBody,
     chunked: bool,
     /// Bytes taken from the body and not yet written.
     pending: VecDeque<Bytes>,
@@ -297,7 +297,7 @@ struct Upload {
 
 impl Upload {
     fn new(
-        body: Incoming,
+        body: ClientBody,
         chunked: bool,
         idle_timeout: Option<Duration>,
         uploading: Uploading,
