@@ -550,12 +550,8 @@ fn write_head(
     body: &ProxyBody,
 ) -> Out {
     let http10 = version == Version::HTTP_10;
-    buf.reserve(
-        64 + headers
-            .iter()
-            .map(|(n, v)| n.as_str().len() + v.len() + 4)
-            .sum::<usize>(),
-    );
+    // No reservation from the headers' sizes: the buffer is the connection's, kept between
+    // responses, so after the first it already has the room.
     buf.extend_from_slice(if http10 { b"HTTP/1.0 " } else { b"HTTP/1.1 " });
     buf.extend_from_slice(status.as_str().as_bytes());
     buf.push(b' ');

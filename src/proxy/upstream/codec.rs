@@ -603,6 +603,30 @@ impl ChunkedDecoder {
                 }
                 // The trailers go with the first `End`; any later call gets none.
                 End => return self.end(),
+                // The usual shapes in one step: a size line that is only hex digits and CRLF,
+                // and the CRLF after data. Anything else goes the byte-at-a-time way below,
+                // which accepts and refuses the same bytes.
+                Start => {
+                    let digits = buf
+                        .iter()
+                        .take(16)
+                        .take_while(|b| b.is_ascii_hexdigit())
+                        .count();
+                    if (1..16).contains(&digits) && buf.get(digits..digits + 2) == Some(b"\r\n") {
+                        let size = buf[..digits]
+                            .iter()
+                            .fold(0u64, |n, &b| n << 4 | hex_digit(b).unwrap_or(0));
+                        buf.advance(digits + 2);
+                        self.size = size;
+                        self.state = if size == 0 { EndCr } else { Data };
+                        continue;
+                    }
+                }
+                DataCr if buf.starts_with(b"\r\n") => {
+                    buf.advance(2);
+                    self.state = Start;
+                    continue;
+                }
                 _ => {}
             }
             // Everything else goes a byte at a time: size lines, CRLFs and trailers are short.
