@@ -664,7 +664,8 @@ fn parse_request(read: &mut BytesMut, scratch: &mut HeadScratch) -> Parsed {
                 "too many request header lines",
             )
         }
-        Err(httparse::Error::Version) => {
+        // A request line ending in another `HTTP/x.y`; without one the head is just malformed.
+        Err(httparse::Error::Version) if names_a_version(read) => {
             return Parsed::Refused(
                 StatusCode::HTTP_VERSION_NOT_SUPPORTED,
                 "only HTTP/1.0 and HTTP/1.1 are served here (and HTTP/2 with prior knowledge)",
@@ -818,6 +819,13 @@ fn parse_request(read: &mut BytesMut, scratch: &mut HeadScratch) -> Parsed {
     Parsed::Request(request, exchange)
 }
 
+/// Whether the request line ends in `HTTP/<digit>.<digit>`.
+fn names_a_version(read: &[u8]) -> bool {
+    let line = read.split(|&b| b == b'\n').next().unwrap_or(&[]);
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    matches!(line, [.., b' ', b'H', b'T', b'T', b'P', b'/', a, b'.', b] if a.is_ascii_digit() && b.is_ascii_digit())
+}
+
 /// The `Date` header value, formatted once per second per thread.
 mod date {
     use std::cell::RefCell;
@@ -837,5 +845,70 @@ mod date {
             }
             out.extend_from_slice(c.1.as_bytes());
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_are_written_as_chunk_sizes_and_lengths() {
+        for n in [0usize, 1, 9, 10, 15, 16, 255, 4096, 0xdead_beef, usize::MAX] {
+            let mut hex = Vec::new();
+            push_hex(&mut hex, n);
+            assert_eq!(hex, format!("{n:x}").into_bytes());
+            let mut dec = Vec::new();
+            push_decimal(&mut dec, n as u64);
+            assert_eq!(dec, n.to_string().into_bytes());
+        }
+    }
+
+    #[test]
+    fn a_partial_write_resumes_where_it_stopped_across_the_three_parts() {
+        let mut w = WriteBuf::default();
+        w.buf.extend_from_slice(b"abc");
+        w.push_data(Bytes::from(vec![b'x'; COPY_DATA + 1]), true);
+        let total = w.buf.len() + w.data.len() + w.tail.len();
+        assert_eq!(w.tail, b"\r\n");
+        let mut written = 0;
+        for step in [2, 5, COPY_DATA - 4, 1] {
+            w.advance(step);
+            written += step;
+            assert_eq!(
+                w.buf.len() - w.pos + w.data.len() + w.tail.len(),
+                total - written
+            );
+        }
+        w.advance(total - written);
+        assert!(w.is_empty());
+    }
+
+    #[test]
+    fn only_a_request_line_naming_a_version_is_a_version_fault() {
+        assert!(names_a_version(b"GET / HTTP/2.0\r\nHost: x\r\n"));
+        assert!(names_a_version(b"GET / HTTP/3.1\n"));
+        assert!(!names_a_version(b"NOT HTTP AT ALL\r\n"));
+        assert!(!names_a_version(b"GET / HTTP/x.0\r\n"));
+    }
+
+    #[test]
+    fn a_request_with_its_whole_body_read_needs_no_feed() {
+        let mut scratch = HeadScratch::default();
+        let mut read = BytesMut::from(
+            &b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabcGET /b HTTP/1.1\r\n"[..],
+        );
+        let Parsed::Request(req, exchange) = parse_request(&mut read, &mut scratch) else {
+            panic!("not parsed");
+        };
+        assert!(exchange.feed.is_none() && exchange.keep_alive);
+        assert_eq!(req.uri(), "/a");
+        assert!(matches!(req.body(), ClientBody::Full(Some(b)) if &b[..] == b"abc"));
+        // The next request's bytes stay for the next parse.
+        assert_eq!(&read[..], b"GET /b HTTP/1.1\r\n");
+        assert!(matches!(
+            parse_request(&mut read, &mut scratch),
+            Parsed::Partial
+        ));
     }
 }

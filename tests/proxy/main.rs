@@ -7,6 +7,7 @@ mod analysis;
 mod api;
 mod failover;
 mod framing;
+mod http1_conformance;
 mod idle_clients;
 mod protocols;
 mod rollout;

@@ -1,0 +1,190 @@
+//! The proxy's own HTTP/1.1 server (src/proxy/http1.rs) against raw clients: a head it cannot
+//! take gets the status that names the fault and a closed connection; `Expect: 100-continue`,
+//! HEAD, HTTP/1.0 keep-alive and close-delimited bodies behave as RFC 9112 says.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::Response;
+use http_body_util::BodyExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::support::*;
+
+/// An upstream that answers `<path> got <body>`, or on `/stream` two chunks without a length.
+async fn echo() -> Upstream {
+    upstream(|req| async move {
+        let path = req.uri().path().to_owned();
+        if path == "/stream" {
+            let (tx, body) = channel_body();
+            tokio::spawn(async move {
+                let _ = tx.send(Bytes::from_static(b"one,")).await;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                let _ = tx.send(Bytes::from_static(b"two")).await;
+            });
+            return Response::new(body);
+        }
+        let body = req.into_body().collect().await.unwrap().to_bytes();
+        Response::new(full(format!(
+            "{path} got {}",
+            String::from_utf8_lossy(&body)
+        )))
+    })
+    .await
+}
+
+/// Reads from `s` until `want` has arrived (or the connection closes, or 5 s pass).
+async fn read_until(s: &mut TcpStream, want: &str) -> String {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while !String::from_utf8_lossy(&out).contains(want) {
+        match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
+            Ok(Ok(0)) | Err(_) => break,
+            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+            Ok(Err(e)) => panic!("read failed: {e}"),
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test]
+async fn heads_that_cannot_be_taken_get_the_status_naming_the_fault_and_a_close() {
+    let up = echo().await;
+    let proxy = start(settings(spec(&[("v1", vec![up.addr], 100)])));
+    let many_headers: String = (0..120).map(|i| format!("x-h{i}: v\r\n")).collect();
+    let huge = format!(
+        "GET / HTTP/1.1\r\nHost: x\r\nx-big: {}\r\n\r\n",
+        "a".repeat(70_000)
+    );
+    let cases: Vec<(&str, Vec<u8>, &str, &str)> = vec![
+        ("garbage", b"NOT HTTP AT ALL\r\n\r\n".to_vec(), "400", "malformed request head"),
+        (
+            "HTTP/2.0 in an HTTP/1 head",
+            b"GET / HTTP/2.0\r\nHost: x\r\n\r\n".to_vec(),
+            "505",
+            "only HTTP/1.0 and HTTP/1.1",
+        ),
+        ("a head over 64 KiB", huge.into_bytes(), "431", "request head too large"),
+        (
+            "120 header lines",
+            format!("GET / HTTP/1.1\r\nHost: x\r\n{many_headers}\r\n").into_bytes(),
+            "431",
+            "too many request header lines",
+        ),
+        (
+            "Content-Length and Transfer-Encoding",
+            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+                .to_vec(),
+            "400",
+            "both Content-Length and Transfer-Encoding",
+        ),
+        (
+            "a transfer coding that does not end in chunked",
+            b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n".to_vec(),
+            "400",
+            "does not end in chunked",
+        ),
+        (
+            "two different lengths",
+            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nabc".to_vec(),
+            "400",
+            "invalid Content-Length",
+        ),
+        (
+            "Transfer-Encoding in HTTP/1.0",
+            b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n".to_vec(),
+            "400",
+            "Transfer-Encoding in an HTTP/1.0 request",
+        ),
+    ];
+    for (what, request, status, reason) in cases {
+        // `raw_exchange` reads to the end: it returns only because the proxy closed.
+        let out = raw_exchange(proxy.listen_addr, &request).await;
+        assert!(
+            out.starts_with(&format!("HTTP/1.1 {status} ")),
+            "{what}: {out:.200}"
+        );
+        assert!(out.contains("connection: close"), "{what}: {out:.300}");
+        assert!(out.contains(reason), "{what}: {out:.300}");
+        assert!(out.contains("\r\ndate: "), "{what}: {out:.300}");
+    }
+    assert_eq!(up.requests.load(std::sync::atomic::Ordering::SeqCst), 0);
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn expect_100_continue_is_answered_before_the_body_is_sent() {
+    let up = echo().await;
+    let proxy = start(settings(spec(&[("v1", vec![up.addr], 100)])));
+    let mut s = TcpStream::connect(proxy.listen_addr).await.unwrap();
+    s.write_all(
+        b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    // The client waits for the go-ahead before it sends a byte of its body.
+    let interim = read_until(&mut s, "\r\n\r\n").await;
+    assert_eq!(interim, "HTTP/1.1 100 Continue\r\n\r\n");
+    s.write_all(b"hello").await.unwrap();
+    let out = read_until(&mut s, "got hello").await;
+    assert!(out.starts_with("HTTP/1.1 200 OK\r\n"), "{out}");
+    assert!(out.ends_with("/upload got hello"), "{out}");
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn head_answers_carry_no_body_and_the_connection_serves_the_next_request() {
+    let up = echo().await;
+    let proxy = start(settings(spec(&[("v1", vec![up.addr], 100)])));
+    let out = raw_exchange(
+        proxy.listen_addr,
+        b"HEAD /first HTTP/1.1\r\nHost: x\r\n\r\nGET /second HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    let heads: Vec<&str> = out.matches("HTTP/1.1 200 OK").collect();
+    assert_eq!(heads.len(), 2, "{out}");
+    // Had the HEAD answer carried its body, "/first got" would be in the stream.
+    assert!(!out.contains("/first got"), "{out}");
+    assert!(out.ends_with("/second got "), "{out}");
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn http10_clients_get_keep_alive_only_when_asked_and_unsized_bodies_until_close() {
+    let up = echo().await;
+    let proxy = start(settings(spec(&[("v1", vec![up.addr], 100)])));
+
+    // Asked for keep-alive: told so, and the connection takes a second request.
+    let mut s = TcpStream::connect(proxy.listen_addr).await.unwrap();
+    s.write_all(b"GET /a HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+        .await
+        .unwrap();
+    let first = read_until(&mut s, "/a got ").await;
+    assert!(first.starts_with("HTTP/1.0 200 OK\r\n"), "{first}");
+    assert!(first.contains("connection: keep-alive\r\n"), "{first}");
+    s.write_all(b"GET /b HTTP/1.0\r\n\r\n").await.unwrap();
+    let mut rest = String::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_string(&mut rest))
+        .await
+        .unwrap()
+        .unwrap();
+    // Not asked the second time: answered, then closed (read_to_string returned).
+    assert!(rest.ends_with("/b got "), "{rest}");
+
+    // A body of unknown length cannot be chunked for HTTP/1.0: it ends with the connection.
+    let out = raw_exchange(
+        proxy.listen_addr,
+        b"GET /stream HTTP/1.0\r\nConnection: keep-alive\r\n\r\n",
+    )
+    .await;
+    assert!(out.starts_with("HTTP/1.0 200 OK\r\n"), "{out}");
+    assert!(
+        !out.to_ascii_lowercase().contains("transfer-encoding"),
+        "{out}"
+    );
+    assert!(!out.contains("connection: keep-alive"), "{out}");
+    assert!(out.ends_with("\r\n\r\none,two"), "{out}");
+    proxy.shutdown().await;
+}
