@@ -224,8 +224,9 @@ impl Body for UpstreamBody {
                     }
                 };
                 loop {
-                    // The timer keeps the waker it was last polled with. hyper polls a body
-                    // again right after every flush, so most polls find nothing new; while
+                    // The timer keeps the waker it was last polled with. The servers poll a
+                    // body again once its last frame is written (hyper's HTTP/2 server after
+                    // every flush), so many polls find nothing new; while
                     // the timer has not fired and the waker is the same, polling it would
                     // only register that waker again (~120 instructions, twice per event).
                     let same_waker = this
@@ -280,7 +281,8 @@ impl Body for UpstreamBody {
 
 impl Drop for UpstreamBody {
     fn drop(&mut self) {
-        // hyper does not poll a body that says it has ended (a 204, or a HEAD answer).
+        // The servers do not poll a body that has no place in the response (a 204, or a HEAD
+        // answer).
         if self.inner.is_end_stream() {
             self.timing.end(&self.in_flight);
         }
@@ -293,14 +295,14 @@ impl Drop for UpstreamBody {
 /// What the proxy answers with: a replica's stream, or a short message of its own.
 pub struct ProxyBody {
     inner: Inner,
-    /// Keeps the client connection counted busy until hyper has written the body and dropped
-    /// it (see [`super::client_conn::Activity`]).
+    /// Keeps the client connection counted busy until the server has written the body and
+    /// dropped it (see [`super::client_conn::Activity`]).
     request: Option<RequestGuard>,
 }
 
 enum Inner {
     /// Boxed, at one allocation per proxied response: the response is moved several times on
-    /// its way into hyper, and an inline upstream body made each move 350 bytes larger (fewer
+    /// its way into the server, and an inline upstream body made each move 350 bytes larger (fewer
     /// instructions per request with the box than without, benches/README.md).
     Upstream(Box<UpstreamBody>),
     Local(Option<Bytes>),

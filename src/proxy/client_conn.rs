@@ -160,7 +160,7 @@ where
 }
 
 /// Tells HTTP/2 with prior knowledge from HTTP/1.1 by peeking at the first bytes, leaving them in
-/// the socket for hyper. `None` when the client sent nothing usable in time.
+/// the socket for the server. `None` when the client sent nothing usable in time.
 async fn sniff(stream: &TcpStream, within: Duration) -> Option<Protocol> {
     let sniffing = async {
         let mut buf = [0u8; H2_PREFACE.len()];
@@ -322,7 +322,7 @@ impl Activity {
 }
 
 /// Marks its connection busy from the moment the request's head arrived until the response
-/// body is dropped (hyper wrote it, or gave up on it).
+/// body is dropped (the server wrote it, or gave up on it).
 pub struct RequestGuard(Arc<ConnInfo>);
 
 impl RequestGuard {

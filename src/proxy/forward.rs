@@ -1,4 +1,5 @@
-//! One request, from routing to the response handed back to hyper, in four stages:
+//! One request, from routing to the response handed back to the client connection's server,
+//! in four stages:
 //!
 //! 1. `route`: one snapshot load chooses the pool, a replica and the prefix to strip.
 //! 2. `connect`: a pooled or new connection; a failed connect moves on to another replica.
@@ -58,10 +59,10 @@ const MAX_STALE_RETRIES: u32 = 2;
 /// Proxies one request. Never fails: problems become 4xx/5xx responses with a short body. The
 /// response body holds `request` (its connection's busy mark) until it is dropped.
 ///
-/// One async body from hyper's call to the response: every async stage nested in another is
-/// moved into its parent's state when awaited, and hyper moves the whole future into its
-/// connection's slot once more, so each level cost a copy of the request's state (about 1 kB)
-/// per request. The work before the exchange is the synchronous [`prepare`].
+/// One async body from the server's call to the response: every async stage nested in another
+/// is moved into its parent's state when awaited, and the server moves the whole future into
+/// its connection's state once more, so each level cost a copy of the request's state (about
+/// 1 kB) per request. The work before the exchange is the synchronous [`prepare`].
 pub async fn proxy(
     ctx: Arc<ProxyContext>,
     request: RequestGuard,
@@ -499,8 +500,8 @@ mod tests {
         std::mem::size_of::<Fut>()
     }
 
-    /// hyper keeps each connection's request future in a slot as large as the future, and moves
-    /// it there for every request: an async stage taking the request or the connection by value
+    /// A connection keeps its request future in state as large as the future, and moves it
+    /// there for every request: an async stage taking the request or the connection by value
     /// keeps it twice, and the future had grown to 4 kB that way (benches/README.md, third
     /// pass of issue 15).
     #[test]

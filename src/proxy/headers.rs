@@ -4,7 +4,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 /// Headers that describe one connection, never forwarded (besides those `Connection` lists).
 /// `Trailer` is not one of them (RFC 9110 6.6.2): it announces trailer fields end to end, and
-/// hyper sends trailers to an HTTP/1.1 client only when the response carries it.
+/// clients (and hyper's HTTP/2 server) go by it.
 /// `Connection` comes first: [`strip_hop_by_hop`] relies on it.
 static HOP_BY_HOP: [HeaderName; 7] = [
     header::CONNECTION,

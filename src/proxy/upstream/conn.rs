@@ -162,7 +162,7 @@ impl Conn {
             length,
             Some(forwarding),
         );
-        // Only these two go into the future: it is kept in hyper's slot on every connection.
+        // Only these two go into the future: it is kept in every client connection's state.
         let deadline = timeouts
             .response_header
             .map(|t| tokio::time::Instant::now() + t);
