@@ -35,7 +35,10 @@ use super::client_body::{
 };
 use super::forward::local;
 use super::headers;
-use super::upstream::codec::{self, BodyDecoder, BodyFraming, Decoded, HeadScratch};
+use super::upstream::codec::{BodyDecoder, BodyFraming, Decoded, HeadScratch};
+
+#[cfg(test)]
+mod differential;
 
 /// Request heads larger than this get a 431.
 pub const MAX_HEAD: usize = 64 * 1024;
@@ -712,8 +715,13 @@ fn parse_request(read: &mut BytesMut, scratch: &mut HeadScratch) -> Parsed {
     let mut upgrade_token = false;
     let mut has_upgrade = false;
     let mut expect_continue = false;
-    let mut lengths = 0usize;
-    let mut last_te: Option<usize> = None;
+    // Framing as hyper's server reads it (the differential test holds the two together): the
+    // last Transfer-Encoding line decides chunked; each Content-Length line is digits only,
+    // a repeat of the same value is dropped and a different one refused; with both, the
+    // Content-Length lines go, and the connection closes after the response (RFC 9112 6.1).
+    let mut length: Option<u64> = None;
+    let mut saw_length = false;
+    let mut te: Option<bool> = None;
     for i in 0..scratch.spans_len() {
         let [ns, nl, vs, vl] = scratch.span(i);
         let Ok(name) = scratch.name(i, &head[ns..ns + nl]) else {
@@ -727,9 +735,34 @@ fn parse_request(read: &mut BytesMut, scratch: &mut HeadScratch) -> Parsed {
                 upgrade_token |= t.eq_ignore_ascii_case(b"upgrade");
             }
         } else if name == header::CONTENT_LENGTH {
-            lengths += 1;
+            saw_length = true;
+            if te.is_some() {
+                continue;
+            }
+            let Some(n) = digits(raw).filter(|&n| n <= MAX_CONTENT_LENGTH) else {
+                return Parsed::Refused(StatusCode::BAD_REQUEST, "invalid Content-Length");
+            };
+            match length {
+                Some(prev) if prev != n => {
+                    return Parsed::Refused(
+                        StatusCode::BAD_REQUEST,
+                        "Content-Length lines that disagree",
+                    )
+                }
+                Some(_) => continue,
+                None => length = Some(n),
+            }
         } else if name == header::TRANSFER_ENCODING {
-            last_te = Some(i);
+            if version == Version::HTTP_10 {
+                return Parsed::Refused(
+                    StatusCode::BAD_REQUEST,
+                    "Transfer-Encoding in an HTTP/1.0 request",
+                );
+            }
+            if length.take().is_some() {
+                headers.remove(header::CONTENT_LENGTH);
+            }
+            te = Some(chunked_last(raw));
         } else if name == header::UPGRADE {
             has_upgrade = true;
         } else if name == header::EXPECT {
@@ -740,46 +773,20 @@ fn parse_request(read: &mut BytesMut, scratch: &mut HeadScratch) -> Parsed {
         };
         headers.append(name, value);
     }
-
-    // The body's framing (RFC 9112 6.1-6.3).
-    let framing = if let Some(i) = last_te {
-        if version == Version::HTTP_10 {
-            return Parsed::Refused(
-                StatusCode::BAD_REQUEST,
-                "Transfer-Encoding in an HTTP/1.0 request",
-            );
-        }
-        if lengths > 0 {
-            return Parsed::Refused(
-                StatusCode::BAD_REQUEST,
-                "both Content-Length and Transfer-Encoding",
-            );
-        }
-        let [_, _, vs, vl] = scratch.span(i);
-        let chunked_last = std::str::from_utf8(&head[vs..vs + vl])
-            .ok()
-            .and_then(|v| v.rsplit(',').next())
-            .is_some_and(|t| t.trim().eq_ignore_ascii_case("chunked"));
-        if !chunked_last {
+    let framing = match (te, length) {
+        (Some(false), _) => {
             return Parsed::Refused(
                 StatusCode::BAD_REQUEST,
                 "Transfer-Encoding that does not end in chunked",
-            );
+            )
         }
-        BodyFraming::Chunked
-    } else if lengths > 0 {
-        match codec::content_length(
-            headers
-                .get_all(header::CONTENT_LENGTH)
-                .iter()
-                .map(|v| v.as_bytes()),
-        ) {
-            Ok(n) => BodyFraming::Length(n),
-            Err(_) => return Parsed::Refused(StatusCode::BAD_REQUEST, "invalid Content-Length"),
-        }
-    } else {
-        BodyFraming::Length(0)
+        (Some(true), _) => BodyFraming::Chunked,
+        (None, Some(n)) => BodyFraming::Length(n),
+        (None, None) => BodyFraming::Length(0),
     };
+    if te.is_some() && saw_length {
+        close = true;
+    }
 
     let keep_alive = !close && (version == Version::HTTP_11 || keep_alive);
     let mut exchange = Exchange {
@@ -817,6 +824,33 @@ fn parse_request(read: &mut BytesMut, scratch: &mut HeadScratch) -> Parsed {
         request.extensions_mut().insert(PendingUpgrade::new(rx));
     }
     Parsed::Request(request, exchange)
+}
+
+/// The largest Content-Length taken (hyper's: it keeps the two values above for itself).
+const MAX_CONTENT_LENGTH: u64 = u64::MAX - 2;
+
+/// A non-empty run of decimal digits that fits a `u64` (no sign, no spaces, no list).
+fn digits(raw: &[u8]) -> Option<u64> {
+    if raw.is_empty() {
+        return None;
+    }
+    raw.iter().try_fold(0u64, |n, &b| {
+        if !b.is_ascii_digit() {
+            return None;
+        }
+        n.checked_mul(10)?.checked_add(u64::from(b - b'0'))
+    })
+}
+
+/// Whether a Transfer-Encoding line's last coding is `chunked`; a line that is not visible
+/// ASCII names none.
+fn chunked_last(raw: &[u8]) -> bool {
+    raw.iter()
+        .all(|&b| b == b'\t' || (b' '..=b'~').contains(&b))
+        && raw
+            .rsplit(|&b| b == b',')
+            .next()
+            .is_some_and(|t| t.trim_ascii().eq_ignore_ascii_case(b"chunked"))
 }
 
 /// Whether the request line ends in `HTTP/<digit>.<digit>`.

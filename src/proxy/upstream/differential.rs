@@ -110,7 +110,7 @@ fn codec_reads(wire: &[u8], cuts: &[Index], method: &Method) -> Result<Outcome, 
 }
 
 /// `wire` cut into non-empty reads (an empty read would mean the connection closed).
-fn cut<'a>(wire: &'a [u8], cuts: &[Index]) -> Vec<&'a [u8]> {
+pub(crate) fn cut<'a>(wire: &'a [u8], cuts: &[Index]) -> Vec<&'a [u8]> {
     let mut at: Vec<usize> = cuts.iter().map(|i| i.index(wire.len() + 1)).collect();
     at.push(0);
     at.push(wire.len());
@@ -272,20 +272,20 @@ fn check(case: &Case, rt: &tokio::runtime::Runtime, tally: &Tally) -> Result<(),
 // Weighted choices go through `weighted` rather than `prop_oneof!`, whose `weight => strategy`
 // arms rustfmt cannot format.
 
-type Choice<T> = (u32, BoxedStrategy<T>);
+pub(crate) type Choice<T> = (u32, BoxedStrategy<T>);
 
 /// One of `choices`, each as likely as its weight says.
-fn weighted<T: std::fmt::Debug + 'static>(choices: Vec<Choice<T>>) -> BoxedStrategy<T> {
+pub(crate) fn weighted<T: std::fmt::Debug + 'static>(choices: Vec<Choice<T>>) -> BoxedStrategy<T> {
     Union::new_weighted(choices).boxed()
 }
 
 /// A choice that is always `value`.
-fn just<T: Clone + std::fmt::Debug + 'static>(weight: u32, value: T) -> Choice<T> {
+pub(crate) fn just<T: Clone + std::fmt::Debug + 'static>(weight: u32, value: T) -> Choice<T> {
     (weight, Just(value).boxed())
 }
 
 /// Header fields that say nothing about framing.
-fn plain_field() -> impl Strategy<Value = String> {
+pub(crate) fn plain_field() -> impl Strategy<Value = String> {
     let name = prop::sample::select(vec![
         "content-type",
         "X-Request-Id",
@@ -474,7 +474,7 @@ fn chunked_body(data: Vec<u8>) -> impl Strategy<Value = Vec<u8>> {
 }
 
 /// The framing fields and the body bytes after the head.
-fn framed_body() -> impl Strategy<Value = (Vec<String>, Vec<u8>)> {
+pub(crate) fn framed_body() -> impl Strategy<Value = (Vec<String>, Vec<u8>)> {
     let byte = weighted(vec![
         (4, (b'a'..=b'z').boxed()),
         (1, any::<u8>().boxed()),
@@ -500,7 +500,7 @@ fn framed_body() -> impl Strategy<Value = (Vec<String>, Vec<u8>)> {
 
 /// A change to the bytes of a response.
 #[derive(Debug, Clone)]
-enum Mutation {
+pub(crate) enum Mutation {
     /// The CRLF at this index among all of them loses its CR.
     BareLf(Index),
     Delete(Index),
@@ -511,7 +511,7 @@ enum Mutation {
     Truncate(Index),
 }
 
-fn mutation() -> impl Strategy<Value = Mutation> {
+pub(crate) fn mutation() -> impl Strategy<Value = Mutation> {
     let interesting = prop::sample::select(b"\r\n \t;:,0f9Gz\x00\x7f\x80\xff".to_vec());
     let byte = weighted(vec![(1, interesting.boxed()), (1, any::<u8>().boxed())]);
     let line = prop::sample::select(vec![
@@ -552,7 +552,7 @@ fn mutation() -> impl Strategy<Value = Mutation> {
     ])
 }
 
-fn apply(wire: &mut Vec<u8>, m: &Mutation) {
+pub(crate) fn apply(wire: &mut Vec<u8>, m: &Mutation) {
     let breaks = |wire: &[u8], crlf: bool| -> Vec<usize> {
         (0..wire.len())
             .filter(|&i| wire[i] == b'\n' && (!crlf || (i > 0 && wire[i - 1] == b'\r')))

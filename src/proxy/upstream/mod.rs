@@ -8,7 +8,7 @@
 pub mod codec;
 pub mod conn;
 #[cfg(test)]
-mod differential;
+pub(crate) mod differential;
 
 use std::cell::RefCell;
 use std::collections::HashMap;
