@@ -535,6 +535,7 @@ fn start_response<F>(
         exchange,
         &body,
     );
+    super::header_maps::give(parts.headers);
     if switching || out == Out::Empty {
         drop(body);
         state.set(State::Done);
@@ -709,7 +710,7 @@ fn parse_request(read: &mut BytesMut, scratch: &mut HeadScratch) -> Parsed {
         return Parsed::Refused(StatusCode::BAD_REQUEST, "malformed request target");
     };
 
-    let mut headers = HeaderMap::with_capacity(scratch.spans_len());
+    let mut headers = super::header_maps::take(scratch.spans_len());
     let mut close = false;
     let mut keep_alive = false;
     let mut upgrade_token = false;

@@ -360,7 +360,7 @@ pub fn parse_head(
         && (version == Version::HTTP_11 || facts.keep_alive);
     // A 101 keeps `Connection` and `Upgrade`: the proxy passes the switch on as it came.
     let strip = status != StatusCode::SWITCHING_PROTOCOLS;
-    let mut headers = HeaderMap::with_capacity(n);
+    let mut headers = crate::proxy::header_maps::take(n);
     let mut length_kept = false;
     for (i, name) in scratch.parsed.drain(..).enumerate() {
         if strip

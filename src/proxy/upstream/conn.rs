@@ -180,6 +180,8 @@ impl Conn {
                 .await
                 .map_err(fail)?;
             self.head.clear();
+            // The head is out: its headers are not needed again.
+            crate::proxy::header_maps::give(std::mem::take(req.headers_mut()));
 
             let mut upload = (framing != RequestFraming::None).then(|| {
                 Upload::new(
