@@ -35,7 +35,7 @@ use super::client_body::{
 };
 use super::forward::local;
 use super::headers;
-use super::upstream::codec::{BodyDecoder, BodyFraming, Decoded, HeadScratch};
+use super::upstream::codec::{push_last_chunk, BodyDecoder, BodyFraming, Decoded, HeadScratch};
 
 #[cfg(test)]
 mod differential;
@@ -251,6 +251,19 @@ where
             return Poll::Ready(Ok(()));
         };
         loop {
+            // The request body, while one is arriving: fed in every state, so the replica can
+            // read it while the response already streams (full duplex). Without one this is
+            // a check of an `Option`.
+            if let Poll::Ready(Err(e)) = feed(
+                io,
+                this.read,
+                this.write,
+                this.exchange,
+                this.read_closed,
+                cx,
+            ) {
+                return Poll::Ready(Err(e));
+            }
             match this.state.as_mut().project() {
                 StateProj::Head => {
                     if *this.draining {
@@ -295,16 +308,6 @@ where
                     }
                 }
                 StateProj::Service { future } => {
-                    if let Poll::Ready(r) = feed(
-                        io,
-                        this.read,
-                        this.write,
-                        this.exchange,
-                        this.read_closed,
-                        cx,
-                    ) {
-                        r?;
-                    }
                     match future.poll(cx) {
                         Poll::Ready(Ok(resp)) => {
                             start_response(this.write, this.exchange, resp, this.state.as_mut());
@@ -321,16 +324,6 @@ where
                     }
                 }
                 StateProj::Body { body, out } => {
-                    if let Poll::Ready(r) = feed(
-                        io,
-                        this.read,
-                        this.write,
-                        this.exchange,
-                        this.read_closed,
-                        cx,
-                    ) {
-                        r?;
-                    }
                     // A piece of data waits: write it before taking the next one.
                     if !this.write.data.is_empty()
                         || !this.write.tail.is_empty()
@@ -348,14 +341,14 @@ where
                             }
                             Err(frame) => {
                                 if let (Ok(trailers), Out::Chunked) = (frame.into_trailers(), out) {
-                                    write_last_chunk(&mut this.write.buf, Some(&trailers));
+                                    push_last_chunk(&mut this.write.buf, Some(&trailers));
                                     this.state.set(State::Done);
                                 }
                             }
                         },
                         Poll::Ready(None) => {
                             if out == Out::Chunked {
-                                write_last_chunk(&mut this.write.buf, None);
+                                push_last_chunk(&mut this.write.buf, None);
                             }
                             this.state.set(State::Done);
                         }
@@ -624,17 +617,6 @@ fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
         }
     }
     out.extend_from_slice(&tmp[i..]);
-}
-
-fn write_last_chunk(buf: &mut Vec<u8>, trailers: Option<&HeaderMap>) {
-    buf.extend_from_slice(b"0\r\n");
-    for (name, value) in trailers.into_iter().flatten() {
-        buf.extend_from_slice(name.as_str().as_bytes());
-        buf.extend_from_slice(b": ");
-        buf.extend_from_slice(value.as_bytes());
-        buf.extend_from_slice(b"\r\n");
-    }
-    buf.extend_from_slice(b"\r\n");
 }
 
 /// What a look at the read buffer found.

@@ -141,7 +141,14 @@ pub fn encode_chunk(data: &[u8], out: &mut Vec<u8>) {
 
 /// The last chunk, with the trailers (if any) the client sent.
 pub fn encode_last_chunk(trailers: Option<&HeaderMap>) -> Vec<u8> {
-    let mut out = b"0\r\n".to_vec();
+    let mut out = Vec::new();
+    push_last_chunk(&mut out, trailers);
+    out
+}
+
+/// Appends the last chunk and its trailers (either side: the client server's responses too).
+pub fn push_last_chunk(out: &mut Vec<u8>, trailers: Option<&HeaderMap>) {
+    out.extend_from_slice(b"0\r\n");
     for (name, value) in trailers.into_iter().flatten() {
         out.extend_from_slice(name.as_str().as_bytes());
         out.extend_from_slice(b": ");
@@ -149,7 +156,6 @@ pub fn encode_last_chunk(trailers: Option<&HeaderMap>) -> Vec<u8> {
         out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(b"\r\n");
-    out
 }
 
 /// How the response body is delimited (RFC 9112 section 6.3).
