@@ -331,6 +331,16 @@ impl ProxyBody {
         }
     }
 
+    /// Whether the replica streams this body (server-sent events, chunked or unsized), so
+    /// each piece should reach the client as it comes; a sized body may be written in bigger
+    /// pieces.
+    pub fn is_streamed(&self) -> bool {
+        match &self.inner {
+            Inner::Upstream(b) => b.timing.streamed,
+            Inner::Local(_) => false,
+        }
+    }
+
     /// The body, holding `request` until it is dropped.
     pub fn held_by(mut self, request: RequestGuard) -> Self {
         self.request = Some(request);

@@ -92,8 +92,9 @@ pin_project! {
         Head,
         /// The request is with the service.
         Service { #[pin] future: F },
-        /// Writing the response body.
-        Body { body: ProxyBody, out: Out },
+        /// Writing the response body. `hold`: the head of a sized, unstreamed response waits
+        /// in the buffer for the body's first bytes, so the two go out in one write.
+        Body { body: ProxyBody, out: Out, hold: bool },
         /// The response is written (and flushed); what next depends on keep-alive.
         Done,
     }
@@ -323,7 +324,7 @@ where
                         }
                     }
                 }
-                StateProj::Body { body, out } => {
+                StateProj::Body { body, out, hold } => {
                     // A piece of data waits: write it before taking the next one.
                     if !this.write.data.is_empty()
                         || !this.write.tail.is_empty()
@@ -337,6 +338,7 @@ where
                             Ok(data) => {
                                 if out != Out::Empty && !data.is_empty() {
                                     this.write.push_data(data, out == Out::Chunked);
+                                    *hold = false;
                                 }
                             }
                             Err(frame) => {
@@ -360,8 +362,14 @@ where
                             return Poll::Ready(Ok(()));
                         }
                         Poll::Pending => {
-                            std::task::ready!(this.write.poll_write(io, cx))?;
-                            std::task::ready!(Pin::new(&mut *io).poll_flush(cx))?;
+                            // A replica that writes its head and body separately (as many
+                            // servers do) would otherwise cost the client two writes, two
+                            // segments and two wake-ups; nginx holds the head the same way
+                            // (`postpone_output`). Streamed bodies are never held.
+                            if !*hold {
+                                std::task::ready!(this.write.poll_write(io, cx))?;
+                                std::task::ready!(Pin::new(&mut *io).poll_flush(cx))?;
+                            }
                             return detect_eof(io, this.read, this.exchange, this.read_closed, cx);
                         }
                     }
@@ -533,7 +541,8 @@ fn start_response<F>(
         drop(body);
         state.set(State::Done);
     } else {
-        state.set(State::Body { body, out });
+        let hold = out == Out::Length && !body.is_streamed();
+        state.set(State::Body { body, out, hold });
     }
 }
 

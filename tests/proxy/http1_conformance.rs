@@ -1,14 +1,16 @@
 //! The proxy's own HTTP/1.1 server (src/proxy/http1.rs) against raw clients: a head it cannot
 //! take gets the status that names the fault and a closed connection; `Expect: 100-continue`,
-//! HEAD, HTTP/1.0 keep-alive and close-delimited bodies behave as RFC 9112 says.
+//! HEAD, HTTP/1.0 keep-alive and close-delimited bodies behave as RFC 9112 says; a sized
+//! response's head waits for its body, a streamed one's does not.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::Response;
 use http_body_util::BodyExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::net::{TcpListener, TcpStream};
 
 use crate::support::*;
 
@@ -216,5 +218,84 @@ async fn http10_clients_get_keep_alive_only_when_asked_and_unsized_bodies_until_
     );
     assert!(!out.contains("connection: keep-alive"), "{out}");
     assert!(out.ends_with("\r\n\r\none,two"), "{out}");
+    proxy.shutdown().await;
+}
+
+/// A replica that writes its response head, waits `gap`, then writes `body`: as servers do
+/// that send headers and body in separate writes (uvicorn, nginx with sendfile).
+async fn split_replica(head: &'static [u8], body: &'static [u8], gap: Duration) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut got = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => got.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = s.write_all(head).await;
+                tokio::time::sleep(gap).await;
+                let _ = s.write_all(body).await;
+                // Held open: the proxy may keep the connection.
+                let _ = s.read(&mut buf).await;
+            });
+        }
+    });
+    addr
+}
+
+/// What the client's first read returns, and the whole response once `want` arrived.
+async fn first_read_and_all(proxy: SocketAddr, want: &str) -> (String, String) {
+    let mut s = TcpStream::connect(proxy).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: m\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    let first = String::from_utf8_lossy(&buf[..n]).into_owned();
+    let rest = read_until(&mut s, want).await;
+    (first.clone(), first + &rest)
+}
+
+#[tokio::test]
+async fn a_sized_head_waits_for_its_body_but_a_streamed_head_goes_out_at_once() {
+    let gap = Duration::from_millis(300);
+    // Sized: the client gets head and body in one piece, not the head alone 300 ms early.
+    let sized = split_replica(
+        b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 11\r\n\r\n",
+        b"{\"ok\":true}",
+        gap,
+    )
+    .await;
+    let proxy = start(settings(spec(&[("v1", vec![sized], 100)])));
+    let (first, all) = first_read_and_all(proxy.listen_addr, "{\"ok\":true}").await;
+    assert!(first.starts_with("HTTP/1.1 200 OK\r\n"), "{first}");
+    assert!(
+        first.ends_with("\r\n\r\n{\"ok\":true}"),
+        "first read: {first:?}"
+    );
+    assert!(all.contains("content-length: 11\r\n"), "{all}");
+    proxy.shutdown().await;
+
+    // Streamed (server-sent events, chunked): the head is the client's as soon as it came,
+    // before any event, so it can show the stream has started.
+    let streamed = split_replica(
+        b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n",
+        b"e\r\ndata: token\n\n\r\n0\r\n\r\n",
+        gap,
+    )
+    .await;
+    let proxy = start(settings(spec(&[("v1", vec![streamed], 100)])));
+    let (first, all) = first_read_and_all(proxy.listen_addr, "\r\n0\r\n\r\n").await;
+    assert!(first.ends_with("\r\n\r\n"), "first read: {first:?}");
+    assert!(!first.contains("data: token"), "first read: {first:?}");
+    assert!(all.contains("data: token\n\n"), "{all}");
     proxy.shutdown().await;
 }
