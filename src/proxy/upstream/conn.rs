@@ -188,7 +188,9 @@ impl Conn {
             }) {
                 Ok(n) => n,
                 Err(e) => {
-                    *req.body_mut() = ClientBody::Full(inline);
+                    if inline.is_some() {
+                        *req.body_mut() = ClientBody::Full(inline);
+                    }
                     return Err(SendError::NotSent(req, e));
                 }
             };
@@ -590,6 +592,60 @@ impl Body for ResponseBody {
         match &self.state {
             State::Body(body) => body.size_hint(),
             State::Upgrade => SizeHint::with_exact(0),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A pooled connection the replica has reset: the first write fails, nothing was sent,
+    /// and the request comes back with its body, so a retry on a fresh connection has it.
+    #[tokio::test]
+    async fn a_request_not_sent_comes_back_with_the_body_that_rode_with_its_head() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let client = TcpStream::connect(addr).await.unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        // SO_LINGER 0: closing sends a reset, so the client's next write fails at once.
+        #[allow(deprecated)]
+        server.set_linger(Some(Duration::ZERO)).unwrap();
+        drop(server);
+        let mut probe = [0u8; 1];
+        loop {
+            client.readable().await.unwrap();
+            match client.try_read(&mut probe) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                _ => break,
+            }
+        }
+        let replica = Arc::new(Replica::new(1, addr, "d".into()));
+        let peer = HeaderValue::from_static("127.0.0.1");
+        let forwarding = Forwarding {
+            peer: &peer,
+            proto: "http",
+            host: None,
+        };
+        let req = Request::post("/v1/completions")
+            .header(header::CONTENT_LENGTH, "13")
+            .body(ClientBody::Full(Some(Bytes::from_static(
+                b"{\"prompt\":1}\n",
+            ))))
+            .unwrap();
+        let timeouts = Timeouts {
+            response_header: None,
+            request_body_idle: None,
+        };
+        let sent = Conn::new(client)
+            .send(Box::new(req), &forwarding, timeouts, &replica)
+            .await;
+        let Err(SendError::NotSent(back, _)) = sent else {
+            panic!("the write to a reset connection should fail before anything is sent");
+        };
+        match back.into_body() {
+            ClientBody::Full(Some(body)) => assert_eq!(&body[..], b"{\"prompt\":1}\n"),
+            _ => panic!("the request came back without its body"),
         }
     }
 }
