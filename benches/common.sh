@@ -249,11 +249,17 @@ http {
         listen 127.0.0.1:$P_V1 backlog=4096;
         root $WORK/www/v1;
         location / { try_files /index.txt =404; }
+        # An inference-style POST (e2e's post section): a small JSON answer, head and body
+        # in one write, whatever the request body.
+        location = /v1/completions { default_type application/json; return 200 '{"text":"hello from v1"}'; }
     }
     server {
         listen 127.0.0.1:$P_V2 backlog=4096;
         root $WORK/www/v2;
         location / { try_files /index.txt =404; }
+        # An inference-style POST (e2e's post section): a small JSON answer, head and body
+        # in one write, whatever the request body.
+        location = /v1/completions { default_type application/json; return 200 '{"text":"hello from v2"}'; }
     }
 }
 EOF

@@ -3,7 +3,7 @@
 # weighted proxy, and against switchyard with the same 90/10 split, in interleaved rounds.
 # Everything runs on 127.0.0.1 and stops by itself. See benches/README.md.
 #
-#   bash benches/e2e.sh                      # HTTP/1.1 at 8, 64 and 256 connections, h2c, TLS
+#   bash benches/e2e.sh                      # HTTP/1.1 at 8, 64 and 256 connections, POST, h2c, TLS
 #   DURATION=3 ROUNDS=2 bash benches/e2e.sh  # a quick look
 #   CONNECTIONS=64 SECTIONS=http1 bash benches/e2e.sh   # one level, HTTP/1.1 only
 #   BASELINE_BIN=/path/to/older/switchyard bash benches/e2e.sh
@@ -15,7 +15,7 @@ DURATION=${DURATION:-10}        # seconds per measured wrk run
 WARMUP=${WARMUP:-2}             # seconds of warm-up before each measured run (0 = none)
 ROUNDS=${ROUNDS:-3}             # interleaved rounds (direct, nginx, switchyard)
 CONNECTIONS=${CONNECTIONS:-"8 64 256"}  # wrk -c, one HTTP/1.1 section per value
-SECTIONS=${SECTIONS:-"http1 h2c tls hosts"}   # which comparisons to run
+SECTIONS=${SECTIONS:-"http1 post h2c tls hosts"}   # which comparisons to run
 HOST_MODELS=${HOST_MODELS:-10000}  # hosts section: models in the configuration, one Host each
 H2_CLIENTS=${H2_CLIENTS:-16}    # h2load -c
 H2_STREAMS=${H2_STREAMS:-16}    # h2load -m (concurrent streams per connection)
@@ -39,8 +39,8 @@ for c in $CONNECTIONS; do
         { echo "e2e: CONNECTIONS has '$c': want whole numbers, each at least THREADS ($THREADS)" >&2; exit 2; }
 done
 for sec in $SECTIONS; do
-    [[ $sec == http1 || $sec == h2c || $sec == tls || $sec == hosts ]] ||
-        { echo "e2e: SECTIONS has '$sec': want http1, h2c, tls and/or hosts" >&2; exit 2; }
+    [[ $sec == http1 || $sec == post || $sec == h2c || $sec == tls || $sec == hosts ]] ||
+        { echo "e2e: SECTIONS has '$sec': want http1, post, h2c, tls and/or hosts" >&2; exit 2; }
 done
 (( DURATION >= 1 && ROUNDS >= 1 && THREADS >= 1 && H2_CLIENTS >= 1 && H2_STREAMS >= 1 && HOST_MODELS >= 1 )) ||
     { echo "e2e: need DURATION>=1, ROUNDS>=1, THREADS>=1, H2_CLIENTS>=1, H2_STREAMS>=1, HOST_MODELS>=1" >&2; exit 2; }
@@ -283,6 +283,11 @@ PROC[hosts/last]=${HOSTS_PID:-}
 for t in "${HTTP1_TARGETS[@]}"; do
     body=$(curl -fsS --max-time 5 "${URL[http1/$t]}") || die "$t: ${URL[http1/$t]} did not answer 2xx"
     [[ $body == "hello from v"[12] ]] || die "$t: unexpected body '$body'"
+    if has_section post; then
+        body=$(curl -fsS --max-time 5 -H 'Content-Type: application/json' -d '{"prompt":"hi"}' "${URL[http1/$t]}v1/completions") ||
+            die "$t: POST to ${URL[http1/$t]}v1/completions did not answer 2xx"
+        [[ $body == '{"text":"hello from v'[12]'"}' ]] || die "$t (POST): unexpected body '$body'"
+    fi
 done
 if has_section h2c; then
     for t in nginx switchyard; do
@@ -358,6 +363,18 @@ if has_section http1; then
         SECTION_TITLE[c$c]="HTTP/1.1, wrk -t$THREADS -c$c"
     done
 fi
+if has_section post; then
+    # What inference clients send: a JSON body on every request (wrk sends head and body in
+    # one write), answered with a small JSON body.
+    cat >"$WORK/post.lua" <<'EOF'
+wrk.method = "POST"
+wrk.body = '{"model":"m","prompt":"Write a haiku about proxies and rolling deployments.","max_tokens":64,"stream":false}'
+wrk.headers["Content-Type"] = "application/json"
+EOF
+    SECTION_LIST+=(post)
+    SECTION_TARGETS[post]="${HTTP1_TARGETS[*]}"
+    SECTION_TITLE[post]="HTTP/1.1 POST with a 110-byte JSON body, wrk -t$THREADS -c64"
+fi
 if has_section h2c; then
     SECTION_LIST+=(h2c)
     SECTION_TARGETS[h2c]="nginx switchyard"
@@ -376,10 +393,11 @@ fi
 
 CONNECTIONS_NOW=64
 WRK_HOST=""
-run_wrk() { # OUTFILE URL SECONDS (wrk -c from CONNECTIONS_NOW, a Host header from WRK_HOST)
+WRK_SCRIPT=""
+run_wrk() { # OUTFILE URL SECONDS (wrk -c from CONNECTIONS_NOW, a Host header from WRK_HOST, -s WRK_SCRIPT)
     local out=$1 url=$2 secs=$3
     timeout $((secs + 30)) wrk -t"$THREADS" -c"$CONNECTIONS_NOW" -d"${secs}s" --timeout 5s --latency \
-        ${WRK_HOST:+-H "Host: $WRK_HOST"} "$url" >"$out" 2>&1 &
+        ${WRK_HOST:+-H "Host: $WRK_HOST"} ${WRK_SCRIPT:+-s "$WRK_SCRIPT"} "$url" >"$out" 2>&1 &
     WRK_PID=$!
     wait "$WRK_PID" || { WRK_PID=""; cat "$out" >&2; die "wrk against $url failed"; }
     WRK_PID=""
@@ -390,6 +408,11 @@ for ((r = 1; r <= ROUNDS; r++)); do
         for t in ${SECTION_TARGETS[$sec]}; do
             case $sec in
                 c*) CONNECTIONS_NOW=${sec#c}; measure "$sec" "$t" "$r" wrk "${URL[http1/$t]}" "${PROC[http1/$t]:-}" ;;
+                post)
+                    CONNECTIONS_NOW=64 WRK_SCRIPT=$WORK/post.lua
+                    measure post "$t" "$r" wrk "${URL[http1/$t]}v1/completions" "${PROC[http1/$t]:-}"
+                    WRK_SCRIPT=""
+                    ;;
                 h2c) measure h2c "$t" "$r" h2 "${URL[h2c/$t]}" "${PROC[h2c/$t]}" ;;
                 tls) CONNECTIONS_NOW=64; measure tls "$t" "$r" wrk "${URL[tls/$t]}" "${PROC[tls/$t]}" ;;
                 hosts)
@@ -457,7 +480,7 @@ for sec in "${SECTION_LIST[@]}"; do
         "$rr" "$MIN_RPS_RATIO" "$([[ $sec == h2c ]] && echo "mean latency" || echo p99)" "$pr" "$MAX_P99_RATIO" "$cr"
     ok=$(awk -v r="$rr" -v p="$pr" -v mr="$MIN_RPS_RATIO" -v mp="$MAX_P99_RATIO" 'BEGIN { print (r >= mr && p <= mp) ? 1 : 0 }')
     ((ok)) || pass=0
-    if [[ -n $BASELINE_BIN && $sec == c* ]]; then
+    if [[ -n $BASELINE_BIN && ($sec == c* || $sec == post) ]]; then
         printf 'switchyard/baseline: req/s %s, p99 %s, cpu per request %s   (baseline: %s)\n' \
             "$(ratio "${MED_RPS[$sec/switchyard]}" "${MED_RPS[$sec/baseline]}")" \
             "$(ratio "${MED_P99[$sec/switchyard]}" "${MED_P99[$sec/baseline]}" 999)" \
@@ -468,14 +491,14 @@ done
 echo
 total=$((v1 + v2))
 split_ok=0
-if ! has_section http1 && ! has_section h2c; then
+if ! has_section http1 && ! has_section post && ! has_section h2c; then
     total=0   # only the hosts and TLS instances served traffic: no split to show
 elif ((total > 0)); then
     share=$(awk -v a="$v1" -v t="$total" 'BEGIN { printf "%.2f", 100 * a / t }')
     printf 'switchyard split (from /metrics, plain listener): v1 %d (%s%%), v2 %d (%s%%), want 90/10\n' \
         "$v1" "$share" "$v2" "$(awk -v s="$share" 'BEGIN { printf "%.2f", 100 - s }')"
     split_ok=$(awk -v s="$share" 'BEGIN { print (s >= 88 && s <= 92) ? 1 : 0 }')
-elif has_section http1 || has_section h2c; then
+elif has_section http1 || has_section post || has_section h2c; then
     echo "switchyard split: no switchyard_requests_total series for v1/v2 in /metrics"
 fi
 printf 'switchyard errors: non-2xx/failed + socket errors %d, non-2xx in /metrics %d, upstream errors in /metrics %d\n' \

@@ -11,11 +11,13 @@
 #   bash benches/instructions.sh
 #   SECONDS_LOAD=4 CONNECTIONS=8 bash benches/instructions.sh
 #   STREAMS=50 bash benches/instructions.sh
+#   METHOD=POST bash benches/instructions.sh   # a JSON body on every request, as e2e's post section
 set -euo pipefail
 
 SECONDS_LOAD=${SECONDS_LOAD:-8}  # seconds of measured load per proxy (wrk -t1)
 CONNECTIONS=${CONNECTIONS:-16}   # wrk -c
 STREAMS=${STREAMS:-0}            # >0: SSE streams instead of wrk requests
+METHOD=${METHOD:-GET}            # GET, or POST with a JSON body to /v1/completions
 RATE=${RATE:-50}                 # events per second per stream (with STREAMS)
 PORT_BASE=${PORT_BASE:-18400}    # ports PORT_BASE+1 .. PORT_BASE+5 on 127.0.0.1
 SKIP_BUILD=${SKIP_BUILD:-0}
@@ -23,6 +25,7 @@ KEEP_WORK=${KEEP_WORK:-0}
 SWITCHYARD_BIN=${SWITCHYARD_BIN:-}  # another build to count instead of target/release/switchyard
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+[[ $METHOD == GET || $METHOD == POST ]] || { echo "instructions: METHOD=$METHOD: use GET or POST" >&2; exit 2; }
 for v in SECONDS_LOAD CONNECTIONS PORT_BASE STREAMS RATE; do
     [[ ${!v} =~ ^[0-9]+$ ]] || { echo "instructions: $v=${!v} is not a whole number" >&2; exit 2; }
 done
@@ -40,6 +43,17 @@ ensure_valgrind
 build_switchyard
 BIN=${SWITCHYARD_BIN:-$PWD/target/release/switchyard}
 WORK=$(mktemp -d /tmp/switchyard-instr.XXXXXX)
+WRK_SCRIPT=()
+WRK_PATH=""
+if [[ $METHOD == POST ]]; then
+    cat >"$WORK/post.lua" <<'EOF'
+wrk.method = "POST"
+wrk.body = '{"model":"m","prompt":"Write a haiku about proxies and rolling deployments.","max_tokens":64,"stream":false}'
+wrk.headers["Content-Type"] = "application/json"
+EOF
+    WRK_SCRIPT=(-s "$WORK/post.lua")
+    WRK_PATH=/v1/completions
+fi
 if ((STREAMS == 0)); then
     start_upstream 4096 $P_V1 $P_V2 $P_NGINX $P_SY $P_ADMIN
     UPSTREAMS=(--upstream "v1=127.0.0.1:$P_V1" --upstream "v2=127.0.0.1:$P_V2" --weight v1=90 --weight v2=10)
@@ -88,9 +102,9 @@ count() { # NAME URL READY_URL -- COMMAND...: writes "instructions requests" to 
     wait_http "$ready" 60 "$pid" || die "$name did not answer under valgrind: $(tail -5 "$WORK/$name.log")"
     local reqs ir
     if ((STREAMS == 0)); then
-        timeout 60 wrk -t1 -c"$CONNECTIONS" -d3s "$url" >/dev/null || die "$name: warm-up failed"
+        timeout 60 wrk "${WRK_SCRIPT[@]}" -t1 -c"$CONNECTIONS" -d3s "$url$WRK_PATH" >/dev/null || die "$name: warm-up failed"
         callgrind_control -z "$pid" >/dev/null 2>&1 || die "callgrind_control -z $pid failed"
-        timeout $((SECONDS_LOAD + 60)) wrk -t1 -c"$CONNECTIONS" -d"${SECONDS_LOAD}s" "$url" >"$WORK/$name.wrk" 2>&1 ||
+        timeout $((SECONDS_LOAD + 60)) wrk "${WRK_SCRIPT[@]}" -t1 -c"$CONNECTIONS" -d"${SECONDS_LOAD}s" "$url$WRK_PATH" >"$WORK/$name.wrk" 2>&1 ||
             die "$name: wrk failed: $(cat "$WORK/$name.wrk")"
         callgrind_control -d "$pid" >/dev/null 2>&1 || die "callgrind_control -d $pid failed"
         reqs=$(awk '/ requests in / { print $1 }' "$WORK/$name.wrk")
@@ -135,7 +149,7 @@ read -r ng_ir ng_n <"$WORK/nginx.result"
 echo
 if ((STREAMS == 0)); then
     unit=request
-    echo "== user-space instructions per proxied request (callgrind, wrk -t1 -c$CONNECTIONS, ${SECONDS_LOAD}s each) =="
+    echo "== user-space instructions per proxied request ($METHOD, callgrind, wrk -t1 -c$CONNECTIONS, ${SECONDS_LOAD}s each) =="
 else
     unit=event
     echo "== user-space instructions per server-sent event (callgrind, $STREAMS streams x $RATE events/s, ${SECONDS_LOAD}s each) =="
