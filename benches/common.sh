@@ -264,3 +264,11 @@ http {
 }
 EOF
 }
+
+write_post_script() { # FILE: the wrk script for a JSON POST, as inference clients send (110 bytes)
+    cat >"$1" <<'EOF'
+wrk.method = "POST"
+wrk.body = '{"model":"m","prompt":"Write a haiku about proxies and rolling deployments.","max_tokens":64,"stream":false}'
+wrk.headers["Content-Type"] = "application/json"
+EOF
+}

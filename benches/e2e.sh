@@ -366,11 +366,7 @@ fi
 if has_section post; then
     # What inference clients send: a JSON body on every request (wrk sends head and body in
     # one write), answered with a small JSON body.
-    cat >"$WORK/post.lua" <<'EOF'
-wrk.method = "POST"
-wrk.body = '{"model":"m","prompt":"Write a haiku about proxies and rolling deployments.","max_tokens":64,"stream":false}'
-wrk.headers["Content-Type"] = "application/json"
-EOF
+    write_post_script "$WORK/post.lua"
     SECTION_LIST+=(post)
     SECTION_TARGETS[post]="${HTTP1_TARGETS[*]}"
     SECTION_TITLE[post]="HTTP/1.1 POST with a 110-byte JSON body, wrk -t$THREADS -c64"

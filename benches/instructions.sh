@@ -46,11 +46,7 @@ WORK=$(mktemp -d /tmp/switchyard-instr.XXXXXX)
 WRK_SCRIPT=()
 WRK_PATH=""
 if [[ $METHOD == POST ]]; then
-    cat >"$WORK/post.lua" <<'EOF'
-wrk.method = "POST"
-wrk.body = '{"model":"m","prompt":"Write a haiku about proxies and rolling deployments.","max_tokens":64,"stream":false}'
-wrk.headers["Content-Type"] = "application/json"
-EOF
+    write_post_script "$WORK/post.lua"
     WRK_SCRIPT=(-s "$WORK/post.lua")
     WRK_PATH=/v1/completions
 fi

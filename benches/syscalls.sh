@@ -51,11 +51,7 @@ start_upstream 4096 $P_V1 $P_V2 $P_NGINX $P_SY $P_ADMIN
 if [[ $METHOD == POST ]]; then
     # The upstream answers a POST to a static file with 405 and a small page: the same
     # answer through both proxies, which is all the count needs.
-    cat >"$WORK/post.lua" <<'EOF'
-wrk.method = "POST"
-wrk.body = '{"model":"m","prompt":"Write a haiku about proxies and rolling deployments.","max_tokens":64,"stream":false}'
-wrk.headers["Content-Type"] = "application/json"
-EOF
+    write_post_script "$WORK/post.lua"
     WRK_SCRIPT=(-s "$WORK/post.lua")
 else
     WRK_SCRIPT=()
