@@ -24,6 +24,8 @@ pub struct InFlight {
     pub replica: Arc<Replica>,
     pub pool: Arc<Pool>,
     started: Instant,
+    /// When the response body ended, if its end already read the clock.
+    ended: Option<Instant>,
 }
 
 impl InFlight {
@@ -34,6 +36,7 @@ impl InFlight {
             replica,
             pool,
             started,
+            ended: None,
         }
     }
 }
@@ -43,7 +46,9 @@ impl Drop for InFlight {
         self.replica.end_request();
         let m = &self.pool.metrics;
         m.in_flight.dec();
-        m.stats.latency(self.started.elapsed());
+        let ended = self.ended.unwrap_or_else(Instant::now);
+        m.stats
+            .latency(ended.saturating_duration_since(self.started));
     }
 }
 
@@ -286,8 +291,16 @@ impl Drop for UpstreamBody {
         if self.inner.is_end_stream() {
             self.timing.end(&self.in_flight);
         }
+        // One clock reading for the pooled connection's age and the request's latency.
+        let now = Instant::now();
+        self.in_flight.ended = Some(now);
         if let Some(conn) = self.inner.take_reusable() {
-            upstream::checkin(self.in_flight.replica.id, conn, self.max_idle_per_replica);
+            upstream::checkin(
+                self.in_flight.replica.id,
+                conn,
+                self.max_idle_per_replica,
+                now,
+            );
         }
     }
 }

@@ -233,7 +233,7 @@ async fn exchange(
     let mut tried = Tried::default();
     let mut stale_retries = 0u32;
     loop {
-        let conn = connect(cfg, pool, &mut replica, &mut tried).await?;
+        let conn = connect(cfg, pool, &mut replica, &mut tried, started).await?;
         let in_flight = InFlight::begin(replica.clone(), pool.clone(), started);
         match send(cfg, pool, &replica, conn, req, forwarding).await {
             Ok(response) => return Ok((in_flight, response)),
@@ -268,10 +268,15 @@ async fn connect(
     pool: &Arc<Pool>,
     replica: &mut Arc<Replica>,
     tried: &mut Tried,
+    started: Instant,
 ) -> Result<Conn, ForwardError> {
     let max_attempts = (cfg.max_connect_attempts as usize).min(MAX_TRIED);
+    // The request's start is the clock for the first look at the pool; after a failed connect
+    // (which may have taken its timeout) the clock is read again.
+    let mut first = Some(started);
     loop {
-        if let Some(conn) = upstream::checkout(replica.id, cfg.pool_idle_timeout) {
+        let now = first.take().unwrap_or_else(Instant::now);
+        if let Some(conn) = upstream::checkout(replica.id, cfg.pool_idle_timeout, now) {
             return Ok(conn);
         }
         let error = match upstream::connect(replica.addr, cfg.connect_timeout).await {

@@ -45,13 +45,13 @@ thread_local! {
 }
 
 /// Takes the most recently used idle connection to the replica that is still open and younger
-/// than `max_idle`.
-pub fn checkout(replica: u64, max_idle: Duration) -> Option<Conn> {
+/// than `max_idle` at `now` (the caller's clock reading: the request's start).
+pub fn checkout(replica: u64, max_idle: Duration, now: Instant) -> Option<Conn> {
     IDLE.with(|idle| {
         let mut idle = idle.borrow_mut();
         let list = idle.get_mut(&replica)?;
         while let Some((conn, since)) = list.pop() {
-            if since.elapsed() < max_idle && conn.is_usable() {
+            if now.saturating_duration_since(since) < max_idle && conn.is_usable() {
                 return Some(conn);
             }
         }
@@ -59,13 +59,14 @@ pub fn checkout(replica: u64, max_idle: Duration) -> Option<Conn> {
     })
 }
 
-/// Returns a connection whose last response ended, for the next request to the replica.
-pub fn checkin(replica: u64, conn: Conn, max_per_replica: usize) {
+/// Returns a connection whose last response ended at `now`, for the next request to the
+/// replica.
+pub fn checkin(replica: u64, conn: Conn, max_per_replica: usize, now: Instant) {
     IDLE.with(|idle| {
         let mut idle = idle.borrow_mut();
         let list = idle.entry(replica).or_default();
         if list.len() < max_per_replica {
-            list.push((conn, Instant::now()));
+            list.push((conn, now));
         }
     });
 }
