@@ -4,6 +4,7 @@
 //! response's head waits for its body, a streamed one's does not.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -11,6 +12,7 @@ use http::Response;
 use http_body_util::BodyExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Notify;
 
 use crate::support::*;
 
@@ -221,13 +223,23 @@ async fn http10_clients_get_keep_alive_only_when_asked_and_unsized_bodies_until_
     proxy.shutdown().await;
 }
 
-/// A replica that writes its response head, waits `gap`, then writes `body`: as servers do
-/// that send headers and body in separate writes (uvicorn, nginx with sendfile).
-async fn split_replica(head: &'static [u8], body: &'static [u8], gap: Duration) -> SocketAddr {
+/// When a split replica sends the body that follows its head.
+enum Then {
+    /// After a pause.
+    After(Duration),
+    /// Once the test says so (after the client has seen the head).
+    Released(Arc<Notify>),
+}
+
+/// A replica that writes its response head, then (see [`Then`]) its body: as servers do that
+/// send headers and body in separate writes (uvicorn, nginx with sendfile).
+async fn split_replica(head: &'static [u8], body: &'static [u8], then: Then) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
+    let then = Arc::new(then);
     tokio::spawn(async move {
         while let Ok((mut s, _)) = listener.accept().await {
+            let then = then.clone();
             tokio::spawn(async move {
                 let mut got = Vec::new();
                 let mut buf = [0u8; 1024];
@@ -238,7 +250,10 @@ async fn split_replica(head: &'static [u8], body: &'static [u8], gap: Duration) 
                     }
                 }
                 let _ = s.write_all(head).await;
-                tokio::time::sleep(gap).await;
+                match &*then {
+                    Then::After(gap) => tokio::time::sleep(*gap).await,
+                    Then::Released(go) => go.notified().await,
+                }
                 let _ = s.write_all(body).await;
                 // Held open: the proxy may keep the connection.
                 let _ = s.read(&mut buf).await;
@@ -248,8 +263,13 @@ async fn split_replica(head: &'static [u8], body: &'static [u8], gap: Duration) 
     addr
 }
 
-/// What the client's first read returns, and the whole response once `want` arrived.
-async fn first_read_and_all(proxy: SocketAddr, want: &str) -> (String, String) {
+/// What the client's first read returns, and the whole response once `want` arrived;
+/// `after_first` is told once the first read returned.
+async fn first_read_and_all(
+    proxy: SocketAddr,
+    want: &str,
+    after_first: Option<&Notify>,
+) -> (String, String) {
     let mut s = TcpStream::connect(proxy).await.unwrap();
     s.write_all(b"GET / HTTP/1.1\r\nHost: m\r\n\r\n")
         .await
@@ -257,25 +277,30 @@ async fn first_read_and_all(proxy: SocketAddr, want: &str) -> (String, String) {
     let mut buf = [0u8; 4096];
     let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
         .await
-        .unwrap()
+        .expect("nothing from the proxy within 5 s")
         .unwrap();
+    if let Some(go) = after_first {
+        go.notify_one();
+    }
     let first = String::from_utf8_lossy(&buf[..n]).into_owned();
+    if first.contains(want) {
+        return (first.clone(), first);
+    }
     let rest = read_until(&mut s, want).await;
     (first.clone(), first + &rest)
 }
 
 #[tokio::test]
 async fn a_sized_head_waits_for_its_body_but_a_streamed_head_goes_out_at_once() {
-    let gap = Duration::from_millis(300);
     // Sized: the client gets head and body in one piece, not the head alone 300 ms early.
     let sized = split_replica(
         b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 11\r\n\r\n",
         b"{\"ok\":true}",
-        gap,
+        Then::After(Duration::from_millis(300)),
     )
     .await;
     let proxy = start(settings(spec(&[("v1", vec![sized], 100)])));
-    let (first, all) = first_read_and_all(proxy.listen_addr, "{\"ok\":true}").await;
+    let (first, all) = first_read_and_all(proxy.listen_addr, "{\"ok\":true}", None).await;
     assert!(first.starts_with("HTTP/1.1 200 OK\r\n"), "{first}");
     assert!(
         first.ends_with("\r\n\r\n{\"ok\":true}"),
@@ -285,15 +310,17 @@ async fn a_sized_head_waits_for_its_body_but_a_streamed_head_goes_out_at_once() 
     proxy.shutdown().await;
 
     // Streamed (server-sent events, chunked): the head is the client's as soon as it came,
-    // before any event, so it can show the stream has started.
+    // before any event, so it can show the stream has started. The replica sends the event
+    // only once the client has read, so the order cannot depend on timing.
+    let go = Arc::new(Notify::new());
     let streamed = split_replica(
         b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n",
         b"e\r\ndata: token\n\n\r\n0\r\n\r\n",
-        gap,
+        Then::Released(go.clone()),
     )
     .await;
     let proxy = start(settings(spec(&[("v1", vec![streamed], 100)])));
-    let (first, all) = first_read_and_all(proxy.listen_addr, "\r\n0\r\n\r\n").await;
+    let (first, all) = first_read_and_all(proxy.listen_addr, "\r\n0\r\n\r\n", Some(&go)).await;
     assert!(first.ends_with("\r\n\r\n"), "first read: {first:?}");
     assert!(!first.contains("data: token"), "first read: {first:?}");
     assert!(all.contains("data: token\n\n"), "{all}");
