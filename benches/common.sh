@@ -37,12 +37,14 @@ ensure_tools() {
     command -v nginx >/dev/null && command -v wrk >/dev/null || die "nginx or wrk still missing"
 }
 
-ensure_valgrind() {
-    command -v valgrind >/dev/null && return 0
-    [[ $EUID -eq 0 ]] || die "valgrind is missing; run as root or install it"
-    log "installing: valgrind"
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq valgrind >/dev/null || die "apt-get install valgrind failed"
+ensure_command() { # COMMAND PACKAGE: installs PACKAGE from Debian when COMMAND is missing
+    command -v "$1" >/dev/null && return 0
+    [[ $EUID -eq 0 ]] || die "$1 is missing; run as root or install $2"
+    log "installing: $2"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$2" >/dev/null || die "apt-get install $2 failed"
 }
+
+ensure_valgrind() { ensure_command valgrind valgrind; }
 
 # The upstream nginx of the callgrind scripts, once the ports are checked free: writes the
 # config (write_upstream_conf), starts it and waits for it.
@@ -196,7 +198,8 @@ port_free() { [[ -z $(ss -Hltn "( sport = :$1 )" 2>/dev/null) ]]; }
 wait_http() { # URL SECONDS [PID]: until URL answers 2xx
     local url=$1 secs=$2 pid=${3:-}
     for _ in $(seq $((secs * 10))); do
-        curl -fsS --max-time 1 -o /dev/null "$url" 2>/dev/null && return 0
+        # -k: a readiness probe of our own self-signed test certificate, nothing more.
+        curl -fsSk --max-time 1 -o /dev/null "$url" 2>/dev/null && return 0
         if [[ -n $pid ]] && ! kill -0 "$pid" 2>/dev/null; then return 1; fi
         sleep 0.1
     done
@@ -271,4 +274,12 @@ wrk.method = "POST"
 wrk.body = '{"model":"m","prompt":"Write a haiku about proxies and rolling deployments.","max_tokens":64,"stream":false}'
 wrk.headers["Content-Type"] = "application/json"
 EOF
+}
+
+make_certificate() { # a P-256 key and a self-signed certificate for 127.0.0.1, used by both proxies
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 1 \
+        -keyout "$WORK/key.pem" -out "$WORK/cert.pem" -subj /CN=localhost \
+        -addext subjectAltName=IP:127.0.0.1,DNS:localhost >/dev/null 2>&1 ||
+        die "openssl could not make a test certificate"
+    chmod a+r "$WORK/key.pem" "$WORK/cert.pem"
 }

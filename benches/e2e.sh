@@ -159,14 +159,6 @@ run_h2load() { # OUTFILE URL SECONDS
     WRK_PID=""
 }
 
-make_certificate() { # a P-256 key and a self-signed certificate for 127.0.0.1, used by both proxies
-    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 1 \
-        -keyout "$WORK/key.pem" -out "$WORK/cert.pem" -subj /CN=localhost \
-        -addext subjectAltName=IP:127.0.0.1,DNS:localhost >/dev/null 2>&1 ||
-        die "openssl could not make a test certificate"
-    chmod a+r "$WORK/key.pem" "$WORK/cert.pem"
-}
-
 ensure_extra_tools() {
     local pkgs=()
     has_section h2c && ! command -v h2load >/dev/null && pkgs+=(nghttp2-client)

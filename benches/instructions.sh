@@ -12,12 +12,14 @@
 #   SECONDS_LOAD=4 CONNECTIONS=8 bash benches/instructions.sh
 #   STREAMS=50 bash benches/instructions.sh
 #   METHOD=POST bash benches/instructions.sh   # a JSON body on every request, as e2e's post section
+#   SCHEME=https bash benches/instructions.sh  # clients over TLS: rustls against OpenSSL, as e2e's tls section
 set -euo pipefail
 
 SECONDS_LOAD=${SECONDS_LOAD:-8}  # seconds of measured load per proxy (wrk -t1)
 CONNECTIONS=${CONNECTIONS:-16}   # wrk -c
 STREAMS=${STREAMS:-0}            # >0: SSE streams instead of wrk requests
 METHOD=${METHOD:-GET}            # GET, or POST with a JSON body to /v1/completions
+SCHEME=${SCHEME:-http}           # http, or https: both proxies terminate TLS with one P-256 certificate
 RATE=${RATE:-50}                 # events per second per stream (with STREAMS)
 PORT_BASE=${PORT_BASE:-18400}    # ports PORT_BASE+1 .. PORT_BASE+5 on 127.0.0.1
 SKIP_BUILD=${SKIP_BUILD:-0}
@@ -26,6 +28,7 @@ SWITCHYARD_BIN=${SWITCHYARD_BIN:-}  # another build to count instead of target/r
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 [[ $METHOD == GET || $METHOD == POST ]] || { echo "instructions: METHOD=$METHOD: use GET or POST" >&2; exit 2; }
+[[ $SCHEME == http || $SCHEME == https ]] || { echo "instructions: SCHEME=$SCHEME: use http or https" >&2; exit 2; }
 for v in SECONDS_LOAD CONNECTIONS PORT_BASE STREAMS RATE; do
     [[ ${!v} =~ ^[0-9]+$ ]] || { echo "instructions: $v=${!v} is not a whole number" >&2; exit 2; }
 done
@@ -43,6 +46,17 @@ ensure_valgrind
 build_switchyard
 BIN=${SWITCHYARD_BIN:-$PWD/target/release/switchyard}
 WORK=$(mktemp -d /tmp/switchyard-instr.XXXXXX)
+TLS_ARGS=()
+LISTEN_SSL=""
+if [[ $SCHEME == https ]]; then
+    ensure_command openssl openssl
+    make_certificate
+    TLS_ARGS=(--tls-cert "$WORK/cert.pem" --tls-key "$WORK/key.pem")
+    LISTEN_SSL=" ssl;
+        ssl_certificate $WORK/cert.pem;
+        ssl_certificate_key $WORK/key.pem;
+        ssl_protocols TLSv1.2 TLSv1.3"
+fi
 WRK_SCRIPT=()
 WRK_PATH=""
 if [[ $METHOD == POST ]]; then
@@ -83,28 +97,47 @@ cat >"$WORK/proxy.conf" <<EOF
 $(nginx_proxy_head 1 4096 "master_process off;")
 $BACKENDS
     server {
-        listen 127.0.0.1:$P_NGINX backlog=4096;
+        listen 127.0.0.1:$P_NGINX backlog=4096$LISTEN_SSL;
 $LOCATION
     }
 }
 EOF
 
-count() { # NAME URL READY_URL -- COMMAND...: writes "instructions requests" to $WORK/NAME.result
+# Over TLS every wrk run opens CONNECTIONS connections, each with a handshake, inside the
+# counted window. Two windows of different length separate the two costs: instructions =
+# CONNECTIONS x handshake + requests x request, solved for both unknowns.
+WINDOWS=("$SECONDS_LOAD")
+[[ $SCHEME == https ]] && WINDOWS=("$SECONDS_LOAD" $((SECONDS_LOAD * 2)))
+
+dumped_instructions() { # FILE: the instruction total of one callgrind dump
+    awk '/^summary:/ { s = $2 } END { print s + 0 }' "$1"
+}
+
+count() { # NAME URL READY_URL -- COMMAND...: writes "instructions requests" per window to $WORK/NAME.result
     local name=$1 url=$2 ready=$3
     shift 4
     valgrind --tool=callgrind --callgrind-out-file="$WORK/$name.%p.out" "$@" >"$WORK/$name.log" 2>&1 &
     local pid=$!
     PIDS+=("$pid")
     wait_http "$ready" 60 "$pid" || die "$name did not answer under valgrind: $(tail -5 "$WORK/$name.log")"
+    : >"$WORK/$name.result"
     local reqs ir
     if ((STREAMS == 0)); then
         timeout 60 wrk "${WRK_SCRIPT[@]}" -t1 -c"$CONNECTIONS" -d3s "$url$WRK_PATH" >/dev/null || die "$name: warm-up failed"
-        callgrind_control -z "$pid" >/dev/null 2>&1 || die "callgrind_control -z $pid failed"
-        timeout $((SECONDS_LOAD + 60)) wrk "${WRK_SCRIPT[@]}" -t1 -c"$CONNECTIONS" -d"${SECONDS_LOAD}s" "$url$WRK_PATH" >"$WORK/$name.wrk" 2>&1 ||
-            die "$name: wrk failed: $(cat "$WORK/$name.wrk")"
-        callgrind_control -d "$pid" >/dev/null 2>&1 || die "callgrind_control -d $pid failed"
-        reqs=$(awk '/ requests in / { print $1 }' "$WORK/$name.wrk")
-        grep -q 'Non-2xx\|Socket errors' "$WORK/$name.wrk" && log "$name: $(grep 'Non-2xx\|Socket errors' "$WORK/$name.wrk")"
+        local w=0 secs
+        for secs in "${WINDOWS[@]}"; do
+            w=$((w + 1))
+            callgrind_control -z "$pid" >/dev/null 2>&1 || die "callgrind_control -z $pid failed"
+            timeout $((secs + 60)) wrk "${WRK_SCRIPT[@]}" -t1 -c"$CONNECTIONS" -d"${secs}s" "$url$WRK_PATH" >"$WORK/$name.$w.wrk" 2>&1 ||
+                die "$name: wrk failed: $(cat "$WORK/$name.$w.wrk")"
+            callgrind_control -d "$pid" >/dev/null 2>&1 || die "callgrind_control -d $pid failed"
+            reqs=$(awk '/ requests in / { print $1 }' "$WORK/$name.$w.wrk")
+            grep -q 'Non-2xx\|Socket errors' "$WORK/$name.$w.wrk" && log "$name: $(grep 'Non-2xx\|Socket errors' "$WORK/$name.$w.wrk")"
+            # Dump number w holds window w.
+            ir=$(dumped_instructions "$WORK/$name.$pid.out.$w" 2>/dev/null || echo 0)
+            [[ -n $reqs && $ir -gt 0 ]] || die "$name: no count in window $w (requests '$reqs', instructions '$ir')"
+            echo "$ir $reqs" >>"$WORK/$name.result"
+        done
     else
         # The streams open during a 4-second warm-up; the counters cover SECONDS_LOAD seconds
         # after it while the load generator keeps every stream going (it starts the next one
@@ -125,33 +158,45 @@ count() { # NAME URL READY_URL -- COMMAND...: writes "instructions requests" to 
             die "$name: cannot read $WORK/$name.json"
         ((broken == 0)) || die "$name: $broken streams broke or failed (see $WORK/$name.json)"
         reqs=$((STREAMS * RATE * SECONDS_LOAD))
+        ir=$(dumped_instructions "$WORK/$name.$pid.out.1" 2>/dev/null || echo 0)
+        [[ $ir -gt 0 ]] || die "$name: no count"
+        echo "$ir $reqs" >"$WORK/$name.result"
     fi
-    # The dump after the zeroing: the file with the highest part number holds the measured part.
-    ir=$(cat "$WORK/$name.$pid.out."* 2>/dev/null | awk '/^summary:/ { s = $2 } END { print s + 0 }')
-    [[ -n $reqs && $ir -gt 0 ]] || die "$name: no count (requests '$reqs', instructions '$ir')"
     kill -TERM "$pid" 2>/dev/null || true
-    echo "$ir $reqs" >"$WORK/$name.result"
 }
 
 # (valgrind runs the program itself: a wrapper such as env would leave the real one uncounted.)
 export RUST_LOG=warn
-count switchyard "http://127.0.0.1:$P_SY" "http://127.0.0.1:$P_ADMIN/readyz" -- "$BIN" serve --listen "127.0.0.1:$P_SY" --admin-listen "127.0.0.1:$P_ADMIN" \
-    "${UPSTREAMS[@]}" --workers 1 --shutdown-grace-seconds 1 --ephemeral
-count nginx "http://127.0.0.1:$P_NGINX" "http://127.0.0.1:$P_NGINX$READY_PATH" -- \
+count switchyard "$SCHEME://127.0.0.1:$P_SY" "http://127.0.0.1:$P_ADMIN/readyz" -- "$BIN" serve --listen "127.0.0.1:$P_SY" --admin-listen "127.0.0.1:$P_ADMIN" \
+    "${UPSTREAMS[@]}" "${TLS_ARGS[@]}" --workers 1 --shutdown-grace-seconds 1 --ephemeral
+count nginx "$SCHEME://127.0.0.1:$P_NGINX" "$SCHEME://127.0.0.1:$P_NGINX$READY_PATH" -- \
     nginx -p "$WORK" -e "$WORK/proxy-error.log" -c "$WORK/proxy.conf"
-read -r sy_ir sy_n <"$WORK/switchyard.result"
-read -r ng_ir ng_n <"$WORK/nginx.result"
-
 echo
 if ((STREAMS == 0)); then
     unit=request
-    echo "== user-space instructions per proxied request ($METHOD, callgrind, wrk -t1 -c$CONNECTIONS, ${SECONDS_LOAD}s each) =="
+    echo "== user-space instructions per proxied request ($METHOD over $SCHEME, callgrind, wrk -t1 -c$CONNECTIONS, ${SECONDS_LOAD}s each) =="
 else
     unit=event
     echo "== user-space instructions per server-sent event (callgrind, $STREAMS streams x $RATE events/s, ${SECONDS_LOAD}s each) =="
 fi
-awk -v si="$sy_ir" -v sn="$sy_n" -v ni="$ng_ir" -v nn="$ng_n" -v u="$unit" 'BEGIN {
-    printf "switchyard  %10d instructions / %7d %ss = %8.0f per %s\n", si, sn, u, si / sn, u
-    printf "nginx       %10d instructions / %7d %ss = %8.0f per %s\n", ni, nn, u, ni / nn, u
-    printf "switchyard/nginx: %.3f\n", (si / sn) / (ni / nn)
-}'
+if [[ $SCHEME == https ]]; then
+    echo "(two windows of ${WINDOWS[*]} s, each opening $CONNECTIONS connections: per request and per handshake solved from both)"
+fi
+# One window: instructions / requests. Two: the request and handshake costs that fit both.
+awk -v u="$unit" -v c="$CONNECTIONS" '
+    FNR == 1 { n++; name[n] = (FILENAME ~ /switchyard\.result$/) ? "switchyard" : "nginx" }
+    { ir[n, FNR] = $1; rq[n, FNR] = $2; w[n] = FNR }
+    END {
+        for (i = 1; i <= n; i++) {
+            if (w[i] == 1) {
+                per[i] = ir[i, 1] / rq[i, 1]
+                printf "%-11s %10d instructions / %7d %ss = %8.0f per %s\n", name[i], ir[i, 1], rq[i, 1], u, per[i], u
+            } else {
+                if (rq[i, 2] <= rq[i, 1]) { print name[i] ": the longer window served no more requests" > "/dev/stderr"; exit 1 }
+                per[i] = (ir[i, 2] - ir[i, 1]) / (rq[i, 2] - rq[i, 1])
+                hs = (ir[i, 1] - rq[i, 1] * per[i]) / c
+                printf "%-11s windows %d + %d requests: %8.0f per %s, %9.0f per handshake\n", name[i], rq[i, 1], rq[i, 2], per[i], u, hs
+            }
+        }
+        printf "switchyard/nginx: %.3f\n", per[1] / per[2]
+    }' "$WORK/switchyard.result" "$WORK/nginx.result"

@@ -9,6 +9,7 @@
 #   bash benches/syscalls.sh                 # GET, 64 connections, 2 rounds
 #   METHOD=POST bash benches/syscalls.sh     # a 130-byte JSON body on every request
 #   CONNECTIONS=8 ROUNDS=3 bash benches/syscalls.sh
+#   SCHEME=https bash benches/syscalls.sh    # clients over TLS (rustls against OpenSSL)
 #
 # Needs perf (linux-perf) with tracepoints readable (run as root) and nstat (iproute2).
 # The upstream sends each response as two segments (head, then the file by sendfile), as many
@@ -20,6 +21,7 @@ CONNECTIONS=${CONNECTIONS:-64}  # wrk -c
 ROUNDS=${ROUNDS:-2}
 WORKERS=${WORKERS:-2}
 METHOD=${METHOD:-GET}           # GET or POST
+SCHEME=${SCHEME:-http}          # http, or https: both proxies terminate TLS with one P-256 certificate
 PORT_BASE=${PORT_BASE:-18500}   # ports PORT_BASE+1 .. PORT_BASE+5 on 127.0.0.1
 SKIP_BUILD=${SKIP_BUILD:-0}
 KEEP_WORK=${KEEP_WORK:-0}
@@ -30,6 +32,7 @@ for v in DURATION CONNECTIONS ROUNDS WORKERS PORT_BASE; do
     [[ ${!v} =~ ^[0-9]+$ ]] && ((${!v} > 0)) || { echo "syscalls: $v=${!v} is not a positive whole number" >&2; exit 2; }
 done
 [[ $METHOD == GET || $METHOD == POST ]] || { echo "syscalls: METHOD=$METHOD: use GET or POST" >&2; exit 2; }
+[[ $SCHEME == http || $SCHEME == https ]] || { echo "syscalls: SCHEME=$SCHEME: use http or https" >&2; exit 2; }
 
 P_V1=$((PORT_BASE + 1)); P_V2=$((PORT_BASE + 2)); P_NGINX=$((PORT_BASE + 3))
 P_SY=$((PORT_BASE + 4)); P_ADMIN=$((PORT_BASE + 5))
@@ -46,6 +49,17 @@ perf stat -e raw_syscalls:sys_enter true >/dev/null 2>&1 ||
 build_switchyard
 BIN=${SWITCHYARD_BIN:-$PWD/target/release/switchyard}
 WORK=$(mktemp -d /tmp/switchyard-syscalls.XXXXXX)
+TLS_ARGS=()
+LISTEN_SSL=""
+if [[ $SCHEME == https ]]; then
+    ensure_command openssl openssl
+    make_certificate
+    TLS_ARGS=(--tls-cert "$WORK/cert.pem" --tls-key "$WORK/key.pem")
+    LISTEN_SSL=" ssl;
+        ssl_certificate $WORK/cert.pem;
+        ssl_certificate_key $WORK/key.pem;
+        ssl_protocols TLSv1.2 TLSv1.3"
+fi
 
 start_upstream 4096 $P_V1 $P_V2 $P_NGINX $P_SY $P_ADMIN
 if [[ $METHOD == POST ]]; then
@@ -60,7 +74,7 @@ cat >"$WORK/proxy.conf" <<EOF
 $(nginx_proxy_head "$WORKERS" 4096)
 $(nginx_backends)
     server {
-        listen 127.0.0.1:$P_NGINX backlog=4096;
+        listen 127.0.0.1:$P_NGINX backlog=4096$LISTEN_SSL;
 $(nginx_proxy_location)
     }
 }
@@ -69,10 +83,10 @@ nginx -p "$WORK" -e "$WORK/proxy-error.log" -c "$WORK/proxy.conf" >>"$WORK/proxy
 PIDS+=($!)
 RUST_LOG=warn "$BIN" serve --listen "127.0.0.1:$P_SY" --admin-listen "127.0.0.1:$P_ADMIN" \
     --upstream "v1=127.0.0.1:$P_V1" --upstream "v2=127.0.0.1:$P_V2" --weight v1=90 --weight v2=10 \
-    --workers "$WORKERS" --shutdown-grace-seconds 1 --ephemeral >"$WORK/switchyard.log" 2>&1 &
+    "${TLS_ARGS[@]}" --workers "$WORKERS" --shutdown-grace-seconds 1 --ephemeral >"$WORK/switchyard.log" 2>&1 &
 SY_PID=$!
 PIDS+=($SY_PID)
-wait_http "http://127.0.0.1:$P_NGINX/" 10 || die "nginx proxy did not answer: $(tail -3 "$WORK/proxy-error.log")"
+wait_http "$SCHEME://127.0.0.1:$P_NGINX/" 10 || die "nginx proxy did not answer: $(tail -3 "$WORK/proxy-error.log")"
 wait_http "http://127.0.0.1:$P_ADMIN/readyz" 10 "$SY_PID" || die "switchyard did not answer: $(tail -3 "$WORK/switchyard.log")"
 
 EVENTS=raw_syscalls:sys_enter,syscalls:sys_enter_recvfrom,syscalls:sys_enter_read,syscalls:sys_enter_sendto,syscalls:sys_enter_write,syscalls:sys_enter_writev,syscalls:sys_enter_epoll_wait,context-switches
@@ -87,12 +101,12 @@ ticks() { # PID,PID...: user and system clock ticks of those processes
 
 measure() { # NAME PORT PIDS: one counted wrk run, one line of figures per request
     local name=$1 port=$2 pids=$3 u0 s0 u1 s1 reqs
-    timeout 60 wrk "${WRK_SCRIPT[@]}" -t2 -c"$CONNECTIONS" -d2s "http://127.0.0.1:$port/" >/dev/null ||
+    timeout 60 wrk "${WRK_SCRIPT[@]}" -t2 -c"$CONNECTIONS" -d2s "$SCHEME://127.0.0.1:$port/" >/dev/null ||
         die "$name: warm-up failed"
     read -r u0 s0 < <(ticks "$pids")
     nstat -n >/dev/null
     timeout $((DURATION + 60)) perf stat -x, -e "$EVENTS" -p "$pids" -- \
-        wrk "${WRK_SCRIPT[@]}" -t2 -c"$CONNECTIONS" -d"${DURATION}s" "http://127.0.0.1:$port/" \
+        wrk "${WRK_SCRIPT[@]}" -t2 -c"$CONNECTIONS" -d"${DURATION}s" "$SCHEME://127.0.0.1:$port/" \
         >"$WORK/$name.wrk" 2>"$WORK/$name.perf" || die "$name: perf/wrk failed: $(tail -3 "$WORK/$name.perf")"
     nstat >"$WORK/$name.nstat"
     read -r u1 s1 < <(ticks "$pids")
@@ -119,7 +133,7 @@ measure() { # NAME PORT PIDS: one counted wrk run, one line of figures per reque
 }
 
 echo
-echo "== per proxied request, $METHOD, wrk -t2 -c$CONNECTIONS, ${DURATION}s, $WORKERS workers each =="
+echo "== per proxied request, $METHOD over $SCHEME, wrk -t2 -c$CONNECTIONS, ${DURATION}s, $WORKERS workers each =="
 echo "   (segments: TCP segments sent by every process on the machine, wrk and upstream included)"
 printf "%-11s %8s %9s %7s %7s %7s %8s %7s %7s %8s %8s\n" proxy requests syscalls reads writes epoll \
     switches data segs "user µs" "sys µs"
