@@ -1,18 +1,12 @@
 //! The routing decision on the request path: snapshot load, route resolution, weighted pool
 //! pick and P2C replica pick. Target: under 100 ns.
 
-use std::net::SocketAddr;
+mod support;
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
+use support::{decide, many_models, model, rollout_step};
 use switchyard::metrics::Metrics;
-use switchyard::routing::spec::WEIGHT_SCALE;
-use switchyard::routing::{DeploymentSpec, EnvironmentSpec, ModelSpec, Route, Router, RoutingSpec};
-
-fn replicas(base: u16, n: u16) -> Vec<SocketAddr> {
-    (0..n)
-        .map(|i| SocketAddr::from(([127, 0, 0, 1], base + i)))
-        .collect()
-}
+use switchyard::routing::{Router, RoutingSpec};
 
 fn router(replicas_per_deployment: u16) -> Router {
     let r = Router::new(Metrics::new());
@@ -21,46 +15,6 @@ fn router(replicas_per_deployment: u16) -> Router {
     };
     r.apply(&spec).expect("valid spec");
     r
-}
-
-/// A model with one Host and two deployments (v1 90%, v2 10%) of `replicas` each.
-fn model(id: &str, host: &str, replicas_per_deployment: u16) -> ModelSpec {
-    ModelSpec {
-        id: id.into(),
-        hosts: vec![host.into()],
-        deployments: vec![
-            DeploymentSpec {
-                id: "v1".into(),
-                replicas: replicas(10_000, replicas_per_deployment),
-            },
-            DeploymentSpec {
-                id: "v2".into(),
-                replicas: replicas(20_000, replicas_per_deployment),
-            },
-        ],
-        environments: vec![EnvironmentSpec {
-            name: "production".into(),
-            hosts: vec![],
-            weights: [
-                ("v1".to_string(), WEIGHT_SCALE / 10 * 9),
-                ("v2".to_string(), WEIGHT_SCALE / 10),
-            ]
-            .into_iter()
-            .collect(),
-        }],
-    }
-}
-
-/// Exactly what `proxy::forward` does before its first await.
-fn decide(router: &Router, host: Option<&str>, path: &str) -> u64 {
-    let snapshot = router.load();
-    let resolved = snapshot.resolve(host, path).expect("routable");
-    let mut rng = rand::rng();
-    let pool = match resolved.route {
-        Route::Pinned(p) => p,
-        Route::Split(env) => env.pick_pool(&mut rng).expect("weighted"),
-    };
-    pool.pick_replica(&mut rng, &[]).map_or(0, |r| r.id)
 }
 
 fn bench(c: &mut Criterion) {
@@ -91,21 +45,6 @@ fn bench(c: &mut Criterion) {
     });
 }
 
-/// `models` models, one Host each, `replicas` per deployment (two deployments, 90/10).
-fn many_models(models: usize, replicas_per_deployment: u16) -> RoutingSpec {
-    RoutingSpec {
-        models: (0..models)
-            .map(|i| {
-                model(
-                    &format!("model-{i}"),
-                    &format!("model-{i}.example"),
-                    replicas_per_deployment,
-                )
-            })
-            .collect(),
-    }
-}
-
 /// The cost of a request must not grow with the configuration: Host routing to the first and
 /// the last of 1, 100 and 10,000 models.
 fn host_lookup(c: &mut Criterion) {
@@ -126,12 +65,7 @@ fn host_lookup(c: &mut Criterion) {
 /// change), and building every model anew (a new router, as at start).
 fn rebuild(c: &mut Criterion) {
     let a = many_models(10_000, 10);
-    let mut b = a.clone();
-    for dep in ["v1", "v2"] {
-        b.models[0].environments[0]
-            .weights
-            .insert(dep.into(), WEIGHT_SCALE / 2);
-    }
+    let b = rollout_step(&a);
     let r = Router::new(Metrics::new());
     r.apply(&a).expect("valid spec");
     let mut g = c.benchmark_group("snapshot");
