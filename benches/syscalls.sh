@@ -100,22 +100,25 @@ ticks() { # PID,PID...: user and system clock ticks of those processes
 }
 
 measure() { # NAME PORT PIDS: one counted wrk run, one line of figures per request
-    local name=$1 port=$2 pids=$3 u0 s0 u1 s1 reqs
+    local name=$1 port=$2 pids=$3 u0 s0 u1 s1 up_u0 up_s0 up_u1 up_s1 reqs
     timeout 60 wrk "${WRK_SCRIPT[@]}" -t2 -c"$CONNECTIONS" -d2s "$SCHEME://127.0.0.1:$port/" >/dev/null ||
         die "$name: warm-up failed"
     read -r u0 s0 < <(ticks "$pids")
+    read -r up_u0 up_s0 < <(ticks "$UPSTREAM_PIDS")
     nstat -n >/dev/null
     timeout $((DURATION + 60)) perf stat -x, -e "$EVENTS" -p "$pids" -- \
         wrk "${WRK_SCRIPT[@]}" -t2 -c"$CONNECTIONS" -d"${DURATION}s" "$SCHEME://127.0.0.1:$port/" \
         >"$WORK/$name.wrk" 2>"$WORK/$name.perf" || die "$name: perf/wrk failed: $(tail -3 "$WORK/$name.perf")"
     nstat >"$WORK/$name.nstat"
     read -r u1 s1 < <(ticks "$pids")
+    read -r up_u1 up_s1 < <(ticks "$UPSTREAM_PIDS")
     reqs=$(awk '/ requests in / { print $1 }' "$WORK/$name.wrk")
     [[ $reqs =~ ^[0-9]+$ ]] && ((reqs > 0)) || die "$name: wrk served no requests: $(cat "$WORK/$name.wrk")"
     grep -q 'Socket errors' "$WORK/$name.wrk" && log "$name: $(grep 'Socket errors' "$WORK/$name.wrk")"
     local hz
     hz=$(getconf CLK_TCK)
     awk -F, -v n="$reqs" -v name="$name" -v us=$(((u1 - u0) * 1000000 / hz)) -v ss=$(((s1 - s0) * 1000000 / hz)) \
+        -v ups=$(((up_u1 - up_u0 + up_s1 - up_s0) * 1000000 / hz)) \
         -v nstat="$WORK/$name.nstat" '
         { c[$3] = $1 }
         END {
@@ -126,17 +129,19 @@ measure() { # NAME PORT PIDS: one counted wrk run, one line of figures per reque
             }
             rd = c["syscalls:sys_enter_recvfrom"] + c["syscalls:sys_enter_read"]
             wr = c["syscalls:sys_enter_sendto"] + c["syscalls:sys_enter_write"] + c["syscalls:sys_enter_writev"]
-            printf "%-11s %8d %9.3f %7.3f %7.3f %7.3f %8.3f %7.3f %7.3f %8.2f %8.2f\n", name, n,
+            printf "%-11s %8d %9.3f %7.3f %7.3f %7.3f %8.3f %7.3f %7.3f %8.2f %8.2f %9.2f\n", name, n,
                 c["raw_syscalls:sys_enter"] / n, rd / n, wr / n, c["syscalls:sys_enter_epoll_wait"] / n,
-                c["context-switches"] / n, data / n, segs / n, us / n, ss / n
+                c["context-switches"] / n, data / n, segs / n, us / n, ss / n, ups / n
         }' "$WORK/$name.perf"
 }
 
 echo
 echo "== per proxied request, $METHOD over $SCHEME, wrk -t2 -c$CONNECTIONS, ${DURATION}s, $WORKERS workers each =="
-echo "   (segments: TCP segments sent by every process on the machine, wrk and upstream included)"
-printf "%-11s %8s %9s %7s %7s %7s %8s %7s %7s %8s %8s\n" proxy requests syscalls reads writes epoll \
-    switches data segs "user µs" "sys µs"
+echo "   (segments: TCP segments sent by every process on the machine, wrk and upstream included;"
+echo "    upstr. µs: the upstream nginx's CPU, user and system, per request through this proxy)"
+printf "%-11s %8s %9s %7s %7s %7s %8s %7s %7s %8s %8s %9s\n" proxy requests syscalls reads writes epoll \
+    switches data segs "user µs" "sys µs" "upstr. µs"
+UPSTREAM_PIDS=$(pgrep -d, -P "$(cat "$WORK/upstream.pid")") || die "no upstream nginx worker found"
 for ((r = 1; r <= ROUNDS; r++)); do
     measure nginx "$P_NGINX" "$(pgrep -d, -P "$(cat "$WORK/proxy.pid")")"
     measure switchyard "$P_SY" "$SY_PID"
