@@ -9,6 +9,13 @@
 #   BASELINE_BIN=/path/to/older/switchyard bash benches/e2e.sh
 #                                            # also run another build, same config, interleaved:
 #                                            # the cost of a change, as a ratio in the same run
+#   ALSO= bash benches/e2e.sh                # the wrk/h2load sections only (about 15 minutes)
+#
+# After the wrk and h2load sections, ALSO runs the benches that measure the rest of issue 15's
+# figures and prints their summaries, so that one run shows every figure: streaming.sh (CPU
+# per 1,000 server-sent events), memory.sh (per connection, idle, across rounds), the Host
+# lookup and snapshot rebuild (`cargo bench --bench routing`), swaps against the request path
+# (`cargo bench --bench swap_stall`) and heap allocations per request (`--bench allocations`).
 set -euo pipefail
 
 DURATION=${DURATION:-10}        # seconds per measured wrk run
@@ -16,6 +23,7 @@ WARMUP=${WARMUP:-2}             # seconds of warm-up before each measured run (0
 ROUNDS=${ROUNDS:-3}             # interleaved rounds (direct, nginx, switchyard)
 CONNECTIONS=${CONNECTIONS:-"8 64 256"}  # wrk -c, one HTTP/1.1 section per value
 SECTIONS=${SECTIONS:-"http1 post h2c tls hosts"}   # which comparisons to run
+ALSO=${ALSO-"streaming memory routing allocations"}  # other benches run after them ("" = none)
 HOST_MODELS=${HOST_MODELS:-10000}  # hosts section: models in the configuration, one Host each
 H2_CLIENTS=${H2_CLIENTS:-16}    # h2load -c
 H2_STREAMS=${H2_STREAMS:-16}    # h2load -m (concurrent streams per connection)
@@ -33,6 +41,10 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 for v in DURATION WARMUP ROUNDS THREADS WORKERS PORT_BASE H2_CLIENTS H2_STREAMS HOST_MODELS; do
     [[ ${!v} =~ ^[0-9]+$ ]] || { echo "e2e: $v=${!v} is not a whole number" >&2; exit 2; }
+done
+for a in $ALSO; do
+    [[ $a == streaming || $a == memory || $a == routing || $a == allocations ]] ||
+        { echo "e2e: ALSO has '$a': want streaming, memory, routing and/or allocations" >&2; exit 2; }
 done
 for c in $CONNECTIONS; do
     [[ $c =~ ^[0-9]+$ ]] && ((c >= THREADS)) ||
@@ -499,6 +511,62 @@ else
     echo "FAIL: some section has req/s ratio < $MIN_RPS_RATIO or latency ratio > $MAX_P99_RATIO (see above)"
 fi
 if ((total > 0 && !split_ok)); then echo "WARNING: the observed split is not within 88-92% for v1"; fi
+
+# ---------------------------------------------------------------------------------------------
+# The rest of the figures, from the benches that measure them (ALSO). They run after the timed
+# sections above, whose processes are idle by now; a cargo bench build starts only here.
+
+also() { # TITLE LOG COMMAND...: runs one bench; prints its summary (from its "== " line on)
+    local title=$1 out=$WORK/$2
+    shift 2
+    log "$title"
+    echo
+    echo "-- $title"
+    # Each bench on its own defaults: this script's settings (DURATION, ROUNDS, ...) mean
+    # other things there.
+    if ! env -u DURATION -u WARMUP -u ROUNDS -u CONNECTIONS -u THREADS -u WORKERS -u PORT_BASE \
+        -u STRICT -u KEEP_WORK "$@" >"$out" 2>"$out.err"; then
+        tail -5 "$out.err" >&2
+        die "$title failed (output kept in $out and $out.err with KEEP_WORK=1)"
+    fi
+}
+
+criterion_medians() { # FILE: "name: median" for each criterion result in it
+    awk '/^[^ ].*/ && !/^(Benchmarking|Found|Gnuplot|Warning|  )/ { name = $0 }
+         /time:/ { gsub(/[\[\]]/, ""); for (i = 1; i <= NF; i++) if ($i == "time:") { n = name; sub(/ +time:.*/, "", n); printf "  %-62s %s %s\n", n, $(i + 3), $(i + 4) } }' "$1"
+}
+
+if [[ -n $ALSO ]]; then
+    echo
+    echo "== the rest of the figures: $ALSO =="
+fi
+for a in $ALSO; do
+    case $a in
+    streaming)
+        also "streaming (benches/streaming.sh)" streaming.out env SKIP_BUILD=1 bash benches/streaming.sh
+        sed -n '/^== /,$p' "$WORK/streaming.out"
+        ;;
+    memory)
+        also "memory (benches/memory.sh)" memory.out env SKIP_BUILD=1 bash benches/memory.sh
+        sed -n '/^== /,$p' "$WORK/memory.out"
+        ;;
+    routing)
+        also "Host lookup and snapshot rebuild (cargo bench --bench routing, quick settings)" routing.out \
+            cargo bench --bench routing -- "by Host|snapshot" --measurement-time 3 --warm-up-time 1
+        echo "median time of each:"
+        criterion_medians "$WORK/routing.out"
+        also "snapshot swaps against the request path (cargo bench --bench swap_stall)" swap.out \
+            cargo bench --bench swap_stall
+        sed -n '/^== /,$p' "$WORK/swap.out"
+        ;;
+    allocations)
+        also "heap allocations per request (cargo bench --bench allocations)" alloc.out \
+            cargo bench --bench allocations
+        sed -n '/^allocations per/,$p' "$WORK/alloc.out"
+        rm -f dhat-heap.json
+        ;;
+    esac
+done
 
 if ((SY_ERRORS > 0 || bad > 0)); then
     echo "ERROR: switchyard answered with errors (see above)"
