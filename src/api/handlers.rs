@@ -602,7 +602,15 @@ async fn get_environment(
         env_name: e,
     }): ApiPath<EnvPath>,
 ) -> ApiResult<Environment> {
-    Ok(axum::Json(views::environment(&s, &m, &e)?))
+    let view = views::environment(&s, &m, &e)?;
+    // What a status shows survives a crash: the controller saves its steps in the background,
+    // so a step can be visible a few milliseconds before the store has it, and a process
+    // killed in that window resumes from the step before. Reads wait for that commit (at once
+    // when nothing is pending) and answer anyway if the store is down, which the log reports.
+    if !s.controller.saved(Duration::from_secs(5)).await {
+        tracing::warn!(model = %m, environment = %e, "status answered before the store committed it");
+    }
+    Ok(axum::Json(view))
 }
 
 /// Partial update of the environment's promotion and autoscaling settings. Omitted or null
