@@ -283,3 +283,19 @@ make_certificate() { # a P-256 key and a self-signed certificate for 127.0.0.1, 
         die "openssl could not make a test certificate"
     chmod a+r "$WORK/key.pem" "$WORK/cert.pem"
 }
+
+# For SCHEME (http or https): TLS_ARGS, switchyard's flags, and LISTEN_SSL, what follows an
+# nginx proxy's `listen ADDR backlog=N` (up to the final `;`); over https, one certificate
+# for both in $WORK.
+setup_scheme() {
+    TLS_ARGS=()
+    LISTEN_SSL=""
+    [[ $SCHEME == https ]] || return 0
+    ensure_command openssl openssl
+    make_certificate
+    TLS_ARGS=(--tls-cert "$WORK/cert.pem" --tls-key "$WORK/key.pem")
+    LISTEN_SSL=" ssl;
+        ssl_certificate $WORK/cert.pem;
+        ssl_certificate_key $WORK/key.pem;
+        ssl_protocols TLSv1.2 TLSv1.3"
+}

@@ -46,17 +46,7 @@ ensure_valgrind
 build_switchyard
 BIN=${SWITCHYARD_BIN:-$PWD/target/release/switchyard}
 WORK=$(mktemp -d /tmp/switchyard-instr.XXXXXX)
-TLS_ARGS=()
-LISTEN_SSL=""
-if [[ $SCHEME == https ]]; then
-    ensure_command openssl openssl
-    make_certificate
-    TLS_ARGS=(--tls-cert "$WORK/cert.pem" --tls-key "$WORK/key.pem")
-    LISTEN_SSL=" ssl;
-        ssl_certificate $WORK/cert.pem;
-        ssl_certificate_key $WORK/key.pem;
-        ssl_protocols TLSv1.2 TLSv1.3"
-fi
+setup_scheme
 WRK_SCRIPT=()
 WRK_PATH=""
 if [[ $METHOD == POST ]]; then

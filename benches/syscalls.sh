@@ -49,17 +49,7 @@ perf stat -e raw_syscalls:sys_enter true >/dev/null 2>&1 ||
 build_switchyard
 BIN=${SWITCHYARD_BIN:-$PWD/target/release/switchyard}
 WORK=$(mktemp -d /tmp/switchyard-syscalls.XXXXXX)
-TLS_ARGS=()
-LISTEN_SSL=""
-if [[ $SCHEME == https ]]; then
-    ensure_command openssl openssl
-    make_certificate
-    TLS_ARGS=(--tls-cert "$WORK/cert.pem" --tls-key "$WORK/key.pem")
-    LISTEN_SSL=" ssl;
-        ssl_certificate $WORK/cert.pem;
-        ssl_certificate_key $WORK/key.pem;
-        ssl_protocols TLSv1.2 TLSv1.3"
-fi
+setup_scheme
 
 start_upstream 4096 $P_V1 $P_V2 $P_NGINX $P_SY $P_ADMIN
 if [[ $METHOD == POST ]]; then
