@@ -516,7 +516,7 @@ if ((total > 0 && !split_ok)); then echo "WARNING: the observed split is not wit
 # The rest of the figures, from the benches that measure them (ALSO). They run after the timed
 # sections above, whose processes are idle by now; a cargo bench build starts only here.
 
-also() { # TITLE LOG COMMAND...: runs one bench; prints its summary (from its "== " line on)
+also() { # TITLE LOG COMMAND...: prints the title and runs one bench, its output to $WORK/LOG (the caller prints the summary)
     local title=$1 out=$WORK/$2
     shift 2
     log "$title"
