@@ -212,7 +212,7 @@ pub fn run(listener: std::net::TcpListener, state: AdminState, mut stop: oneshot
             }
         };
         // Sampled on this runtime: the sampler ends with the admin listener.
-        tokio::spawn(state.api.figures.clone().run(state.api.controller.clone()));
+        tokio::spawn(state.api.figures.clone().run());
         let header_timeout = state.header_timeout;
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder

@@ -1,35 +1,59 @@
 //! Recent windowed figures per routing pool, for the dashboard's sparklines: a sampler reads
 //! each pool's cumulative counters every [`INTERVAL`] and keeps the differences of the last
-//! [`WINDOW`] in a ring per pool, so memory stays bounded whatever the uptime.
+//! [`WINDOW`] per pool, so memory stays bounded whatever the uptime.
+//!
+//! The sampler visits every pool of every environment, so its cost follows the size of the
+//! configuration: with 10,000 models, most of them idle at any moment, it must not copy
+//! histograms or store points for pools where nothing happened. An idle pool costs a few
+//! atomic loads per sample and one bit per window; only windows with traffic are stored.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::types::{DeploymentFigures, EnvironmentFigures, FigurePoint};
-use crate::metrics::window::StatsSnapshot;
-use crate::rollout::controller::Controller;
+use crate::metrics::window::{PoolStats, StatsSnapshot};
 use crate::routing::Router;
 
 /// Length of one window.
 pub const INTERVAL: Duration = Duration::from_secs(5);
 /// How far back the figures go.
 pub const WINDOW: Duration = Duration::from_secs(300);
-/// Points kept per pool.
+/// Points kept per pool: one bit each in [`Pool::sampled`].
 const POINTS: usize = (WINDOW.as_secs() / INTERVAL.as_secs()) as usize;
-
-type PoolKey = (String, String, String);
+const _: () = assert!(POINTS <= 64);
+const POINTS_MASK: u64 = if POINTS == 64 {
+    u64::MAX
+} else {
+    (1u64 << POINTS) - 1
+};
 
 struct Pool {
-    last: StatsSnapshot,
+    /// Cumulative figures at the last sample; `None` while the pool had recorded nothing.
+    last: Option<StatsSnapshot>,
+    /// The pool's [`mark`](crate::metrics::window::PoolStats::mark) at the last sample.
+    mark: Option<[u64; 4]>,
     last_ms: u64,
-    points: VecDeque<FigurePoint>,
+    /// Bit `i` set: the pool has a point for the `i`-th most recent sample (bit 0 the newest).
+    sampled: u64,
+    /// The points of windows with something in them, oldest first; every other sampled
+    /// window was empty (no requests, no samples).
+    busy: VecDeque<FigurePoint>,
+}
+
+/// Pools by model, environment, deployment: looked up by name without allocating.
+type Pools = HashMap<String, HashMap<String, BTreeMap<String, Pool>>>;
+
+struct Rings {
+    /// Times of the last [`POINTS`] samples, oldest first.
+    times: VecDeque<u64>,
+    pools: Pools,
 }
 
 /// The sampler's rings, shared with the API handlers.
 pub struct Figures {
     router: Arc<Router>,
-    pools: Mutex<HashMap<PoolKey, Pool>>,
+    rings: Mutex<Rings>,
 }
 
 fn now_ms() -> u64 {
@@ -41,6 +65,25 @@ fn now_ms() -> u64 {
 fn ms(d: Option<Duration>) -> Option<f64> {
     // Microsecond resolution is plenty for a chart; round to 0.1 ms to keep the JSON short.
     d.map(|d| (d.as_secs_f64() * 10_000.0).round() / 10.0)
+}
+
+/// The point of a window in which nothing happened.
+fn empty_point(at_ms: u64) -> FigurePoint {
+    FigurePoint {
+        at: super::views::rfc3339(UNIX_EPOCH + Duration::from_millis(at_ms)),
+        at_ms,
+        requests_per_s: 0.0,
+        error_rate_percent: None,
+        p99_latency_ms: None,
+        p99_ttfb_ms: None,
+    }
+}
+
+fn is_empty(p: &FigurePoint) -> bool {
+    p.requests_per_s == 0.0
+        && p.error_rate_percent.is_none()
+        && p.p99_latency_ms.is_none()
+        && p.p99_ttfb_ms.is_none()
 }
 
 /// The figures of the window between two cumulative snapshots `secs` apart.
@@ -67,118 +110,176 @@ fn point(now: &StatsSnapshot, earlier: &StatsSnapshot, at_ms: u64, secs: f64) ->
 /// Whether a sample starts a new baseline instead of closing a window: after a gap (the pool was
 /// not routed to for a while) the difference would lump minutes into one point, and after a
 /// reset (the pool was rebuilt) it would be wrong.
-fn restarts(pool: &Pool, snap: &StatsSnapshot, at_ms: u64) -> bool {
+fn restarts(pool: &Pool, requests: u64, at_ms: u64) -> bool {
     at_ms.saturating_sub(pool.last_ms) > 2 * INTERVAL.as_millis() as u64
-        || snap.requests < pool.last.requests
+        || requests < pool.last.as_ref().map_or(0, |l| l.requests)
 }
 
-/// Appends a point, dropping the oldest once [`POINTS`] are kept.
-fn push_bounded(points: &mut VecDeque<FigurePoint>, p: FigurePoint) {
-    while points.len() >= POINTS {
-        points.pop_front();
+impl Pool {
+    /// A pool first seen at `at_ms`: the baseline of its first window, no point yet.
+    fn baseline(stats: &PoolStats, at_ms: u64) -> Pool {
+        let mark = stats.mark();
+        Pool {
+            last: mark.map(|_| stats.snapshot()),
+            mark,
+            last_ms: at_ms,
+            sampled: 0,
+            busy: VecDeque::new(),
+        }
     }
-    points.push_back(p);
+
+    /// One sample of this pool's stats, taken at `at_ms`; the sampled bits were already moved
+    /// on by one.
+    fn sample(&mut self, stats: &PoolStats, at_ms: u64) {
+        let mark = stats.mark();
+        let gap = at_ms.saturating_sub(self.last_ms) > 2 * INTERVAL.as_millis() as u64;
+        if mark == self.mark && !gap {
+            // Nothing recorded since the last sample: an empty window, nothing copied.
+            self.sampled |= 1;
+            self.last_ms = at_ms;
+            return;
+        }
+        let snap = mark.map(|_| stats.snapshot());
+        let requests = snap.as_ref().map_or(0, |s| s.requests);
+        if !restarts(self, requests, at_ms) {
+            let zero = StatsSnapshot::default;
+            let p = match (&snap, &self.last) {
+                (Some(now), Some(earlier)) => {
+                    let secs = at_ms.saturating_sub(self.last_ms) as f64 / 1000.0;
+                    point(now, earlier, at_ms, secs)
+                }
+                (Some(now), None) => {
+                    let secs = at_ms.saturating_sub(self.last_ms) as f64 / 1000.0;
+                    point(now, &zero(), at_ms, secs)
+                }
+                (None, _) => empty_point(at_ms),
+            };
+            self.sampled |= 1;
+            if !is_empty(&p) {
+                self.busy.push_back(p);
+            }
+        }
+        self.last = snap;
+        self.mark = mark;
+        self.last_ms = at_ms;
+    }
+
+    /// Its points, oldest first, against the sample times (oldest first).
+    fn points(&self, times: &VecDeque<u64>) -> Vec<FigurePoint> {
+        let mut busy = self.busy.iter().peekable();
+        let n = times.len();
+        let mut out = Vec::with_capacity(self.sampled.count_ones() as usize);
+        for (i, &t) in times.iter().enumerate() {
+            if self.sampled >> (n - 1 - i) & 1 == 0 {
+                continue;
+            }
+            while busy.next_if(|p| p.at_ms < t).is_some() {}
+            match busy.next_if(|p| p.at_ms == t) {
+                Some(p) => out.push(p.clone()),
+                None => out.push(empty_point(t)),
+            }
+        }
+        out
+    }
 }
 
 impl Figures {
     pub fn new(router: Arc<Router>) -> Arc<Figures> {
         Arc::new(Figures {
             router,
-            pools: Mutex::new(HashMap::new()),
+            rings: Mutex::new(Rings {
+                times: VecDeque::with_capacity(POINTS + 1),
+                pools: HashMap::new(),
+            }),
         })
     }
 
     /// Samples every pool an environment routes to now (current, candidate, and the previous
-    /// deployment of a promotion). A pool no environment routes to any more keeps its points
-    /// until they are older than [`WINDOW`], then goes.
-    pub fn sample(&self, controller: &Controller) {
-        let at_ms = now_ms();
-        let mut keys = Vec::new();
-        for m in controller.models() {
-            for e in &m.environments {
-                let Ok(v) = controller.environment(&m.id, e) else {
-                    continue;
-                };
-                let mut ids: Vec<String> = v
-                    .current_deployment
-                    .iter()
-                    .chain(v.candidate_deployment.iter())
-                    .cloned()
-                    .collect();
-                if let Some(p) = &v.promotion {
-                    ids.push(p.previous_deployment.clone());
-                    ids.push(p.candidate_deployment.clone());
-                }
-                ids.sort();
-                ids.dedup();
-                for d in ids {
-                    keys.push((m.id.clone(), e.clone(), d));
+    /// deployment of a promotion while it still has traffic). A pool no environment routes to
+    /// any more keeps its points until they are older than [`WINDOW`], then goes.
+    pub fn sample(&self) {
+        self.sample_at(now_ms());
+    }
+
+    fn sample_at(&self, at_ms: u64) {
+        let routed = self.router.environment_pools();
+        let mut guard = self.rings.lock().unwrap_or_else(|e| e.into_inner());
+        let rings = &mut *guard;
+        rings.times.push_back(at_ms);
+        while rings.times.len() > POINTS {
+            rings.times.pop_front();
+        }
+        for envs in rings.pools.values_mut() {
+            for deps in envs.values_mut() {
+                for pool in deps.values_mut() {
+                    pool.sampled = (pool.sampled << 1) & POINTS_MASK;
                 }
             }
         }
-        let snapshots: Vec<(PoolKey, StatsSnapshot)> = keys
-            .into_iter()
-            .map(|k| {
-                let s = self.router.pool_stats(&k.0, &k.1, &k.2);
-                (k, s)
-            })
-            .collect();
-        let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
-        for (key, snap) in snapshots {
-            match pools.get_mut(&key) {
+        for metrics in routed {
+            let [m, e, d] = metrics.labels();
+            let deps = match rings.pools.get_mut(m.as_str()) {
+                Some(envs) => match envs.get_mut(e.as_str()) {
+                    Some(deps) => deps,
+                    None => envs.entry(e.clone()).or_default(),
+                },
+                None => rings
+                    .pools
+                    .entry(m.clone())
+                    .or_default()
+                    .entry(e.clone())
+                    .or_default(),
+            };
+            match deps.get_mut(d.as_str()) {
+                Some(pool) => pool.sample(&metrics.stats, at_ms),
                 // The first sample of a pool is only the baseline of its first window.
                 None => {
-                    pools.insert(
-                        key,
-                        Pool {
-                            last: snap,
-                            last_ms: at_ms,
-                            points: VecDeque::with_capacity(POINTS),
-                        },
-                    );
-                }
-                Some(pool) if restarts(pool, &snap, at_ms) => {
-                    pool.last = snap;
-                    pool.last_ms = at_ms;
-                }
-                Some(pool) => {
-                    let secs = at_ms.saturating_sub(pool.last_ms) as f64 / 1000.0;
-                    push_bounded(&mut pool.points, point(&snap, &pool.last, at_ms, secs));
-                    pool.last = snap;
-                    pool.last_ms = at_ms;
+                    deps.insert(d.clone(), Pool::baseline(&metrics.stats, at_ms));
                 }
             }
         }
+        let oldest_point = rings.times.front().copied().unwrap_or(at_ms);
         let oldest = at_ms.saturating_sub(u64::try_from(WINDOW.as_millis()).unwrap_or(0));
-        pools.retain(|_, p| p.last_ms >= oldest);
+        rings.pools.retain(|_, envs| {
+            envs.retain(|_, deps| {
+                deps.retain(|_, p| {
+                    while p.busy.front().is_some_and(|b| b.at_ms < oldest_point) {
+                        p.busy.pop_front();
+                    }
+                    p.last_ms >= oldest
+                });
+                !deps.is_empty()
+            });
+            !envs.is_empty()
+        });
     }
 
     /// Samples every [`INTERVAL`] for as long as the runtime it is spawned on lives.
-    pub async fn run(self: Arc<Self>, controller: Arc<Controller>) {
+    pub async fn run(self: Arc<Self>) {
         let mut tick = tokio::time::interval(INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            self.sample(&controller);
+            self.sample();
         }
     }
 
     /// The points of an environment's deployments, by deployment id.
     pub fn environment(&self, model: &str, environment: &str) -> EnvironmentFigures {
-        let pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
-        let by_id: BTreeMap<&str, &Pool> = pools
-            .iter()
-            .filter(|((m, e, _), _)| m == model && e == environment)
-            .map(|((_, _, d), p)| (d.as_str(), p))
-            .collect();
+        let rings = self.rings.lock().unwrap_or_else(|e| e.into_inner());
+        let deps = rings
+            .pools
+            .get(model)
+            .and_then(|envs| envs.get(environment));
         EnvironmentFigures {
             interval_seconds: INTERVAL.as_secs() as u32,
             window_seconds: WINDOW.as_secs() as u32,
-            deployments: by_id
+            deployments: deps
                 .into_iter()
+                .flatten()
                 .map(|(d, p)| DeploymentFigures {
-                    deployment_id: d.to_owned(),
-                    points: p.points.iter().cloned().collect(),
+                    deployment_id: d.clone(),
+                    points: p.points(&rings.times),
                 })
                 .collect(),
         }
@@ -188,42 +289,183 @@ impl Figures {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::metrics::Metrics;
+    use crate::routing::spec::{
+        DeploymentSpec, EnvironmentSpec, ModelSpec, RoutingSpec, WEIGHT_SCALE,
+    };
+
+    const T0: u64 = 1_800_000_000_000;
+    const STEP: u64 = INTERVAL.as_millis() as u64;
+
+    /// `models` models with one deployment each, routed to by their production environment.
+    fn router(models: usize) -> Arc<Router> {
+        let r = Arc::new(Router::new(Metrics::new()));
+        let spec = RoutingSpec {
+            models: (0..models)
+                .map(|i| ModelSpec {
+                    id: format!("m{i}"),
+                    hosts: vec![],
+                    deployments: vec![DeploymentSpec {
+                        id: "v1".into(),
+                        replicas: vec![std::net::SocketAddr::from(([127, 0, 0, 1], 1001))],
+                    }],
+                    environments: vec![EnvironmentSpec {
+                        name: "production".into(),
+                        hosts: vec![],
+                        weights: [("v1".to_string(), WEIGHT_SCALE)].into_iter().collect(),
+                    }],
+                })
+                .collect(),
+        };
+        if let Err(e) = r.apply(&spec) {
+            panic!("spec: {e}");
+        }
+        r
+    }
+
+    /// Records `n` answers of 40 ms (10 ms to first byte) on a model's production pool.
+    fn traffic(r: &Router, model: &str, n: usize) {
+        let pools = r.environment_pools();
+        let Some(p) = pools.iter().find(|p| p.labels()[0] == model) else {
+            panic!("no pool for {model}");
+        };
+        for _ in 0..n {
+            p.stats.response(200);
+            p.stats.first_byte(Duration::from_millis(10));
+            p.stats.latency(Duration::from_millis(40));
+        }
+    }
+
+    fn points(f: &Figures, model: &str) -> Vec<FigurePoint> {
+        let figs = f.environment(model, "production");
+        assert_eq!(figs.deployments.len(), 1, "{figs:?}");
+        figs.deployments[0].points.clone()
+    }
 
     #[test]
-    fn gaps_and_resets_start_a_new_baseline() {
-        let pool = Pool {
-            last: StatsSnapshot {
-                requests: 100,
-                ..Default::default()
-            },
-            last_ms: 10_000,
-            points: VecDeque::new(),
-        };
-        let more = StatsSnapshot {
-            requests: 150,
-            ..Default::default()
-        };
-        assert!(
-            !restarts(&pool, &more, 15_000),
-            "the next tick closes a window"
+    fn an_idle_pool_shows_empty_windows_and_stores_nothing_for_them() {
+        let f = Figures::new(router(3));
+        for i in 0..4 {
+            f.sample_at(T0 + i * STEP);
+        }
+        let p = points(&f, "m1");
+        assert_eq!(
+            p.iter().map(|p| p.at_ms).collect::<Vec<_>>(),
+            [T0 + STEP, T0 + 2 * STEP, T0 + 3 * STEP],
+            "the first sample is the baseline; then one point per window"
         );
-        assert!(restarts(&pool, &more, 60_000), "a gap starts over");
-        assert!(
-            restarts(&pool, &StatsSnapshot::default(), 15_000),
-            "a reset starts over"
-        );
+        assert!(p.iter().all(|p| *p == empty_point(p.at_ms)), "{p:?}");
+        let rings = f.rings.lock().unwrap_or_else(|e| e.into_inner());
+        for deps in rings.pools.values().flat_map(|envs| envs.values()) {
+            for pool in deps.values() {
+                assert!(pool.busy.is_empty() && pool.last.is_none());
+            }
+        }
+    }
+
+    #[test]
+    fn traffic_shows_in_its_own_window_between_empty_ones() {
+        let r = router(2);
+        let f = Figures::new(r.clone());
+        f.sample_at(T0);
+        f.sample_at(T0 + STEP);
+        traffic(&r, "m0", 100);
+        f.sample_at(T0 + 2 * STEP);
+        f.sample_at(T0 + 3 * STEP);
+        traffic(&r, "m0", 50);
+        f.sample_at(T0 + 4 * STEP);
+        let p = points(&f, "m0");
+        let rates: Vec<f64> = p.iter().map(|p| p.requests_per_s).collect();
+        assert_eq!(rates, [0.0, 20.0, 0.0, 10.0]);
+        let lat = p[1].p99_latency_ms.unwrap_or_default();
+        assert!((37.0..43.0).contains(&lat), "p99 {lat}");
+        assert_eq!(p[2], empty_point(T0 + 3 * STEP));
+        assert_eq!(p[3].error_rate_percent, Some(0.0));
+        let other = points(&f, "m1");
+        assert!(other.iter().all(|p| p.requests_per_s == 0.0));
     }
 
     #[test]
     fn a_pool_keeps_the_last_five_minutes_only() {
-        let mut points = VecDeque::new();
-        let s = StatsSnapshot::default();
+        let r = router(1);
+        let f = Figures::new(r.clone());
         for i in 0..(POINTS as u64 * 3) {
-            push_bounded(&mut points, point(&s, &s, i, 5.0));
+            traffic(&r, "m0", 5);
+            f.sample_at(T0 + i * STEP);
         }
-        assert_eq!(points.len(), POINTS);
+        let p = points(&f, "m0");
+        assert_eq!(p.len(), POINTS);
         assert_eq!(POINTS, 60);
-        assert_eq!(points.front().map(|p| p.at_ms), Some(POINTS as u64 * 2));
+        assert_eq!(
+            p.first().map(|p| p.at_ms),
+            Some(T0 + 2 * POINTS as u64 * STEP)
+        );
+        assert!(p.iter().all(|p| p.requests_per_s == 1.0), "{p:?}");
+        let rings = f.rings.lock().unwrap_or_else(|e| e.into_inner());
+        let busy: usize = rings
+            .pools
+            .values()
+            .flat_map(|envs| envs.values())
+            .flat_map(|deps| deps.values())
+            .map(|pool| pool.busy.len())
+            .sum();
+        assert_eq!(busy, POINTS, "points older than the window are dropped");
+    }
+
+    #[test]
+    fn gaps_and_resets_start_a_new_baseline() {
+        let r = router(1);
+        let f = Figures::new(r.clone());
+        f.sample_at(T0);
+        traffic(&r, "m0", 10);
+        f.sample_at(T0 + STEP);
+        // The sampler missed a minute: that sample is a baseline, not a one-minute window.
+        traffic(&r, "m0", 600);
+        f.sample_at(T0 + 13 * STEP);
+        traffic(&r, "m0", 5);
+        f.sample_at(T0 + 14 * STEP);
+        let p = points(&f, "m0");
+        assert_eq!(
+            p.iter()
+                .map(|p| (p.at_ms, p.requests_per_s))
+                .collect::<Vec<_>>(),
+            [(T0 + STEP, 2.0), (T0 + 14 * STEP, 1.0)]
+        );
+        let pool = Pool {
+            last: Some(StatsSnapshot {
+                requests: 100,
+                ..Default::default()
+            }),
+            mark: None,
+            last_ms: 10_000,
+            sampled: 0,
+            busy: VecDeque::new(),
+        };
+        assert!(
+            !restarts(&pool, 150, 15_000),
+            "the next tick closes a window"
+        );
+        assert!(restarts(&pool, 150, 60_000), "a gap starts over");
+        assert!(restarts(&pool, 0, 15_000), "a reset starts over");
+    }
+
+    #[test]
+    fn a_pool_no_environment_routes_to_goes_after_the_window() {
+        let r = router(2);
+        let f = Figures::new(r.clone());
+        f.sample_at(T0);
+        f.sample_at(T0 + STEP);
+        if let Err(e) = r.apply(&RoutingSpec { models: vec![] }) {
+            panic!("spec: {e}");
+        }
+        f.sample_at(T0 + 2 * STEP);
+        assert_eq!(
+            points(&f, "m0").len(),
+            1,
+            "kept while its points are recent"
+        );
+        f.sample_at(T0 + 2 * STEP + WINDOW.as_millis() as u64);
+        assert!(f.environment("m0", "production").deployments.is_empty());
     }
 
     #[test]
@@ -249,8 +491,7 @@ mod tests {
         let ttfb = p.p99_ttfb_ms.unwrap_or_default();
         assert!((9.0..11.0).contains(&ttfb), "ttfb {ttfb}");
         let idle = point(&now, &now, 5_000, 5.0);
-        assert_eq!(idle.requests_per_s, 0.0);
-        assert_eq!(idle.error_rate_percent, None);
-        assert_eq!(idle.p99_latency_ms, None);
+        assert_eq!(idle, empty_point(5_000));
+        assert!(is_empty(&idle));
     }
 }

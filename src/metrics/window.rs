@@ -147,6 +147,22 @@ impl PoolStats {
         self.shard().tpot.record(d);
     }
 
+    /// A few sums that move whenever a request, an error, a latency or a time to first byte
+    /// is recorded, so that a periodic reader can tell an idle pool without copying its
+    /// histograms (one sample of under 1 µs moves no sum; it shows with the next that does).
+    /// `None` while nothing was recorded.
+    pub fn mark(&self) -> Option<[u64; 4]> {
+        let shards = self.shards.get()?;
+        let mut m = [0u64; 4];
+        for s in shards.iter() {
+            m[0] = m[0].wrapping_add(s.requests.load(Ordering::Relaxed));
+            m[1] = m[1].wrapping_add(s.errors.load(Ordering::Relaxed));
+            m[2] = m[2].wrapping_add(s.latency.sum_us.load(Ordering::Relaxed));
+            m[3] = m[3].wrapping_add(s.ttfb.sum_us.load(Ordering::Relaxed));
+        }
+        Some(m)
+    }
+
     /// Sums the shards; cumulative since the pool appeared.
     pub fn snapshot(&self) -> StatsSnapshot {
         let mut out = StatsSnapshot::default();

@@ -136,6 +136,19 @@ impl Router {
         &self.metrics
     }
 
+    /// The metric handles of every pool an environment routes to (labels: model,
+    /// environment, deployment), taken in one pass under the build lock, for a reader that
+    /// visits them all: the dashboard's sampler. Pinned-only pools are left out.
+    pub fn environment_pools(&self) -> Vec<Arc<PoolMetrics>> {
+        let st = self.build.lock().unwrap_or_else(|e| e.into_inner());
+        st.models
+            .values()
+            .flat_map(|m| m.pools.iter())
+            .filter(|((env, _), _)| !env.is_empty())
+            .map(|(_, p)| p.clone())
+            .collect()
+    }
+
     /// The cumulative figures of one deployment as seen from one environment; zero while no
     /// snapshot has that pool.
     pub fn pool_stats(&self, model: &str, environment: &str, deployment: &str) -> StatsSnapshot {
