@@ -25,6 +25,7 @@ CONNECTIONS=${CONNECTIONS:-"8 64 256"}  # wrk -c, one HTTP/1.1 section per value
 SECTIONS=${SECTIONS:-"http1 post h2c tls hosts"}   # which comparisons to run
 ALSO=${ALSO-"streaming memory routing allocations"}  # other benches run after them ("" = none)
 HOST_MODELS=${HOST_MODELS:-10000}  # hosts section: models in the configuration, one Host each
+IDLE_SECONDS=${IDLE_SECONDS:-15}   # hosts section: how long the idle instance's CPU is counted
 H2_CLIENTS=${H2_CLIENTS:-16}    # h2load -c
 H2_STREAMS=${H2_STREAMS:-16}    # h2load -m (concurrent streams per connection)
 THREADS=${THREADS:-2}           # wrk -t
@@ -39,7 +40,7 @@ BASELINE_BIN=${BASELINE_BIN:-}  # another switchyard binary to measure alongside
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-for v in DURATION WARMUP ROUNDS THREADS WORKERS PORT_BASE H2_CLIENTS H2_STREAMS HOST_MODELS; do
+for v in DURATION WARMUP ROUNDS THREADS WORKERS PORT_BASE H2_CLIENTS H2_STREAMS HOST_MODELS IDLE_SECONDS; do
     [[ ${!v} =~ ^[0-9]+$ ]] || { echo "e2e: $v=${!v} is not a whole number" >&2; exit 2; }
 done
 for a in $ALSO; do
@@ -405,7 +406,15 @@ run_wrk() { # OUTFILE URL SECONDS (wrk -c from CONNECTIONS_NOW, a Host header fr
 
 for ((r = 1; r <= ROUNDS; r++)); do
     for sec in "${SECTION_LIST[@]}"; do
-        for t in ${SECTION_TARGETS[$sec]}; do
+        # Even rounds run the targets in reverse order, so that no target always runs right
+        # after another (whatever one run leaves behind, the next pays for).
+        order=(${SECTION_TARGETS[$sec]})
+        if ((r % 2 == 0)); then
+            for ((i = 0, j = ${#order[@]} - 1; i < j; i++, j--)); do
+                tmp=${order[i]}; order[i]=${order[j]}; order[j]=$tmp
+            done
+        fi
+        for t in "${order[@]}"; do
             case $sec in
                 c*) CONNECTIONS_NOW=${sec#c}; measure "$sec" "$t" "$r" wrk "${URL[http1/$t]}" "${PROC[http1/$t]:-}" ;;
                 post)
@@ -424,6 +433,17 @@ for ((r = 1; r <= ROUNDS; r++)); do
         done
     done
 done
+
+# What the 10,000-model instance costs while nothing is sent to it: its background work (the
+# dashboard's sampler, probes, the controller) must not grow with the configuration either.
+if has_section hosts; then
+    sleep 1
+    t0=$(cpu_ticks "$HOSTS_PID")
+    sleep "$IDLE_SECONDS"
+    t1=$(cpu_ticks "$HOSTS_PID")
+    HOSTS_IDLE_PCT=$(awk -v d="$((t1 - t0))" -v hz="$CLK_TCK" -v s="$IDLE_SECONDS" 'BEGIN { printf "%.1f", 100 * d / hz / s }')
+    HOSTS_RSS_MIB=$(awk '/^VmRSS:/ { printf "%.0f", $2 / 1024 }' "/proc/$HOSTS_PID/status")
+fi
 
 # ---------------------------------------------------------------------------------------------
 # Split, from switchyard's own metrics.
@@ -471,6 +491,8 @@ for sec in "${SECTION_LIST[@]}"; do
             "$(ratio "${MED_RPS[hosts/last]}" "${MED_RPS[hosts/first]}")" \
             "$(ratio "${MED_P99[hosts/last]}" "${MED_P99[hosts/first]}" 999)" \
             "$(ratio "${MED_CPU[hosts/last]}" "${MED_CPU[hosts/first]}")"
+        printf 'idle, with %d models: %s%% of one core over %ds, RSS %s MiB\n' \
+            "$HOST_MODELS" "$HOSTS_IDLE_PCT" "$IDLE_SECONDS" "$HOSTS_RSS_MIB"
         continue
     fi
     rr=$(ratio "${MED_RPS[$sec/switchyard]}" "${MED_RPS[$sec/nginx]}")
