@@ -20,7 +20,7 @@ set -euo pipefail
 
 DURATION=${DURATION:-10}        # seconds per measured wrk run
 WARMUP=${WARMUP:-2}             # seconds of warm-up before each measured run (0 = none)
-ROUNDS=${ROUNDS:-3}             # interleaved rounds (direct, nginx, switchyard)
+ROUNDS=${ROUNDS:-3}             # interleaved rounds (direct, nginx, switchyard; reversed in even rounds)
 CONNECTIONS=${CONNECTIONS:-"8 64 256"}  # wrk -c, one HTTP/1.1 section per value
 SECTIONS=${SECTIONS:-"http1 post h2c tls hosts"}   # which comparisons to run
 ALSO=${ALSO-"streaming memory routing allocations"}  # other benches run after them ("" = none)
@@ -136,9 +136,6 @@ parse_wrk() {
         printf "%.2f %.3f %.3f %d %d %d\n", rps, p50, p99, reqs, non2xx, se
     }' "$1"
 }
-
-
-
 
 cpu_busy_pct() { # CPU in use by anything over 1 s, from /proc/stat
     local a b
