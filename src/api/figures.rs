@@ -7,7 +7,7 @@
 //! histograms or store points for pools where nothing happened. An idle pool costs a few
 //! atomic loads per sample and one bit per window; only windows with traffic are stored.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -41,8 +41,10 @@ struct Pool {
     busy: VecDeque<FigurePoint>,
 }
 
-/// Pools by model, environment, deployment: looked up by name without allocating.
-type Pools = HashMap<String, HashMap<String, BTreeMap<String, Pool>>>;
+/// Pools by model, environment, then deployment (sorted by id): looked up by name without
+/// allocating. An environment has a few deployments, so a sorted `Vec` rather than a
+/// `BTreeMap`, whose first node alone is 2 kB with this `Pool`.
+type Pools = HashMap<String, HashMap<String, Vec<(String, Pool)>>>;
 
 struct Rings {
     /// Times of the last [`POINTS`] samples, oldest first.
@@ -211,7 +213,7 @@ impl Figures {
         }
         for envs in rings.pools.values_mut() {
             for deps in envs.values_mut() {
-                for pool in deps.values_mut() {
+                for (_, pool) in deps.iter_mut() {
                     pool.sampled = (pool.sampled << 1) & POINTS_MASK;
                 }
             }
@@ -230,11 +232,13 @@ impl Figures {
                     .entry(e.clone())
                     .or_default(),
             };
-            match deps.get_mut(d.as_str()) {
-                Some(pool) => pool.sample(&metrics.stats, at_ms),
+            match deps.iter_mut().find(|(id, _)| id == d) {
+                Some((_, pool)) => pool.sample(&metrics.stats, at_ms),
                 // The first sample of a pool is only the baseline of its first window.
                 None => {
-                    deps.insert(d.clone(), Pool::baseline(&metrics.stats, at_ms));
+                    deps.reserve_exact(1); // a first push would make room for four
+                    deps.push((d.clone(), Pool::baseline(&metrics.stats, at_ms)));
+                    deps.sort_by(|a, b| a.0.cmp(&b.0));
                 }
             }
         }
@@ -242,7 +246,7 @@ impl Figures {
         let oldest = at_ms.saturating_sub(u64::try_from(WINDOW.as_millis()).unwrap_or(0));
         rings.pools.retain(|_, envs| {
             envs.retain(|_, deps| {
-                deps.retain(|_, p| {
+                deps.retain_mut(|(_, p)| {
                     while p.busy.front().is_some_and(|b| b.at_ms < oldest_point) {
                         p.busy.pop_front();
                     }
@@ -357,7 +361,7 @@ mod tests {
         assert!(p.iter().all(|p| *p == empty_point(p.at_ms)), "{p:?}");
         let rings = f.rings.lock().unwrap_or_else(|e| e.into_inner());
         for deps in rings.pools.values().flat_map(|envs| envs.values()) {
-            for pool in deps.values() {
+            for (_, pool) in deps {
                 assert!(pool.busy.is_empty() && pool.last.is_none());
             }
         }
@@ -406,8 +410,8 @@ mod tests {
             .pools
             .values()
             .flat_map(|envs| envs.values())
-            .flat_map(|deps| deps.values())
-            .map(|pool| pool.busy.len())
+            .flatten()
+            .map(|(_, pool)| pool.busy.len())
             .sum();
         assert_eq!(busy, POINTS, "points older than the window are dropped");
     }

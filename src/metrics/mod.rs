@@ -148,7 +148,8 @@ impl Metrics {
                 environment.to_owned(),
                 deployment.to_owned(),
             ],
-            codes: (0..CODE_SLOTS).map(|_| OnceLock::new()).collect(),
+            codes: std::array::from_fn(|_| OnceLock::new()),
+            overflow_codes: Mutex::new(Vec::new()),
             stats: window::PoolStats::default(),
             removed: AtomicBool::new(false),
             in_flight: self.in_flight.with_label_values(&l),
@@ -197,14 +198,19 @@ impl Default for Metrics {
     }
 }
 
-/// Status codes 100..=599 each get a slot, resolved on first use.
-const CODE_SLOTS: usize = 500;
+/// Status codes a pool resolves its counter for once, in the order they first appear. A
+/// deployment answers with a handful of codes; a slot per possible code (500 of them) made
+/// this table 8 kB per pool, a third of what an idle model cost.
+const CODE_SLOTS: usize = 16;
 
 /// The metric children of one pool, resolved when the pool first appears in a snapshot and
 /// reused by every later snapshot that keeps it.
 pub struct PoolMetrics {
     labels: [String; 3],
-    codes: Box<[OnceLock<IntCounter>]>,
+    codes: [OnceLock<(u16, IntCounter)>; CODE_SLOTS],
+    /// Codes seen after every slot was taken: counted through the family's own lookup, and
+    /// remembered so that [`PoolMetrics::remove`] removes their series too.
+    overflow_codes: Mutex<Vec<u16>>,
     /// Counters and latency histograms: canary analysis windows, live views and the
     /// Prometheus latency families all read them.
     pub stats: window::PoolStats,
@@ -222,13 +228,25 @@ impl PoolMetrics {
     pub fn count_response(&self, status: http::StatusCode) {
         let code = status.as_u16();
         self.stats.response(code);
-        let slot = usize::from(code).wrapping_sub(100);
-        match self.codes.get(slot) {
-            Some(cell) => cell
-                .get_or_init(|| self.code_counter(status.as_str()))
-                .inc(),
-            None => self.code_counter(status.as_str()).inc(),
+        for cell in &self.codes {
+            // Slots fill in order and each is set once, so a code is in the first slot that
+            // is empty or holds it; two threads racing for a slot both see the winner's code.
+            let (c, counter) = cell.get_or_init(|| (code, self.code_counter(status.as_str())));
+            if *c == code {
+                counter.inc();
+                return;
+            }
         }
+        {
+            let mut seen = self
+                .overflow_codes
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if !seen.contains(&code) {
+                seen.push(code);
+            }
+        }
+        self.code_counter(status.as_str()).inc();
     }
 
     fn code_counter(&self, code: &str) -> IntCounter {
@@ -268,13 +286,66 @@ impl PoolMetrics {
                 .upstream_errors
                 .remove_label_values(&[l[0], l[1], l[2], k.as_str()]);
         }
-        for (slot, cell) in self.codes.iter().enumerate() {
-            if cell.get().is_some() {
-                let code = (slot + 100).to_string();
-                let _ = f
-                    .requests_total
-                    .remove_label_values(&[l[0], l[1], l[2], code.as_str()]);
+        let overflow = self
+            .overflow_codes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let codes = self
+            .codes
+            .iter()
+            .filter_map(|c| c.get().map(|(code, _)| *code));
+        for code in codes.chain(overflow) {
+            let code = code.to_string();
+            let _ = f
+                .requests_total
+                .remove_label_values(&[l[0], l[1], l[2], code.as_str()]);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn series(m: &Metrics, code: u16) -> Option<f64> {
+        let text = String::from_utf8(m.encode()).unwrap_or_default();
+        let name = format!(
+            "switchyard_requests_total{{code=\"{code}\",deployment=\"v1\",environment=\"production\",model=\"m\"}} "
+        );
+        text.lines()
+            .find_map(|l| l.strip_prefix(name.as_str()))
+            .and_then(|v| v.parse().ok())
+    }
+
+    #[test]
+    fn every_status_code_is_counted_and_removed_with_its_pool_beyond_the_slots() {
+        let m = Metrics::new();
+        let pool = m.pool("m", "production", "v1");
+        // More distinct codes than slots, from several threads, each code i+1 times.
+        let codes: Vec<u16> = (0..CODE_SLOTS as u16 + 8).map(|i| 200 + i).collect();
+        std::thread::scope(|s| {
+            for chunk in codes.chunks(5) {
+                let pool = &pool;
+                s.spawn(move || {
+                    for &c in chunk {
+                        for _ in 0..=(c - 200) {
+                            pool.count_response(http::StatusCode::from_u16(c).unwrap_or_default());
+                        }
+                    }
+                });
             }
+        });
+        for &c in &codes {
+            assert_eq!(series(&m, c), Some(f64::from(c - 199)), "code {c}");
+        }
+        assert_eq!(
+            pool.stats.snapshot().requests,
+            codes.iter().map(|c| u64::from(c - 199)).sum::<u64>()
+        );
+        pool.remove();
+        for &c in &codes {
+            assert_eq!(series(&m, c), None, "code {c} outlived its pool");
         }
     }
 }
