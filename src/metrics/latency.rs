@@ -112,11 +112,22 @@ impl Collector for LatencyCollector {
         };
         let mut families: Vec<Vec<proto::Metric>> = vec![Vec::new(); FAMILIES.len()];
         for p in &live {
+            // A series appears with its first sample, as a labelled child of a client
+            // library's histogram does: with 10,000 idle models, empty histograms were 630,000
+            // of a scrape's 710,000 lines.
+            if p.stats.mark().is_none() {
+                continue; // nothing recorded yet: no copy either
+            }
             let s = p.stats.snapshot();
             let labels = p.labels();
-            families[0].push(self.histogram(labels, &s.latency));
-            families[1].push(self.histogram(labels, &s.ttfb));
-            families[2].push(self.histogram(labels, &s.inter_chunk));
+            for (family, counts) in families
+                .iter_mut()
+                .zip([&s.latency, &s.ttfb, &s.inter_chunk])
+            {
+                if counts.count() > 0 {
+                    family.push(self.histogram(labels, counts));
+                }
+            }
         }
         FAMILIES
             .iter()
@@ -158,11 +169,21 @@ mod tests {
             format!(r#"switchyard_request_duration_seconds_sum{{{l}}} 0.745"#),
             format!(r#"switchyard_request_duration_seconds_count{{{l}}} 4"#),
             format!(r#"switchyard_time_to_first_byte_seconds_count{{{l}}} 1"#),
-            format!(r#"switchyard_inter_chunk_seconds_count{{{l}}} 0"#),
         ] {
             assert!(text.lines().any(|x| x == line), "no {line:?} in\n{text}");
         }
         assert!(text.contains("# TYPE switchyard_request_duration_seconds histogram"));
+        assert!(
+            !text.contains("switchyard_inter_chunk_seconds_count"),
+            "a histogram without samples has no series: {text}"
+        );
+        let idle = metrics.pool("m", "production", "v2");
+        let text = String::from_utf8(metrics.encode()).unwrap();
+        assert!(
+            !text.contains(r#"_seconds_count{deployment="v2""#),
+            "a pool that served nothing has no latency series: {text}"
+        );
+        drop(idle);
         pool.remove();
         let text = String::from_utf8(metrics.encode()).unwrap();
         assert!(!text.contains(r#"deployment="v1""#), "{text}");
