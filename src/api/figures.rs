@@ -113,8 +113,12 @@ fn point(now: &StatsSnapshot, earlier: &StatsSnapshot, at_ms: u64, secs: f64) ->
 /// not routed to for a while) the difference would lump minutes into one point, and after a
 /// reset (the pool was rebuilt) it would be wrong.
 fn restarts(pool: &Pool, requests: u64, at_ms: u64) -> bool {
-    at_ms.saturating_sub(pool.last_ms) > 2 * INTERVAL.as_millis() as u64
-        || requests < pool.last.as_ref().map_or(0, |l| l.requests)
+    is_gap(pool.last_ms, at_ms) || requests < pool.last.as_ref().map_or(0, |l| l.requests)
+}
+
+/// Whether two samples are too far apart to make one window (the sampler missed some).
+fn is_gap(last_ms: u64, at_ms: u64) -> bool {
+    at_ms.saturating_sub(last_ms) > 2 * INTERVAL.as_millis() as u64
 }
 
 impl Pool {
@@ -134,8 +138,7 @@ impl Pool {
     /// on by one.
     fn sample(&mut self, stats: &PoolStats, at_ms: u64) {
         let mark = stats.mark();
-        let gap = at_ms.saturating_sub(self.last_ms) > 2 * INTERVAL.as_millis() as u64;
-        if mark == self.mark && !gap {
+        if mark == self.mark && !is_gap(self.last_ms, at_ms) {
             // Nothing recorded since the last sample: an empty window, nothing copied.
             self.sampled |= 1;
             self.last_ms = at_ms;
@@ -144,17 +147,20 @@ impl Pool {
         let snap = mark.map(|_| stats.snapshot());
         let requests = snap.as_ref().map_or(0, |s| s.requests);
         if !restarts(self, requests, at_ms) {
-            let zero = StatsSnapshot::default;
-            let p = match (&snap, &self.last) {
-                (Some(now), Some(earlier)) => {
+            let p = match &snap {
+                Some(now) => {
                     let secs = at_ms.saturating_sub(self.last_ms) as f64 / 1000.0;
+                    let zero;
+                    let earlier = match &self.last {
+                        Some(e) => e,
+                        None => {
+                            zero = StatsSnapshot::default();
+                            &zero
+                        }
+                    };
                     point(now, earlier, at_ms, secs)
                 }
-                (Some(now), None) => {
-                    let secs = at_ms.saturating_sub(self.last_ms) as f64 / 1000.0;
-                    point(now, &zero(), at_ms, secs)
-                }
-                (None, _) => empty_point(at_ms),
+                None => empty_point(at_ms),
             };
             self.sampled |= 1;
             if !is_empty(&p) {
