@@ -50,6 +50,10 @@ const READ_SIZE: usize = 8 * 1024;
 const COPY_DATA: usize = 2 * 1024;
 /// Copied body data is written once this much waits, even if the body has more ready.
 const WRITE_HIGH: usize = 16 * 1024;
+/// A request body answered before it was read (an error, a replica that did not read it) is
+/// read and dropped up to this much, so that the connection stays usable for the next
+/// request, as nginx does; a longer one closes the connection.
+const DISCARD_LIMIT: u64 = 1024 * 1024;
 
 /// What a request is answered with: [`super::forward::proxy`] behind a closure.
 pub trait Serve {
@@ -108,6 +112,8 @@ struct Exchange {
     keep_alive: bool,
     /// The request body still arriving, and how it is delimited.
     feed: Option<(BodyFeed, BodyDecoder)>,
+    /// Bytes of the request body dropped after nobody would read them.
+    discarded: u64,
     /// The client asked to see `100 Continue` before it sends its body.
     expect_continue: bool,
     /// The client asked to switch protocols: where the switched connection goes.
@@ -377,6 +383,16 @@ where
                 StateProj::Done => {
                     std::task::ready!(this.write.poll_write(io, cx))?;
                     std::task::ready!(Pin::new(&mut *io).poll_flush(cx))?;
+                    // The response is out but the request body is not all in: `feed` (above)
+                    // reads and drops the rest, and the next request waits for it. The idle
+                    // watchdog bounds how long a client may take.
+                    if this.exchange.feed.is_some()
+                        && this.exchange.keep_alive
+                        && !*this.draining
+                        && this.exchange.upgrade.is_none()
+                    {
+                        return Poll::Pending;
+                    }
                     let exchange = std::mem::take(this.exchange);
                     if let Some(tx) = exchange.upgrade {
                         // A 101 went out: the connection is the replica's protocol's now.
@@ -452,7 +468,11 @@ fn feed<IO: AsyncRead + AsyncWrite + Unpin>(
             return Poll::Pending;
         };
         let mut slot = feed.lock();
-        if slot.receiver_gone() || !slot.wants(cx) {
+        if slot.receiver_gone() {
+            drop(slot);
+            return discard(io, read, exchange, read_closed, cx);
+        }
+        if !slot.wants(cx) {
             return Poll::Pending;
         }
         let (frame, last) = match decoder.decode(read) {
@@ -512,6 +532,63 @@ fn feed<IO: AsyncRead + AsyncWrite + Unpin>(
     }
 }
 
+/// The rest of a request body whose reader is gone: read and dropped, up to [`DISCARD_LIMIT`]
+/// in all. Past it, or if the body cannot end (the client closed, a malformed chunk), the
+/// connection is not kept. Ready only with a read error.
+fn discard<IO: AsyncRead + Unpin>(
+    io: &mut IO,
+    read: &mut BytesMut,
+    exchange: &mut Exchange,
+    read_closed: &mut bool,
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<()>> {
+    // No 100 Continue for a body nobody wants: a client still waiting for one sends nothing,
+    // so there is nothing to wait for either.
+    if std::mem::take(&mut exchange.expect_continue) {
+        exchange.keep_alive = false;
+    }
+    loop {
+        let Some((_, decoder)) = exchange.feed.as_mut() else {
+            return Poll::Pending;
+        };
+        let give_up = match decoder.decode(read) {
+            Ok(Decoded::Frame(frame)) => {
+                if let Some(data) = frame.data_ref() {
+                    exchange.discarded += data.len() as u64;
+                }
+                if decoder.is_done() {
+                    exchange.feed = None;
+                    continue;
+                }
+                exchange.discarded > DISCARD_LIMIT
+            }
+            Ok(Decoded::End) => {
+                exchange.feed = None;
+                continue;
+            }
+            Ok(Decoded::NeedMore) if *read_closed => true,
+            Ok(Decoded::NeedMore) if !exchange.keep_alive => true,
+            Ok(Decoded::NeedMore) => {
+                match std::task::ready!(poll_read(io, read, cx)) {
+                    Ok(0) => *read_closed = true,
+                    Ok(_) => {}
+                    Err(e) => {
+                        exchange.feed = None;
+                        exchange.keep_alive = false;
+                        return Poll::Ready(Err(e));
+                    }
+                }
+                continue;
+            }
+            Err(_) => true,
+        };
+        if give_up {
+            exchange.feed = None;
+            exchange.keep_alive = false;
+        }
+    }
+}
+
 /// Writes the response head into `write` and moves to writing its body.
 fn start_response<F>(
     write: &mut WriteBuf,
@@ -520,6 +597,17 @@ fn start_response<F>(
     mut state: Pin<&mut State<F>>,
 ) {
     let (parts, body) = resp.into_parts();
+    if let Some((_, decoder)) = &exchange.feed {
+        // Answered before its body was all in: say now whether the connection stays, since
+        // the client may be told nothing later. It does not if the client still waits for a
+        // 100 Continue (it may never send the body), or if what is left is known to be more
+        // than would be worth discarding should nobody read it (the replica may still, while
+        // it answers: that exchange goes on to its end either way).
+        let unread = decoder.size_hint().lower();
+        if exchange.expect_continue || unread > DISCARD_LIMIT.saturating_sub(exchange.discarded) {
+            exchange.keep_alive = false;
+        }
+    }
     // The client no longer gets a 100 Continue once its answer is out.
     exchange.expect_continue = false;
     let status = parts.status;
@@ -786,6 +874,7 @@ fn parse_request(read: &mut BytesMut, scratch: &mut HeadScratch) -> Parsed {
         head_request: method == Method::HEAD,
         keep_alive,
         feed: None,
+        discarded: 0,
         expect_continue: false,
         upgrade: None,
     };

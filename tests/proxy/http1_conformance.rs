@@ -1,7 +1,8 @@
 //! The proxy's own HTTP/1.1 server (src/proxy/http1.rs) against raw clients: a head it cannot
 //! take gets the status that names the fault and a closed connection; `Expect: 100-continue`,
 //! HEAD, HTTP/1.0 keep-alive and close-delimited bodies behave as RFC 9112 says; a sized
-//! response's head waits for its body, a streamed one's does not.
+//! response's head waits for its body, a streamed one's does not; a request answered before
+//! its body was read keeps its connection, or is told it will not.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -51,6 +52,27 @@ async fn read_until(s: &mut TcpStream, want: &str) -> String {
         }
     }
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Reads one response with a `content-length` (head and body), and nothing after it.
+async fn read_sized(s: &mut TcpStream) -> String {
+    let head = read_until(s, "\r\n\r\n").await;
+    let length = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length: ")
+                .map(str::to_owned)
+        })
+        .and_then(|n| n.trim().parse::<usize>().ok())
+        .unwrap_or_else(|| panic!("no response with a content-length: {head:?}"));
+    let have = head.len() - head.find("\r\n\r\n").map_or(head.len(), |i| i + 4);
+    let mut body = vec![0u8; length.saturating_sub(have)];
+    tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut body))
+        .await
+        .unwrap_or_else(|_| panic!("the body of {head:?} did not come"))
+        .unwrap();
+    head + &String::from_utf8_lossy(&body)
 }
 
 #[tokio::test]
@@ -166,6 +188,83 @@ async fn expect_100_continue_is_answered_before_the_body_is_sent() {
     assert!(out.starts_with("HTTP/1.1 200 OK\r\n"), "{out}");
     assert!(out.ends_with("/upload got hello"), "{out}");
     proxy.shutdown().await;
+}
+
+/// RFC 9110 10.1.1: a server that answers before it read the whole request body says whether
+/// it closes the connection or reads on. The proxy reads on and drops the rest (nginx does the
+/// same) up to 1 MiB, so a client's next request on the connection works; it says
+/// `Connection: close` when the rest is known to be longer, or when the client still waits
+/// for a 100 Continue and may never send it.
+#[tokio::test]
+async fn a_request_answered_before_its_body_was_read_keeps_its_connection_or_is_told() {
+    // A replica that answers without reading the body, and a port where nothing listens (the
+    // proxy's own 502, also without reading it).
+    let early = upstream(|_req| async { Response::new(full("early")) }).await;
+    let closed = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let nowhere = closed.local_addr().unwrap();
+    drop(closed);
+    for (name, addr) in [("replica", early.addr), ("refused", nowhere)] {
+        let proxy = start(settings(spec(&[("v1", vec![addr], 100)])));
+        let mut s = TcpStream::connect(proxy.listen_addr).await.unwrap();
+        // Half the body, then the answer, then the rest of it and a second request.
+        s.write_all(b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nhello")
+            .await
+            .unwrap();
+        let first = read_sized(&mut s).await;
+        // The status class: a refused replica's 502 becomes a 503 once it is ejected.
+        let status = first.get(..10).unwrap_or_default().to_owned();
+        assert!(status.starts_with("HTTP/1.1 "), "{name}: {first:?}");
+        assert!(
+            !first.to_ascii_lowercase().contains("connection: close"),
+            "{name}: {first}"
+        );
+        s.write_all(b"worldGET /b HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let second = read_sized(&mut s).await;
+        assert!(
+            second.starts_with(&status),
+            "{name}: the connection did not serve the next request: {second:?}"
+        );
+
+        // Too long to be worth reading: told, and closed.
+        let mut s = TcpStream::connect(proxy.listen_addr).await.unwrap();
+        s.write_all(b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 2000000\r\n\r\nhello")
+            .await
+            .unwrap();
+        let out = read_until(&mut s, "never comes").await;
+        assert!(out.starts_with(&status), "{name}: {out}");
+        assert!(out.contains("connection: close\r\n"), "{name}: {out}");
+
+        // A client waiting for 100 Continue before it sends its body. Sent to a replica, the
+        // body was asked for (the 100 went out), so it comes and the connection stays; refused
+        // at once, it was never asked for: told, and closed.
+        let mut s = TcpStream::connect(proxy.listen_addr).await.unwrap();
+        s.write_all(
+            b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n",
+        )
+        .await
+        .unwrap();
+        if name == "replica" {
+            let out = read_until(&mut s, "\r\n\r\nearly").await;
+            let answer = out.strip_prefix("HTTP/1.1 100 Continue\r\n\r\n");
+            assert!(
+                answer.is_some_and(|a| a.starts_with(&status)),
+                "{name}: {out}"
+            );
+            assert!(!out.contains("connection: close"), "{name}: {out}");
+            s.write_all(b"helloGET /b HTTP/1.1\r\nHost: x\r\n\r\n")
+                .await
+                .unwrap();
+            let next = read_sized(&mut s).await;
+            assert!(next.starts_with(&status), "{name}: {next:?}");
+        } else {
+            let out = read_until(&mut s, "never comes").await;
+            assert!(out.starts_with(&status), "{name}: {out}");
+            assert!(out.contains("connection: close\r\n"), "{name}: {out}");
+        }
+        proxy.shutdown().await;
+    }
 }
 
 #[tokio::test]

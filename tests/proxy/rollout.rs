@@ -200,7 +200,12 @@ pub(crate) fn start_load(
                     let resp = match c.send_request(req).await {
                         Ok(r) => r,
                         Err(e) => {
-                            load.failures.lock().unwrap().push(format!("send: {e}"));
+                            // hyper's Display leaves out the cause ("connection was not
+                            // ready", ...), which is what tells one failure from another.
+                            load.failures
+                                .lock()
+                                .unwrap()
+                                .push(format!("send: {e} ({e:?})"));
                             c = h1(addr).await;
                             continue;
                         }
@@ -239,7 +244,7 @@ pub(crate) fn start_load(
                             load.failures
                                 .lock()
                                 .unwrap()
-                                .push(format!("body from {dep}: {e}"));
+                                .push(format!("body from {dep}: {e} ({e:?})"));
                             c = h1(addr).await;
                         }
                     }
