@@ -195,6 +195,10 @@ impl H1 {
                 http::HeaderValue::from_static("test.local"),
             );
         }
+        // hyper takes a request only once its connection task has finished the previous
+        // exchange (or it fails it at once with "operation was canceled: connection was not
+        // ready"): a client that sends right after reading a body can get there first.
+        self.0.ready().await?;
         self.0.send_request(req).await
     }
 }
