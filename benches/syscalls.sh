@@ -79,7 +79,11 @@ PIDS+=($SY_PID)
 wait_http "$SCHEME://127.0.0.1:$P_NGINX/" 10 || die "nginx proxy did not answer: $(tail -3 "$WORK/proxy-error.log")"
 wait_http "http://127.0.0.1:$P_ADMIN/readyz" 10 "$SY_PID" || die "switchyard did not answer: $(tail -3 "$WORK/switchyard.log")"
 
-EVENTS=raw_syscalls:sys_enter,syscalls:sys_enter_recvfrom,syscalls:sys_enter_read,syscalls:sys_enter_sendto,syscalls:sys_enter_write,syscalls:sys_enter_writev,syscalls:sys_enter_epoll_wait,context-switches
+# Every call that moves socket bytes counts as a read or a write: nginx reads a response body
+# that comes after its head with readv (its buffering pipe), which recvfrom and read alone miss.
+READS=syscalls:sys_enter_recvfrom,syscalls:sys_enter_read,syscalls:sys_enter_readv,syscalls:sys_enter_recvmsg
+WRITES=syscalls:sys_enter_sendto,syscalls:sys_enter_write,syscalls:sys_enter_writev,syscalls:sys_enter_sendmsg
+EVENTS=raw_syscalls:sys_enter,$READS,$WRITES,syscalls:sys_enter_epoll_wait,context-switches
 ticks() { # PID,PID...: user and system clock ticks of those processes
     local p u=0 s=0 a b
     for p in ${1//,/ }; do
@@ -88,13 +92,21 @@ ticks() { # PID,PID...: user and system clock ticks of those processes
     done
     echo "$u $s"
 }
+switches() { # PID,PID...: context switches of those processes so far, voluntary and not
+    local p n=0
+    for p in ${1//,/ }; do
+        n=$((n + $(awk '/^(non)?voluntary_ctxt_switches:/ { s += $2 } END { print s }' "/proc/$p/status")))
+    done
+    echo "$n"
+}
 
 measure() { # NAME PORT PIDS: one counted wrk run, one line of figures per request
-    local name=$1 port=$2 pids=$3 u0 s0 u1 s1 up_u0 up_s0 up_u1 up_s1 reqs
+    local name=$1 port=$2 pids=$3 u0 s0 u1 s1 up_u0 up_s0 up_u1 up_s1 up_sw0 up_sw1 reqs
     timeout 60 wrk "${WRK_SCRIPT[@]}" -t2 -c"$CONNECTIONS" -d2s "$SCHEME://127.0.0.1:$port/" >/dev/null ||
         die "$name: warm-up failed"
     read -r u0 s0 < <(ticks "$pids")
     read -r up_u0 up_s0 < <(ticks "$UPSTREAM_PIDS")
+    up_sw0=$(switches "$UPSTREAM_PIDS")
     nstat -n >/dev/null
     timeout $((DURATION + 60)) perf stat -x, -e "$EVENTS" -p "$pids" -- \
         wrk "${WRK_SCRIPT[@]}" -t2 -c"$CONNECTIONS" -d"${DURATION}s" "$SCHEME://127.0.0.1:$port/" \
@@ -102,13 +114,14 @@ measure() { # NAME PORT PIDS: one counted wrk run, one line of figures per reque
     nstat >"$WORK/$name.nstat"
     read -r u1 s1 < <(ticks "$pids")
     read -r up_u1 up_s1 < <(ticks "$UPSTREAM_PIDS")
+    up_sw1=$(switches "$UPSTREAM_PIDS")
     reqs=$(awk '/ requests in / { print $1 }' "$WORK/$name.wrk")
     [[ $reqs =~ ^[0-9]+$ ]] && ((reqs > 0)) || die "$name: wrk served no requests: $(cat "$WORK/$name.wrk")"
     grep -q 'Socket errors' "$WORK/$name.wrk" && log "$name: $(grep 'Socket errors' "$WORK/$name.wrk")"
     local hz
     hz=$(getconf CLK_TCK)
     awk -F, -v n="$reqs" -v name="$name" -v us=$(((u1 - u0) * 1000000 / hz)) -v ss=$(((s1 - s0) * 1000000 / hz)) \
-        -v ups=$(((up_u1 - up_u0 + up_s1 - up_s0) * 1000000 / hz)) \
+        -v ups=$(((up_u1 - up_u0 + up_s1 - up_s0) * 1000000 / hz)) -v upsw=$((up_sw1 - up_sw0)) \
         -v nstat="$WORK/$name.nstat" '
         { c[$3] = $1 }
         END {
@@ -117,20 +130,23 @@ measure() { # NAME PORT PIDS: one counted wrk run, one line of figures per reque
                 if (f[1] == "TcpOutSegs") segs = f[2]
                 if (f[1] == "TcpExtTCPOrigDataSent") data = f[2]
             }
-            rd = c["syscalls:sys_enter_recvfrom"] + c["syscalls:sys_enter_read"]
-            wr = c["syscalls:sys_enter_sendto"] + c["syscalls:sys_enter_write"] + c["syscalls:sys_enter_writev"]
-            printf "%-11s %8d %9.3f %7.3f %7.3f %7.3f %8.3f %7.3f %7.3f %8.2f %8.2f %9.2f\n", name, n,
+            rd = c["syscalls:sys_enter_recvfrom"] + c["syscalls:sys_enter_read"] + \
+                c["syscalls:sys_enter_readv"] + c["syscalls:sys_enter_recvmsg"]
+            wr = c["syscalls:sys_enter_sendto"] + c["syscalls:sys_enter_write"] + \
+                c["syscalls:sys_enter_writev"] + c["syscalls:sys_enter_sendmsg"]
+            printf "%-11s %8d %9.3f %7.3f %7.3f %7.3f %8.3f %7.3f %7.3f %8.2f %8.2f %9.2f %9.3f\n", name, n,
                 c["raw_syscalls:sys_enter"] / n, rd / n, wr / n, c["syscalls:sys_enter_epoll_wait"] / n,
-                c["context-switches"] / n, data / n, segs / n, us / n, ss / n, ups / n
+                c["context-switches"] / n, data / n, segs / n, us / n, ss / n, ups / n, upsw / n
         }' "$WORK/$name.perf"
 }
 
 echo
 echo "== per proxied request, $METHOD over $SCHEME, wrk -t2 -c$CONNECTIONS, ${DURATION}s, $WORKERS workers each =="
 echo "   (segments: TCP segments sent by every process on the machine, wrk and upstream included;"
-echo "    upstr. µs: the upstream nginx's CPU, user and system, per request through this proxy)"
-printf "%-11s %8s %9s %7s %7s %7s %8s %7s %7s %8s %8s %9s\n" proxy requests syscalls reads writes epoll \
-    switches data segs "user µs" "sys µs" "upstr. µs"
+echo "    upstr. µs, upstr. sw: the upstream nginx's CPU, user and system, and its context switches,"
+echo "    per request through this proxy)"
+printf "%-11s %8s %9s %7s %7s %7s %8s %7s %7s %8s %8s %9s %9s\n" proxy requests syscalls reads writes epoll \
+    switches data segs "user µs" "sys µs" "upstr. µs" "upstr. sw"
 UPSTREAM_PIDS=$(pgrep -d, -P "$(cat "$WORK/upstream.pid")") || die "no upstream nginx worker found"
 for ((r = 1; r <= ROUNDS; r++)); do
     measure nginx "$P_NGINX" "$(pgrep -d, -P "$(cat "$WORK/proxy.pid")")"
