@@ -227,6 +227,28 @@ async fn a_request_answered_before_its_body_was_read_keeps_its_connection_or_is_
             "{name}: the connection did not serve the next request: {second:?}"
         );
 
+        // The same with a chunked body (its end is known only from its last chunk).
+        let mut s = TcpStream::connect(proxy.listen_addr).await.unwrap();
+        s.write_all(
+            b"POST /a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n",
+        )
+        .await
+        .unwrap();
+        let first = read_sized(&mut s).await;
+        assert!(first.starts_with(&status), "{name}: chunked: {first:?}");
+        assert!(
+            !first.to_ascii_lowercase().contains("connection: close"),
+            "{name}: chunked: {first}"
+        );
+        s.write_all(b"5\r\nworld\r\n0\r\n\r\nGET /b HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let second = read_sized(&mut s).await;
+        assert!(
+            second.starts_with(&status),
+            "{name}: chunked: the connection did not serve the next request: {second:?}"
+        );
+
         // Too long to be worth reading: told, and closed.
         let mut s = TcpStream::connect(proxy.listen_addr).await.unwrap();
         s.write_all(b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 2000000\r\n\r\nhello")
