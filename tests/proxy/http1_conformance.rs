@@ -205,49 +205,46 @@ async fn a_request_answered_before_its_body_was_read_keeps_its_connection_or_is_
     drop(closed);
     for (name, addr) in [("replica", early.addr), ("refused", nowhere)] {
         let proxy = start(settings(spec(&[("v1", vec![addr], 100)])));
-        let mut s = TcpStream::connect(proxy.listen_addr).await.unwrap();
-        // Half the body, then the answer, then the rest of it and a second request.
-        s.write_all(b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nhello")
-            .await
-            .unwrap();
-        let first = read_sized(&mut s).await;
-        // The status class: a refused replica's 502 becomes a 503 once it is ejected.
-        let status = first.get(..10).unwrap_or_default().to_owned();
-        assert!(status.starts_with("HTTP/1.1 "), "{name}: {first:?}");
-        assert!(
-            !first.to_ascii_lowercase().contains("connection: close"),
-            "{name}: {first}"
-        );
-        s.write_all(b"worldGET /b HTTP/1.1\r\nHost: x\r\n\r\n")
-            .await
-            .unwrap();
-        let second = read_sized(&mut s).await;
-        assert!(
-            second.starts_with(&status),
-            "{name}: the connection did not serve the next request: {second:?}"
-        );
-
-        // The same with a chunked body (its end is known only from its last chunk).
-        let mut s = TcpStream::connect(proxy.listen_addr).await.unwrap();
-        s.write_all(
-            b"POST /a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n",
-        )
-        .await
-        .unwrap();
-        let first = read_sized(&mut s).await;
-        assert!(first.starts_with(&status), "{name}: chunked: {first:?}");
-        assert!(
-            !first.to_ascii_lowercase().contains("connection: close"),
-            "{name}: chunked: {first}"
-        );
-        s.write_all(b"5\r\nworld\r\n0\r\n\r\nGET /b HTTP/1.1\r\nHost: x\r\n\r\n")
-            .await
-            .unwrap();
-        let second = read_sized(&mut s).await;
-        assert!(
-            second.starts_with(&status),
-            "{name}: chunked: the connection did not serve the next request: {second:?}"
-        );
+        // Half the body, then the answer, then the rest of it and a second request: sized,
+        // then chunked (whose end is known only from its last chunk).
+        let mut status = String::new();
+        let bodies: [(&str, &[u8], &[u8]); 2] = [
+            (
+                "sized",
+                b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nhello",
+                b"world",
+            ),
+            (
+                "chunked",
+                b"POST /a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n",
+                b"5\r\nworld\r\n0\r\n\r\n",
+            ),
+        ];
+        for (body, head, rest) in bodies {
+            let mut s = TcpStream::connect(proxy.listen_addr).await.unwrap();
+            s.write_all(head).await.unwrap();
+            let first = read_sized(&mut s).await;
+            // The status class: a refused replica's 502 becomes a 503 once it is ejected.
+            if status.is_empty() {
+                status = first.get(..10).unwrap_or_default().to_owned();
+            }
+            assert!(
+                status.starts_with("HTTP/1.1 ") && first.starts_with(&status),
+                "{name} {body}: {first:?}"
+            );
+            assert!(
+                !first.to_ascii_lowercase().contains("connection: close"),
+                "{name} {body}: {first}"
+            );
+            s.write_all(&[rest, b"GET /b HTTP/1.1\r\nHost: x\r\n\r\n"].concat())
+                .await
+                .unwrap();
+            let second = read_sized(&mut s).await;
+            assert!(
+                second.starts_with(&status),
+                "{name} {body}: the connection did not serve the next request: {second:?}"
+            );
+        }
 
         // Too long to be worth reading: told, and closed.
         let mut s = TcpStream::connect(proxy.listen_addr).await.unwrap();
