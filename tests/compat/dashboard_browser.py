@@ -153,9 +153,9 @@ def main():
     driver = None
     try:
         demo.start()
-        # Four clients: with one, v3 got about 15 requests per analysis
-        # interval, and 0.7^15 (0.5 %) of the time none of them failed, so v3 passed. Step 6
-        # also asks for 20 per interval, so that a slow spell is inconclusive, not a pass.
+        # Four clients: with one, v3 got about 15 requests per analysis interval, and 0.7^15
+        # (0.5 %) of the time none of them failed, so v3 passed. Step 6 also asks for 20 per
+        # interval, so that a slow spell is inconclusive, not a pass.
         for _ in range(4):
             threading.Thread(target=traffic, args=(f"http://127.0.0.1:{proxy_port}", stop_traffic),
                              daemon=True).start()
