@@ -20,6 +20,7 @@ use std::future::Future;
 use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderValue};
@@ -50,10 +51,13 @@ const READ_SIZE: usize = 8 * 1024;
 const COPY_DATA: usize = 2 * 1024;
 /// Copied body data is written once this much waits, even if the body has more ready.
 const WRITE_HIGH: usize = 16 * 1024;
-/// A request body answered before it was read (an error, a replica that did not read it) is
-/// read and dropped up to this much, so that the connection stays usable for the next
-/// request, as nginx does; a longer one closes the connection.
-const DISCARD_LIMIT: u64 = 1024 * 1024;
+/// A connection closed while its client may still be sending (a request body answered before
+/// it was all in, a head refused) is shut for writing and then read and dropped until the
+/// client closes too, or sends nothing for this long (nginx's `lingering_timeout`). Closing at
+/// once would reset the connection under a client still writing, and many clients (Python's
+/// `http.client` and `requests` among them) then report a broken pipe instead of the answer.
+/// The idle watchdog (`client_header_timeout`) bounds the whole wait, as `lingering_time` does.
+const LINGER_IDLE: Duration = Duration::from_secs(5);
 
 /// What a request is answered with: [`super::forward::proxy`] behind a closure.
 pub trait Serve {
@@ -101,6 +105,9 @@ pin_project! {
         Body { body: ProxyBody, out: Out, hold: bool },
         /// The response is written (and flushed); what next depends on keep-alive.
         Done,
+        /// Closing while the client may still send: the write side is shut (`shut`), and what
+        /// comes is read and dropped until the client closes or is quiet for [`LINGER_IDLE`].
+        Linger { shut: bool, quiet: Option<Pin<Box<tokio::time::Sleep>>> },
     }
 }
 
@@ -112,8 +119,9 @@ struct Exchange {
     keep_alive: bool,
     /// The request body still arriving, and how it is delimited.
     feed: Option<(BodyFeed, BodyDecoder)>,
-    /// Bytes of the request body dropped after nobody would read them.
-    discarded: u64,
+    /// The request body was given up before its end (or the head refused) while the client
+    /// may still be sending it: the connection lingers before it closes.
+    rest_unread: bool,
     /// The client asked to see `100 Continue` before it sends its body.
     expect_continue: bool,
     /// The client asked to switch protocols: where the switched connection goes.
@@ -289,6 +297,8 @@ where
                                 // The head cannot be taken: answer and close.
                                 *this.exchange = Exchange {
                                     version: Some(Version::HTTP_11),
+                                    // The client may still be sending the head (or a body).
+                                    rest_unread: !*this.read_closed,
                                     ..Exchange::default()
                                 };
                                 this.read.clear();
@@ -405,12 +415,57 @@ where
                     }
                     // A request body not read to its end leaves bytes that are not a head.
                     if !exchange.keep_alive || exchange.feed.is_some() || *this.draining {
+                        if (exchange.feed.is_some() || exchange.rest_unread)
+                            && !*this.read_closed
+                            && !*this.draining
+                        {
+                            this.state.set(State::Linger {
+                                shut: false,
+                                quiet: None,
+                            });
+                            continue;
+                        }
                         return Poll::Ready(match Pin::new(io).poll_shutdown(cx) {
                             Poll::Ready(r) => r,
                             Poll::Pending => Ok(()),
                         });
                     }
                     this.state.set(State::Head);
+                }
+                StateProj::Linger { shut, quiet } => {
+                    if !*shut {
+                        match std::task::ready!(Pin::new(&mut *io).poll_shutdown(cx)) {
+                            Ok(()) => *shut = true,
+                            Err(_) => return Poll::Ready(Ok(())),
+                        }
+                    }
+                    // A drain ends the wait: the worker is going away.
+                    if *this.draining {
+                        return Poll::Ready(Ok(()));
+                    }
+                    let mut heard = false;
+                    loop {
+                        this.read.clear();
+                        match poll_read(io, this.read, cx) {
+                            Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
+                                this.read.clear();
+                                return Poll::Ready(Ok(()));
+                            }
+                            Poll::Ready(Ok(_)) => heard = true,
+                            Poll::Pending => break,
+                        }
+                    }
+                    let quiet =
+                        quiet.get_or_insert_with(|| Box::pin(tokio::time::sleep(LINGER_IDLE)));
+                    if heard {
+                        quiet
+                            .as_mut()
+                            .reset(tokio::time::Instant::now() + LINGER_IDLE);
+                    }
+                    if quiet.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(Ok(()));
+                    }
+                    return Poll::Pending;
                 }
             }
         }
@@ -532,9 +587,11 @@ fn feed<IO: AsyncRead + AsyncWrite + Unpin>(
     }
 }
 
-/// The rest of a request body whose reader is gone: read and dropped, up to [`DISCARD_LIMIT`]
-/// in all. Past it, or if the body cannot end (the client closed, a malformed chunk), the
-/// connection is not kept. Ready only with a read error.
+/// The rest of a request body whose reader is gone: read and dropped to its end, however long,
+/// as nginx does, so that the connection serves the next request. The idle watchdog bounds how
+/// long the client may take. A connection that is not kept anyway, or a body that cannot end
+/// (the client closed, a malformed chunk), is given up here; the connection then lingers
+/// before it closes. Ready only with a read error.
 fn discard<IO: AsyncRead + Unpin>(
     io: &mut IO,
     read: &mut BytesMut,
@@ -552,15 +609,11 @@ fn discard<IO: AsyncRead + Unpin>(
             return Poll::Pending;
         };
         let give_up = match decoder.decode(read) {
-            Ok(Decoded::Frame(frame)) => {
-                if let Some(data) = frame.data_ref() {
-                    exchange.discarded += data.len() as u64;
-                }
+            Ok(Decoded::Frame(_)) => {
                 if decoder.is_done() {
                     exchange.feed = None;
-                    continue;
                 }
-                exchange.discarded > DISCARD_LIMIT
+                continue;
             }
             Ok(Decoded::End) => {
                 exchange.feed = None;
@@ -585,6 +638,7 @@ fn discard<IO: AsyncRead + Unpin>(
         if give_up {
             exchange.feed = None;
             exchange.keep_alive = false;
+            exchange.rest_unread = !*read_closed;
         }
     }
 }
@@ -597,16 +651,13 @@ fn start_response<F>(
     mut state: Pin<&mut State<F>>,
 ) {
     let (parts, body) = resp.into_parts();
-    if let Some((_, decoder)) = &exchange.feed {
-        // Answered before its body was all in: say now whether the connection stays, since
-        // the client may be told nothing later. It does not if the client still waits for a
-        // 100 Continue (it may never send the body), or if what is left is known to be more
-        // than would be worth discarding should nobody read it (the replica may still, while
-        // it answers: that exchange goes on to its end either way).
-        let unread = decoder.size_hint().lower();
-        if exchange.expect_continue || unread > DISCARD_LIMIT.saturating_sub(exchange.discarded) {
-            exchange.keep_alive = false;
-        }
+    // Answered before its body was all in (RFC 9110 10.1.1: say now whether the connection
+    // stays, since the client may be told nothing later): the rest is read and dropped and
+    // the connection stays, unless the client still waits for a 100 Continue and so may never
+    // send the body. It is told `Connection: close`, and the connection lingers in case it
+    // sends the body all the same.
+    if exchange.feed.is_some() && exchange.expect_continue {
+        exchange.keep_alive = false;
     }
     // The client no longer gets a 100 Continue once its answer is out.
     exchange.expect_continue = false;
@@ -874,7 +925,7 @@ fn parse_request(read: &mut BytesMut, scratch: &mut HeadScratch) -> Parsed {
         head_request: method == Method::HEAD,
         keep_alive,
         feed: None,
-        discarded: 0,
+        rest_unread: false,
         expect_continue: false,
         upgrade: None,
     };

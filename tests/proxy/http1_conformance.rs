@@ -2,7 +2,8 @@
 //! take gets the status that names the fault and a closed connection; `Expect: 100-continue`,
 //! HEAD, HTTP/1.0 keep-alive and close-delimited bodies behave as RFC 9112 says; a sized
 //! response's head waits for its body, a streamed one's does not; a request answered before
-//! its body was read keeps its connection, or is told it will not.
+//! its body was read keeps its connection, or is told it will not, and a client still sending
+//! is never reset.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -191,10 +192,10 @@ async fn expect_100_continue_is_answered_before_the_body_is_sent() {
 }
 
 /// RFC 9110 10.1.1: a server that answers before it read the whole request body says whether
-/// it closes the connection or reads on. The proxy reads on and drops the rest (nginx does the
-/// same) up to 1 MiB, so a client's next request on the connection works; it says
-/// `Connection: close` when the rest is known to be longer, or when the client still waits
-/// for a 100 Continue and may never send it.
+/// it closes the connection or reads on. The proxy reads on and drops the rest, however long
+/// (nginx does the same), so a client's next request on the connection works; it says
+/// `Connection: close` only when the client still waits for a 100 Continue and may never send
+/// the body.
 #[tokio::test]
 async fn a_request_answered_before_its_body_was_read_keeps_its_connection_or_is_told() {
     // A replica that answers without reading the body, and a port where nothing listens (the
@@ -203,12 +204,25 @@ async fn a_request_answered_before_its_body_was_read_keeps_its_connection_or_is_
     let closed = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let nowhere = closed.local_addr().unwrap();
     drop(closed);
+    // 4 MB of body after the answer: more than the socket buffers hold, so the proxy must
+    // read it for the client to get it all out.
+    let long = vec![b'x'; 4_000_000];
+    let long_chunked = [
+        format!("{:x}\r\n", long.len()).as_bytes(),
+        &long,
+        b"\r\n0\r\n\r\n",
+    ]
+    .concat();
     for (name, addr) in [("replica", early.addr), ("refused", nowhere)] {
         let proxy = start(settings(spec(&[("v1", vec![addr], 100)])));
         // Half the body, then the answer, then the rest of it and a second request: sized,
-        // then chunked (whose end is known only from its last chunk).
+        // then chunked (whose end is known only from its last chunk); short, then long.
         let mut status = String::new();
-        let bodies: [(&str, &[u8], &[u8]); 2] = [
+        let long_sized = format!(
+            "POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\nhello",
+            5 + long.len()
+        );
+        let bodies: [(&str, &[u8], &[u8]); 4] = [
             (
                 "sized",
                 b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nhello",
@@ -218,6 +232,12 @@ async fn a_request_answered_before_its_body_was_read_keeps_its_connection_or_is_
                 "chunked",
                 b"POST /a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n",
                 b"5\r\nworld\r\n0\r\n\r\n",
+            ),
+            ("long sized", long_sized.as_bytes(), &long),
+            (
+                "long chunked",
+                b"POST /a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n",
+                &long_chunked,
             ),
         ];
         for (body, head, rest) in bodies {
@@ -246,15 +266,6 @@ async fn a_request_answered_before_its_body_was_read_keeps_its_connection_or_is_
             );
         }
 
-        // Too long to be worth reading: told, and closed.
-        let mut s = TcpStream::connect(proxy.listen_addr).await.unwrap();
-        s.write_all(b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 2000000\r\n\r\nhello")
-            .await
-            .unwrap();
-        let out = read_until(&mut s, "never comes").await;
-        assert!(out.starts_with(&status), "{name}: {out}");
-        assert!(out.contains("connection: close\r\n"), "{name}: {out}");
-
         // A client waiting for 100 Continue before it sends its body. Sent to a replica, the
         // body was asked for (the 100 went out), so it comes and the connection stays; refused
         // at once, it was never asked for: told, and closed.
@@ -278,12 +289,96 @@ async fn a_request_answered_before_its_body_was_read_keeps_its_connection_or_is_
             let next = read_sized(&mut s).await;
             assert!(next.starts_with(&status), "{name}: {next:?}");
         } else {
-            let out = read_until(&mut s, "never comes").await;
+            let out = read_sized(&mut s).await;
             assert!(out.starts_with(&status), "{name}: {out}");
             assert!(out.contains("connection: close\r\n"), "{name}: {out}");
+            // Clients that waited long enough send the body anyway (curl after a second):
+            // the proxy reads it and then closes cleanly, without a reset.
+            s.write_all(b"hello").await.unwrap();
+            s.shutdown().await.unwrap();
+            let mut after = Vec::new();
+            let end = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut after))
+                .await
+                .expect("the proxy did not close");
+            assert!(end.is_ok() && after.is_empty(), "{name}: {end:?} {after:?}");
         }
         proxy.shutdown().await;
     }
+}
+
+/// A client that writes its whole request before it reads (as Python's `http.client`, and so
+/// `requests`, do) gets an early answer, not a broken pipe, however long the body: the proxy
+/// reads the body to its end, then serves the next request, or, when the client asked for
+/// `Connection: close`, closes without resetting the connection.
+#[tokio::test]
+async fn a_client_that_sends_its_whole_body_before_reading_gets_the_early_answer() {
+    let closed = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let nowhere = closed.local_addr().unwrap();
+    drop(closed);
+    let proxy = start(settings(spec(&[("v1", vec![nowhere], 100)])));
+    let body = vec![b'x'; 8_000_000];
+    let chunked = [
+        format!("{:x}\r\n", body.len()).as_bytes(),
+        &body,
+        b"\r\n0\r\n\r\n",
+    ]
+    .concat();
+    let sized = format!(
+        "POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    let sized_close = sized.replace("Host: x\r\n", "Host: x\r\nConnection: close\r\n");
+    let cases: [(&str, &[u8], &[u8], bool); 3] = [
+        ("sized", sized.as_bytes(), &body, false),
+        (
+            "chunked",
+            b"POST /a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n",
+            &chunked,
+            false,
+        ),
+        (
+            "sized, Connection: close",
+            sized_close.as_bytes(),
+            &body,
+            true,
+        ),
+    ];
+    for (name, head, rest, close) in cases {
+        let mut s = TcpStream::connect(proxy.listen_addr).await.unwrap();
+        let next: &[u8] = if close {
+            b""
+        } else {
+            b"GET /b HTTP/1.1\r\nHost: x\r\n\r\n"
+        };
+        tokio::time::timeout(
+            Duration::from_secs(20),
+            s.write_all(&[head, rest, next].concat()),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("{name}: the proxy stopped reading the body"))
+        .unwrap_or_else(|e| panic!("{name}: the body could not be sent: {e}"));
+        let first = read_sized(&mut s).await;
+        assert!(
+            first.starts_with("HTTP/1.1 5"),
+            "{name}: no early answer: {first:?}"
+        );
+        if close {
+            assert!(first.contains("connection: close\r\n"), "{name}: {first}");
+            s.shutdown().await.unwrap();
+            let mut after = Vec::new();
+            let end = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut after))
+                .await
+                .expect("the proxy did not close");
+            assert!(end.is_ok() && after.is_empty(), "{name}: {end:?} {after:?}");
+        } else {
+            let second = read_sized(&mut s).await;
+            assert!(
+                second.starts_with("HTTP/1.1 5"),
+                "{name}: the connection did not serve the next request: {second:?}"
+            );
+        }
+    }
+    proxy.shutdown().await;
 }
 
 #[tokio::test]
