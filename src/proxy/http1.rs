@@ -415,9 +415,11 @@ where
                     }
                     // A request body not read to its end leaves bytes that are not a head.
                     if !exchange.keep_alive || exchange.feed.is_some() || *this.draining {
-                        if (exchange.feed.is_some() || exchange.rest_unread)
-                            && !*this.read_closed
-                            && !*this.draining
+                        // (`rest_unread` was set while the client could still send; a refused
+                        // head also stops reading, which sets `read_closed`.)
+                        if !*this.draining
+                            && (exchange.rest_unread
+                                || (exchange.feed.is_some() && !*this.read_closed))
                         {
                             this.state.set(State::Linger {
                                 shut: false,
