@@ -569,6 +569,8 @@ fn feed<IO: AsyncRead + AsyncWrite + Unpin>(
             }
             Err(e) => {
                 exchange.keep_alive = false;
+                // The client may still be sending whatever it meant by it.
+                exchange.rest_unread = true;
                 (Some(Err(ClientBodyError::Protocol(e))), true)
             }
         };

@@ -384,6 +384,46 @@ async fn a_client_that_sends_its_whole_body_before_reading_gets_the_early_answer
     proxy.shutdown().await;
 }
 
+/// A chunked body that turns malformed midway fails the request, and the client is answered
+/// and the connection closed cleanly even though it goes on sending (8 MB more): the proxy
+/// reads what still comes before it closes.
+#[tokio::test]
+async fn a_malformed_chunk_is_answered_and_closed_without_a_reset() {
+    // A replica that reads the whole body before it answers, so the fault is met while the
+    // body streams to it.
+    let up = upstream(|req| async move {
+        let read = req.into_body().collect().await.is_ok();
+        Response::new(full(if read { "got hello" } else { "cut" }))
+    })
+    .await;
+    let proxy = start(settings(spec(&[("v1", vec![up.addr], 100)])));
+    let mut s = TcpStream::connect(proxy.listen_addr).await.unwrap();
+    let junk = vec![b'z'; 8_000_000];
+    let request = [
+        b"POST /a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nnot a size\r\n"
+            .as_slice(),
+        &junk,
+    ]
+    .concat();
+    tokio::time::timeout(Duration::from_secs(20), s.write_all(&request))
+        .await
+        .expect("the proxy stopped reading")
+        .expect("the request could not be sent");
+    s.shutdown().await.unwrap();
+    let mut out = Vec::new();
+    let end = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out))
+        .await
+        .expect("the proxy did not close");
+    let out = String::from_utf8_lossy(&out);
+    assert!(end.is_ok(), "{end:?} after {out:?}");
+    assert!(
+        out.starts_with("HTTP/1.1 4") || out.starts_with("HTTP/1.1 5"),
+        "{out:?}"
+    );
+    assert!(!out.contains("got hello"), "{out:?}");
+    proxy.shutdown().await;
+}
+
 #[tokio::test]
 async fn head_answers_carry_no_body_and_the_connection_serves_the_next_request() {
     let up = echo().await;
