@@ -384,6 +384,55 @@ async fn a_client_that_sends_its_whole_body_before_reading_gets_the_early_answer
     proxy.shutdown().await;
 }
 
+/// A replica that refuses a large body at once (a 413) and closes its socket without reading
+/// it resets the proxy's upload; the client still gets the replica's answer, not a 502.
+/// (nginx with `proxy_request_buffering off` answers 502 here.)
+#[tokio::test]
+async fn a_replica_that_refuses_a_large_body_and_closes_is_still_heard() {
+    let replica = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = replica.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut c, _)) = replica.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 65536];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match c.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = c
+                    .write_all(b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 9\r\nConnection: close\r\n\r\ntoo large")
+                    .await;
+                // Dropped with the body unread: the kernel resets the proxy's upload.
+            });
+        }
+    });
+    let proxy = start(settings(spec(&[("v1", vec![addr], 100)])));
+    let body = vec![b'x'; 8_000_000];
+    for round in 0..3 {
+        let mut s = TcpStream::connect(proxy.listen_addr).await.unwrap();
+        let head = format!(
+            "POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        tokio::time::timeout(
+            Duration::from_secs(20),
+            s.write_all(&[head.as_bytes(), &body].concat()),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("round {round}: the proxy stopped reading the body"))
+        .unwrap_or_else(|e| panic!("round {round}: the body could not be sent: {e}"));
+        let out = read_sized(&mut s).await;
+        assert!(
+            out.starts_with("HTTP/1.1 413 ") && out.ends_with("too large"),
+            "round {round}: {out:?}"
+        );
+    }
+    proxy.shutdown().await;
+}
+
 /// A chunked body that turns malformed midway fails the request, and the client is answered
 /// and the connection closed cleanly even though it goes on sending (8 MB more): the proxy
 /// reads what still comes before it closes.
