@@ -55,9 +55,20 @@ async fn read_until(s: &mut TcpStream, want: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// Reads one response with a `content-length` (head and body), and nothing after it.
+/// Reads one response with a `content-length` (head and body), and nothing after it: the head
+/// a byte at a time, so that a response right behind it stays in the socket for the next call.
 async fn read_sized(s: &mut TcpStream) -> String {
-    let head = read_until(s, "\r\n\r\n").await;
+    let mut raw = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while !raw.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        match tokio::time::timeout_at(deadline, s.read(&mut byte)).await {
+            Ok(Ok(1)) => raw.push(byte[0]),
+            Ok(Ok(_)) | Err(_) => break,
+            Ok(Err(e)) => panic!("read failed: {e}"),
+        }
+    }
+    let head = String::from_utf8_lossy(&raw).into_owned();
     let length = head
         .lines()
         .find_map(|l| {
@@ -67,13 +78,39 @@ async fn read_sized(s: &mut TcpStream) -> String {
         })
         .and_then(|n| n.trim().parse::<usize>().ok())
         .unwrap_or_else(|| panic!("no response with a content-length: {head:?}"));
-    let have = head.len() - head.find("\r\n\r\n").map_or(head.len(), |i| i + 4);
-    let mut body = vec![0u8; length.saturating_sub(have)];
+    let mut body = vec![0u8; length];
     tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut body))
         .await
         .unwrap_or_else(|_| panic!("the body of {head:?} did not come"))
         .unwrap();
     head + &String::from_utf8_lossy(&body)
+}
+
+/// An address where nothing listens: the proxy answers its own 502/503 without reading.
+async fn nowhere() -> SocketAddr {
+    let closed = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    closed.local_addr().unwrap()
+}
+
+/// `data` as one chunk and the last chunk.
+fn chunked(data: &[u8]) -> Vec<u8> {
+    [
+        format!("{:x}\r\n", data.len()).as_bytes(),
+        data,
+        b"\r\n0\r\n\r\n",
+    ]
+    .concat()
+}
+
+/// Shuts the client's side and reads to the end: how the proxy's side ended (an error is a
+/// reset) and what came before it.
+async fn close_and_read_to_end(s: &mut TcpStream) -> (std::io::Result<usize>, Vec<u8>) {
+    s.shutdown().await.unwrap();
+    let mut after = Vec::new();
+    let end = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut after))
+        .await
+        .expect("the proxy did not close");
+    (end, after)
 }
 
 #[tokio::test]
@@ -204,18 +241,11 @@ async fn a_request_answered_before_its_body_was_read_keeps_its_connection_or_is_
     // A replica that answers without reading the body, and a port where nothing listens (the
     // proxy's own 502, also without reading it).
     let early = upstream(|_req| async { Response::new(full("early")) }).await;
-    let closed = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let nowhere = closed.local_addr().unwrap();
-    drop(closed);
+    let nowhere = nowhere().await;
     // 4 MB of body after the answer: more than the socket buffers hold, so the proxy must
     // read it for the client to get it all out.
     let long = vec![b'x'; 4_000_000];
-    let long_chunked = [
-        format!("{:x}\r\n", long.len()).as_bytes(),
-        &long,
-        b"\r\n0\r\n\r\n",
-    ]
-    .concat();
+    let long_chunked = chunked(&long);
     for (name, addr) in [("replica", early.addr), ("refused", nowhere)] {
         let proxy = start(settings(spec(&[("v1", vec![addr], 100)])));
         // Half the body, then the answer, then the rest of it and a second request: sized,
@@ -298,11 +328,7 @@ async fn a_request_answered_before_its_body_was_read_keeps_its_connection_or_is_
             // Clients that waited long enough send the body anyway (curl after a second):
             // the proxy reads it and then closes cleanly, without a reset.
             s.write_all(b"hello").await.unwrap();
-            s.shutdown().await.unwrap();
-            let mut after = Vec::new();
-            let end = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut after))
-                .await
-                .expect("the proxy did not close");
+            let (end, after) = close_and_read_to_end(&mut s).await;
             assert!(end.is_ok() && after.is_empty(), "{name}: {end:?} {after:?}");
         }
         proxy.shutdown().await;
@@ -315,17 +341,10 @@ async fn a_request_answered_before_its_body_was_read_keeps_its_connection_or_is_
 /// `Connection: close`, closes without resetting the connection.
 #[tokio::test]
 async fn a_client_that_sends_its_whole_body_before_reading_gets_the_early_answer() {
-    let closed = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let nowhere = closed.local_addr().unwrap();
-    drop(closed);
+    let nowhere = nowhere().await;
     let proxy = start(settings(spec(&[("v1", vec![nowhere], 100)])));
     let body = vec![b'x'; 8_000_000];
-    let chunked = [
-        format!("{:x}\r\n", body.len()).as_bytes(),
-        &body,
-        b"\r\n0\r\n\r\n",
-    ]
-    .concat();
+    let chunked = chunked(&body);
     let sized = format!(
         "POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
         body.len()
@@ -367,11 +386,7 @@ async fn a_client_that_sends_its_whole_body_before_reading_gets_the_early_answer
         );
         if close {
             assert!(first.contains("connection: close\r\n"), "{name}: {first}");
-            s.shutdown().await.unwrap();
-            let mut after = Vec::new();
-            let end = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut after))
-                .await
-                .expect("the proxy did not close");
+            let (end, after) = close_and_read_to_end(&mut s).await;
             assert!(end.is_ok() && after.is_empty(), "{name}: {end:?} {after:?}");
         } else {
             let second = read_sized(&mut s).await;
@@ -458,11 +473,7 @@ async fn a_malformed_chunk_is_answered_and_closed_without_a_reset() {
         .await
         .expect("the proxy stopped reading")
         .expect("the request could not be sent");
-    s.shutdown().await.unwrap();
-    let mut out = Vec::new();
-    let end = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out))
-        .await
-        .expect("the proxy did not close");
+    let (end, out) = close_and_read_to_end(&mut s).await;
     let out = String::from_utf8_lossy(&out);
     assert!(end.is_ok(), "{end:?} after {out:?}");
     assert!(
