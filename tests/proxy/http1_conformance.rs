@@ -409,13 +409,8 @@ async fn a_replica_that_refuses_a_large_body_and_closes_is_still_heard() {
     tokio::spawn(async move {
         while let Ok((mut c, _)) = replica.accept().await {
             tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut buf = [0u8; 65536];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match c.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => head.extend_from_slice(&buf[..n]),
-                    }
+                if !replica_reads_a_head(&mut c).await {
+                    return;
                 }
                 let _ = c
                     .write_all(b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 9\r\nConnection: close\r\n\r\ntoo large")
@@ -539,6 +534,20 @@ async fn http10_clients_get_keep_alive_only_when_asked_and_unsized_bodies_until_
     proxy.shutdown().await;
 }
 
+/// A raw replica's first step: reads until a request head is in (and maybe some of its body).
+/// False if the connection ended first.
+async fn replica_reads_a_head(s: &mut TcpStream) -> bool {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+        match s.read(&mut buf).await {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+    true
+}
+
 /// When a split replica sends the body that follows its head.
 enum Then {
     /// After a pause.
@@ -557,13 +566,8 @@ async fn split_replica(head: &'static [u8], body: &'static [u8], then: Then) -> 
         while let Ok((mut s, _)) = listener.accept().await {
             let then = then.clone();
             tokio::spawn(async move {
-                let mut got = Vec::new();
-                let mut buf = [0u8; 1024];
-                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match s.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => got.extend_from_slice(&buf[..n]),
-                    }
+                if !replica_reads_a_head(&mut s).await {
+                    return;
                 }
                 let _ = s.write_all(head).await;
                 match &*then {
@@ -572,7 +576,7 @@ async fn split_replica(head: &'static [u8], body: &'static [u8], then: Then) -> 
                 }
                 let _ = s.write_all(body).await;
                 // Held open: the proxy may keep the connection.
-                let _ = s.read(&mut buf).await;
+                let _ = s.read(&mut [0u8; 1024]).await;
             });
         }
     });
