@@ -66,18 +66,7 @@ impl LatencyCollector {
     }
 
     fn histogram(&self, labels: &[String; 3], counts: &Counts) -> proto::Metric {
-        let mut pairs: Vec<proto::LabelPair> = super::POOL_LABELS
-            .iter()
-            .zip(labels)
-            .map(|(k, v)| {
-                let mut l = proto::LabelPair::default();
-                l.set_name((*k).to_owned());
-                l.set_value(v.clone());
-                l
-            })
-            .collect();
-        // As the crate's own families print them: sorted by label name.
-        pairs.sort_by(|a, b| a.name().cmp(b.name()));
+        let pairs = super::label_pairs(labels, None);
         let mut h = proto::Histogram::default();
         h.set_sample_count(counts.count());
         h.set_sample_sum(counts.sum_us as f64 / 1_000_000.0);
@@ -105,11 +94,7 @@ impl Collector for LatencyCollector {
     }
 
     fn collect(&self) -> Vec<proto::MetricFamily> {
-        let live: Vec<Arc<PoolMetrics>> = {
-            let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
-            pools.retain(|p| p.upgrade().is_some_and(|p| !p.is_removed()));
-            pools.iter().filter_map(Weak::upgrade).collect()
-        };
+        let live = super::live_pools(&self.pools);
         let mut families: Vec<Vec<proto::Metric>> = vec![Vec::new(); FAMILIES.len()];
         for p in &live {
             // A series appears with its first sample, as a labelled child of a client

@@ -2,15 +2,15 @@
 //! children when a snapshot is built ([`PoolMetrics`]), so the request path only touches atomics.
 
 pub mod latency;
+pub mod pool_series;
 pub mod window;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 
-use prometheus::{
-    Encoder, Gauge, GaugeVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
-};
+use prometheus::{proto, Encoder, IntCounter, IntCounterVec, Opts, Registry, TextEncoder};
+
+use pool_series::{CountGauge, ErrorCounts, ShareGauge};
 
 /// Why an upstream exchange failed, the `kind` label of `switchyard_upstream_errors_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,12 +53,8 @@ impl UpstreamErrorKind {
 pub struct Metrics {
     registry: Registry,
     requests_total: IntCounterVec,
-    /// Live pools, for the latency histograms rendered at scrape time.
+    /// Live pools, for the series rendered at scrape time.
     pools: Arc<Mutex<Vec<Weak<PoolMetrics>>>>,
-    in_flight: IntGaugeVec,
-    upstream_errors: IntCounterVec,
-    traffic_weight: GaugeVec,
-    ready_replicas: IntGaugeVec,
     analysis_verdicts: IntCounterVec,
 }
 
@@ -84,45 +80,10 @@ impl Metrics {
             &["model", "environment", "result"],
         )
         .expect("static metric definition");
-        let in_flight = IntGaugeVec::new(
-            Opts::new(
-                "switchyard_in_flight_requests",
-                "Requests sent upstream whose response body has not ended yet.",
-            ),
-            POOL_LABELS,
-        )
-        .expect("static metric definition");
-        let upstream_errors = IntCounterVec::new(
-            Opts::new(
-                "switchyard_upstream_errors_total",
-                "Failed upstream exchanges by kind (connect, header_timeout, body_idle_timeout, protocol).",
-            ),
-            &["model", "environment", "deployment", "kind"],
-        )
-        .expect("static metric definition");
-        let traffic_weight = GaugeVec::new(
-            Opts::new(
-                "switchyard_traffic_weight",
-                "Share of the environment's unpinned traffic sent to the deployment, 0 to 1.",
-            ),
-            POOL_LABELS,
-        )
-        .expect("static metric definition");
-        let ready_replicas = IntGaugeVec::new(
-            Opts::new(
-                "switchyard_ready_replicas",
-                "Replicas of the deployment that may receive traffic.",
-            ),
-            POOL_LABELS,
-        )
-        .expect("static metric definition");
         for c in [
             Box::new(requests_total.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(latency::LatencyCollector::new(pools.clone())),
-            Box::new(in_flight.clone()),
-            Box::new(upstream_errors.clone()),
-            Box::new(traffic_weight.clone()),
-            Box::new(ready_replicas.clone()),
+            Box::new(pool_series::PoolSeriesCollector::new(pools.clone())),
             Box::new(analysis_verdicts.clone()),
         ] {
             registry.register(c).expect("metric names are unique");
@@ -131,17 +92,12 @@ impl Metrics {
             registry,
             requests_total,
             pools,
-            in_flight,
-            upstream_errors,
-            traffic_weight,
-            ready_replicas,
             analysis_verdicts,
         }
     }
 
-    /// Resolves every label child of one (model, environment, deployment) once.
+    /// The metrics of one (model, environment, deployment), shown from now on.
     pub fn pool(&self, model: &str, environment: &str, deployment: &str) -> Arc<PoolMetrics> {
-        let l = [model, environment, deployment];
         let pool = Arc::new(PoolMetrics {
             labels: [
                 model.to_owned(),
@@ -152,17 +108,10 @@ impl Metrics {
             overflow_codes: Mutex::new(Vec::new()),
             stats: window::PoolStats::default(),
             removed: AtomicBool::new(false),
-            in_flight: self.in_flight.with_label_values(&l),
-            errors: UpstreamErrorKind::ALL.map(|k| {
-                self.upstream_errors.with_label_values(&[
-                    model,
-                    environment,
-                    deployment,
-                    k.as_str(),
-                ])
-            }),
-            weight: self.traffic_weight.with_label_values(&l),
-            ready_replicas: self.ready_replicas.with_label_values(&l),
+            in_flight: CountGauge::default(),
+            errors: ErrorCounts::default(),
+            weight: ShareGauge::default(),
+            ready_replicas: CountGauge::default(),
             families: self.clone(),
         });
         self.pools
@@ -198,6 +147,32 @@ impl Default for Metrics {
     }
 }
 
+/// The pools not dropped by the router nor removed from their environment; the others are
+/// forgotten.
+fn live_pools(pools: &Mutex<Vec<Weak<PoolMetrics>>>) -> Vec<Arc<PoolMetrics>> {
+    let mut pools = pools.lock().unwrap_or_else(|e| e.into_inner());
+    pools.retain(|p| p.upgrade().is_some_and(|p| !p.is_removed()));
+    pools.iter().filter_map(Weak::upgrade).collect()
+}
+
+/// A pool's labels, and one more, sorted by name as the client library's families print them.
+fn label_pairs(labels: &[String; 3], extra: Option<(&str, &str)>) -> Vec<proto::LabelPair> {
+    let mut pairs: Vec<proto::LabelPair> = POOL_LABELS
+        .iter()
+        .zip(labels)
+        .map(|(k, v)| (*k, v.as_str()))
+        .chain(extra)
+        .map(|(k, v)| {
+            let mut l = proto::LabelPair::default();
+            l.set_name(k.to_owned());
+            l.set_value(v.to_owned());
+            l
+        })
+        .collect();
+    pairs.sort_by(|a, b| a.name().cmp(b.name()));
+    pairs
+}
+
 /// Status codes a pool resolves its counter for once, in the order they first appear. A
 /// deployment answers with a handful of codes; a slot per possible code (500 of them) made
 /// this table 8 kB per pool, a third of what an idle model cost.
@@ -216,10 +191,10 @@ pub struct PoolMetrics {
     pub stats: window::PoolStats,
     /// Set when the pool left its environment: its series are gone.
     removed: AtomicBool,
-    pub in_flight: IntGauge,
-    errors: [IntCounter; 5],
-    pub weight: Gauge,
-    pub ready_replicas: IntGauge,
+    pub in_flight: CountGauge,
+    errors: ErrorCounts,
+    pub weight: ShareGauge,
+    pub ready_replicas: CountGauge,
     families: Metrics,
 }
 
@@ -257,11 +232,7 @@ impl PoolMetrics {
     }
 
     pub fn count_error(&self, kind: UpstreamErrorKind) {
-        let i = UpstreamErrorKind::ALL
-            .iter()
-            .position(|k| *k == kind)
-            .unwrap_or(0);
-        self.errors[i].inc();
+        self.errors.inc(kind);
     }
 
     pub fn labels(&self) -> &[String; 3] {
@@ -272,20 +243,13 @@ impl PoolMetrics {
         self.removed.load(Ordering::Relaxed)
     }
 
-    /// Removes every series of this pool: its deployment left the environment.
+    /// Removes every series of this pool: its deployment left the environment. The series
+    /// rendered at scrape time go with the flag; the status-code counters are children.
     pub fn remove(&self) {
         self.removed.store(true, Ordering::Relaxed);
         let [m, e, d] = &self.labels;
         let l = [m.as_str(), e.as_str(), d.as_str()];
         let f = &self.families;
-        let _ = f.in_flight.remove_label_values(&l);
-        let _ = f.traffic_weight.remove_label_values(&l);
-        let _ = f.ready_replicas.remove_label_values(&l);
-        for k in UpstreamErrorKind::ALL {
-            let _ = f
-                .upstream_errors
-                .remove_label_values(&[l[0], l[1], l[2], k.as_str()]);
-        }
         let overflow = self
             .overflow_codes
             .lock()
