@@ -75,12 +75,12 @@ pub(super) fn analyze(io: &AnalysisIo<'_>, m: &mut ModelState, ei: usize, now: u
         Some(b) if b.started_ms == start => b,
         // A new interval (after a shift, a resume or a restart): it starts being measured now.
         _ => {
-            m.environments[ei].analysis_baseline = Some(Baseline {
+            m.environments[ei].analysis_baseline = Some(Box::new(Baseline {
                 started_ms: start,
                 candidate,
                 previous,
                 gates: None,
-            });
+            }));
             return false;
         }
     };
@@ -192,11 +192,13 @@ pub(super) fn analyze(io: &AnalysisIo<'_>, m: &mut ModelState, ei: usize, now: u
         });
     }
     let next_start = p.machine.analysis_interval_start();
-    m.environments[ei].analysis_baseline = next_start.map(|started_ms| Baseline {
-        started_ms,
-        candidate,
-        previous,
-        gates: None,
+    m.environments[ei].analysis_baseline = next_start.map(|started_ms| {
+        Box::new(Baseline {
+            started_ms,
+            candidate,
+            previous,
+            gates: None,
+        })
     });
     apply(io.events, m, ei, fx);
     true

@@ -97,11 +97,11 @@ impl Controller {
             if let Some(d) = m.deployments.iter_mut().find(|d| d.id == candidate) {
                 d.active = true;
             }
-            m.environments[ei].promotion = Some(ActivePromotion {
+            m.environments[ei].promotion = Some(Box::new(ActivePromotion {
                 previous,
                 candidate: candidate.to_owned(),
                 machine,
-            });
+            }));
             apply(&self.events, m, ei, fx);
             Ok(())
         })

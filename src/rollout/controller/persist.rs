@@ -216,10 +216,12 @@ pub(super) fn restore_model(
             fresh.push((env.name.clone(), pair.clone(), e.clone()));
         }
         env.events = pe.events;
-        env.promotion = pe.promotion.map(|p| ActivePromotion {
-            previous: p.previous,
-            candidate: p.candidate,
-            machine: p.machine,
+        env.promotion = pe.promotion.map(|p| {
+            Box::new(ActivePromotion {
+                previous: p.previous,
+                candidate: p.candidate,
+                machine: p.machine,
+            })
         });
     }
     if mirror {
