@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use prometheus::{proto, Encoder, IntCounter, IntCounterVec, Opts, Registry, TextEncoder};
 
-use pool_series::{CountGauge, ErrorCounts, ShareGauge};
+use pool_series::{CountGauge, ErrorCounts, OwnLine, ShareGauge};
 
 /// Why an upstream exchange failed, the `kind` label of `switchyard_upstream_errors_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,7 +108,7 @@ impl Metrics {
             overflow_codes: Mutex::new(Vec::new()),
             stats: window::PoolStats::default(),
             removed: AtomicBool::new(false),
-            in_flight: CountGauge::default(),
+            in_flight: OwnLine::default(),
             errors: ErrorCounts::default(),
             weight: ShareGauge::default(),
             ready_replicas: CountGauge::default(),
@@ -191,7 +191,7 @@ pub struct PoolMetrics {
     pub stats: window::PoolStats,
     /// Set when the pool left its environment: its series are gone.
     removed: AtomicBool,
-    pub in_flight: CountGauge,
+    pub in_flight: OwnLine<CountGauge>,
     errors: ErrorCounts,
     pub weight: ShareGauge,
     pub ready_replicas: CountGauge,

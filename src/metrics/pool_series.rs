@@ -36,6 +36,22 @@ impl CountGauge {
     }
 }
 
+/// A value every worker writes on every request, on cache lines of its own. Inline among
+/// the pool's read-mostly fields, `in_flight` shared a line with the pointer to the pool's
+/// windowed counters, which every request reads: each worker's write took that line from the
+/// other worker's cache. (As a client-library child it lived in an allocation of its own.)
+#[repr(align(128))]
+#[derive(Debug, Default)]
+pub struct OwnLine<T>(T);
+
+impl<T> std::ops::Deref for OwnLine<T> {
+    type Target = T;
+
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
+
 /// A fractional gauge of one pool (`traffic_weight`), stored as the bits of an `f64`.
 #[derive(Debug, Default)]
 pub struct ShareGauge(AtomicU64);
