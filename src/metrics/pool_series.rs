@@ -3,7 +3,8 @@
 //!
 //! Labelled children of the client library's families cost about 5.5 kB per pool (each
 //! keeps its own copy of the descriptor and the label values), a third of what an idle model
-//! held. Atomics cost 64 bytes, and the request path touches the same atomics it did.
+//! held. The atomics take 184 bytes (`in_flight` with a 128-byte block to itself), and the
+//! request path touches the same atomics it did.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
