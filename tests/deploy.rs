@@ -14,13 +14,19 @@ fn exported() -> BTreeSet<String> {
     p.count_error(switchyard::metrics::UpstreamErrorKind::Connect);
     p.stats.latency(std::time::Duration::from_millis(100));
     p.stats.first_byte(std::time::Duration::from_millis(100));
+    let text = String::from_utf8(m.encode()).unwrap();
     let mut names = BTreeSet::new();
-    for f in m.registry().gather() {
-        let n = f.name().to_string();
-        for suffix in ["_bucket", "_sum", "_count"] {
-            names.insert(format!("{n}{suffix}"));
+    for line in text.lines() {
+        let Some(family) = line.strip_prefix("# TYPE ") else {
+            continue;
+        };
+        let (n, kind) = family.split_once(' ').unwrap();
+        if kind == "histogram" {
+            for suffix in ["_bucket", "_sum", "_count"] {
+                names.insert(format!("{n}{suffix}"));
+            }
         }
-        names.insert(n);
+        names.insert(n.to_string());
     }
     names
 }

@@ -1,14 +1,11 @@
-//! The latency histogram families, rendered at scrape time from the pools' own windowed
+//! The latency histogram families, written at scrape time from the pools' own windowed
 //! histograms ([`super::window`]) instead of being observed a second time on the request path:
 //! one set of per-worker atomics serves both canary analysis and Prometheus.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::Arc;
 
-use prometheus::core::{Collector, Desc};
-use prometheus::proto;
-
-use super::window::Counts;
+use super::exposition::{family, float, sample, Extra, PoolLabels, Value};
+use super::window::{Counts, Which};
 use super::PoolMetrics;
 
 /// Bucket bounds in seconds, out to ten minutes: inference streams last minutes.
@@ -32,101 +29,71 @@ const FAMILIES: [(&str, &str); 3] = [
     ),
 ];
 
-/// Every live pool, weakly: a pool dropped by the router, or removed from its environment,
-/// has no series.
-pub struct LatencyCollector {
-    descs: Vec<Desc>,
-    pools: Arc<Mutex<Vec<Weak<PoolMetrics>>>>,
-    bounds_us: Vec<u64>,
+/// The bucket bounds as `le` label values, and in microseconds to count against.
+pub(super) struct Bounds {
+    le: Vec<String>,
+    us: Vec<u64>,
 }
 
-impl LatencyCollector {
-    pub fn new(pools: Arc<Mutex<Vec<Weak<PoolMetrics>>>>) -> Self {
-        let labels: Vec<String> = super::POOL_LABELS.iter().map(|s| s.to_string()).collect();
-        let descs = FAMILIES
-            .iter()
-            .map(|(name, help)| {
-                Desc::new(
-                    (*name).to_owned(),
-                    (*help).to_owned(),
-                    labels.clone(),
-                    HashMap::new(),
-                )
-                .expect("static metric definition")
-            })
-            .collect();
-        LatencyCollector {
-            descs,
-            pools,
-            bounds_us: LATENCY_BUCKETS
+impl Bounds {
+    pub(super) fn new() -> Self {
+        Bounds {
+            le: LATENCY_BUCKETS.iter().map(|s| float(*s)).collect(),
+            us: LATENCY_BUCKETS
                 .iter()
                 .map(|s| (s * 1_000_000.0) as u64)
                 .collect(),
         }
     }
+}
 
-    fn histogram(&self, labels: &[String; 3], counts: &Counts) -> proto::Metric {
-        let pairs = super::label_pairs(labels, None);
-        let mut h = proto::Histogram::default();
-        h.set_sample_count(counts.count());
-        h.set_sample_sum(counts.sum_us as f64 / 1_000_000.0);
-        let buckets = counts
-            .cumulative(&self.bounds_us)
-            .into_iter()
-            .zip(LATENCY_BUCKETS)
-            .map(|(n, le)| {
-                let mut b = proto::Bucket::default();
-                b.set_cumulative_count(n);
-                b.set_upper_bound(*le);
-                b
-            })
-            .collect();
-        h.set_bucket(buckets);
-        let mut m = proto::Metric::from_label(pairs);
-        m.set_histogram(h);
-        m
+/// Writes the latency histograms of every pool that has recorded a sample. A family's
+/// samples must follow its header, so each family is one pass over the pools, each pass
+/// summing only its own histogram.
+pub(super) fn write(
+    pools: &[Arc<PoolMetrics>],
+    labels: &[PoolLabels],
+    bounds: &Bounds,
+    out: &mut Vec<u8>,
+) {
+    for ((name, help), which) in
+        FAMILIES
+            .iter()
+            .zip([Which::Latency, Which::FirstByte, Which::InterChunk])
+    {
+        family(out, (name, help, "histogram"), |out| {
+            for (p, l) in pools.iter().zip(labels) {
+                // A series appears with its first sample, as a labelled child of a client
+                // library's histogram does: with 10,000 idle models, empty histograms were
+                // 630,000 of a scrape's 710,000 lines.
+                if p.stats.mark().is_none() {
+                    continue; // nothing recorded yet: no copy either
+                }
+                let counts = p.stats.histogram(which);
+                if counts.count() > 0 {
+                    histogram(out, name, l, bounds, &counts);
+                }
+            }
+        });
     }
 }
 
-impl Collector for LatencyCollector {
-    fn desc(&self) -> Vec<&Desc> {
-        self.descs.iter().collect()
+fn histogram(out: &mut Vec<u8>, name: &str, l: &PoolLabels, bounds: &Bounds, counts: &Counts) {
+    let bucket = format!("{name}_bucket");
+    for (n, le) in counts.cumulative(&bounds.us).into_iter().zip(&bounds.le) {
+        sample(out, &bucket, l, Extra::Le(le), Value::Count(n));
     }
-
-    fn collect(&self) -> Vec<proto::MetricFamily> {
-        let live = super::live_pools(&self.pools);
-        let mut families: Vec<Vec<proto::Metric>> = vec![Vec::new(); FAMILIES.len()];
-        for p in &live {
-            // A series appears with its first sample, as a labelled child of a client
-            // library's histogram does: with 10,000 idle models, empty histograms were 630,000
-            // of a scrape's 710,000 lines.
-            if p.stats.mark().is_none() {
-                continue; // nothing recorded yet: no copy either
-            }
-            let s = p.stats.snapshot();
-            let labels = p.labels();
-            for (family, counts) in families
-                .iter_mut()
-                .zip([&s.latency, &s.ttfb, &s.inter_chunk])
-            {
-                if counts.count() > 0 {
-                    family.push(self.histogram(labels, counts));
-                }
-            }
-        }
-        FAMILIES
-            .iter()
-            .zip(families)
-            .map(|((name, help), metrics)| {
-                let mut f = proto::MetricFamily::default();
-                f.set_name((*name).to_owned());
-                f.set_help((*help).to_owned());
-                f.set_field_type(proto::MetricType::HISTOGRAM);
-                f.set_metric(metrics);
-                f
-            })
-            .collect()
-    }
+    let count = counts.count();
+    sample(out, &bucket, l, Extra::Le("+Inf"), Value::Count(count));
+    let sum = Value::Float(counts.sum_us as f64 / 1_000_000.0);
+    sample(out, &format!("{name}_sum"), l, Extra::None, sum);
+    sample(
+        out,
+        &format!("{name}_count"),
+        l,
+        Extra::None,
+        Value::Count(count),
+    );
 }
 
 #[cfg(test)]

@@ -1,14 +1,17 @@
-//! Prometheus metrics. Families are registered once; each routing pool resolves its label
-//! children when a snapshot is built ([`PoolMetrics`]), so the request path only touches atomics.
+//! Prometheus metrics. Each routing pool gets its [`PoolMetrics`] when a snapshot first holds
+//! it, so the request path only touches atomics: its gauges, error counters and histograms are
+//! written out at scrape time ([`exposition`]); its status-code counters are children of a
+//! client-library family, resolved once per code.
 
+mod exposition;
 pub mod latency;
 pub mod pool_series;
 pub mod window;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 
-use prometheus::{proto, Encoder, IntCounter, IntCounterVec, Opts, Registry, TextEncoder};
+use prometheus::{Encoder, IntCounterVec, Opts, Registry, TextEncoder};
 
 use pool_series::{CountGauge, ErrorCounts, OwnLine, ShareGauge};
 
@@ -51,26 +54,20 @@ impl UpstreamErrorKind {
 /// The registered metric families. Cheap to clone (each family is reference counted).
 #[derive(Clone)]
 pub struct Metrics {
+    /// The families the client library keeps: canary verdicts.
     registry: Registry,
-    requests_total: IntCounterVec,
-    /// Live pools, for the series rendered at scrape time.
+    /// Live pools, for the series written at scrape time.
     pools: Arc<Mutex<Vec<Weak<PoolMetrics>>>>,
     analysis_verdicts: IntCounterVec,
+    bounds: Arc<latency::Bounds>,
+    /// The last exposition's size: the next is about as large, and a buffer grown by
+    /// doubling to tens of megabytes spent a fifth of a scrape copying itself.
+    last_size: Arc<AtomicUsize>,
 }
-
-const POOL_LABELS: &[&str] = &["model", "environment", "deployment"];
 
 impl Metrics {
     pub fn new() -> Self {
         let registry = Registry::new();
-        let requests_total = IntCounterVec::new(
-            Opts::new(
-                "switchyard_requests_total",
-                "Proxied requests by response status code (switchyard's own 502/503/504 included).",
-            ),
-            &["model", "environment", "deployment", "code"],
-        )
-        .expect("static metric definition");
         let pools = Arc::new(Mutex::new(Vec::new()));
         let analysis_verdicts = IntCounterVec::new(
             Opts::new(
@@ -80,19 +77,15 @@ impl Metrics {
             &["model", "environment", "result"],
         )
         .expect("static metric definition");
-        for c in [
-            Box::new(requests_total.clone()) as Box<dyn prometheus::core::Collector>,
-            Box::new(latency::LatencyCollector::new(pools.clone())),
-            Box::new(pool_series::PoolSeriesCollector::new(pools.clone())),
-            Box::new(analysis_verdicts.clone()),
-        ] {
-            registry.register(c).expect("metric names are unique");
-        }
+        registry
+            .register(Box::new(analysis_verdicts.clone()))
+            .expect("metric names are unique");
         Metrics {
             registry,
-            requests_total,
             pools,
             analysis_verdicts,
+            bounds: Arc::new(latency::Bounds::new()),
+            last_size: Arc::new(AtomicUsize::new(0)),
         }
     }
 
@@ -104,15 +97,13 @@ impl Metrics {
                 environment.to_owned(),
                 deployment.to_owned(),
             ],
-            codes: std::array::from_fn(|_| OnceLock::new()),
-            overflow_codes: Mutex::new(Vec::new()),
+            codes: CodeCounts::default(),
             stats: window::PoolStats::default(),
             removed: AtomicBool::new(false),
             in_flight: OwnLine::default(),
             errors: ErrorCounts::default(),
             weight: ShareGauge::default(),
             ready_replicas: CountGauge::default(),
-            families: self.clone(),
         });
         self.pools
             .lock()
@@ -121,11 +112,23 @@ impl Metrics {
         pool
     }
 
-    /// Prometheus text exposition of every family.
+    /// Prometheus text exposition of every family: the client library's (verdicts), then the
+    /// pools' status-code counters, gauges, error counters and latency histograms, written
+    /// straight from their atomics ([`exposition`]).
     pub fn encode(&self) -> Vec<u8> {
-        let mut buf = Vec::with_capacity(16 * 1024);
+        let pools = live_pools(&self.pools);
+        let labels: Vec<_> = pools
+            .iter()
+            .map(|p| exposition::PoolLabels::new(p.labels()))
+            .collect();
+        let last = self.last_size.load(Ordering::Relaxed);
+        // About 850 bytes per idle pool; histograms add more as pools serve.
+        let mut buf = Vec::with_capacity((16 * 1024 + pools.len() * 1024).max(last + last / 8));
         // Encoding into a Vec cannot fail for the text format.
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        pool_series::write(&pools, &labels, &mut buf);
+        latency::write(&pools, &labels, &self.bounds, &mut buf);
+        self.last_size.store(buf.len(), Ordering::Relaxed);
         buf
     }
 
@@ -134,10 +137,6 @@ impl Metrics {
         self.analysis_verdicts
             .with_label_values(&[model, environment, result])
             .inc();
-    }
-
-    pub fn registry(&self) -> &Registry {
-        &self.registry
     }
 }
 
@@ -155,37 +154,62 @@ fn live_pools(pools: &Mutex<Vec<Weak<PoolMetrics>>>) -> Vec<Arc<PoolMetrics>> {
     pools.iter().filter_map(Weak::upgrade).collect()
 }
 
-/// A pool's labels, and one more, sorted by name as the client library's families print them.
-fn label_pairs(labels: &[String; 3], extra: Option<(&str, &str)>) -> Vec<proto::LabelPair> {
-    let mut pairs: Vec<proto::LabelPair> = POOL_LABELS
-        .iter()
-        .zip(labels)
-        .map(|(k, v)| (*k, v.as_str()))
-        .chain(extra)
-        .map(|(k, v)| {
-            let mut l = proto::LabelPair::default();
-            l.set_name(k.to_owned());
-            l.set_value(v.to_owned());
-            l
-        })
-        .collect();
-    pairs.sort_by(|a, b| a.name().cmp(b.name()));
-    pairs
-}
-
-/// Status codes a pool resolves its counter for once, in the order they first appear. A
+/// Status codes a pool counts in slots of its own, in the order they first appear. A
 /// deployment answers with a handful of codes; a slot per possible code (500 of them) made
 /// this table 8 kB per pool, a third of what an idle model cost.
 const CODE_SLOTS: usize = 16;
 
-/// The metric children of one pool, resolved when the pool first appears in a snapshot and
-/// reused by every later snapshot that keeps it.
+/// A pool's responses by status code: `switchyard_requests_total`.
+#[derive(Default)]
+struct CodeCounts {
+    /// Every worker writes here on every request: on cache lines of its own (384 bytes, three
+    /// whole 128-byte blocks), away from the pool's read-mostly fields.
+    slots: OwnLine<[OnceLock<(u16, AtomicU64)>; CODE_SLOTS]>,
+    /// Codes seen after every slot was taken, with their counts.
+    overflow: Mutex<Vec<(u16, u64)>>,
+}
+
+impl CodeCounts {
+    fn inc(&self, code: u16) {
+        for cell in self.slots.iter() {
+            // Slots fill in order and each is set once, so a code is in the first slot that
+            // is empty or holds it; two threads racing for a slot both see the winner's code.
+            let (c, n) = cell.get_or_init(|| (code, AtomicU64::new(0)));
+            if *c == code {
+                n.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+        }
+        let mut overflow = self.overflow.lock().unwrap_or_else(|e| e.into_inner());
+        match overflow.iter_mut().find(|(c, _)| *c == code) {
+            Some((_, n)) => *n += 1,
+            None => overflow.push((code, 1)),
+        }
+    }
+
+    /// Every code counted so far, with its count.
+    fn counts(&self) -> Vec<(u16, u64)> {
+        let mut out: Vec<(u16, u64)> = self
+            .slots
+            .iter()
+            .map_while(|cell| cell.get())
+            .map(|(c, n)| (*c, n.load(Ordering::Relaxed)))
+            .collect();
+        out.extend(
+            self.overflow
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter(),
+        );
+        out
+    }
+}
+
+/// The counters, gauges and histograms of one pool, made when the pool first appears in a
+/// snapshot and reused by every later snapshot that keeps it.
 pub struct PoolMetrics {
     labels: [String; 3],
-    codes: [OnceLock<(u16, IntCounter)>; CODE_SLOTS],
-    /// Codes seen after every slot was taken: counted through the family's own lookup, and
-    /// remembered so that [`PoolMetrics::remove`] removes their series too.
-    overflow_codes: Mutex<Vec<u16>>,
+    codes: CodeCounts,
     /// Counters and latency histograms: canary analysis windows, live views and the
     /// Prometheus latency families all read them.
     pub stats: window::PoolStats,
@@ -195,7 +219,6 @@ pub struct PoolMetrics {
     errors: ErrorCounts,
     pub weight: ShareGauge,
     pub ready_replicas: CountGauge,
-    families: Metrics,
 }
 
 impl PoolMetrics {
@@ -203,32 +226,7 @@ impl PoolMetrics {
     pub fn count_response(&self, status: http::StatusCode) {
         let code = status.as_u16();
         self.stats.response(code);
-        for cell in &self.codes {
-            // Slots fill in order and each is set once, so a code is in the first slot that
-            // is empty or holds it; two threads racing for a slot both see the winner's code.
-            let (c, counter) = cell.get_or_init(|| (code, self.code_counter(status.as_str())));
-            if *c == code {
-                counter.inc();
-                return;
-            }
-        }
-        {
-            let mut seen = self
-                .overflow_codes
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
-            if !seen.contains(&code) {
-                seen.push(code);
-            }
-        }
-        self.code_counter(status.as_str()).inc();
-    }
-
-    fn code_counter(&self, code: &str) -> IntCounter {
-        let [m, e, d] = &self.labels;
-        self.families
-            .requests_total
-            .with_label_values(&[m.as_str(), e.as_str(), d.as_str(), code])
+        self.codes.inc(code);
     }
 
     pub fn count_error(&self, kind: UpstreamErrorKind) {
@@ -243,28 +241,10 @@ impl PoolMetrics {
         self.removed.load(Ordering::Relaxed)
     }
 
-    /// Removes every series of this pool: its deployment left the environment. The series
-    /// rendered at scrape time go with the flag; the status-code counters are children.
+    /// Removes every series of this pool: its deployment left the environment. A request of
+    /// the pool that is still ending counts where no scrape looks.
     pub fn remove(&self) {
         self.removed.store(true, Ordering::Relaxed);
-        let [m, e, d] = &self.labels;
-        let l = [m.as_str(), e.as_str(), d.as_str()];
-        let f = &self.families;
-        let overflow = self
-            .overflow_codes
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        let codes = self
-            .codes
-            .iter()
-            .filter_map(|c| c.get().map(|(code, _)| *code));
-        for code in codes.chain(overflow) {
-            let code = code.to_string();
-            let _ = f
-                .requests_total
-                .remove_label_values(&[l[0], l[1], l[2], code.as_str()]);
-        }
     }
 }
 
@@ -311,5 +291,86 @@ mod tests {
         for &c in &codes {
             assert_eq!(series(&m, c), None, "code {c} outlived its pool");
         }
+    }
+
+    #[test]
+    fn a_family_without_samples_is_left_out() {
+        let m = Metrics::new();
+        let _idle = m.pool("m", "production", "v1");
+        let text = String::from_utf8(m.encode()).unwrap_or_default();
+        assert!(
+            text.contains("# TYPE switchyard_ready_replicas gauge\n"),
+            "{text}"
+        );
+        for family in [
+            "switchyard_requests_total",
+            "switchyard_request_duration_seconds",
+            "switchyard_analysis_verdicts_total",
+        ] {
+            assert!(
+                !text.contains(&format!(" {family} ")),
+                "{family} in\n{text}"
+            );
+        }
+    }
+
+    /// What Prometheus insists on: every sample follows its own family's `# TYPE` line, no
+    /// family appears twice, and each line is `name{labels} value` with a number for value.
+    #[test]
+    fn the_exposition_groups_every_sample_under_its_family_once() {
+        let m = Metrics::new();
+        let pools: Vec<_> = ["v1", "v2", "v\"3"]
+            .iter()
+            .map(|d| m.pool("m", "production", d))
+            .collect();
+        for p in &pools[..2] {
+            p.count_response(http::StatusCode::OK);
+            p.count_response(http::StatusCode::BAD_GATEWAY);
+            p.stats.latency(std::time::Duration::from_millis(3));
+            p.stats.first_byte(std::time::Duration::from_millis(1));
+            p.stats.inter_chunk(std::time::Duration::from_millis(1));
+            p.count_error(UpstreamErrorKind::Protocol);
+        }
+        m.count_verdict("m", "production", "pass");
+        let text = String::from_utf8(m.encode()).unwrap_or_default();
+        let mut seen = std::collections::HashSet::new();
+        let mut current: Option<(String, String)> = None;
+        let mut samples = 0;
+        for line in text.lines() {
+            if let Some(t) = line.strip_prefix("# TYPE ") {
+                let (name, kind) = t.split_once(' ').unwrap_or((t, ""));
+                assert!(
+                    seen.insert(name.to_owned()),
+                    "{name} appears twice:\n{text}"
+                );
+                current = Some((name.to_owned(), kind.to_owned()));
+                continue;
+            }
+            if line.starts_with('#') {
+                continue;
+            }
+            let (name, rest) = line.split_once('{').unwrap_or_else(|| panic!("{line}"));
+            let (_, value) = rest.rsplit_once("} ").unwrap_or_else(|| panic!("{line}"));
+            assert!(value.parse::<f64>().is_ok(), "{line}");
+            let Some((family, kind)) = &current else {
+                panic!("{line} comes before any family");
+            };
+            let base = match kind.as_str() {
+                "histogram" => ["_bucket", "_sum", "_count"]
+                    .iter()
+                    .find_map(|s| name.strip_suffix(s))
+                    .unwrap_or(name),
+                _ => name,
+            };
+            assert_eq!(base, family, "{line} is not under its family's header");
+            samples += 1;
+        }
+        // 2 status codes x 2 pools, 1 verdict, 8 gauge/error series x 3 pools, and 3
+        // histograms of 21 lines x 2 pools.
+        assert_eq!(samples, 4 + 1 + 8 * 3 + 3 * 21 * 2, "{text}");
+        assert!(
+            text.contains(r#"switchyard_ready_replicas{deployment="v\"3",environment="production",model="m"} 0"#),
+            "{text}"
+        );
     }
 }

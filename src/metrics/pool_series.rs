@@ -1,4 +1,4 @@
-//! A pool's gauges and error counters: plain atomics in [`super::PoolMetrics`], rendered as
+//! A pool's gauges and error counters: plain atomics in [`super::PoolMetrics`], written as
 //! Prometheus series at scrape time, as the latency histograms are ([`super::latency`]).
 //!
 //! Labelled children of the client library's families cost about 5.5 kB per pool (each
@@ -6,14 +6,11 @@
 //! held. The atomics take 184 bytes (`in_flight` with a 128-byte block to itself), and the
 //! request path touches the same atomics it did.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::Arc;
 
-use prometheus::core::{Collector, Desc};
-use prometheus::proto;
-
-use super::{live_pools, PoolMetrics, UpstreamErrorKind};
+use super::exposition::{family, sample, Extra, PoolLabels, Value};
+use super::{PoolMetrics, UpstreamErrorKind};
 
 /// An integer gauge of one pool (`in_flight_requests`, `ready_replicas`).
 #[derive(Debug, Default)]
@@ -81,125 +78,87 @@ impl ErrorCounts {
     }
 }
 
-enum Kind {
-    Gauge,
-    Counter,
+/// What a family shows of each pool.
+enum Series {
+    Codes,
+    InFlight,
+    Errors,
+    Weight,
+    Ready,
 }
 
-/// The families, in the order [`PoolSeriesCollector::collect`] fills them.
-const FAMILIES: [(&str, &str, Kind); 4] = [
+/// The families, in the order they are written.
+const FAMILIES: [(Series, &str, &str, &str); 5] = [
     (
+        Series::Codes,
+        "switchyard_requests_total",
+        "Proxied requests by response status code (switchyard's own 502/503/504 included).",
+        "counter",
+    ),
+    (
+        Series::InFlight,
         "switchyard_in_flight_requests",
         "Requests sent upstream whose response body has not ended yet.",
-        Kind::Gauge,
+        "gauge",
     ),
     (
+        Series::Errors,
         "switchyard_upstream_errors_total",
         "Failed upstream exchanges by kind (connect, header_timeout, body_idle_timeout, protocol, client_body_timeout).",
-        Kind::Counter,
+        "counter",
     ),
     (
+        Series::Weight,
         "switchyard_traffic_weight",
         "Share of the environment's unpinned traffic sent to the deployment, 0 to 1.",
-        Kind::Gauge,
+        "gauge",
     ),
     (
+        Series::Ready,
         "switchyard_ready_replicas",
         "Replicas of the deployment that may receive traffic.",
-        Kind::Gauge,
+        "gauge",
     ),
 ];
 
-/// Every live pool's gauges and error counters. Every pool has these series from the moment
-/// it exists, zero or not: a scraper expects to see each pool.
-pub struct PoolSeriesCollector {
-    descs: Vec<Desc>,
-    pools: Arc<Mutex<Vec<Weak<PoolMetrics>>>>,
-}
-
-impl PoolSeriesCollector {
-    pub fn new(pools: Arc<Mutex<Vec<Weak<PoolMetrics>>>>) -> Self {
-        let descs = FAMILIES
-            .iter()
-            .map(|(name, help, kind)| {
-                let mut labels: Vec<String> =
-                    super::POOL_LABELS.iter().map(|s| s.to_string()).collect();
-                if matches!(kind, Kind::Counter) {
-                    labels.push("kind".to_owned());
+/// Writes every live pool's status-code counters, gauges and error counters. Every pool has
+/// its gauges and error counters from the moment it exists, zero or not: a scraper expects to
+/// see each pool. A family's samples
+/// must follow its header, so each family is one pass over the pools (a pass only loads
+/// atomics).
+pub(super) fn write(pools: &[Arc<PoolMetrics>], labels: &[PoolLabels], out: &mut Vec<u8>) {
+    for (series, name, help, kind) in &FAMILIES {
+        family(out, (name, help, kind), |out| {
+            for (p, l) in pools.iter().zip(labels) {
+                match series {
+                    // A code's series appears with its first response.
+                    Series::Codes => {
+                        for (code, n) in p.codes.counts() {
+                            sample(out, name, l, Extra::Code(code), Value::Count(n));
+                        }
+                    }
+                    Series::InFlight => {
+                        sample(out, name, l, Extra::None, Value::Int(p.in_flight.get()))
+                    }
+                    Series::Errors => {
+                        for k in UpstreamErrorKind::ALL {
+                            let v = Value::Count(p.errors.get(k));
+                            sample(out, name, l, Extra::Kind(k.as_str()), v);
+                        }
+                    }
+                    Series::Weight => {
+                        sample(out, name, l, Extra::None, Value::Float(p.weight.get()))
+                    }
+                    Series::Ready => sample(
+                        out,
+                        name,
+                        l,
+                        Extra::None,
+                        Value::Int(p.ready_replicas.get()),
+                    ),
                 }
-                Desc::new(
-                    (*name).to_owned(),
-                    (*help).to_owned(),
-                    labels,
-                    HashMap::new(),
-                )
-                .expect("static metric definition")
-            })
-            .collect();
-        PoolSeriesCollector { descs, pools }
-    }
-}
-
-fn gauge(labels: Vec<proto::LabelPair>, v: f64) -> proto::Metric {
-    let mut g = proto::Gauge::default();
-    g.set_value(v);
-    let mut m = proto::Metric::from_label(labels);
-    m.set_gauge(g);
-    m
-}
-
-fn counter(labels: Vec<proto::LabelPair>, v: u64) -> proto::Metric {
-    let mut c = proto::Counter::default();
-    c.set_value(v as f64);
-    let mut m = proto::Metric::from_label(labels);
-    m.set_counter(c);
-    m
-}
-
-impl Collector for PoolSeriesCollector {
-    fn desc(&self) -> Vec<&Desc> {
-        self.descs.iter().collect()
-    }
-
-    fn collect(&self) -> Vec<proto::MetricFamily> {
-        let live = live_pools(&self.pools);
-        let mut in_flight = Vec::with_capacity(live.len());
-        let mut errors = Vec::with_capacity(live.len() * UpstreamErrorKind::ALL.len());
-        let mut weight = Vec::with_capacity(live.len());
-        let mut ready = Vec::with_capacity(live.len());
-        for p in &live {
-            let labels = p.labels();
-            in_flight.push(gauge(
-                super::label_pairs(labels, None),
-                p.in_flight.get() as f64,
-            ));
-            for k in UpstreamErrorKind::ALL {
-                errors.push(counter(
-                    super::label_pairs(labels, Some(("kind", k.as_str()))),
-                    p.errors.get(k),
-                ));
             }
-            weight.push(gauge(super::label_pairs(labels, None), p.weight.get()));
-            ready.push(gauge(
-                super::label_pairs(labels, None),
-                p.ready_replicas.get() as f64,
-            ));
-        }
-        FAMILIES
-            .iter()
-            .zip([in_flight, errors, weight, ready])
-            .map(|((name, help, kind), metrics)| {
-                let mut f = proto::MetricFamily::default();
-                f.set_name((*name).to_owned());
-                f.set_help((*help).to_owned());
-                f.set_field_type(match kind {
-                    Kind::Gauge => proto::MetricType::GAUGE,
-                    Kind::Counter => proto::MetricType::COUNTER,
-                });
-                f.set_metric(metrics);
-                f
-            })
-            .collect()
+        });
     }
 }
 

@@ -163,6 +163,24 @@ impl PoolStats {
         Some(m)
     }
 
+    /// One histogram summed over the shards, cumulative since the pool appeared: what a
+    /// scrape reads, without copying the others.
+    pub fn histogram(&self, which: Which) -> Counts {
+        let mut out = Counts::default();
+        let Some(shards) = self.shards.get() else {
+            return out;
+        };
+        for s in shards.iter() {
+            match which {
+                Which::Latency => &s.latency,
+                Which::FirstByte => &s.ttfb,
+                Which::InterChunk => &s.inter_chunk,
+            }
+            .add_to(&mut out);
+        }
+        out
+    }
+
     /// Sums the shards; cumulative since the pool appeared.
     pub fn snapshot(&self) -> StatsSnapshot {
         let mut out = StatsSnapshot::default();
@@ -179,6 +197,14 @@ impl PoolStats {
         }
         out
     }
+}
+
+/// A histogram of [`PoolStats`], for [`PoolStats::histogram`].
+#[derive(Debug, Clone, Copy)]
+pub enum Which {
+    Latency,
+    FirstByte,
+    InterChunk,
 }
 
 /// Bucket counts of one histogram, and the sum of its samples.
