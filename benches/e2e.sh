@@ -440,6 +440,14 @@ if has_section hosts; then
     t1=$(cpu_ticks "$HOSTS_PID")
     HOSTS_IDLE_PCT=$(awk -v d="$((t1 - t0))" -v hz="$CLK_TCK" -v s="$IDLE_SECONDS" 'BEGIN { printf "%.1f", 100 * d / hz / s }')
     HOSTS_RSS_MIB=$(awk '/^VmRSS:/ { printf "%.0f", $2 / 1024 }' "/proc/$HOSTS_PID/status")
+    # And what a Prometheus scrape of it costs: every pool's series, written at scrape time.
+    t0=$(cpu_ticks "$HOSTS_PID")
+    for ((i = 0; i < 10; i++)); do
+        SCRAPE_BYTES=$(curl -fsS --max-time 30 -o /dev/null -w '%{size_download}' \
+            "http://127.0.0.1:$P_SY_HOSTS_ADMIN/metrics") || die "cannot scrape the $HOST_MODELS-model instance"
+    done
+    t1=$(cpu_ticks "$HOSTS_PID")
+    SCRAPE_MS=$(awk -v d="$((t1 - t0))" -v hz="$CLK_TCK" 'BEGIN { printf "%.0f", 1000 * d / hz / 10 }')
 fi
 
 # ---------------------------------------------------------------------------------------------
@@ -490,6 +498,7 @@ for sec in "${SECTION_LIST[@]}"; do
             "$(ratio "${MED_CPU[hosts/last]}" "${MED_CPU[hosts/first]}")"
         printf 'idle, with %d models: %s%% of one core over %ds, RSS %s MiB\n' \
             "$HOST_MODELS" "$HOSTS_IDLE_PCT" "$IDLE_SECONDS" "$HOSTS_RSS_MIB"
+        printf 'a /metrics scrape of it: %s bytes, %s ms of CPU (mean of 10)\n' "$SCRAPE_BYTES" "$SCRAPE_MS"
         continue
     fi
     rr=$(ratio "${MED_RPS[$sec/switchyard]}" "${MED_RPS[$sec/nginx]}")
