@@ -1,6 +1,6 @@
 //! Prometheus text exposition (format 0.0.4) of the series rendered at scrape time: each
-//! pool's gauges and error counters ([`super::pool_series`]) and latency histograms
-//! ([`super::latency`]), written straight from the atomics.
+//! pool's status-code and error counters and gauges ([`super::pool_series`]) and latency
+//! histograms ([`super::latency`]), written straight from the atomics.
 //!
 //! Through the client library's collectors every sample became a protobuf `Metric` with its
 //! own copies of the label names and values, built, encoded and dropped on each scrape: with

@@ -1,7 +1,7 @@
 //! Prometheus metrics. Each routing pool gets its [`PoolMetrics`] when a snapshot first holds
-//! it, so the request path only touches atomics: its gauges, error counters and histograms are
-//! written out at scrape time ([`exposition`]); its status-code counters are children of a
-//! client-library family, resolved once per code.
+//! it, so the request path only touches atomics: its status-code and error counters, gauges
+//! and histograms, written out as text at scrape time ([`exposition`]). Only the canary
+//! verdicts, counted off the request path, are a client-library family.
 
 mod exposition;
 pub mod latency;
@@ -61,7 +61,7 @@ pub struct Metrics {
     analysis_verdicts: IntCounterVec,
     bounds: Arc<latency::Bounds>,
     /// The last exposition's size: the next is about as large, and a buffer grown by
-    /// doubling to tens of megabytes spent a fifth of a scrape copying itself.
+    /// doubling to tens of megabytes copies itself over and over.
     last_size: Arc<AtomicUsize>,
 }
 
