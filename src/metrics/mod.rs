@@ -8,8 +8,8 @@ pub mod latency;
 pub mod pool_series;
 pub mod window;
 
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 
 use prometheus::{Encoder, IntCounterVec, Opts, Registry, TextEncoder};
 
@@ -97,7 +97,6 @@ impl Metrics {
                 environment.to_owned(),
                 deployment.to_owned(),
             ],
-            codes: CodeCounts::default(),
             stats: window::PoolStats::default(),
             removed: AtomicBool::new(false),
             in_flight: OwnLine::default(),
@@ -154,64 +153,12 @@ fn live_pools(pools: &Mutex<Vec<Weak<PoolMetrics>>>) -> Vec<Arc<PoolMetrics>> {
     pools.iter().filter_map(Weak::upgrade).collect()
 }
 
-/// Status codes a pool counts in slots of its own, in the order they first appear. A
-/// deployment answers with a handful of codes; a slot per possible code (500 of them) made
-/// this table 8 kB per pool, a third of what an idle model cost.
-const CODE_SLOTS: usize = 16;
-
-/// A pool's responses by status code: `switchyard_requests_total`.
-#[derive(Default)]
-struct CodeCounts {
-    /// Every worker writes here on every request: on cache lines of its own (384 bytes, three
-    /// whole 128-byte blocks), away from the pool's read-mostly fields.
-    slots: OwnLine<[OnceLock<(u16, AtomicU64)>; CODE_SLOTS]>,
-    /// Codes seen after every slot was taken, with their counts.
-    overflow: Mutex<Vec<(u16, u64)>>,
-}
-
-impl CodeCounts {
-    fn inc(&self, code: u16) {
-        for cell in self.slots.iter() {
-            // Slots fill in order and each is set once, so a code is in the first slot that
-            // is empty or holds it; two threads racing for a slot both see the winner's code.
-            let (c, n) = cell.get_or_init(|| (code, AtomicU64::new(0)));
-            if *c == code {
-                n.fetch_add(1, Ordering::Relaxed);
-                return;
-            }
-        }
-        let mut overflow = self.overflow.lock().unwrap_or_else(|e| e.into_inner());
-        match overflow.iter_mut().find(|(c, _)| *c == code) {
-            Some((_, n)) => *n += 1,
-            None => overflow.push((code, 1)),
-        }
-    }
-
-    /// Every code counted so far, with its count.
-    fn counts(&self) -> Vec<(u16, u64)> {
-        let mut out: Vec<(u16, u64)> = self
-            .slots
-            .iter()
-            .map_while(|cell| cell.get())
-            .map(|(c, n)| (*c, n.load(Ordering::Relaxed)))
-            .collect();
-        out.extend(
-            self.overflow
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .iter(),
-        );
-        out
-    }
-}
-
 /// The counters, gauges and histograms of one pool, made when the pool first appears in a
 /// snapshot and reused by every later snapshot that keeps it.
 pub struct PoolMetrics {
     labels: [String; 3],
-    codes: CodeCounts,
-    /// Counters and latency histograms: canary analysis windows, live views and the
-    /// Prometheus latency families all read them.
+    /// Counters by status code and latency histograms: canary analysis windows, live views
+    /// and the Prometheus families all read them.
     pub stats: window::PoolStats,
     /// Set when the pool left its environment: its series are gone.
     removed: AtomicBool,
@@ -224,9 +171,7 @@ pub struct PoolMetrics {
 impl PoolMetrics {
     /// Counts one response with this status code.
     pub fn count_response(&self, status: http::StatusCode) {
-        let code = status.as_u16();
-        self.stats.response(code);
-        self.codes.inc(code);
+        self.stats.response(status.as_u16());
     }
 
     pub fn count_error(&self, kind: UpstreamErrorKind) {
@@ -251,6 +196,7 @@ impl PoolMetrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use window::CODE_SLOTS;
 
     fn series(m: &Metrics, code: u16) -> Option<f64> {
         let text = String::from_utf8(m.encode()).unwrap_or_default();

@@ -133,7 +133,7 @@ pub(super) fn write(pools: &[Arc<PoolMetrics>], labels: &[PoolLabels], out: &mut
                 match series {
                     // A code's series appears with its first response.
                     Series::Codes => {
-                        for (code, n) in p.codes.counts() {
+                        for (code, n) in p.stats.codes() {
                             sample(out, name, l, Extra::Code(code), Value::Count(n));
                         }
                     }

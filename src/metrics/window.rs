@@ -13,7 +13,7 @@
 //! reported within ±6%), from 1 µs to 71 minutes: fixed memory, no allocation per sample.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 const SUB_BITS: u32 = 3;
@@ -73,10 +73,56 @@ impl Histogram {
     }
 }
 
+/// Status codes a shard counts in slots of its own, in the order they first appear. A
+/// deployment answers with a handful of codes; a slot per possible code (500 of them) would
+/// be 8 kB.
+pub(crate) const CODE_SLOTS: usize = 16;
+
+/// Responses by status code (`switchyard_requests_total`), as one thread counted them.
+#[derive(Default)]
+struct CodeCounts {
+    slots: [OnceLock<(u16, AtomicU64)>; CODE_SLOTS],
+    /// Codes seen after every slot was taken, with their counts.
+    overflow: Mutex<Vec<(u16, u64)>>,
+}
+
+impl CodeCounts {
+    fn inc(&self, code: u16) {
+        for cell in &self.slots {
+            // Slots fill in order and each is set once, so a code is in the first slot that
+            // is empty or holds it; two threads racing for a slot both see the winner's code.
+            let (c, n) = cell.get_or_init(|| (code, AtomicU64::new(0)));
+            if *c == code {
+                n.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+        }
+        let mut overflow = self.overflow.lock().unwrap_or_else(|e| e.into_inner());
+        match overflow.iter_mut().find(|(c, _)| *c == code) {
+            Some((_, n)) => *n += 1,
+            None => overflow.push((code, 1)),
+        }
+    }
+
+    /// Adds this shard's counts to `out`, one entry per code.
+    fn add_to(&self, out: &mut Vec<(u16, u64)>) {
+        let slots = self.slots.iter().map_while(|cell| cell.get());
+        let slots = slots.map(|(c, n)| (*c, n.load(Ordering::Relaxed)));
+        let overflow = self.overflow.lock().unwrap_or_else(|e| e.into_inner());
+        for (code, n) in slots.chain(overflow.iter().copied()) {
+            match out.iter_mut().find(|(c, _)| *c == code) {
+                Some((_, total)) => *total += n,
+                None => out.push((code, n)),
+            }
+        }
+    }
+}
+
 #[repr(align(128))]
 struct Shard {
     requests: AtomicU64,
     errors: AtomicU64,
+    codes: CodeCounts,
     latency: Histogram,
     ttfb: Histogram,
     inter_chunk: Histogram,
@@ -103,6 +149,7 @@ impl PoolStats {
             Box::new(Shard {
                 requests: AtomicU64::new(0),
                 errors: AtomicU64::new(0),
+                codes: CodeCounts::default(),
                 latency: Histogram::new(),
                 ttfb: Histogram::new(),
                 inter_chunk: Histogram::new(),
@@ -112,11 +159,12 @@ impl PoolStats {
     }
 
     /// A response with this status was decided (the replica's, or switchyard's own for the
-    /// deployment). 5xx counts as an error.
+    /// deployment), counted by its code. 5xx counts as an error.
     #[inline]
     pub fn response(&self, status: u16) {
         let s = self.shard();
         s.requests.fetch_add(1, Ordering::Relaxed);
+        s.codes.inc(status);
         if status >= 500 {
             s.errors.fetch_add(1, Ordering::Relaxed);
         }
@@ -161,6 +209,16 @@ impl PoolStats {
             m[3] = m[3].wrapping_add(s.ttfb.sum_us.load(Ordering::Relaxed));
         }
         Some(m)
+    }
+
+    /// Responses by status code, summed over the shards, in the order the codes first
+    /// appeared in a shard.
+    pub fn codes(&self) -> Vec<(u16, u64)> {
+        let mut out = Vec::new();
+        for s in self.shards.iter().filter_map(OnceLock::get) {
+            s.codes.add_to(&mut out);
+        }
+        out
     }
 
     /// One histogram summed over the shards, cumulative since the pool appeared: what a
@@ -466,6 +524,34 @@ mod tests {
         assert_eq!(w.latency.count(), 1);
         let p99 = w.latency.quantile(0.99).unwrap();
         assert!(p99 > Duration::from_millis(380) && p99 < Duration::from_millis(420));
+    }
+
+    #[test]
+    fn codes_beyond_the_slots_and_across_threads_are_counted_once_each() {
+        let stats = PoolStats::default();
+        let codes: Vec<u16> = (0..CODE_SLOTS as u16 + 6).map(|i| 200 + i).collect();
+        // Every code on this thread (beyond its slots), and a few on others.
+        for &c in &codes {
+            stats.response(c);
+        }
+        std::thread::scope(|s| {
+            for _ in 0..3 {
+                s.spawn(|| {
+                    for &c in codes.iter().rev().take(4) {
+                        stats.response(c);
+                    }
+                });
+            }
+        });
+        let mut counted = stats.codes();
+        counted.sort_unstable();
+        let want: Vec<(u16, u64)> = codes
+            .iter()
+            .enumerate()
+            .map(|(i, &c)| (c, if i + 4 >= codes.len() { 4 } else { 1 }))
+            .collect();
+        assert_eq!(counted, want);
+        assert_eq!(stats.snapshot().requests, codes.len() as u64 + 12);
     }
 
     #[test]
