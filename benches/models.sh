@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # What a large configuration costs once its models have served: MODELS models (one Host, one
 # deployment, one replica each, as e2e.sh's hosts section), measured idle, then after wrk has
-# sent traffic to every model's Host: RSS, and the size and CPU of a `/metrics` scrape. With
+# sent traffic to every model's Host: RSS, the size and CPU of a `/metrics` scrape, and how
+# long `/readyz` takes to answer while a scrape is being written. With
 # BASELINE_BIN, another build is measured the same way, alternated with this one, ROUNDS
 # times each. Everything runs on 127.0.0.1 and stops by itself. See benches/README.md.
 #
@@ -83,7 +84,7 @@ scrape() { # PID: "BYTES MS": the last scrape's size, CPU per scrape over SCRAPE
 }
 
 measure() { # NAME BIN ROUND: one instance, idle then served; prints a result line
-    local name=$1 bin=$2 round=$3 pid idle_rss idle_bytes idle_ms rps non2xx served_rss bytes ms after
+    local name=$1 bin=$2 round=$3 pid idle_rss idle_bytes idle_ms rps non2xx served_rss bytes ms after readyz_ms
     RUST_LOG=${RUST_LOG:-warn} "$bin" serve --config "$WORK/models.toml" --ephemeral \
         >"$WORK/$name-$round.log" 2>&1 &
     pid=$!
@@ -105,20 +106,29 @@ measure() { # NAME BIN ROUND: one instance, idle then served; prints a result li
     served_rss=$(rss_mib "$pid")
     read -r bytes ms < <(scrape "$pid")
     after=$(rss_mib "$pid")
+    # /readyz asked 20 ms into a scrape, when the exposition is being written.
+    curl -fsS --max-time 60 -o /dev/null "http://127.0.0.1:$P_ADMIN/metrics" &
+    local scraper=$!
+    sleep 0.02
+    readyz_ms=$(curl -fsS --max-time 10 -o /dev/null -w '%{time_total}' \
+        "http://127.0.0.1:$P_ADMIN/readyz" | awk '{ printf "%.0f", $1 * 1000 }') ||
+        die "/readyz did not answer during a scrape"
+    wait "$scraper" || die "the scrape beside /readyz failed"
     kill -TERM "$pid"
     wait "$pid" 2>/dev/null || true
     local keep=() p
     for p in "${PIDS[@]}"; do [[ $p == "$pid" ]] || keep+=("$p"); done
     PIDS=("${keep[@]}")
-    printf '%-10s %5d %9d %10d %9d %9d %10d %11d %9d %11d\n' "$name" "$round" "$idle_rss" \
-        "$idle_bytes" "$idle_ms" "$rps" "$served_rss" "$bytes" "$ms" "$after"
+    printf '%-10s %5d %9d %10d %9d %9d %10d %11d %9d %11d %10d\n' "$name" "$round" "$idle_rss" \
+        "$idle_bytes" "$idle_ms" "$rps" "$served_rss" "$bytes" "$ms" "$after" "$readyz_ms"
 }
 
 log "switchyard $("$BIN" --version | awk '{print $2}'), $MODELS models, workers=$WORKERS; wrk -t2 -c8 ${DURATION}s over every Host; $SCRAPES scrapes per figure"
-printf '%-10s %5s %9s %10s %9s %9s %10s %11s %9s %11s\n' build round "idle MiB" "idle B" "idle ms" \
-    "req/s" "served MiB" "scrape B" "scrape ms" "after MiB"
+printf '%-10s %5s %9s %10s %9s %9s %10s %11s %9s %11s %10s\n' build round "idle MiB" "idle B" "idle ms" \
+    "req/s" "served MiB" "scrape B" "scrape ms" "after MiB" "readyz ms"
 for ((r = 1; r <= ROUNDS; r++)); do
     [[ -z $BASELINE_BIN ]] || measure baseline "$BASELINE_BIN" "$r"
     measure switchyard "$BIN" "$r"
 done
-echo "MiB: RSS idle, after the traffic, and after the scrapes; B: bytes of one scrape; ms: CPU per scrape"
+echo "MiB: RSS idle, after the traffic, and after the scrapes; B: bytes of one scrape; ms: CPU per scrape;"
+echo "readyz ms: time for /readyz to answer when asked 20 ms into a scrape"
