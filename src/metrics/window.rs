@@ -5,7 +5,7 @@
 //! of readers can keep their own windows (analysis intervals, dashboard figures) without the
 //! request path knowing. Each pool's counters are sharded per worker thread and cache-line
 //! aligned, so two cores serving the same deployment do not bounce one line between them. A
-//! shard (7.7 kB) is allocated when its thread first records into the pool, so deployments
+//! shard (8 kB) is allocated when its thread first records into the pool, so deployments
 //! without traffic cost four pointers, and a proxy with two workers holds two shards per
 //! deployment that served, not four.
 //!
