@@ -1,5 +1,6 @@
 //! A pool's gauges and error counters: plain atomics in [`super::PoolMetrics`], written as
-//! Prometheus series at scrape time, as the latency histograms are ([`super::latency`]).
+//! Prometheus series at scrape time with its status-code counts (kept in the worker shards of
+//! [`super::window`]), as the latency histograms are ([`super::latency`]).
 //!
 //! Labelled children of the client library's families cost about 5.5 kB per pool (each
 //! keeps its own copy of the descriptor and the label values), a third of what an idle model
