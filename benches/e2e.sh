@@ -323,7 +323,7 @@ declare -A RPS P50 P99 CPU
 SY_ERRORS=0
 
 measure() { # SECTION TARGET ROUND KIND URL PID
-    local sec=$1 t=$2 r=$3 kind=$4 url=$5 pid=$6 out t0 t1 rps p50 p99 reqs n2 se
+    local sec=$1 t=$2 r=$3 kind=$4 url=$5 pid=$6 out t0 t1 rps p50 p99 reqs n2 se s0 s1 idle
     out="$WORK/$kind-$sec-$t-$r.txt"
     if ((WARMUP > 0)); then
         case $kind in
@@ -332,11 +332,13 @@ measure() { # SECTION TARGET ROUND KIND URL PID
         esac
     fi
     t0=$([[ -n $pid ]] && cpu_ticks "$pid" || echo 0)
+    read -ra s0 </proc/stat
     case $kind in
         h2) run_h2load "$out" "$url" "$DURATION" ;;
         *) run_wrk "$out" "$url" "$DURATION" ;;
     esac
     t1=$([[ -n $pid ]] && cpu_ticks "$pid" || echo 0)
+    read -ra s1 </proc/stat
     if [[ $kind == h2 ]]; then
         read -r rps p50 reqs n2 < <(parse_h2load "$out") || { cat "$out" >&2; die "cannot parse h2load output"; }
         p99=$p50; se=0
@@ -346,13 +348,19 @@ measure() { # SECTION TARGET ROUND KIND URL PID
     RPS[$sec/$t/$r]=$rps; P50[$sec/$t/$r]=$p50; P99[$sec/$t/$r]=$p99
     # The proxy's CPU (user + system) per request it served: steadier than req/s on shared cores.
     CPU[$sec/$t/$r]=$(awk -v d="$((t1 - t0))" -v hz="$CLK_TCK" -v n="$reqs" 'BEGIN { printf "%.2f", (n > 0 ? d * 1e6 / hz / n : 0) }')
+    # The machine's idle share over the run (idle + iowait of all CPUs): at 8 connections the
+    # two cores are not saturated, and a target that leaves more of them idle waits more.
+    idle=$(awk -v a="${s0[*]:1:8}" -v b="${s1[*]:1:8}" 'BEGIN {
+        n = split(a, x, " "); split(b, y, " ")
+        for (i = 1; i <= n; i++) { d = y[i] - x[i]; all += d; if (i == 4 || i == 5) id += d }
+        printf "%.1f", (all > 0 ? 100 * id / all : 0) }')
     if ((n2 + se > 0)); then
         log "$sec $t round $r: non-2xx or failed=$n2, socket errors=$se"
         if [[ $t == switchyard ]]; then SY_ERRORS=$((SY_ERRORS + n2 + se)); fi
     fi
-    printf 'round %d  %-5s %-10s  %10.0f req/s  %s %8.3f ms  %s %8.3f ms  %9d requests  cpu %6s us/req\n' \
+    printf 'round %d  %-5s %-10s  %10.0f req/s  %s %8.3f ms  %s %8.3f ms  %9d requests  cpu %6s us/req  idle %5s%%\n' \
         "$r" "$sec" "$t" "$rps" "$([[ $kind == h2 ]] && echo mean || echo p50)" "$p50" \
-        "$([[ $kind == h2 ]] && echo mean || echo p99)" "$p99" "$reqs" "$([[ -n $pid ]] && echo "${CPU[$sec/$t/$r]}" || echo -)"
+        "$([[ $kind == h2 ]] && echo mean || echo p99)" "$p99" "$reqs" "$([[ -n $pid ]] && echo "${CPU[$sec/$t/$r]}" || echo -)" "$idle"
     kill -0 "$SY_PID" 2>/dev/null || die "switchyard exited during the run: $(tail -5 "$WORK/switchyard.log")"
 }
 
