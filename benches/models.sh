@@ -71,6 +71,7 @@ end
 EOF
 
 rss_mib() { awk '/^VmRSS:/ { printf "%.0f", $2 / 1024 }' "/proc/$1/status"; }
+peak_mib() { awk '/^VmHWM:/ { printf "%.0f", $2 / 1024 }' "/proc/$1/status"; }
 scrape() { # PID: "BYTES MS": the last scrape's size, CPU per scrape over SCRAPES of them
     local pid=$1 t0 t1 bytes=0
     t0=$(cpu_ticks "$pid")
@@ -84,7 +85,7 @@ scrape() { # PID: "BYTES MS": the last scrape's size, CPU per scrape over SCRAPE
 }
 
 measure() { # NAME BIN ROUND: one instance, idle then served; prints a result line
-    local name=$1 bin=$2 round=$3 pid idle_rss idle_bytes idle_ms rps non2xx served_rss bytes ms after readyz_ms
+    local name=$1 bin=$2 round=$3 pid idle_rss idle_bytes idle_ms rps non2xx served_rss bytes ms after peak readyz_ms
     RUST_LOG=${RUST_LOG:-warn} "$bin" serve --config "$WORK/models.toml" --ephemeral \
         >"$WORK/$name-$round.log" 2>&1 &
     pid=$!
@@ -106,6 +107,7 @@ measure() { # NAME BIN ROUND: one instance, idle then served; prints a result li
     served_rss=$(rss_mib "$pid")
     read -r bytes ms < <(scrape "$pid")
     after=$(rss_mib "$pid")
+    peak=$(peak_mib "$pid")
     # /readyz asked 20 ms into a scrape, when the exposition is being written.
     curl -fsS --max-time 60 -o /dev/null "http://127.0.0.1:$P_ADMIN/metrics" &
     local scraper=$!
@@ -119,16 +121,17 @@ measure() { # NAME BIN ROUND: one instance, idle then served; prints a result li
     local keep=() p
     for p in "${PIDS[@]}"; do [[ $p == "$pid" ]] || keep+=("$p"); done
     PIDS=("${keep[@]}")
-    printf '%-10s %5d %9d %10d %9d %9d %10d %11d %9d %11d %10d\n' "$name" "$round" "$idle_rss" \
-        "$idle_bytes" "$idle_ms" "$rps" "$served_rss" "$bytes" "$ms" "$after" "$readyz_ms"
+    printf '%-10s %5d %9d %10d %9d %9d %10d %11d %9d %11d %10d %10d\n' "$name" "$round" "$idle_rss" \
+        "$idle_bytes" "$idle_ms" "$rps" "$served_rss" "$bytes" "$ms" "$after" "$peak" "$readyz_ms"
 }
 
 log "switchyard $("$BIN" --version | awk '{print $2}'), $MODELS models, workers=$WORKERS; wrk -t2 -c8 ${DURATION}s over every Host; $SCRAPES scrapes per figure"
-printf '%-10s %5s %9s %10s %9s %9s %10s %11s %9s %11s %10s\n' build round "idle MiB" "idle B" "idle ms" \
-    "req/s" "served MiB" "scrape B" "scrape ms" "after MiB" "readyz ms"
+printf '%-10s %5s %9s %10s %9s %9s %10s %11s %9s %11s %10s %10s\n' build round "idle MiB" "idle B" "idle ms" \
+    "req/s" "served MiB" "scrape B" "scrape ms" "after MiB" "peak MiB" "readyz ms"
 for ((r = 1; r <= ROUNDS; r++)); do
     [[ -z $BASELINE_BIN ]] || measure baseline "$BASELINE_BIN" "$r"
     measure switchyard "$BIN" "$r"
 done
-echo "MiB: RSS idle, after the traffic, and after the scrapes; B: bytes of one scrape; ms: CPU per scrape;"
+echo "MiB: RSS idle, after the traffic, after the scrapes, and the most it ever was (VmHWM); B: bytes of one"
+echo "scrape; ms: CPU per scrape;"
 echo "readyz ms: time for /readyz to answer when asked 20 ms into a scrape"

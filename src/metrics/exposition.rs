@@ -1,6 +1,7 @@
 //! Prometheus text exposition (format 0.0.4) of the series rendered at scrape time: each
 //! pool's status-code and error counters and gauges ([`super::pool_series`]) and latency
-//! histograms ([`super::latency`]), written straight from the atomics.
+//! histograms ([`super::latency`]), written straight from the atomics, a part at a time
+//! ([`super::scrape`]).
 //!
 //! Through the client library's collectors every sample became a protobuf `Metric` with its
 //! own copies of the label names and values, built, encoded and dropped on each scrape: with
@@ -46,14 +47,8 @@ fn escape_into(out: &mut String, value: &str) {
     }
 }
 
-/// Writes a family: its `# HELP` and `# TYPE` lines, then the samples `samples` writes. A
-/// family without samples is left out, as the client library leaves it out.
-pub(super) fn family(
-    out: &mut Vec<u8>,
-    (name, help, kind): (&str, &str, &str),
-    samples: impl FnOnce(&mut Vec<u8>),
-) {
-    let start = out.len();
+/// A family's `# HELP` and `# TYPE` lines.
+pub(super) fn header(out: &mut Vec<u8>, (name, help, kind): (&str, &str, &str)) {
     for part in [
         "# HELP ",
         name,
@@ -66,11 +61,6 @@ pub(super) fn family(
         "\n",
     ] {
         out.extend_from_slice(part.as_bytes());
-    }
-    let header = out.len();
-    samples(out);
-    if out.len() == header {
-        out.truncate(start);
     }
 }
 

@@ -2,9 +2,7 @@
 //! histograms ([`super::window`]) instead of being observed a second time on the request path:
 //! one set of per-worker atomics serves both canary analysis and Prometheus.
 
-use std::sync::Arc;
-
-use super::exposition::{family, float, sample, Extra, PoolLabels, Value};
+use super::exposition::{float, sample, Extra, PoolLabels, Value};
 use super::window::{Counts, Which};
 use super::PoolMetrics;
 
@@ -14,18 +12,22 @@ pub const LATENCY_BUCKETS: &[f64] = &[
     120.0, 300.0, 600.0,
 ];
 
-const FAMILIES: [(&str, &str); 3] = [
+/// The families, in the order they are written: name and help, and the histogram each shows.
+pub(super) const FAMILIES: [(&str, &str, Which); 3] = [
     (
         "switchyard_request_duration_seconds",
         "Time from request received to the end of the response body.",
+        Which::Latency,
     ),
     (
         "switchyard_time_to_first_byte_seconds",
         "Time from request received to the first byte of the response body (the first token of a stream); to the end of the response when it has no body.",
+        Which::FirstByte,
     ),
     (
         "switchyard_inter_chunk_seconds",
         "Gaps between body chunks of streamed responses (SSE or chunked): inter-token latency.",
+        Which::InterChunk,
     ),
 ];
 
@@ -47,53 +49,58 @@ impl Bounds {
     }
 }
 
-/// Writes the latency histograms of every pool that has recorded a sample. A family's
-/// samples must follow its header, so each family is one pass over the pools, each pass
-/// summing only its own histogram.
-pub(super) fn write(
-    pools: &[Arc<PoolMetrics>],
-    labels: &[PoolLabels],
-    bounds: &Bounds,
-    out: &mut Vec<u8>,
-) {
-    for ((name, help), which) in
-        FAMILIES
-            .iter()
-            .zip([Which::Latency, Which::FirstByte, Which::InterChunk])
-    {
-        family(out, (name, help, "histogram"), |out| {
-            for (p, l) in pools.iter().zip(labels) {
-                // A series appears with its first sample, as a labelled child of a client
-                // library's histogram does: with 10,000 idle models, empty histograms were
-                // 630,000 of a scrape's 710,000 lines.
-                if p.stats.mark().is_none() {
-                    continue; // nothing recorded yet: no copy either
-                }
-                let counts = p.stats.histogram(which);
-                if counts.count() > 0 {
-                    histogram(out, name, l, bounds, &counts);
-                }
-            }
-        });
+/// A histogram family's sample names, made once per scrape.
+pub(super) struct Names {
+    bucket: String,
+    sum: String,
+    count: String,
+}
+
+impl Names {
+    pub(super) fn new(name: &str) -> Self {
+        Names {
+            bucket: format!("{name}_bucket"),
+            sum: format!("{name}_sum"),
+            count: format!("{name}_count"),
+        }
     }
 }
 
-fn histogram(out: &mut Vec<u8>, name: &str, l: &PoolLabels, bounds: &Bounds, counts: &Counts) {
-    let bucket = format!("{name}_bucket");
+/// Writes one pool's histogram `which`, if it has recorded a sample. A series appears with
+/// its first sample, as a labelled child of a client library's histogram does: with 10,000
+/// idle models, empty histograms were 630,000 of a scrape's 710,000 lines.
+pub(super) fn write_pool(
+    which: Which,
+    names: &Names,
+    p: &PoolMetrics,
+    l: &PoolLabels,
+    bounds: &Bounds,
+    out: &mut Vec<u8>,
+) {
+    if p.stats.mark().is_none() {
+        return; // nothing recorded yet: no copy either
+    }
+    let counts = p.stats.histogram(which);
+    if counts.count() > 0 {
+        histogram(out, names, l, bounds, &counts);
+    }
+}
+
+fn histogram(out: &mut Vec<u8>, names: &Names, l: &PoolLabels, bounds: &Bounds, counts: &Counts) {
     for (n, le) in counts.cumulative(&bounds.us).into_iter().zip(&bounds.le) {
-        sample(out, &bucket, l, Extra::Le(le), Value::Count(n));
+        sample(out, &names.bucket, l, Extra::Le(le), Value::Count(n));
     }
     let count = counts.count();
-    sample(out, &bucket, l, Extra::Le("+Inf"), Value::Count(count));
-    let sum = Value::Float(counts.sum_us as f64 / 1_000_000.0);
-    sample(out, &format!("{name}_sum"), l, Extra::None, sum);
     sample(
         out,
-        &format!("{name}_count"),
+        &names.bucket,
         l,
-        Extra::None,
+        Extra::Le("+Inf"),
         Value::Count(count),
     );
+    let sum = Value::Float(counts.sum_us as f64 / 1_000_000.0);
+    sample(out, &names.sum, l, Extra::None, sum);
+    sample(out, &names.count, l, Extra::None, Value::Count(count));
 }
 
 #[cfg(test)]

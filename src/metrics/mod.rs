@@ -6,9 +6,12 @@
 mod exposition;
 pub mod latency;
 pub mod pool_series;
+mod scrape;
 pub mod window;
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+pub use scrape::{Scrape, ScrapeBody};
+
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
 use prometheus::{Encoder, IntCounterVec, Opts, Registry, TextEncoder};
@@ -60,9 +63,6 @@ pub struct Metrics {
     pools: Arc<Mutex<Vec<Weak<PoolMetrics>>>>,
     analysis_verdicts: IntCounterVec,
     bounds: Arc<latency::Bounds>,
-    /// The last exposition's size: the next is about as large, and a buffer grown by
-    /// doubling to tens of megabytes copies itself over and over.
-    last_size: Arc<AtomicUsize>,
 }
 
 impl Metrics {
@@ -85,7 +85,6 @@ impl Metrics {
             pools,
             analysis_verdicts,
             bounds: Arc::new(latency::Bounds::new()),
-            last_size: Arc::new(AtomicUsize::new(0)),
         }
     }
 
@@ -111,24 +110,21 @@ impl Metrics {
         pool
     }
 
-    /// Prometheus text exposition of every family: the client library's (verdicts), then the
-    /// pools' status-code counters, gauges, error counters and latency histograms, written
-    /// straight from their atomics ([`exposition`]).
-    pub fn encode(&self) -> Vec<u8> {
-        let pools = live_pools(&self.pools);
-        let labels: Vec<_> = pools
-            .iter()
-            .map(|p| exposition::PoolLabels::new(p.labels()))
-            .collect();
-        let last = self.last_size.load(Ordering::Relaxed);
-        // About 850 bytes per idle pool; histograms add more as pools serve.
-        let mut buf = Vec::with_capacity((16 * 1024 + pools.len() * 1024).max(last + last / 8));
+    /// Starts a Prometheus text exposition of every family: the client library's (verdicts),
+    /// then the pools' status-code counters, gauges, error counters and latency histograms,
+    /// written straight from their atomics a part at a time ([`Scrape`]).
+    pub fn scrape(&self) -> Scrape {
+        let mut head = Vec::new();
         // Encoding into a Vec cannot fail for the text format.
-        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
-        pool_series::write(&pools, &labels, &mut buf);
-        latency::write(&pools, &labels, &self.bounds, &mut buf);
-        self.last_size.store(buf.len(), Ordering::Relaxed);
-        buf
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut head);
+        Scrape::new(head, live_pools(&self.pools), self.bounds.clone())
+    }
+
+    /// The whole exposition at once, for tests and benches: `/metrics` streams [`Self::scrape`].
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        self.scrape().write(&mut out, usize::MAX);
+        out
     }
 
     /// Counts one canary analysis verdict of an environment.

@@ -8,9 +8,8 @@
 //! request path touches the same atomics it did.
 
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::Arc;
 
-use super::exposition::{family, sample, Extra, PoolLabels, Value};
+use super::exposition::{sample, Extra, PoolLabels, Value};
 use super::{PoolMetrics, UpstreamErrorKind};
 
 /// An integer gauge of one pool (`in_flight_requests`, `ready_replicas`).
@@ -80,7 +79,8 @@ impl ErrorCounts {
 }
 
 /// What a family shows of each pool.
-enum Series {
+#[derive(Clone, Copy)]
+pub(super) enum Series {
     Codes,
     InFlight,
     Errors,
@@ -88,8 +88,8 @@ enum Series {
     Ready,
 }
 
-/// The families, in the order they are written.
-const FAMILIES: [(Series, &str, &str, &str); 5] = [
+/// The families, in the order they are written: name, help and type.
+pub(super) const FAMILIES: [(Series, &str, &str, &str); 5] = [
     (
         Series::Codes,
         "switchyard_requests_total",
@@ -122,44 +122,37 @@ const FAMILIES: [(Series, &str, &str, &str); 5] = [
     ),
 ];
 
-/// Writes every live pool's status-code counters, gauges and error counters. Every pool has
-/// its gauges and error counters from the moment it exists, zero or not: a scraper expects to
-/// see each pool. A family's samples
-/// must follow its header, so each family is one pass over the pools (a pass only loads
-/// atomics).
-pub(super) fn write(pools: &[Arc<PoolMetrics>], labels: &[PoolLabels], out: &mut Vec<u8>) {
-    for (series, name, help, kind) in &FAMILIES {
-        family(out, (name, help, kind), |out| {
-            for (p, l) in pools.iter().zip(labels) {
-                match series {
-                    // A code's series appears with its first response.
-                    Series::Codes => {
-                        for (code, n) in p.stats.codes() {
-                            sample(out, name, l, Extra::Code(code), Value::Count(n));
-                        }
-                    }
-                    Series::InFlight => {
-                        sample(out, name, l, Extra::None, Value::Int(p.in_flight.get()))
-                    }
-                    Series::Errors => {
-                        for k in UpstreamErrorKind::ALL {
-                            let v = Value::Count(p.errors.get(k));
-                            sample(out, name, l, Extra::Kind(k.as_str()), v);
-                        }
-                    }
-                    Series::Weight => {
-                        sample(out, name, l, Extra::None, Value::Float(p.weight.get()))
-                    }
-                    Series::Ready => sample(
-                        out,
-                        name,
-                        l,
-                        Extra::None,
-                        Value::Int(p.ready_replicas.get()),
-                    ),
-                }
+/// Writes one pool's samples of the family `name` shows. Every pool has its gauges and error
+/// counters from the moment it exists, zero or not: a scraper expects to see each pool. A
+/// status code's series appears with its first response.
+pub(super) fn write_pool(
+    series: Series,
+    name: &str,
+    p: &PoolMetrics,
+    l: &PoolLabels,
+    out: &mut Vec<u8>,
+) {
+    match series {
+        Series::Codes => {
+            for (code, n) in p.stats.codes() {
+                sample(out, name, l, Extra::Code(code), Value::Count(n));
             }
-        });
+        }
+        Series::InFlight => sample(out, name, l, Extra::None, Value::Int(p.in_flight.get())),
+        Series::Errors => {
+            for k in UpstreamErrorKind::ALL {
+                let v = Value::Count(p.errors.get(k));
+                sample(out, name, l, Extra::Kind(k.as_str()), v);
+            }
+        }
+        Series::Weight => sample(out, name, l, Extra::None, Value::Float(p.weight.get())),
+        Series::Ready => sample(
+            out,
+            name,
+            l,
+            Extra::None,
+            Value::Int(p.ready_replicas.get()),
+        ),
     }
 }
 

@@ -125,3 +125,66 @@ async fn health_endpoints_answer_without_traffic() {
     assert_eq!(admin(proxy.admin_addr, "/nope").await.0, 404);
     proxy.shutdown().await;
 }
+
+/// A scrape many parts long arrives whole, its families each once, and a scraper that hangs
+/// up halfway does not stop the next one.
+#[tokio::test]
+async fn a_scrape_many_parts_long_streams_whole_and_survives_a_scraper_leaving() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let v1 = named("v1").await;
+    let ids: Vec<String> = (0..400).map(|i| format!("d{i}")).collect();
+    let deployments: Vec<_> = ids
+        .iter()
+        .map(|id| (id.as_str(), vec![v1.addr], 1))
+        .collect();
+    let proxy = start(settings(spec(&deployments)));
+    for _ in 0..100 {
+        assert_eq!(get(proxy.listen_addr, "/").await.status, 200);
+    }
+
+    // A scraper that reads the head and a little of the body, then hangs up.
+    let mut s = tokio::net::TcpStream::connect(proxy.admin_addr)
+        .await
+        .unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let mut first = vec![0; 4096];
+    let n = s.read(&mut first).await.unwrap();
+    let head = String::from_utf8_lossy(&first[..n]).to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(
+        head.contains("transfer-encoding: chunked"),
+        "the exposition is not streamed: {head}"
+    );
+    drop(s);
+
+    let (status, m) = admin(proxy.admin_addr, "/metrics").await;
+    assert_eq!(status, 200);
+    assert!(m.len() > 8 * 32 * 1024, "{} bytes", m.len());
+    for id in &ids {
+        let ready = format!(
+            "switchyard_ready_replicas{{deployment=\"{id}\",environment=\"production\",model=\"m\"}}"
+        );
+        assert_eq!(sample(&m, &ready), Some(1.0), "{ready}");
+    }
+    let served: f64 = m
+        .lines()
+        .filter(|l| l.starts_with("switchyard_request_duration_seconds_count{"))
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum();
+    assert_eq!(served, 100.0);
+    for family in [
+        "switchyard_requests_total counter",
+        "switchyard_ready_replicas gauge",
+        "switchyard_request_duration_seconds histogram",
+    ] {
+        assert_eq!(
+            m.matches(&format!("# TYPE {family}\n")).count(),
+            1,
+            "{family}"
+        );
+    }
+    assert!(m.ends_with('\n'));
+    proxy.shutdown().await;
+}
