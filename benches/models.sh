@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # What a large configuration costs once its models have served: MODELS models (one Host, one
 # deployment, one replica each, as e2e.sh's hosts section), measured idle, then after wrk has
-# sent traffic to every model's Host: RSS, the size and CPU of a `/metrics` scrape, and how
-# long `/readyz` takes to answer while a scrape is being written. With
+# sent traffic to every model's Host: RSS, the size and CPU of a `/metrics` scrape, the peak
+# RSS with several scrapes at once, and how long `/readyz` takes to answer while a scrape is
+# being written. With
 # BASELINE_BIN, another build is measured the same way, alternated with this one, ROUNDS
 # times each. Everything runs on 127.0.0.1 and stops by itself. See benches/README.md.
 #
@@ -14,6 +15,7 @@ MODELS=${MODELS:-10000}           # models in the configuration
 ROUNDS=${ROUNDS:-2}               # instances started per build
 DURATION=${DURATION:-8}           # seconds of wrk over every model's Host
 SCRAPES=${SCRAPES:-5}             # scrapes timed together, idle and after the traffic
+AT_ONCE=${AT_ONCE:-4}             # then this many scrapes at the same time (Prometheus pairs, ad hoc curls)
 WORKERS=${WORKERS:-2}             # switchyard --workers
 PORT_BASE=${PORT_BASE:-18800}     # ports PORT_BASE+1 .. PORT_BASE+3 on 127.0.0.1
 SKIP_BUILD=${SKIP_BUILD:-0}       # 1 = use the existing target/release/switchyard
@@ -22,7 +24,7 @@ BASELINE_BIN=${BASELINE_BIN:-}    # another build, measured alternately in the s
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-for v in MODELS ROUNDS DURATION SCRAPES WORKERS PORT_BASE; do
+for v in MODELS ROUNDS DURATION SCRAPES AT_ONCE WORKERS PORT_BASE; do
     [[ ${!v} =~ ^[0-9]+$ ]] || { echo "models: $v=${!v} is not a whole number" >&2; exit 2; }
 done
 ((MODELS >= 1 && ROUNDS >= 1 && DURATION >= 1 && SCRAPES >= 1 && WORKERS >= 1)) ||
@@ -107,6 +109,12 @@ measure() { # NAME BIN ROUND: one instance, idle then served; prints a result li
     served_rss=$(rss_mib "$pid")
     read -r bytes ms < <(scrape "$pid")
     after=$(rss_mib "$pid")
+    local scrapers=() s
+    for ((s = 0; s < AT_ONCE; s++)); do
+        curl -fsS --max-time 60 -o /dev/null "http://127.0.0.1:$P_ADMIN/metrics" &
+        scrapers+=($!)
+    done
+    for s in "${scrapers[@]}"; do wait "$s" || die "one of $AT_ONCE scrapes at once failed"; done
     peak=$(peak_mib "$pid")
     # /readyz asked 20 ms into a scrape, when the exposition is being written.
     curl -fsS --max-time 60 -o /dev/null "http://127.0.0.1:$P_ADMIN/metrics" &
@@ -132,6 +140,6 @@ for ((r = 1; r <= ROUNDS; r++)); do
     [[ -z $BASELINE_BIN ]] || measure baseline "$BASELINE_BIN" "$r"
     measure switchyard "$BIN" "$r"
 done
-echo "MiB: RSS idle, after the traffic, after the scrapes, and the most it ever was (VmHWM); B: bytes of one"
-echo "scrape; ms: CPU per scrape;"
+echo "MiB: RSS idle, after the traffic, after the scrapes, and the most it ever was (VmHWM, read after"
+echo "AT_ONCE=$AT_ONCE more scrapes at the same time); B: bytes of one scrape; ms: CPU per scrape;"
 echo "readyz ms: time for /readyz to answer when asked 20 ms into a scrape"
