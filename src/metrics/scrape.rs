@@ -239,15 +239,21 @@ mod tests {
         assert!(text.contains("# TYPE switchyard_inter_chunk_seconds histogram\n"));
     }
 
-    #[tokio::test]
-    async fn the_body_streams_the_exposition_in_parts() {
+    /// `n` pools that have each served one request.
+    fn served(n: usize) -> (Metrics, Vec<Arc<PoolMetrics>>) {
         let m = Metrics::new();
-        let pools: Vec<_> = (0..400)
+        let pools: Vec<_> = (0..n)
             .map(|i| m.pool("m", "production", &format!("v{i}")))
             .collect();
         for p in &pools {
             p.stats.latency(Duration::from_millis(3));
         }
+        (m, pools)
+    }
+
+    #[tokio::test]
+    async fn the_body_streams_the_exposition_in_parts() {
+        let (m, _pools) = served(400);
         let whole = m.encode();
         assert!(whole.len() > 3 * PART, "{} bytes", whole.len());
         let mut body = ScrapeBody::new(m.scrape());
@@ -274,13 +280,7 @@ mod tests {
     #[tokio::test(flavor = "current_thread")]
     async fn reading_a_scrape_hands_the_thread_to_other_tasks_every_few_parts() {
         use std::sync::atomic::{AtomicUsize, Ordering};
-        let m = Metrics::new();
-        let pools: Vec<_> = (0..1000)
-            .map(|i| m.pool("m", "production", &format!("v{i}")))
-            .collect();
-        for p in &pools {
-            p.stats.latency(Duration::from_millis(3));
-        }
+        let (m, _pools) = served(1000);
         let turns = Arc::new(AtomicUsize::new(0));
         let other = tokio::spawn({
             let turns = turns.clone();
