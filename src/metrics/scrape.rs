@@ -50,8 +50,8 @@ const FAMILIES: [Family; 8] = {
 pub struct Scrape {
     /// The client library's families (canary verdicts), not yet handed out.
     head: Vec<u8>,
-    pools: Vec<Arc<PoolMetrics>>,
-    labels: Vec<PoolLabels>,
+    /// The live pools, each with its labels escaped once per scrape.
+    pools: Vec<(Arc<PoolMetrics>, PoolLabels)>,
     bounds: Arc<Bounds>,
     names: [Names; 3],
     /// Where the next part starts: a family, a pool, and whether the family's header is out.
@@ -62,12 +62,17 @@ pub struct Scrape {
 
 impl Scrape {
     pub(super) fn new(head: Vec<u8>, pools: Vec<Arc<PoolMetrics>>, bounds: Arc<Bounds>) -> Self {
-        let labels = pools.iter().map(|p| PoolLabels::new(p.labels())).collect();
+        let pools = pools
+            .into_iter()
+            .map(|p| {
+                let l = PoolLabels::new(p.labels());
+                (p, l)
+            })
+            .collect();
         let names = latency::FAMILIES.map(|(name, _, _)| Names::new(name));
         Scrape {
             head,
             pools,
-            labels,
             bounds,
             names,
             family: 0,
@@ -81,7 +86,7 @@ impl Scrape {
     pub fn write(&mut self, out: &mut Vec<u8>, min: usize) -> bool {
         out.append(&mut self.head);
         while let Some(&family) = FAMILIES.get(self.family) {
-            while let (Some(p), Some(l)) = (self.pools.get(self.pool), self.labels.get(self.pool)) {
+            while let Some((p, l)) = self.pools.get(self.pool) {
                 if out.len() >= min {
                     return true;
                 }
