@@ -8,8 +8,9 @@
 //! - `static`: admits or retires endpoints from a fixed list.
 //!
 //! Removal always drains: the replica stops getting new requests at once (the data plane's
-//! draining flag) and is stopped only when its in-flight requests and streams reach zero or
-//! the drain deadline passes. The least-loaded replica goes first; replicas still starting go
+//! draining flag) and is stopped only when its in-flight requests and streams reach zero (and
+//! it has drained for at least 50 ms, so that a request that chose it just before has counted
+//! itself) or the drain deadline passes. The least-loaded replica goes first; replicas still starting go
 //! before any ready one.
 
 mod set;

@@ -16,6 +16,11 @@ use tokio::io::AsyncBufReadExt;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+/// How long a draining replica stays up even with nothing in flight: long enough for a
+/// request that chose it just before the drain began to check out its connection and count
+/// itself (microseconds), with room for a busy machine.
+const DRAIN_SETTLE: Duration = Duration::from_millis(50);
+
 use super::{DataPlaneLookup, ProviderSpec, ProviderTiming, ReplicaProvider, ReplicaSetStatus};
 use crate::routing::Replica;
 
@@ -398,7 +403,12 @@ impl Actor {
             match &m.state {
                 State::Draining { since, replica } => {
                     let busy = replica.as_ref().map_or(0, |r| r.outstanding());
-                    if busy == 0 || now.duration_since(*since) >= drain_timeout {
+                    let drained = now.duration_since(*since);
+                    // A request that chose this replica just before it was marked draining
+                    // counts itself in flight only once it has a connection: an idle one
+                    // seen now may still be about to send. Stopping waits out that moment.
+                    let settled = drained >= DRAIN_SETTLE;
+                    if (busy == 0 && settled) || drained >= drain_timeout {
                         if busy > 0 {
                             tracing::warn!(deployment = %self.name, replica = %m.addr, in_flight = busy, "drain deadline passed; stopping anyway");
                         }
