@@ -18,25 +18,56 @@ use crate::routing::{Pool, Replica};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// One request counted against a replica and its pool, from the moment it is sent until the
-/// response body ends or is dropped (not until the headers: inference streams last minutes).
+/// One request counted against its replica from the moment the replica is chosen, and against
+/// its pool from the moment it is sent, until the response body ends or is dropped (not until
+/// the headers: inference streams last minutes).
+///
+/// Counting the replica from the choice, not from the connection, matters twice: a request
+/// still connecting is load that the least-outstanding pick must see (or every request of a
+/// burst picks the fresh replica whose connections are still opening), and a draining replica
+/// must not be stopped under a request that chose it and has yet to connect.
 pub struct InFlight {
     pub replica: Arc<Replica>,
     pub pool: Arc<Pool>,
     started: Instant,
     /// When the response body ended, if its end already read the clock.
     ended: Option<Instant>,
+    /// Whether the request has gone to the replica: counted in the pool's in-flight gauge, and
+    /// its latency recorded when it ends. A request that never connected has no latency.
+    sent: bool,
 }
 
 impl InFlight {
-    pub fn begin(replica: Arc<Replica>, pool: Arc<Pool>, started: Instant) -> Self {
+    /// A request that has chosen `replica`, counted against it from now on.
+    pub fn chosen(replica: Arc<Replica>, pool: Arc<Pool>, started: Instant) -> Self {
         replica.begin_request();
-        pool.metrics.in_flight.inc();
         InFlight {
             replica,
             pool,
             started,
             ended: None,
+            sent: false,
+        }
+    }
+
+    /// The request moves to another replica of the pool (its connect failed): counted against
+    /// the new one before the old one lets go.
+    pub fn move_to(&mut self, next: Arc<Replica>) {
+        next.begin_request();
+        std::mem::replace(&mut self.replica, next).end_request();
+    }
+
+    /// When the request arrived.
+    pub fn started(&self) -> Instant {
+        self.started
+    }
+
+    /// The request is being sent: from now on it counts in the pool's gauge. Once only, so a
+    /// request sent again on a fresh connection (a pooled one was closing) counts once.
+    pub fn sending(&mut self) {
+        if !self.sent {
+            self.sent = true;
+            self.pool.metrics.in_flight.inc();
         }
     }
 }
@@ -44,6 +75,9 @@ impl InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.replica.end_request();
+        if !self.sent {
+            return;
+        }
         let m = &self.pool.metrics;
         m.in_flight.dec();
         let ended = self.ended.unwrap_or_else(Instant::now);
@@ -387,5 +421,68 @@ impl Body for ProxyBody {
             Inner::Upstream(b) => b.size_hint(),
             Inner::Local(b) => SizeHint::with_exact(b.as_ref().map_or(0, |d| d.len() as u64)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::Metrics;
+
+    fn pool(metrics: &Metrics) -> Arc<Pool> {
+        Arc::new(Pool {
+            model: "m".into(),
+            environment: "e".into(),
+            deployment: "d".into(),
+            replicas: (0..2u16)
+                .map(|i| {
+                    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], 1000 + i));
+                    Arc::new(Replica::new(u64::from(i), addr, "d".into()))
+                })
+                .collect(),
+            metrics: metrics.pool("m", "e", "d"),
+            header_value: http::HeaderValue::from_static("d"),
+        })
+    }
+
+    fn latency_count(metrics: &Metrics) -> String {
+        let text = String::from_utf8(metrics.encode()).unwrap();
+        text.lines()
+            .find(|l| l.starts_with("switchyard_request_duration_seconds_count"))
+            .map_or_else(String::new, |l| {
+                l.rsplit(' ').next().unwrap_or("").to_owned()
+            })
+    }
+
+    /// The replica counts a request from its choice; the pool's gauge and latency only once it
+    /// is sent, and once however often it is sent.
+    #[test]
+    fn a_request_counts_against_its_replica_from_the_choice_and_its_pool_once_sent() {
+        let metrics = Metrics::new();
+        let p = pool(&metrics);
+        let (a, b) = (p.replicas[0].clone(), p.replicas[1].clone());
+        let mut req = InFlight::chosen(a.clone(), p.clone(), Instant::now());
+        assert_eq!((a.outstanding(), b.outstanding()), (1, 0));
+        assert_eq!(p.metrics.in_flight.get(), 0);
+
+        // Its connect failed: it moves to the other replica.
+        req.move_to(b.clone());
+        assert_eq!((a.outstanding(), b.outstanding()), (0, 1));
+
+        // Sent, then sent again on a fresh connection (a pooled one was closing).
+        req.sending();
+        req.sending();
+        assert_eq!(p.metrics.in_flight.get(), 1);
+        drop(req);
+        assert_eq!(
+            (a.outstanding(), b.outstanding(), p.metrics.in_flight.get()),
+            (0, 0, 0)
+        );
+        assert_eq!(latency_count(&metrics), "1");
+
+        // A request that never connected leaves no latency sample.
+        drop(InFlight::chosen(a.clone(), p.clone(), Instant::now()));
+        assert_eq!((a.outstanding(), p.metrics.in_flight.get()), (0, 0));
+        assert_eq!(latency_count(&metrics), "1");
     }
 }

@@ -69,7 +69,7 @@ pub async fn proxy(
     req: Box<Request<ClientBody>>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let started = Instant::now();
-    let resp = match prepare(&ctx, req) {
+    let resp = match prepare(&ctx, req, started) {
         Err(resp) => resp,
         Ok(Prepared {
             target,
@@ -84,15 +84,7 @@ pub async fn proxy(
                 proto: conn.proto,
                 host: host.as_ref(),
             };
-            let exchanged = exchange(
-                &ctx.upstream,
-                &target.pool,
-                target.replica,
-                req,
-                &forwarding,
-                started,
-            )
-            .await;
+            let exchanged = exchange(&ctx.upstream, target.chosen, req, &forwarding).await;
             exchanged
                 .and_then(|(in_flight, response)| {
                     respond(&ctx, in_flight, response, client_version, client_upgrade)
@@ -120,6 +112,7 @@ struct Prepared {
 fn prepare(
     ctx: &ProxyContext,
     mut req: Box<Request<ClientBody>>,
+    started: Instant,
 ) -> Result<Prepared, Response<ProxyBody>> {
     if req.method() == Method::CONNECT {
         // A reverse proxy has no tunnel to open; replicas are reached by path and Host.
@@ -149,7 +142,7 @@ fn prepare(
         ));
     }
     let refused = |e: ForwardError| e.into_response(ctx.deployment_header);
-    let target = route(&ctx.router, &req, host_header.as_ref()).map_err(refused)?;
+    let target = route(&ctx.router, &req, host_header.as_ref(), started).map_err(refused)?;
     // The Host asked for (the header, or for HTTP/2 the URI authority), taken before
     // stripping: `Connection: host` must not hide it. One value held across the exchange.
     let host = host_header.or_else(|| {
@@ -176,18 +169,21 @@ fn prepare(
 
 /// Where the routing decision sends a request.
 struct Target {
-    pool: Arc<Pool>,
-    replica: Arc<Replica>,
+    /// The pool and replica chosen, the request already counted against the replica.
+    chosen: InFlight,
     /// Bytes of routing prefix to strip from the path.
     strip: usize,
 }
 
 /// Stage 1, route: one snapshot load chooses the pool and a replica; only the Arcs needed
-/// across awaits are kept.
+/// across awaits are kept. The request counts against the replica from here, in the same
+/// breath as the pick: the next request's pick sees it, and a drain that begins now waits
+/// for it.
 fn route(
     router: &Router,
     req: &Request<ClientBody>,
     host_header: Option<&HeaderValue>,
+    started: Instant,
 ) -> Result<Target, ForwardError> {
     // The Host the client addressed: the URI authority (HTTP/2, absolute form) or the header.
     let host = req
@@ -211,8 +207,7 @@ fn route(
     };
     match pool.pick_replica(&mut rng, &[]) {
         Some(replica) => Ok(Target {
-            pool: pool.clone(),
-            replica: replica.clone(),
+            chosen: InFlight::chosen(replica.clone(), pool.clone(), started),
             strip: resolved.strip,
         }),
         None => Err(ForwardError::NoReplica { pool: pool.clone() }),
@@ -224,18 +219,25 @@ fn route(
 /// is replaced; once bytes went upstream there is no retry.
 async fn exchange(
     cfg: &UpstreamSettings,
-    pool: &Arc<Pool>,
-    mut replica: Arc<Replica>,
+    mut in_flight: InFlight,
     mut req: Box<Request<ClientBody>>,
     forwarding: &Forwarding<'_>,
-    started: Instant,
 ) -> Result<(InFlight, Response<ResponseBody>), ForwardError> {
     let mut tried = Tried::default();
     let mut stale_retries = 0u32;
     loop {
-        let conn = connect(cfg, pool, &mut replica, &mut tried, started).await?;
-        let in_flight = InFlight::begin(replica.clone(), pool.clone(), started);
-        match send(cfg, pool, &replica, conn, req, forwarding).await {
+        let conn = connect(cfg, &mut in_flight, &mut tried).await?;
+        in_flight.sending();
+        match send(
+            cfg,
+            &in_flight.pool,
+            &in_flight.replica,
+            conn,
+            req,
+            forwarding,
+        )
+        .await
+        {
             Ok(response) => return Ok((in_flight, response)),
             Err(Unanswered::NotSent(back, _)) if stale_retries < MAX_STALE_RETRIES => {
                 stale_retries += 1;
@@ -243,8 +245,8 @@ async fn exchange(
             }
             Err(Unanswered::NotSent(_, e)) => {
                 return Err(ForwardError::Upstream {
-                    pool: pool.clone(),
-                    replica: replica.addr,
+                    pool: in_flight.pool.clone(),
+                    replica: in_flight.replica.addr,
                     error: UpstreamError::Send(e),
                 })
             }
@@ -260,21 +262,20 @@ struct Tried {
     len: usize,
 }
 
-/// Stage 2, connect: a pooled connection to `replica`, or a new one. A failed connect (nothing
-/// was sent) moves on to another replica of the pool, up to `max_connect_attempts` in all;
-/// `replica` is left naming the one connected to.
+/// Stage 2, connect: a pooled connection to the chosen replica, or a new one. A failed connect
+/// (nothing was sent) moves the request on to another replica of the pool, up to
+/// `max_connect_attempts` in all; `in_flight` is left counted against the one connected to.
 async fn connect(
     cfg: &UpstreamSettings,
-    pool: &Arc<Pool>,
-    replica: &mut Arc<Replica>,
+    in_flight: &mut InFlight,
     tried: &mut Tried,
-    started: Instant,
 ) -> Result<Conn, ForwardError> {
     let max_attempts = (cfg.max_connect_attempts as usize).min(MAX_TRIED);
     // The request's start is the clock for the first look at the pool; after a failed connect
     // (which may have taken its timeout) the clock is read again.
-    let mut first = Some(started);
+    let mut first = Some(in_flight.started());
     loop {
+        let replica = &in_flight.replica;
         let now = first.take().unwrap_or_else(Instant::now);
         if let Some(conn) = upstream::checkout(replica.id, cfg.pool_idle_timeout, now) {
             return Ok(conn);
@@ -287,6 +288,7 @@ async fn connect(
             Err(e) => e,
         };
         let ejected = replica.record_connect_failure(cfg.eject_after_failures, cfg.eject_duration);
+        let pool = &in_flight.pool;
         let failed = ForwardError::Connect {
             pool: pool.clone(),
             replica: replica.addr,
@@ -304,7 +306,8 @@ async fn connect(
             Some(next) => {
                 // Counted and logged like the last failure, which becomes the response.
                 failed.record();
-                *replica = next.clone();
+                let next = next.clone();
+                in_flight.move_to(next);
             }
             None => return Err(failed),
         }

@@ -9,8 +9,8 @@
 //!
 //! Removal always drains: the replica stops getting new requests at once (the data plane's
 //! draining flag) and is stopped only when its in-flight requests and streams reach zero (and
-//! it has drained for at least 50 ms, so that a request that chose it just before has counted
-//! itself) or the drain deadline passes. The least-loaded replica goes first; replicas still starting go
+//! it has drained for at least 50 ms, so that a request that chose it in the same instant is
+//! counted) or the drain deadline passes. The least-loaded replica goes first; replicas still starting go
 //! before any ready one.
 
 mod set;

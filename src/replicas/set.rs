@@ -16,9 +16,10 @@ use tokio::io::AsyncBufReadExt;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-/// How long a draining replica stays up even with nothing in flight: long enough for a
-/// request that chose it just before the drain began to check out its connection and count
-/// itself (microseconds), with room for a busy machine.
+/// How long a draining replica stays up even with nothing in flight. A request counts against
+/// its replica in the same breath as it picks it (the pick reads the draining flag, then the
+/// count goes up: a few instructions), so one that picked just before the drain began may be
+/// seen only a moment later; 50 ms is that moment with room for a busy machine.
 const DRAIN_SETTLE: Duration = Duration::from_millis(50);
 
 use super::{DataPlaneLookup, ProviderSpec, ProviderTiming, ReplicaProvider, ReplicaSetStatus};
@@ -405,8 +406,7 @@ impl Actor {
                     let busy = replica.as_ref().map_or(0, |r| r.outstanding());
                     let drained = now.duration_since(*since);
                     // A request that chose this replica just before it was marked draining
-                    // counts itself in flight only once it has a connection: an idle one
-                    // seen now may still be about to send. Stopping waits out that moment.
+                    // may not be counted yet: stopping waits out that moment.
                     let settled = drained >= DRAIN_SETTLE;
                     if (busy == 0 && settled) || drained >= drain_timeout {
                         if busy > 0 {

@@ -242,6 +242,14 @@ async fn idle_upstream_connections_closed_by_the_replica_are_not_used() {
             .await
             .expect("the replica did not close the connection");
     }
+    // A request sent again on a fresh connection is still one request: one latency sample,
+    // and none left in flight.
+    let (_, m) = admin(proxy.admin_addr, "/metrics").await;
+    let l = "deployment=\"v1\",environment=\"production\",model=\"m\"";
+    let count = format!("switchyard_request_duration_seconds_count{{{l}}}");
+    let in_flight = format!("switchyard_in_flight_requests{{{l}}}");
+    assert_eq!(sample(&m, &count), Some(20.0), "{m}");
+    assert_eq!(sample(&m, &in_flight), Some(0.0), "{m}");
     proxy.shutdown().await;
 }
 
@@ -282,5 +290,84 @@ async fn static_endpoints_are_probed_and_a_closed_port_is_never_ready() {
         );
     }
     drop(back);
+    proxy.shutdown().await;
+}
+
+/// A listening port whose accept queue is full: the kernel drops further SYNs, so a connect
+/// to it waits (SYN retransmits) until the connecting side gives up. The returned sockets
+/// keep it that way.
+async fn stalled_addr() -> (
+    std::net::SocketAddr,
+    Vec<std::net::TcpStream>,
+    tokio::net::TcpListener,
+) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    // A backlog of 0 holds one connection that nobody accepts.
+    let listener = socket.listen(0).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let held = tokio::task::spawn_blocking(move || {
+        let mut held = Vec::new();
+        for _ in 0..8 {
+            match std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(300)) {
+                Ok(s) => held.push(s),
+                Err(_) => return held,
+            }
+        }
+        panic!(
+            "{addr}: the accept queue did not fill after {} connections",
+            held.len()
+        );
+    })
+    .await
+    .unwrap();
+    (addr, held, listener)
+}
+
+/// A request counts against its replica from the moment it chose it, not from the moment it
+/// has a connection: while one request waits to connect to a replica, the least-outstanding
+/// pick sends the next requests elsewhere. Counted from the connection, the waiting replica
+/// looked idle and took about half of them (a burst on a replica whose connections are slow to
+/// open, such as a fresh one, piled up there).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_waiting_to_connect_counts_against_its_replica() {
+    let fast = named("fast").await;
+    let (stalled, _held, _listener) = stalled_addr().await;
+    let mut s = settings(spec(&[("v1", vec![fast.addr, stalled], 100)]));
+    s.upstream.connect_timeout = Duration::from_secs(30);
+    s.shutdown_grace = Duration::from_secs(1);
+    let proxy = start(s);
+    let addr = proxy.listen_addr;
+
+    // Between two idle replicas the pick is a coin toss: send until one request is stuck.
+    let mut stuck = None;
+    for _ in 0..30 {
+        let mut req = tokio::spawn(async move { get(addr, "/").await });
+        match tokio::time::timeout(Duration::from_secs(2), &mut req).await {
+            Ok(got) => assert_eq!(got.unwrap().text(), "fast"),
+            Err(_) => {
+                stuck = Some(req);
+                break;
+            }
+        }
+    }
+    let stuck = stuck.expect("30 requests and none chose the stalled replica");
+    let served = fast.requests.load(Ordering::SeqCst);
+
+    // The stalled replica now has one request outstanding and the fast one none after each
+    // answer: every pick compares the two and takes the fast one.
+    for i in 0..20 {
+        let got = tokio::time::timeout(Duration::from_secs(5), get(addr, "/"))
+            .await
+            .unwrap_or_else(|_| panic!("request {i} went to the replica still connecting"));
+        assert_eq!(got.status, 200);
+        assert_eq!(got.text(), "fast");
+    }
+    assert_eq!(fast.requests.load(Ordering::SeqCst), served + 20);
+    assert!(
+        !stuck.is_finished(),
+        "the first request should still be connecting"
+    );
+    stuck.abort();
     proxy.shutdown().await;
 }
