@@ -339,6 +339,10 @@ struct ServeArgs {
     /// Do not add x-switchyard-deployment to responses.
     #[arg(long, env = "SWITCHYARD_NO_DEPLOYMENT_HEADER", value_parser = clap::builder::BoolishValueParser::new(), action = clap::ArgAction::SetTrue)]
     no_deployment_header: bool,
+    /// Workers sleep without first yielding their core to other runnable threads (see
+    /// `server.yield_before_sleep`).
+    #[arg(long, env = "SWITCHYARD_NO_YIELD_BEFORE_SLEEP", value_parser = clap::builder::BoolishValueParser::new(), action = clap::ArgAction::SetTrue)]
+    no_yield_before_sleep: bool,
     /// Seconds in-flight requests may run after SIGTERM/SIGINT [default: 30].
     #[arg(long, env = "SWITCHYARD_SHUTDOWN_GRACE_SECONDS")]
     shutdown_grace_seconds: Option<f64>,
@@ -400,6 +404,7 @@ impl From<ServeArgs> for ServeFlags {
             tls_cert: a.tls_cert,
             tls_key: a.tls_key,
             no_deployment_header: a.no_deployment_header,
+            no_yield_before_sleep: a.no_yield_before_sleep,
             shutdown_grace_seconds: a.shutdown_grace_seconds,
             api_key: a.api_key,
             data_dir: a.data_dir,

@@ -116,6 +116,11 @@ pub struct Settings {
     pub admin_header_timeout: Duration,
     /// The same for proxy clients (their first bytes, every request head, idle keep-alive).
     pub client_header_timeout: Duration,
+    /// A data-plane worker with nothing left to do yields its core (`sched_yield`) before it
+    /// sleeps: on cores shared with the model server or the load generator, the threads its
+    /// writes just woke run there first, and their answers are often back before it would
+    /// have gone to sleep.
+    pub yield_before_sleep: bool,
     /// Several instances share their state on etcd; `None`: the embedded store (`data_dir`).
     pub shared_store: Option<crate::cluster::SharedStoreSettings>,
 }
@@ -147,6 +152,7 @@ impl Settings {
             api_process_deployments: false,
             admin_header_timeout: Duration::from_secs(30),
             client_header_timeout: Duration::from_secs(30),
+            yield_before_sleep: true,
             shared_store: None,
         }
     }
@@ -189,6 +195,7 @@ struct ServerSection {
     api_process_deployments: Option<bool>,
     admin_header_timeout_seconds: Option<f64>,
     client_header_timeout_seconds: Option<f64>,
+    yield_before_sleep: Option<bool>,
     /// `embedded` or `etcd://HOST:PORT[,HOST:PORT...]`.
     store: Option<String>,
     store_prefix: Option<String>,
@@ -367,6 +374,9 @@ fn from_file(f: FileConfig) -> Result<Settings, ConfigError> {
     }
     if let Some(v) = f.server.client_header_timeout_seconds {
         s.client_header_timeout = seconds("server.client_header_timeout_seconds", v, 0.1, 3600.0)?;
+    }
+    if let Some(v) = f.server.yield_before_sleep {
+        s.yield_before_sleep = v;
     }
     if let Some(v) = f.server.admin_header_timeout_seconds {
         s.admin_header_timeout = seconds("server.admin_header_timeout_seconds", v, 0.1, 3600.0)?;
@@ -1020,6 +1030,7 @@ pub struct ServeFlags {
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
     pub no_deployment_header: bool,
+    pub no_yield_before_sleep: bool,
     pub shutdown_grace_seconds: Option<f64>,
     pub api_key: Option<String>,
     pub data_dir: Option<PathBuf>,
@@ -1102,6 +1113,9 @@ impl ServeFlags {
         }
         if self.no_deployment_header {
             s.deployment_header = false;
+        }
+        if self.no_yield_before_sleep {
+            s.yield_before_sleep = false;
         }
         if let Some(v) = self.shutdown_grace_seconds {
             s.shutdown_grace = seconds("--shutdown-grace-seconds", v, 0.0, 86_400.0)?;
@@ -1313,6 +1327,32 @@ mod tests {
             initial_routing(&s.models).models[0].environments[0].weights["v2"],
             250_000
         );
+    }
+
+    /// On by default; the file's `false` or the flag turns it off; a wrong type names its line.
+    #[test]
+    fn yield_before_sleep_defaults_on_and_the_file_or_the_flag_turns_it_off() {
+        let model = r#"
+            [[models]]
+            id = "m"
+            [[models.deployments]]
+            id = "v1"
+            replicas = ["127.0.0.1:9001"]
+            [[models.environments]]
+            name = "production"
+            current = "v1"
+        "#;
+        assert!(parse_str(model).unwrap().yield_before_sleep);
+        let off = parse_str(&format!("[server]\nyield_before_sleep = false\n{model}")).unwrap();
+        assert!(!off.yield_before_sleep);
+        let e = parse_str(&format!("[server]\nyield_before_sleep = \"no\"\n{model}")).unwrap_err();
+        assert!(e.to_string().contains("line 2"), "{e}");
+        let flags = ServeFlags {
+            upstreams: vec!["v1=127.0.0.1:9001".into()],
+            no_yield_before_sleep: true,
+            ..ServeFlags::default()
+        };
+        assert!(!flags.into_settings().unwrap().yield_before_sleep);
     }
 
     #[test]
