@@ -1,0 +1,112 @@
+#!/usr/bin/env bash
+# Who pays for a proxied request: CPU per request of the proxy, of the upstream nginx behind it
+# and of wrk in front of it, with the machine's idle share, for nginx as a proxy and for
+# switchyard with and without `yield_before_sleep`, alternated round by round in one run.
+# On a machine where all three share the cores, a proxy that leaves the cores idle more often
+# makes every process in the chain pay more per request (each answer costs a sleep and a
+# wake-up); this shows it where e2e.sh shows only the proxy's own share.
+#
+#   bash benches/shares.sh                       # wrk -t2 -c8, 4 rounds of 6 s
+#   CONNECTIONS=64 ROUNDS=3 bash benches/shares.sh
+#   PIN=1 bash benches/shares.sh                 # switchyard alone on CPU 1 with one worker,
+#                                                # everything else on CPU 0: what yielding costs
+#                                                # when there is nobody to yield to
+set -euo pipefail
+
+CONNECTIONS=${CONNECTIONS:-8}   # wrk -c
+ROUNDS=${ROUNDS:-4}
+DURATION=${DURATION:-6}         # seconds per target per round (after a 2 s warm-up)
+PIN=${PIN:-0}
+PORT_BASE=${PORT_BASE:-18600}   # ports PORT_BASE+1 .. PORT_BASE+16 on 127.0.0.1
+SKIP_BUILD=${SKIP_BUILD:-0}
+KEEP_WORK=${KEEP_WORK:-0}
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+for v in CONNECTIONS ROUNDS DURATION PIN PORT_BASE; do
+    [[ ${!v} =~ ^[0-9]+$ ]] || { echo "shares: $v=${!v} is not a whole number" >&2; exit 2; }
+done
+((ROUNDS >= 1 && DURATION >= 1 && CONNECTIONS >= 1)) || { echo "shares: need ROUNDS, DURATION, CONNECTIONS >= 1" >&2; exit 2; }
+
+P_V1=$((PORT_BASE + 1)); P_V2=$((PORT_BASE + 2)); P_NGINX=$((PORT_BASE + 3))
+LOG_TAG=shares
+# shellcheck source=benches/common.sh
+source "$(dirname "$0")/common.sh"
+
+stop_everything_on_exit
+ensure_tools
+ensure_command /usr/bin/time time
+build_switchyard
+BIN=$PWD/target/release/switchyard
+WORK=$(mktemp -d /tmp/switchyard-shares.XXXXXX)
+
+# Everything but switchyard on CPU 0 when pinned (switchyard on CPU 1, one worker).
+OTHERS=()
+SY_PIN=()
+WORKERS=2
+if ((PIN)); then
+    (($(nproc) >= 2)) || die "PIN=1 needs two CPUs"
+    OTHERS=(taskset -c 0)
+    SY_PIN=(taskset -c 1)
+    WORKERS=1
+fi
+
+start_upstream 4096 $P_V1 $P_V2 $P_NGINX
+UPSTREAM_PID=${PIDS[-1]}
+if ((PIN)); then
+    for p in "$UPSTREAM_PID" $(pgrep -P "$UPSTREAM_PID" || true); do taskset -a -p -c 0 "$p" >/dev/null; done
+fi
+cat >"$WORK/proxy.conf" <<EOF
+$(nginx_proxy_head "$WORKERS" 4096)
+$(nginx_backends)
+    server {
+        listen 127.0.0.1:$P_NGINX backlog=4096;
+$(nginx_proxy_location)
+    }
+}
+EOF
+"${SY_PIN[@]}" nginx -p "$WORK" -e "$WORK/proxy-error.log" -c "$WORK/proxy.conf" >>"$WORK/proxy-error.log" 2>&1 &
+NGINX_PID=$!
+PIDS+=("$NGINX_PID")
+wait_http "http://127.0.0.1:$P_NGINX/" 10 "$NGINX_PID" || die "nginx proxy did not answer"
+
+declare -A PID_OF PORT_OF
+TARGETS=(nginx yield no-yield)
+PID_OF[nginx]=$NGINX_PID
+PORT_OF[nginx]=$P_NGINX
+k=0
+for t in yield no-yield; do
+    port=$((PORT_BASE + 4 + 2 * k)); admin=$((PORT_BASE + 5 + 2 * k)); k=$((k + 1))
+    extra=()
+    [[ $t == no-yield ]] && extra=(--no-yield-before-sleep)
+    RUST_LOG=warn "${SY_PIN[@]}" "$BIN" serve --listen "127.0.0.1:$port" --admin-listen "127.0.0.1:$admin" \
+        --upstream "v1=127.0.0.1:$P_V1" --upstream "v2=127.0.0.1:$P_V2" --weight v1=90 --weight v2=10 \
+        --workers "$WORKERS" --ephemeral "${extra[@]}" >"$WORK/switchyard-$t.log" 2>&1 &
+    PID_OF[$t]=$!
+    PORT_OF[$t]=$port
+    PIDS+=("$!")
+    wait_http "http://127.0.0.1:$admin/readyz" 15 "$!" || die "switchyard ($t) not ready: $(tail -3 "$WORK/switchyard-$t.log")"
+done
+
+idle_and_total() { awk '/^cpu / { print $5 + $6, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9 }' /proc/stat; }
+
+log "wrk -t2 -c$CONNECTIONS, $ROUNDS rounds of ${DURATION}s per target; $WORKERS workers per proxy; pinned: $PIN"
+printf '%-9s %5s %9s %9s %11s %8s %9s %8s %6s\n' target round "req/s" "proxy µs" "upstream µs" "wrk µs" "all µs" "p99 ms" "idle%"
+for ((r = 1; r <= ROUNDS; r++)); do
+    for t in "${TARGETS[@]}"; do
+        pid=${PID_OF[$t]}
+        url="http://127.0.0.1:${PORT_OF[$t]}/"
+        timeout 30 "${OTHERS[@]}" wrk -t2 -c"$CONNECTIONS" -d2s "$url" >/dev/null || die "$t: warm-up failed"
+        p0=$(cpu_ticks "$pid"); u0=$(cpu_ticks "$UPSTREAM_PID"); read -r i0 t0 < <(idle_and_total)
+        /usr/bin/time -f '%U %S' -o "$WORK/wrk.time" timeout $((DURATION + 30)) "${OTHERS[@]}" \
+            wrk -t2 -c"$CONNECTIONS" -d"${DURATION}s" --latency "$url" >"$WORK/wrk.out" || die "$t: wrk failed"
+        p1=$(cpu_ticks "$pid"); u1=$(cpu_ticks "$UPSTREAM_PID"); read -r i1 t1 < <(idle_and_total)
+        grep -q 'Non-2xx\|Socket errors' "$WORK/wrk.out" && log "$t: $(grep 'Non-2xx\|Socket errors' "$WORK/wrk.out")"
+        requests=$(awk '/ requests in / { print $1 }' "$WORK/wrk.out")
+        p99=$(awk "$AWK_MS"' /^ +99%/ { print ms($2) }' "$WORK/wrk.out")
+        read -r wu ws <"$WORK/wrk.time"
+        awk -v t="$t" -v r="$r" -v n="$requests" -v p=$((p1 - p0)) -v u=$((u1 - u0)) -v wu="$wu" -v ws="$ws" \
+            -v d="$DURATION" -v tk="$CLK_TCK" -v p99="$p99" -v id=$((i1 - i0)) -v tt=$((t1 - t0)) 'BEGIN {
+            pu = p / tk * 1e6 / n; uu = u / tk * 1e6 / n; wk = (wu + ws) * 1e6 / n
+            printf "%-9s %5d %9.0f %9.2f %11.2f %8.2f %9.2f %8.2f %6.1f\n", t, r, n / d, pu, uu, wk, pu + uu + wk, p99, 100 * id / tt }'
+    done
+done
