@@ -40,8 +40,20 @@ impl Pool {
     /// Power of two choices: sample two distinct replicas, take the one with fewer outstanding
     /// requests. Replicas that are ejected, draining, or listed in `exclude` (already tried for
     /// this request) are skipped; when both samples are unusable, scans for any usable one.
+    /// When every replica not draining and not excluded is ejected, the pick is made among the
+    /// ejected ones ([`Self::pick_ejected`]) rather than failing.
     #[inline]
     pub fn pick_replica<R: Rng + ?Sized>(
+        &self,
+        rng: &mut R,
+        exclude: &[u64],
+    ) -> Option<&Arc<Replica>> {
+        self.pick_available(rng, exclude)
+            .or_else(|| self.pick_ejected(exclude))
+    }
+
+    #[inline]
+    fn pick_available<R: Rng + ?Sized>(
         &self,
         rng: &mut R,
         exclude: &[u64],
@@ -73,6 +85,21 @@ impl Pool {
                 }
             }
         }
+    }
+
+    /// The last resort, like Envoy's panic routing and nginx's rule that a lone server is never
+    /// marked down: when passive ejection has taken out every replica that is not draining,
+    /// the one of them with the fewest outstanding requests is tried anyway. Ejection steers
+    /// traffic to the other replicas; with none left, answering 503 for the whole eject period
+    /// would turn a burst of slow connects (a replica's accept queue overflowing once) into
+    /// seconds of refusals from a replica that is already fine again. A connect that fails
+    /// here costs what it did before ejection; one that succeeds ends the ejection.
+    #[cold]
+    fn pick_ejected(&self, exclude: &[u64]) -> Option<&Arc<Replica>> {
+        self.replicas
+            .iter()
+            .filter(|r| !r.is_draining() && !exclude.contains(&r.id))
+            .min_by_key(|r| r.outstanding())
     }
 
     /// Does the pool have any replica that could take a request now?
@@ -208,10 +235,43 @@ mod tests {
         for _ in 0..200 {
             assert_eq!(p.pick_replica(&mut rng, &[]).unwrap().id, 2);
         }
-        assert!(p.pick_replica(&mut rng, &[2]).is_none());
+        // With the only available one excluded, the ejected one is the last resort; the
+        // draining one never is.
+        for _ in 0..20 {
+            assert_eq!(p.pick_replica(&mut rng, &[2]).unwrap().id, 1);
+        }
+        assert!(p.pick_replica(&mut rng, &[1, 2]).is_none());
         assert!(p.has_available());
         p.replicas[2].set_draining(true);
         assert!(!p.has_available());
+        assert_eq!(p.pick_replica(&mut rng, &[]).unwrap().id, 1);
+    }
+
+    #[test]
+    fn a_pool_whose_every_replica_is_ejected_still_picks_the_least_loaded() {
+        let m = Metrics::new();
+        let p = pool(&m, "v1", 3);
+        let mut rng = SmallRng::seed_from_u64(3);
+        for r in &p.replicas {
+            assert!(r.record_connect_failure(1, Duration::from_secs(60)));
+        }
+        p.replicas[0].begin_request();
+        p.replicas[0].begin_request();
+        p.replicas[2].begin_request();
+        for _ in 0..50 {
+            assert_eq!(p.pick_replica(&mut rng, &[]).unwrap().id, 1);
+        }
+        assert_eq!(p.pick_replica(&mut rng, &[1]).unwrap().id, 2);
+        // Any replica that is available again wins over the ejected ones, however loaded.
+        p.replicas[0].record_connect_success();
+        for _ in 0..50 {
+            assert_eq!(p.pick_replica(&mut rng, &[]).unwrap().id, 0);
+        }
+        let one = pool(&m, "v1", 1);
+        one.replicas[0].record_connect_failure(1, Duration::from_secs(60));
+        assert_eq!(one.pick_replica(&mut rng, &[]).unwrap().id, 0);
+        one.replicas[0].set_draining(true);
+        assert!(one.pick_replica(&mut rng, &[]).is_none());
     }
 
     #[test]

@@ -63,6 +63,37 @@ async fn an_ejected_replica_gets_traffic_again_after_the_back_off() {
     proxy.shutdown().await;
 }
 
+/// Ejection steers traffic to a pool's other replicas; with none left it must not turn into
+/// a 503 for every request of the eject period once the replica answers again (a burst of
+/// connects that overflowed its accept queue once, say). The ejected replica is the last
+/// resort, as a lone server is in nginx and a cluster in panic is in Envoy.
+#[tokio::test]
+async fn a_pool_whose_only_replica_is_ejected_still_tries_it() {
+    let addr = dead_addr().await;
+    let mut s = settings(spec(&[("v1", vec![addr], 100)]));
+    s.upstream.eject_after_failures = 1;
+    s.upstream.eject_duration = Duration::from_secs(60);
+    let proxy = start(s);
+    // Refused, and ejected for a minute.
+    let got = get(proxy.listen_addr, "/").await;
+    assert_eq!(got.status, 502, "{}", got.text());
+    let (_, m) = admin(proxy.admin_addr, "/metrics").await;
+    assert_eq!(sample(&m, CONNECT_ERRORS), Some(1.0), "{m}");
+
+    let back = upstream_on(TcpListener::bind(addr).await.unwrap(), |_req| async {
+        Response::new(full("back"))
+    });
+    for i in 0..10 {
+        let got = get(proxy.listen_addr, "/").await;
+        assert_eq!(got.status, 200, "request {i}: {}", got.text());
+        assert_eq!(got.text(), "back");
+    }
+    assert_eq!(back.requests.load(Ordering::SeqCst), 10);
+    let (_, m) = admin(proxy.admin_addr, "/metrics").await;
+    assert_eq!(sample(&m, CONNECT_ERRORS), Some(1.0), "{m}");
+    proxy.shutdown().await;
+}
+
 #[tokio::test]
 async fn no_reachable_replica_is_a_502_naming_deployment_and_replica() {
     let dead = dead_addr().await;

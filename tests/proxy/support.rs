@@ -73,7 +73,15 @@ where
     F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Response<TestBody>> + Send + 'static,
 {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    upstream_on(TcpListener::bind("127.0.0.1:0").await.unwrap(), handler)
+}
+
+/// [`upstream`] on a listener the test bound (an address that was dead a moment ago, say).
+pub fn upstream_on<F, Fut>(listener: TcpListener, handler: F) -> Upstream
+where
+    F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Response<TestBody>> + Send + 'static,
+{
     let addr = listener.local_addr().unwrap();
     let requests = Arc::new(AtomicUsize::new(0));
     let connections = Arc::new(AtomicUsize::new(0));
