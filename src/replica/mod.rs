@@ -59,7 +59,17 @@ struct State {
 
 /// Serves until the process is killed (or its parent dies).
 pub async fn run(opts: ReplicaOptions) -> std::io::Result<()> {
-    let listener = tokio::net::TcpListener::bind(opts.listen).await?;
+    // The proxy's own listen backlog (server.rs): a burst of new upstream connections (a
+    // thousand streams starting at once through a cold pool) must not overflow the accept
+    // queue, whose dropped SYNs come back only after a second and can time connects out.
+    let socket = if opts.listen.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(opts.listen)?;
+    let listener = socket.listen(4096)?;
     let state = Arc::new(State {
         opts,
         ready: AtomicBool::new(false),
