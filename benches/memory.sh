@@ -158,6 +158,17 @@ echo "== memory summary: switchyard --workers $WORKERS, wrk -t$THREADS -c$CLIENT
 idle_mb=$(awk -v k="$IDLE_KB" 'BEGIN { printf "%.1f", k / 1024 }')
 idle_ok=$(awk -v k="$IDLE_KB" -v m="$IDLE_MAX_MB" 'BEGIN { print (k > 0 && k / 1024 < m) ? 1 : 0 }')
 printf '%-34s %s MiB (%s kB)   want < %s MiB   %s\n' "idle VmRSS:" "$idle_mb" "$IDLE_KB" "$IDLE_MAX_MB" "$(verdict "$idle_ok")"
+# Most of the idle RSS is executable text, kept low only while benches/link-order.txt names
+# this build's functions (benches/README.md, "Idle RSS"); a stale file is the usual cause of
+# a failed idle target.
+if command -v nm >/dev/null && [[ -s benches/link-order.txt ]]; then
+    order_total=$(sort -u benches/link-order.txt | wc -l)
+    order_found=$(nm --defined-only "$BIN" 2>/dev/null | awk '{ print $3 }' | sort -u |
+        comm -12 - <(sort -u benches/link-order.txt) | wc -l)
+    printf '%-34s %d of %d names of benches/link-order.txt are in this binary\n' "link order:" "$order_found" "$order_total"
+    ((order_found * 10 >= order_total * 8)) ||
+        echo "  the order file is stale for this build: run 'bash benches/link-order.sh', rebuild, measure again"
+fi
 
 conns=${PEAK_CONNS[1]}
 per_conn=$(awk -v p="${PEAK_RSS[1]}" -v i="$IDLE_KB" -v c="$conns" 'BEGIN { printf "%.1f", (c > 0 ? (p - i) / c : 0) }')
