@@ -183,6 +183,10 @@ nginx_backends() { # the upstream block
 EOF
 }
 
+nginx_plain_server() { # PORT: the plain HTTP/1.1 proxy server block
+    printf '    server {\n        listen 127.0.0.1:%s backlog=4096;\n%s\n    }\n' "$1" "$(nginx_proxy_location)"
+}
+
 nginx_proxy_location() { # the location every proxy server block uses
     cat <<EOF
         location / {

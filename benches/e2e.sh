@@ -97,10 +97,7 @@ write_proxy_conf() {
     cat >"$WORK/proxy.conf" <<EOF
 $(nginx_proxy_head "$WORKERS" 4096)
 $(nginx_backends)
-    server {
-        listen 127.0.0.1:$P_NGINX backlog=4096;
-$(nginx_proxy_location)
-    }
+$(nginx_plain_server "$P_NGINX")
     # h2c by prior knowledge to clients, HTTP/1.1 to the upstream, as switchyard does.
     server {
         listen 127.0.0.1:$P_NGINX_H2 http2 backlog=4096;

@@ -58,10 +58,7 @@ fi
 cat >"$WORK/proxy.conf" <<EOF
 $(nginx_proxy_head "$WORKERS" 4096)
 $(nginx_backends)
-    server {
-        listen 127.0.0.1:$P_NGINX backlog=4096;
-$(nginx_proxy_location)
-    }
+$(nginx_plain_server "$P_NGINX")
 }
 EOF
 "${SY_PIN[@]}" nginx -p "$WORK" -e "$WORK/proxy-error.log" -c "$WORK/proxy.conf" >>"$WORK/proxy-error.log" 2>&1 &

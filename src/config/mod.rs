@@ -1329,19 +1329,22 @@ mod tests {
         );
     }
 
+    /// One model, one deployment, one environment: the smallest valid file.
+    const ONE_MODEL: &str = r#"
+        [[models]]
+        id = "m"
+        [[models.deployments]]
+        id = "v1"
+        replicas = ["127.0.0.1:9001"]
+        [[models.environments]]
+        name = "production"
+        current = "v1"
+    "#;
+
     /// On by default; the file's `false` or the flag turns it off; a wrong type names its line.
     #[test]
     fn yield_before_sleep_defaults_on_and_the_file_or_the_flag_turns_it_off() {
-        let model = r#"
-            [[models]]
-            id = "m"
-            [[models.deployments]]
-            id = "v1"
-            replicas = ["127.0.0.1:9001"]
-            [[models.environments]]
-            name = "production"
-            current = "v1"
-        "#;
+        let model = ONE_MODEL;
         assert!(parse_str(model).unwrap().yield_before_sleep);
         let off = parse_str(&format!("[server]\nyield_before_sleep = false\n{model}")).unwrap();
         assert!(!off.yield_before_sleep);
@@ -1358,20 +1361,7 @@ mod tests {
     #[test]
     fn analysis_settings_come_from_the_file_with_false_turning_a_check_off() {
         let file = |analysis: &str| {
-            format!(
-                r#"
-                [[models]]
-                id = "m"
-                [[models.deployments]]
-                id = "v1"
-                replicas = ["127.0.0.1:9001"]
-                [[models.environments]]
-                name = "production"
-                current = "v1"
-                [models.environments.promotion_settings.analysis]
-                {analysis}
-                "#
-            )
+            format!("{ONE_MODEL}\n[models.environments.promotion_settings.analysis]\n{analysis}\n")
         };
         let s = parse_str(&file(
             "enabled = true\nmax_error_rate_percent = 5\nmax_p99_itl_ratio = false\non_failure = \"PAUSE\"",
