@@ -343,6 +343,10 @@ struct ServeArgs {
     /// `server.yield_before_sleep`).
     #[arg(long, env = "SWITCHYARD_NO_YIELD_BEFORE_SLEEP", value_parser = clap::builder::BoolishValueParser::new(), action = clap::ArgAction::SetTrue)]
     no_yield_before_sleep: bool,
+    /// Time slice each worker asks the scheduler for, in µs (Linux 6.12+; 0 = the kernel's
+    /// default) [default: 100].
+    #[arg(long, env = "SWITCHYARD_WORKER_SLICE_MICROSECONDS")]
+    worker_slice_microseconds: Option<u64>,
     /// Seconds in-flight requests may run after SIGTERM/SIGINT [default: 30].
     #[arg(long, env = "SWITCHYARD_SHUTDOWN_GRACE_SECONDS")]
     shutdown_grace_seconds: Option<f64>,
@@ -405,6 +409,7 @@ impl From<ServeArgs> for ServeFlags {
             tls_key: a.tls_key,
             no_deployment_header: a.no_deployment_header,
             no_yield_before_sleep: a.no_yield_before_sleep,
+            worker_slice_microseconds: a.worker_slice_microseconds,
             shutdown_grace_seconds: a.shutdown_grace_seconds,
             api_key: a.api_key,
             data_dir: a.data_dir,

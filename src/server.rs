@@ -153,6 +153,7 @@ pub fn start(settings: Settings) -> Result<RunningProxy, StartError> {
             grace: settings.shutdown_grace,
             header_timeout: settings.client_header_timeout,
             yield_before_sleep: settings.yield_before_sleep,
+            slice: settings.worker_slice,
         };
         let handle = std::thread::Builder::new()
             .name(format!("switchyard-worker-{i}"))
@@ -323,10 +324,18 @@ struct Worker {
     grace: Duration,
     header_timeout: Duration,
     yield_before_sleep: bool,
+    slice: Option<Duration>,
 }
 
 impl Worker {
     fn run(self, listener: std::net::TcpListener) {
+        if let Some(slice) = self.slice {
+            // A short slice: an answer waiting for this worker does not queue behind the
+            // full slice of a load generator or model server on the same core (src/sched.rs).
+            if let Err(e) = crate::sched::request_slice(slice) {
+                tracing::warn!(error = %e, ?slice, "cannot set the worker's scheduling slice; using the kernel's");
+            }
+        }
         let mut builder = tokio::runtime::Builder::new_current_thread();
         builder.enable_all();
         if self.yield_before_sleep {

@@ -121,6 +121,9 @@ pub struct Settings {
     /// writes just woke run there first, and their answers are often back before it would
     /// have gone to sleep.
     pub yield_before_sleep: bool,
+    /// The time slice each data-plane worker asks the scheduler for (Linux 6.12+); `None`:
+    /// the kernel's default.
+    pub worker_slice: Option<Duration>,
     /// Several instances share their state on etcd; `None`: the embedded store (`data_dir`).
     pub shared_store: Option<crate::cluster::SharedStoreSettings>,
 }
@@ -153,6 +156,7 @@ impl Settings {
             admin_header_timeout: Duration::from_secs(30),
             client_header_timeout: Duration::from_secs(30),
             yield_before_sleep: true,
+            worker_slice: Some(Duration::from_micros(DEFAULT_WORKER_SLICE_MICROSECONDS)),
             shared_store: None,
         }
     }
@@ -196,6 +200,7 @@ struct ServerSection {
     admin_header_timeout_seconds: Option<f64>,
     client_header_timeout_seconds: Option<f64>,
     yield_before_sleep: Option<bool>,
+    worker_slice_microseconds: Option<u64>,
     /// `embedded` or `etcd://HOST:PORT[,HOST:PORT...]`.
     store: Option<String>,
     store_prefix: Option<String>,
@@ -377,6 +382,9 @@ fn from_file(f: FileConfig) -> Result<Settings, ConfigError> {
     }
     if let Some(v) = f.server.yield_before_sleep {
         s.yield_before_sleep = v;
+    }
+    if let Some(v) = f.server.worker_slice_microseconds {
+        s.worker_slice = worker_slice("server.worker_slice_microseconds", v)?;
     }
     if let Some(v) = f.server.admin_header_timeout_seconds {
         s.admin_header_timeout = seconds("server.admin_header_timeout_seconds", v, 0.1, 3600.0)?;
@@ -993,6 +1001,26 @@ fn resolve_endpoint(field: &str, v: &str) -> Result<SocketAddr, ConfigError> {
         .ok_or_else(bad)
 }
 
+/// A worker's time slice: 100 µs asked of the scheduler by default (benches/README.md, issue
+/// 15, sixteenth pass).
+pub const DEFAULT_WORKER_SLICE_MICROSECONDS: u64 = 100;
+
+/// 0: the kernel's default slice; otherwise within what the kernel accepts (100 µs to 100 ms).
+fn worker_slice(field: &str, us: u64) -> Result<Option<Duration>, ConfigError> {
+    let (min, max) = (
+        crate::sched::MIN_SLICE.as_micros() as u64,
+        crate::sched::MAX_SLICE.as_micros() as u64,
+    );
+    match us {
+        0 => Ok(None),
+        _ if (min..=max).contains(&us) => Ok(Some(Duration::from_micros(us))),
+        _ => Err(err(
+            field,
+            format!("{us} is out of range {min}..={max} microseconds (0 = the kernel's default)"),
+        )),
+    }
+}
+
 fn seconds(field: &str, v: f64, min: f64, max: f64) -> Result<Duration, ConfigError> {
     if v.is_finite() && v >= min && v <= max {
         Ok(Duration::from_secs_f64(v))
@@ -1031,6 +1059,7 @@ pub struct ServeFlags {
     pub tls_key: Option<PathBuf>,
     pub no_deployment_header: bool,
     pub no_yield_before_sleep: bool,
+    pub worker_slice_microseconds: Option<u64>,
     pub shutdown_grace_seconds: Option<f64>,
     pub api_key: Option<String>,
     pub data_dir: Option<PathBuf>,
@@ -1116,6 +1145,9 @@ impl ServeFlags {
         }
         if self.no_yield_before_sleep {
             s.yield_before_sleep = false;
+        }
+        if let Some(v) = self.worker_slice_microseconds {
+            s.worker_slice = worker_slice("--worker-slice-microseconds", v)?;
         }
         if let Some(v) = self.shutdown_grace_seconds {
             s.shutdown_grace = seconds("--shutdown-grace-seconds", v, 0.0, 86_400.0)?;
@@ -1356,6 +1388,37 @@ mod tests {
             ..ServeFlags::default()
         };
         assert!(!flags.into_settings().unwrap().yield_before_sleep);
+    }
+
+    /// 100 µs by default; 0 leaves the kernel's slice; out of the kernel's range names the
+    /// field and the range; the flag overrides the file.
+    #[test]
+    fn worker_slice_defaults_to_100_microseconds_and_0_leaves_the_kernels() {
+        assert_eq!(
+            parse_str(ONE_MODEL).unwrap().worker_slice,
+            Some(Duration::from_micros(100))
+        );
+        let file = |v: &str| format!("[server]\nworker_slice_microseconds = {v}\n{ONE_MODEL}");
+        assert_eq!(parse_str(&file("0")).unwrap().worker_slice, None);
+        assert_eq!(
+            parse_str(&file("2000")).unwrap().worker_slice,
+            Some(Duration::from_millis(2))
+        );
+        for bad in ["50", "100001"] {
+            let e = parse_str(&file(bad)).unwrap_err().to_string();
+            assert!(
+                e.contains("server.worker_slice_microseconds") && e.contains("100..=100000"),
+                "{e}"
+            );
+        }
+        let flags = |v| ServeFlags {
+            upstreams: vec!["v1=127.0.0.1:9001".into()],
+            worker_slice_microseconds: Some(v),
+            ..ServeFlags::default()
+        };
+        assert_eq!(flags(0).into_settings().unwrap().worker_slice, None);
+        let e = flags(7).into_settings().unwrap_err().to_string();
+        assert!(e.contains("--worker-slice-microseconds"), "{e}");
     }
 
     #[test]
