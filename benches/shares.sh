@@ -4,7 +4,9 @@
 # switchyard with and without `yield_before_sleep`, alternated round by round in one run.
 # On a machine where all three share the cores, a proxy that leaves the cores idle more often
 # makes every process in the chain pay more per request (each answer costs a sleep and a
-# wake-up); this shows it where e2e.sh shows only the proxy's own share.
+# wake-up); this shows it where e2e.sh shows only the proxy's own share. The "wait" columns are
+# how long each party's threads sat runnable without a CPU, per request (schedstat run delay,
+# read over the middle of each round): where a tail comes from when the cores are shared.
 #
 #   bash benches/shares.sh                       # wrk -t2 -c8, 4 rounds of 6 s
 #   CONNECTIONS=64 ROUNDS=3 bash benches/shares.sh
@@ -84,10 +86,21 @@ for t in yield no-yield; do
     wait_http "http://127.0.0.1:$admin/readyz" 15 "$!" || die "switchyard ($t) not ready: $(tail -3 "$WORK/switchyard-$t.log")"
 done
 
+run_delay_ns() { # PID...: nanoseconds the threads of these processes and their children waited to run
+    local total=0 p f d
+    for p in "$@" $(for q in "$@"; do pgrep -P "$q" 2>/dev/null || true; done); do
+        for f in /proc/"$p"/task/*/schedstat; do
+            read -r _ d _ <"$f" 2>/dev/null || continue
+            total=$((total + d))
+        done
+    done
+    echo "$total"
+}
+
 idle_and_total() { awk '/^cpu / { print $5 + $6, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9 }' /proc/stat; }
 
 log "wrk -t2 -c$CONNECTIONS, $ROUNDS rounds of ${DURATION}s per target; $WORKERS workers per proxy; pinned: $PIN"
-printf '%-9s %5s %9s %9s %11s %8s %9s %8s %6s\n' target round "req/s" "proxy µs" "upstream µs" "wrk µs" "all µs" "p99 ms" "idle%"
+printf '%-9s %5s %9s %9s %11s %8s %9s %8s %6s %13s\n' target round "req/s" "proxy µs" "upstream µs" "wrk µs" "all µs" "p99 ms" "idle%" "wait p/u/w µs"
 for ((r = 1; r <= ROUNDS; r++)); do
     for t in "${TARGETS[@]}"; do
         pid=${PID_OF[$t]}
@@ -95,15 +108,29 @@ for ((r = 1; r <= ROUNDS; r++)); do
         timeout 30 "${OTHERS[@]}" wrk -t2 -c"$CONNECTIONS" -d2s "$url" >/dev/null || die "$t: warm-up failed"
         p0=$(cpu_ticks "$pid"); u0=$(cpu_ticks "$UPSTREAM_PID"); read -r i0 t0 < <(idle_and_total)
         /usr/bin/time -f '%U %S' -o "$WORK/wrk.time" timeout $((DURATION + 30)) "${OTHERS[@]}" \
-            wrk -t2 -c"$CONNECTIONS" -d"${DURATION}s" --latency "$url" >"$WORK/wrk.out" || die "$t: wrk failed"
+            wrk -t2 -c"$CONNECTIONS" -d"${DURATION}s" --latency "$url" >"$WORK/wrk.out" &
+        runner=$!
+        # Run delay over the middle of the round, away from wrk's start and end.
+        sleep 1
+        wrk_pid=$(pgrep -n -x wrk || true)
+        read -r ms0 _ </proc/uptime
+        dp0=$(run_delay_ns "$pid"); du0=$(run_delay_ns "$UPSTREAM_PID"); dw0=$(run_delay_ns $wrk_pid)
+        sleep "$(awk -v d="$DURATION" 'BEGIN { print (d > 2 ? d - 1.5 : d / 2) }')"
+        read -r ms1 _ </proc/uptime
+        dp1=$(run_delay_ns "$pid"); du1=$(run_delay_ns "$UPSTREAM_PID"); dw1=$(run_delay_ns $wrk_pid)
+        wait "$runner" || die "$t: wrk failed"
         p1=$(cpu_ticks "$pid"); u1=$(cpu_ticks "$UPSTREAM_PID"); read -r i1 t1 < <(idle_and_total)
         grep -q 'Non-2xx\|Socket errors' "$WORK/wrk.out" && log "$t: $(grep 'Non-2xx\|Socket errors' "$WORK/wrk.out")"
         requests=$(awk '/ requests in / { print $1 }' "$WORK/wrk.out")
         p99=$(awk "$AWK_MS"' /^ +99%/ { print ms($2) }' "$WORK/wrk.out")
         read -r wu ws <"$WORK/wrk.time"
         awk -v t="$t" -v r="$r" -v n="$requests" -v p=$((p1 - p0)) -v u=$((u1 - u0)) -v wu="$wu" -v ws="$ws" \
-            -v d="$DURATION" -v tk="$CLK_TCK" -v p99="$p99" -v id=$((i1 - i0)) -v tt=$((t1 - t0)) 'BEGIN {
+            -v d="$DURATION" -v tk="$CLK_TCK" -v p99="$p99" -v id=$((i1 - i0)) -v tt=$((t1 - t0)) \
+            -v win="$(awk -v a="$ms0" -v b="$ms1" 'BEGIN { print b - a }')" \
+            -v dp=$((dp1 - dp0)) -v du=$((du1 - du0)) -v dw=$((dw1 - dw0)) 'BEGIN {
             pu = p / tk * 1e6 / n; uu = u / tk * 1e6 / n; wk = (wu + ws) * 1e6 / n
-            printf "%-9s %5d %9.0f %9.2f %11.2f %8.2f %9.2f %8.2f %6.1f\n", t, r, n / d, pu, uu, wk, pu + uu + wk, p99, 100 * id / tt }'
+            inwin = n / d * win   # requests served in the run-delay window, at the rate of the round
+            printf "%-9s %5d %9.0f %9.2f %11.2f %8.2f %9.2f %8.2f %6.1f %4.1f/%.1f/%.1f\n", t, r, n / d, pu, uu, wk, pu + uu + wk, p99, 100 * id / tt,
+                dp / 1e3 / inwin, du / 1e3 / inwin, dw / 1e3 / inwin }'
     done
 done
