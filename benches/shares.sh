@@ -6,7 +6,8 @@
 # makes every process in the chain pay more per request (each answer costs a sleep and a
 # wake-up); this shows it where e2e.sh shows only the proxy's own share. The "wait" columns are
 # how long each party's threads sat runnable without a CPU, per request (schedstat run delay,
-# read over the middle of each round): where a tail comes from when the cores are shared.
+# read over the middle of each round): where a tail comes from when the cores are shared; and
+# "conns", how the client connections sit on nginx's worker processes ("6/2").
 #
 #   bash benches/shares.sh                       # wrk -t2 -c8, 4 rounds of 6 s
 #   CONNECTIONS=64 ROUNDS=3 bash benches/shares.sh
@@ -97,10 +98,17 @@ run_delay_ns() { # PID...: nanoseconds the threads of these processes and their 
     echo "$total"
 }
 
+client_split() { # TARGET PORT: how the client connections sit on nginx's worker processes ("6/2");
+    # switchyard's workers are threads of one process, which ss cannot tell apart: "-"
+    [[ $1 == nginx ]] || { echo -; return; }
+    ss -Htnp state established "( sport = :$2 )" 2>/dev/null |
+        grep -o 'pid=[0-9]*' | sort | uniq -c | awk '{ print $1 }' | sort -rn | paste -sd/ -
+}
+
 idle_and_total() { awk '/^cpu / { print $5 + $6, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9 }' /proc/stat; }
 
 log "wrk -t2 -c$CONNECTIONS, $ROUNDS rounds of ${DURATION}s per target; $WORKERS workers per proxy; pinned: $PIN"
-printf '%-9s %5s %9s %9s %11s %8s %9s %8s %6s %13s\n' target round "req/s" "proxy µs" "upstream µs" "wrk µs" "all µs" "p99 ms" "idle%" "wait p/u/w µs"
+printf '%-9s %5s %9s %9s %11s %8s %9s %8s %6s %13s %s\n' target round "req/s" "proxy µs" "upstream µs" "wrk µs" "all µs" "p99 ms" "idle%" "wait p/u/w µs" "conns"
 for ((r = 1; r <= ROUNDS; r++)); do
     for t in "${TARGETS[@]}"; do
         pid=${PID_OF[$t]}
@@ -118,6 +126,7 @@ for ((r = 1; r <= ROUNDS; r++)); do
         sleep "$(awk -v d="$DURATION" 'BEGIN { print (d > 2 ? d - 1.5 : d / 2) }')"
         read -r ms1 _ </proc/uptime
         dp1=$(run_delay_ns "$pid"); du1=$(run_delay_ns "$UPSTREAM_PID"); dw1=$(run_delay_ns $wrk_pid)
+        split=$(client_split "$t" "${PORT_OF[$t]}")
         wait "$runner" || die "$t: wrk failed"
         p1=$(cpu_ticks "$pid"); u1=$(cpu_ticks "$UPSTREAM_PID"); read -r i1 t1 < <(idle_and_total)
         grep -q 'Non-2xx\|Socket errors' "$WORK/wrk.out" && log "$t: $(grep 'Non-2xx\|Socket errors' "$WORK/wrk.out")"
@@ -127,10 +136,10 @@ for ((r = 1; r <= ROUNDS; r++)); do
         awk -v t="$t" -v r="$r" -v n="$requests" -v p=$((p1 - p0)) -v u=$((u1 - u0)) -v wu="$wu" -v ws="$ws" \
             -v d="$DURATION" -v tk="$CLK_TCK" -v p99="$p99" -v id=$((i1 - i0)) -v tt=$((t1 - t0)) \
             -v win="$(awk -v a="$ms0" -v b="$ms1" 'BEGIN { print b - a }')" \
-            -v dp=$((dp1 - dp0)) -v du=$((du1 - du0)) -v dw=$((dw1 - dw0)) 'BEGIN {
+            -v dp=$((dp1 - dp0)) -v du=$((du1 - du0)) -v dw=$((dw1 - dw0)) -v conns="$split" 'BEGIN {
             pu = p / tk * 1e6 / n; uu = u / tk * 1e6 / n; wk = (wu + ws) * 1e6 / n
             inwin = n / d * win   # requests served in the run-delay window, at the rate of the round
-            printf "%-9s %5d %9.0f %9.2f %11.2f %8.2f %9.2f %8.2f %6.1f %4.1f/%.1f/%.1f\n", t, r, n / d, pu, uu, wk, pu + uu + wk, p99, 100 * id / tt,
-                dp / 1e3 / inwin, du / 1e3 / inwin, dw / 1e3 / inwin }'
+            printf "%-9s %5d %9.0f %9.2f %11.2f %8.2f %9.2f %8.2f %6.1f %4.1f/%.1f/%.1f %s\n", t, r, n / d, pu, uu, wk, pu + uu + wk, p99, 100 * id / tt,
+                dp / 1e3 / inwin, du / 1e3 / inwin, dw / 1e3 / inwin, conns }'
     done
 done
