@@ -7,7 +7,7 @@
 # wake-up); this shows it where e2e.sh shows only the proxy's own share. The "wait" columns are
 # how long each party's threads sat runnable without a CPU, per request (schedstat run delay,
 # read over the middle of each round): where a tail comes from when the cores are shared; and
-# "conns", how the client connections sit on nginx's worker processes ("6/2").
+# "conns", how the client connections sit on the proxy's workers ("6/2").
 #
 #   bash benches/shares.sh                       # wrk -t2 -c8, 4 rounds of 6 s
 #   CONNECTIONS=64 ROUNDS=3 bash benches/shares.sh
@@ -69,7 +69,7 @@ NGINX_PID=$!
 PIDS+=("$NGINX_PID")
 wait_http "http://127.0.0.1:$P_NGINX/" 10 "$NGINX_PID" || die "nginx proxy did not answer"
 
-declare -A PID_OF PORT_OF
+declare -A PID_OF PORT_OF ADMIN_OF
 TARGETS=(nginx yield no-yield)
 PID_OF[nginx]=$NGINX_PID
 PORT_OF[nginx]=$P_NGINX
@@ -83,6 +83,7 @@ for t in yield no-yield; do
         --workers "$WORKERS" --ephemeral "${extra[@]}" >"$WORK/switchyard-$t.log" 2>&1 &
     PID_OF[$t]=$!
     PORT_OF[$t]=$port
+    ADMIN_OF[$t]=$admin
     PIDS+=("$!")
     wait_http "http://127.0.0.1:$admin/readyz" 15 "$!" || die "switchyard ($t) not ready: $(tail -3 "$WORK/switchyard-$t.log")"
 done
@@ -98,11 +99,15 @@ run_delay_ns() { # PID...: nanoseconds the threads of these processes and their 
     echo "$total"
 }
 
-client_split() { # TARGET PORT: how the client connections sit on nginx's worker processes ("6/2");
-    # switchyard's workers are threads of one process, which ss cannot tell apart: "-"
-    [[ $1 == nginx ]] || { echo -; return; }
-    ss -Htnp state established "( sport = :$2 )" 2>/dev/null |
-        grep -o 'pid=[0-9]*' | sort | uniq -c | awk '{ print $1 }' | sort -rn | paste -sd/ -
+client_split() { # TARGET PORT: how the client connections sit on the proxy's workers ("6/2"):
+    # nginx's worker processes from ss, switchyard's worker threads from its per-worker gauge
+    if [[ $1 == nginx ]]; then
+        ss -Htnp state established "( sport = :$2 )" 2>/dev/null |
+            grep -o 'pid=[0-9]*' | sort | uniq -c | awk '{ print $1 }' | sort -rn | paste -sd/ -
+    else
+        curl -sf "http://127.0.0.1:${ADMIN_OF[$1]}/metrics" |
+            awk '/^switchyard_worker_client_connections/ { print $2 }' | sort -rn | paste -sd/ -
+    fi
 }
 
 idle_and_total() { awk '/^cpu / { print $5 + $6, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9 }' /proc/stat; }

@@ -24,6 +24,7 @@ use crate::proxy::{forward, tls, ConnInfo, ProxyContext};
 use crate::replicas::ProviderTiming;
 use crate::rollout::controller::{Controller, ModelSetup};
 use crate::routing::Router;
+use prometheus::IntGauge;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -154,6 +155,7 @@ pub fn start(settings: Settings) -> Result<RunningProxy, StartError> {
             header_timeout: settings.client_header_timeout,
             yield_before_sleep: settings.yield_before_sleep,
             slice: settings.worker_slice,
+            connections: metrics.worker_connections(i),
         };
         let handle = std::thread::Builder::new()
             .name(format!("switchyard-worker-{i}"))
@@ -325,6 +327,24 @@ struct Worker {
     header_timeout: Duration,
     yield_before_sleep: bool,
     slice: Option<Duration>,
+    /// Client connections open on this worker (`switchyard_worker_client_connections`).
+    connections: IntGauge,
+}
+
+/// One open client connection on a worker's gauge, until its task ends.
+struct OpenConnection(IntGauge);
+
+impl OpenConnection {
+    fn count(gauge: &IntGauge) -> Self {
+        gauge.inc();
+        OpenConnection(gauge.clone())
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 impl Worker {
@@ -416,9 +436,16 @@ impl Worker {
                     let drain = drain.subscribe();
                     // Two task types: a plain connection's task does not carry the room a TLS
                     // handshake needs (several kB per connection).
+                    let open = OpenConnection::count(&self.connections);
                     match self.tls.clone() {
-                        None => tokio::spawn(client_conn::serve_plain(protocols, stream, peer, (service, conn_info), drain)),
-                        Some(acceptor) => tokio::spawn(client_conn::serve_tls(protocols, acceptor, stream, peer, (service, conn_info), drain)),
+                        None => tokio::spawn(async move {
+                            let _open = open;
+                            client_conn::serve_plain(protocols, stream, peer, (service, conn_info), drain).await
+                        }),
+                        Some(acceptor) => tokio::spawn(async move {
+                            let _open = open;
+                            client_conn::serve_tls(protocols, acceptor, stream, peer, (service, conn_info), drain).await
+                        }),
                     };
                 }
             }

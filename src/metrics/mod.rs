@@ -14,7 +14,7 @@ pub use scrape::{Scrape, ScrapeBody};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
-use prometheus::{Encoder, IntCounterVec, Opts, Registry, TextEncoder};
+use prometheus::{Encoder, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
 
 use pool_series::{CountGauge, ErrorCounts, OwnLine, ShareGauge};
 
@@ -62,6 +62,7 @@ pub struct Metrics {
     /// Live pools, for the series written at scrape time.
     pools: Arc<Mutex<Vec<Weak<PoolMetrics>>>>,
     analysis_verdicts: IntCounterVec,
+    worker_connections: IntGaugeVec,
     bounds: Arc<latency::Bounds>,
 }
 
@@ -80,10 +81,23 @@ impl Metrics {
         registry
             .register(Box::new(analysis_verdicts.clone()))
             .expect("metric names are unique");
+        let worker_connections = IntGaugeVec::new(
+            Opts::new(
+                "switchyard_worker_client_connections",
+                "Client connections open on each data-plane worker. A worker keeps the connections \
+                 the kernel hands its listener, so an uneven split here stays uneven.",
+            ),
+            &["worker"],
+        )
+        .expect("static metric definition");
+        registry
+            .register(Box::new(worker_connections.clone()))
+            .expect("metric names are unique");
         Metrics {
             registry,
             pools,
             analysis_verdicts,
+            worker_connections,
             bounds: Arc::new(latency::Bounds::new()),
         }
     }
@@ -125,6 +139,12 @@ impl Metrics {
         let mut out = Vec::new();
         self.scrape().write(&mut out, usize::MAX);
         out
+    }
+
+    /// The open-connection gauge of data-plane worker `worker` (shown from now on, at 0).
+    pub fn worker_connections(&self, worker: usize) -> IntGauge {
+        self.worker_connections
+            .with_label_values(&[&worker.to_string()])
     }
 
     /// Counts one canary analysis verdict of an environment.

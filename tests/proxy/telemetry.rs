@@ -188,3 +188,58 @@ async fn a_scrape_many_parts_long_streams_whole_and_survives_a_scraper_leaving()
     assert!(m.ends_with('\n'));
     proxy.shutdown().await;
 }
+
+#[tokio::test]
+async fn each_worker_shows_the_client_connections_it_holds() {
+    use http::Request;
+    use std::time::Duration;
+    let v1 = named("v1").await;
+    let proxy = start(settings(spec(&[("v1", vec![v1.addr], 100)])));
+    let open = |m: &str| {
+        (0..2)
+            .map(|w| {
+                sample(
+                    m,
+                    &format!("switchyard_worker_client_connections{{worker=\"{w}\"}}"),
+                )
+                .unwrap_or_else(|| panic!("no gauge for worker {w}:\n{m}"))
+            })
+            .collect::<Vec<f64>>()
+    };
+    let (_, m) = admin(proxy.admin_addr, "/metrics").await;
+    assert_eq!(open(&m), [0.0, 0.0], "before any client");
+
+    // Five kept-alive connections, each having finished a request: all five are open.
+    let mut clients = Vec::new();
+    for _ in 0..5 {
+        let mut c = h1(proxy.listen_addr).await;
+        let got = collect(
+            c.send_request(Request::get("/x").body(empty()).unwrap())
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(got.status, 200);
+        clients.push(c);
+    }
+    let (_, m) = admin(proxy.admin_addr, "/metrics").await;
+    assert_eq!(open(&m).iter().sum::<f64>(), 5.0, "{m}");
+
+    // Closed by the clients: the gauges go back to 0.
+    drop(clients);
+    let mut last = String::new();
+    let mut closed = false;
+    for _ in 0..100 {
+        last = admin(proxy.admin_addr, "/metrics").await.1;
+        if open(&last) == [0.0, 0.0] {
+            closed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        closed,
+        "connections still counted after the clients closed:\n{last}"
+    );
+    proxy.shutdown().await;
+}
