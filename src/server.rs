@@ -434,9 +434,9 @@ impl Worker {
                     };
                     let protocols = protocols.clone();
                     let drain = drain.subscribe();
+                    let open = OpenConnection::count(&self.connections);
                     // Two task types: a plain connection's task does not carry the room a TLS
                     // handshake needs (several kB per connection).
-                    let open = OpenConnection::count(&self.connections);
                     match self.tls.clone() {
                         None => tokio::spawn(async move {
                             let _open = open;
