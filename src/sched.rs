@@ -72,6 +72,26 @@ pub fn request_slice(_slice: Duration) -> io::Result<()> {
     Ok(())
 }
 
+/// What became of a slice request, judged from the slice the kernel reports afterwards.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SliceOutcome {
+    /// The thread runs with the slice asked for (clamped to the kernel's bounds).
+    Granted,
+    /// The kernel accepted the call but kept this slice: Linux before 6.12.
+    Ignored(Duration),
+    /// The kernel does not report slices (before 6.6, or no `/proc`).
+    Unknown,
+}
+
+/// Compares the slice asked for with the one `/proc` reports after the request.
+pub fn outcome(requested: Duration, reported: Option<Duration>) -> SliceOutcome {
+    match reported {
+        None => SliceOutcome::Unknown,
+        Some(r) if r == requested.clamp(MIN_SLICE, MAX_SLICE) => SliceOutcome::Granted,
+        Some(r) => SliceOutcome::Ignored(r),
+    }
+}
+
 /// The calling thread's slice as the kernel reports it (`se.slice` in
 /// `/proc/thread-self/sched`), where it does (Linux 6.6 and later).
 pub fn current_slice() -> Option<Duration> {
@@ -84,6 +104,23 @@ pub fn current_slice() -> Option<Duration> {
 #[cfg(all(test, target_os = "linux"))]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_request_is_judged_by_the_slice_reported_after_it() {
+        let asked = Duration::from_micros(100);
+        assert_eq!(outcome(asked, Some(asked)), SliceOutcome::Granted);
+        // Below the kernel's minimum the request is clamped, and the clamped slice counts.
+        assert_eq!(
+            outcome(Duration::from_micros(20), Some(MIN_SLICE)),
+            SliceOutcome::Granted
+        );
+        let default = Duration::from_micros(1400);
+        assert_eq!(
+            outcome(asked, Some(default)),
+            SliceOutcome::Ignored(default)
+        );
+        assert_eq!(outcome(asked, None), SliceOutcome::Unknown);
+    }
 
     /// On a kernel that takes a slice request (6.12 and later) the thread's slice is the one
     /// asked for; older kernels report a slice that does not move, and are skipped.

@@ -148,6 +148,7 @@ pub fn start(settings: Settings) -> Result<RunningProxy, StartError> {
     let mut workers = Vec::with_capacity(listeners.len());
     for (i, listener) in listeners.into_iter().enumerate() {
         let worker = Worker {
+            index: i,
             ctx: ctx.clone(),
             tls: acceptor.clone(),
             stop: stop_rx.clone(),
@@ -320,6 +321,8 @@ fn bind_reuseport(addr: SocketAddr, n: usize) -> Result<Vec<std::net::TcpListene
 }
 
 struct Worker {
+    /// Its place among the workers (0 = the first).
+    index: usize,
     ctx: Arc<ProxyContext>,
     tls: Option<tokio_rustls::TlsAcceptor>,
     stop: watch::Receiver<bool>,
@@ -352,8 +355,32 @@ impl Worker {
         if let Some(slice) = self.slice {
             // A short slice: an answer waiting for this worker does not queue behind the
             // full slice of a load generator or model server on the same core (src/sched.rs).
-            if let Err(e) = crate::sched::request_slice(slice) {
-                tracing::warn!(error = %e, ?slice, "cannot set the worker's scheduling slice; using the kernel's");
+            match crate::sched::request_slice(slice) {
+                Err(e) => {
+                    tracing::warn!(error = %e, ?slice, "cannot set the worker's scheduling slice; using the kernel's");
+                }
+                // Said once (by the first worker): older kernels take the call and keep
+                // their slice, and then the yield before sleep can lengthen the light-load
+                // tail (README, `server.yield_before_sleep`).
+                Ok(()) if self.index == 0 => {
+                    let reported = crate::sched::current_slice();
+                    if let crate::sched::SliceOutcome::Ignored(kept) =
+                        crate::sched::outcome(slice, reported)
+                    {
+                        if self.yield_before_sleep {
+                            tracing::warn!(
+                                asked = ?slice,
+                                kept = ?kept,
+                                "the kernel ignores the workers' scheduling slice (Linux 6.12+ \
+                                 takes it): with the yield before sleep, the tail at light load \
+                                 can double; --no-yield-before-sleep turns the yield off"
+                            );
+                        } else {
+                            tracing::info!(asked = ?slice, kept = ?kept, "the kernel ignores the workers' scheduling slice (Linux 6.12+ takes it)");
+                        }
+                    }
+                }
+                Ok(()) => {}
             }
         }
         let mut builder = tokio::runtime::Builder::new_current_thread();
