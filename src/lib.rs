@@ -16,6 +16,7 @@ pub mod config;
 pub mod demo;
 pub mod loadtest;
 pub mod metrics;
+pub mod placement;
 pub mod proxy;
 pub mod replica;
 pub mod replicas;

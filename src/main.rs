@@ -347,6 +347,11 @@ struct ServeArgs {
     /// default) [default: 100].
     #[arg(long, env = "SWITCHYARD_WORKER_SLICE_MICROSECONDS")]
     worker_slice_microseconds: Option<u64>,
+    /// A new connection goes to the first worker holding fewer than this many; when all hold
+    /// this many, to the one holding the fewest (0 = where the kernel's hash puts it)
+    /// [default: 8].
+    #[arg(long, env = "SWITCHYARD_WORKER_FILL_CONNECTIONS")]
+    worker_fill_connections: Option<usize>,
     /// Seconds in-flight requests may run after SIGTERM/SIGINT [default: 30].
     #[arg(long, env = "SWITCHYARD_SHUTDOWN_GRACE_SECONDS")]
     shutdown_grace_seconds: Option<f64>,
@@ -410,6 +415,7 @@ impl From<ServeArgs> for ServeFlags {
             no_deployment_header: a.no_deployment_header,
             no_yield_before_sleep: a.no_yield_before_sleep,
             worker_slice_microseconds: a.worker_slice_microseconds,
+            worker_fill_connections: a.worker_fill_connections,
             shutdown_grace_seconds: a.shutdown_grace_seconds,
             api_key: a.api_key,
             data_dir: a.data_dir,

@@ -2,8 +2,9 @@
 //!
 //! Each data-plane worker is an OS thread running a current-thread tokio runtime with its own
 //! `SO_REUSEPORT` listener and its own upstream connection pool; the kernel spreads incoming
-//! connections across them. Nothing on the request path is shared between workers except the
-//! routing snapshot (read through `arc-swap`) and atomic counters.
+//! connections across them, and a worker hands a connection it accepted to another worker
+//! when [`crate::placement`] says so. Nothing on the request path is shared between workers
+//! except the routing snapshot (read through `arc-swap`) and atomic counters.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -11,8 +12,8 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use http::{HeaderValue, Request};
-use tokio::net::TcpListener;
-use tokio::sync::{oneshot, watch};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::admin;
 use crate::admin::Health;
@@ -145,10 +146,23 @@ pub fn start(settings: Settings) -> Result<RunningProxy, StartError> {
     let (stop, stop_rx) = watch::channel(false);
     let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
 
+    let mut inboxes = Vec::with_capacity(listeners.len());
+    let mut peers = Vec::with_capacity(listeners.len());
+    for i in 0..listeners.len() {
+        let (tx, rx) = mpsc::unbounded_channel();
+        inboxes.push(rx);
+        peers.push(Peer {
+            connections: metrics.worker_connections(i),
+            inbox: tx,
+        });
+    }
+    let peers: Arc<[Peer]> = peers.into();
     let mut workers = Vec::with_capacity(listeners.len());
-    for (i, listener) in listeners.into_iter().enumerate() {
+    for ((i, listener), inbox) in listeners.into_iter().enumerate().zip(inboxes) {
         let worker = Worker {
             index: i,
+            peers: peers.clone(),
+            fill: settings.worker_fill_connections,
             ctx: ctx.clone(),
             tls: acceptor.clone(),
             stop: stop_rx.clone(),
@@ -156,11 +170,10 @@ pub fn start(settings: Settings) -> Result<RunningProxy, StartError> {
             header_timeout: settings.client_header_timeout,
             yield_before_sleep: settings.yield_before_sleep,
             slice: settings.worker_slice,
-            connections: metrics.worker_connections(i),
         };
         let handle = std::thread::Builder::new()
             .name(format!("switchyard-worker-{i}"))
-            .spawn(move || worker.run(listener))
+            .spawn(move || worker.run(listener, inbox))
             .map_err(StartError::Thread)?;
         workers.push(handle);
     }
@@ -320,9 +333,28 @@ fn bind_reuseport(addr: SocketAddr, n: usize) -> Result<Vec<std::net::TcpListene
     Ok(out)
 }
 
+/// What a worker knows of another (or itself): how many connections it holds, and where to
+/// hand it one.
+struct Peer {
+    /// Client connections open on the worker (`switchyard_worker_client_connections`).
+    connections: IntGauge,
+    inbox: mpsc::UnboundedSender<Handoff>,
+}
+
+/// A client connection accepted by one worker for another to serve.
+struct Handoff {
+    stream: std::net::TcpStream,
+    peer: SocketAddr,
+    open: OpenConnection,
+}
+
 struct Worker {
     /// Its place among the workers (0 = the first).
     index: usize,
+    /// Every worker, in order; `peers[index]` is this one.
+    peers: Arc<[Peer]>,
+    /// `server.worker_fill_connections` (0: serve what the kernel gives this worker).
+    fill: usize,
     ctx: Arc<ProxyContext>,
     tls: Option<tokio_rustls::TlsAcceptor>,
     stop: watch::Receiver<bool>,
@@ -330,8 +362,6 @@ struct Worker {
     header_timeout: Duration,
     yield_before_sleep: bool,
     slice: Option<Duration>,
-    /// Client connections open on this worker (`switchyard_worker_client_connections`).
-    connections: IntGauge,
 }
 
 /// One open client connection on a worker's gauge, until its task ends.
@@ -351,7 +381,7 @@ impl Drop for OpenConnection {
 }
 
 impl Worker {
-    fn run(self, listener: std::net::TcpListener) {
+    fn run(self, listener: std::net::TcpListener, inbox: mpsc::UnboundedReceiver<Handoff>) {
         if let Some(slice) = self.slice {
             // A short slice: an answer waiting for this worker does not queue behind the
             // full slice of a load generator or model server on the same core (src/sched.rs).
@@ -402,11 +432,17 @@ impl Worker {
                 return;
             }
         };
-        rt.block_on(self.serve(listener));
+        rt.block_on(self.serve(listener, inbox));
         // Dropping the runtime cancels what is left: upgraded tunnels, idle upstream connections.
     }
 
-    async fn serve(mut self, listener: std::net::TcpListener) {
+    /// Accepts connections (its own, and those other workers hand it) until told to stop,
+    /// then drains them.
+    async fn serve(
+        self,
+        listener: std::net::TcpListener,
+        mut inbox: mpsc::UnboundedReceiver<Handoff>,
+    ) {
         let listener = match TcpListener::from_std(listener) {
             Ok(l) => l,
             Err(e) => {
@@ -428,10 +464,15 @@ impl Worker {
             }
         });
 
+        let mut stop = self.stop.clone();
         loop {
             tokio::select! {
                 biased;
-                _ = self.stop.wait_for(|s| *s) => break,
+                _ = stop.wait_for(|s| *s) => break,
+                Some(handed) = inbox.recv() => match TcpStream::from_std(handed.stream) {
+                    Ok(stream) => self.spawn_connection(stream, handed.peer, handed.open, &protocols, &drain),
+                    Err(e) => tracing::warn!(error = %e, "cannot take over a connection from another worker"),
+                },
                 accepted = listener.accept() => {
                     let (stream, peer) = match accepted {
                         Ok(a) => a,
@@ -443,41 +484,13 @@ impl Worker {
                         }
                     };
                     let _ = stream.set_nodelay(true);
-                    let info = Arc::new(ConnInfo {
-                        peer_ip: HeaderValue::from_str(&peer.ip().to_string())
-                            .unwrap_or_else(|_| HeaderValue::from_static("unknown")),
-                        proto: if self.tls.is_some() { "https" } else { "http" },
-                        activity: Default::default(),
-                    });
-                    let conn_info = info.clone();
-                    let ctx = self.ctx.clone();
-                    let service = move |req: Request<ClientBody>| {
-                        // The connection counts as busy from here until the response body is
-                        // dropped (its idle watchdog, `client_conn::until_drained`).
-                        let request = RequestGuard::begin(info.clone());
-                        // Boxed once: a 264-byte request by value is kept in the future's
-                        // state, all of which hyper copies into its slot.
-                        forward::proxy(ctx.clone(), request, Box::new(req))
-                    };
-                    let protocols = protocols.clone();
-                    let drain = drain.subscribe();
-                    let open = OpenConnection::count(&self.connections);
-                    // Two task types: a plain connection's task does not carry the room a TLS
-                    // handshake needs (several kB per connection).
-                    match self.tls.clone() {
-                        None => tokio::spawn(async move {
-                            let _open = open;
-                            client_conn::serve_plain(protocols, stream, peer, (service, conn_info), drain).await
-                        }),
-                        Some(acceptor) => tokio::spawn(async move {
-                            let _open = open;
-                            client_conn::serve_tls(protocols, acceptor, stream, peer, (service, conn_info), drain).await
-                        }),
-                    };
+                    self.place(stream, peer, &protocols, &drain);
                 }
             }
         }
         drop(listener);
+        // Connections handed over but not yet taken close with the inbox.
+        drop(inbox);
         sweeper.abort();
         let open = drain.receiver_count();
         if open > 0 {
@@ -490,5 +503,91 @@ impl Worker {
         {
             tracing::warn!(grace = ?self.grace, "grace period over; cutting the remaining connections");
         }
+    }
+
+    /// Serves an accepted connection here, or hands it to the worker [`crate::placement`]
+    /// gives it to.
+    fn place(
+        &self,
+        stream: TcpStream,
+        peer: SocketAddr,
+        protocols: &Arc<Protocols>,
+        drain: &watch::Sender<()>,
+    ) {
+        let to = if self.fill == 0 {
+            self.index
+        } else {
+            let open: Vec<i64> = self.peers.iter().map(|p| p.connections.get()).collect();
+            crate::placement::place(&open, self.index, self.fill)
+        };
+        let Some(target) = self.peers.get(to).filter(|_| to != self.index) else {
+            let open = OpenConnection::count(&self.peers[self.index].connections);
+            return self.spawn_connection(stream, peer, open, protocols, drain);
+        };
+        // Counted on the target now, so the next placement (on any worker) sees it.
+        let open = OpenConnection::count(&target.connections);
+        let stream = match stream.into_std() {
+            Ok(s) => s,
+            Err(e) => return tracing::warn!(error = %e, "cannot hand a connection over"),
+        };
+        if let Err(mpsc::error::SendError(handed)) =
+            target.inbox.send(Handoff { stream, peer, open })
+        {
+            // That worker has stopped (so will this one): serve it here meanwhile.
+            drop(handed.open);
+            let open = OpenConnection::count(&self.peers[self.index].connections);
+            match TcpStream::from_std(handed.stream) {
+                Ok(stream) => self.spawn_connection(stream, peer, open, protocols, drain),
+                Err(e) => tracing::warn!(error = %e, "cannot serve a connection"),
+            }
+        }
+    }
+
+    fn spawn_connection(
+        &self,
+        stream: TcpStream,
+        peer: SocketAddr,
+        open: OpenConnection,
+        protocols: &Arc<Protocols>,
+        drain: &watch::Sender<()>,
+    ) {
+        let info = Arc::new(ConnInfo {
+            peer_ip: HeaderValue::from_str(&peer.ip().to_string())
+                .unwrap_or_else(|_| HeaderValue::from_static("unknown")),
+            proto: if self.tls.is_some() { "https" } else { "http" },
+            activity: Default::default(),
+        });
+        let conn_info = info.clone();
+        let ctx = self.ctx.clone();
+        let service = move |req: Request<ClientBody>| {
+            // The connection counts as busy from here until the response body is
+            // dropped (its idle watchdog, `client_conn::until_drained`).
+            let request = RequestGuard::begin(info.clone());
+            // Boxed once: a 264-byte request by value is kept in the future's
+            // state, all of which hyper copies into its slot.
+            forward::proxy(ctx.clone(), request, Box::new(req))
+        };
+        let protocols = protocols.clone();
+        let drain = drain.subscribe();
+        // Two task types: a plain connection's task does not carry the room a TLS
+        // handshake needs (several kB per connection).
+        match self.tls.clone() {
+            None => tokio::spawn(async move {
+                let _open = open;
+                client_conn::serve_plain(protocols, stream, peer, (service, conn_info), drain).await
+            }),
+            Some(acceptor) => tokio::spawn(async move {
+                let _open = open;
+                client_conn::serve_tls(
+                    protocols,
+                    acceptor,
+                    stream,
+                    peer,
+                    (service, conn_info),
+                    drain,
+                )
+                .await
+            }),
+        };
     }
 }

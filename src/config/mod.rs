@@ -124,6 +124,10 @@ pub struct Settings {
     /// The time slice each data-plane worker asks the scheduler for (Linux 6.12+); `None`:
     /// the kernel's default.
     pub worker_slice: Option<Duration>,
+    /// A new client connection goes to the first worker holding fewer than this many, and
+    /// once every worker holds this many, to the worker holding the fewest; 0: it stays on
+    /// the worker the kernel's `SO_REUSEPORT` hash gave it (`crate::placement`).
+    pub worker_fill_connections: usize,
     /// Several instances share their state on etcd; `None`: the embedded store (`data_dir`).
     pub shared_store: Option<crate::cluster::SharedStoreSettings>,
 }
@@ -157,6 +161,7 @@ impl Settings {
             client_header_timeout: Duration::from_secs(30),
             yield_before_sleep: true,
             worker_slice: Some(Duration::from_micros(DEFAULT_WORKER_SLICE_MICROSECONDS)),
+            worker_fill_connections: DEFAULT_WORKER_FILL_CONNECTIONS,
             shared_store: None,
         }
     }
@@ -201,6 +206,7 @@ struct ServerSection {
     client_header_timeout_seconds: Option<f64>,
     yield_before_sleep: Option<bool>,
     worker_slice_microseconds: Option<u64>,
+    worker_fill_connections: Option<usize>,
     /// `embedded` or `etcd://HOST:PORT[,HOST:PORT...]`.
     store: Option<String>,
     store_prefix: Option<String>,
@@ -385,6 +391,9 @@ fn from_file(f: FileConfig) -> Result<Settings, ConfigError> {
     }
     if let Some(v) = f.server.worker_slice_microseconds {
         s.worker_slice = worker_slice("server.worker_slice_microseconds", v)?;
+    }
+    if let Some(v) = f.server.worker_fill_connections {
+        s.worker_fill_connections = worker_fill("server.worker_fill_connections", v)?;
     }
     if let Some(v) = f.server.admin_header_timeout_seconds {
         s.admin_header_timeout = seconds("server.admin_header_timeout_seconds", v, 0.1, 3600.0)?;
@@ -1021,6 +1030,21 @@ fn worker_slice(field: &str, us: u64) -> Result<Option<Duration>, ConfigError> {
     }
 }
 
+/// Connections a worker takes before the next one gets any (benches/README.md, issue 15,
+/// nineteenth pass).
+pub const DEFAULT_WORKER_FILL_CONNECTIONS: usize = 8;
+
+fn worker_fill(field: &str, n: usize) -> Result<usize, ConfigError> {
+    if n <= 1_000_000 {
+        Ok(n)
+    } else {
+        Err(err(
+            field,
+            format!("{n} is out of range 0..=1000000 connections (0 = where the kernel puts them)"),
+        ))
+    }
+}
+
 fn seconds(field: &str, v: f64, min: f64, max: f64) -> Result<Duration, ConfigError> {
     if v.is_finite() && v >= min && v <= max {
         Ok(Duration::from_secs_f64(v))
@@ -1060,6 +1084,7 @@ pub struct ServeFlags {
     pub no_deployment_header: bool,
     pub no_yield_before_sleep: bool,
     pub worker_slice_microseconds: Option<u64>,
+    pub worker_fill_connections: Option<usize>,
     pub shutdown_grace_seconds: Option<f64>,
     pub api_key: Option<String>,
     pub data_dir: Option<PathBuf>,
@@ -1148,6 +1173,9 @@ impl ServeFlags {
         }
         if let Some(v) = self.worker_slice_microseconds {
             s.worker_slice = worker_slice("--worker-slice-microseconds", v)?;
+        }
+        if let Some(v) = self.worker_fill_connections {
+            s.worker_fill_connections = worker_fill("--worker-fill-connections", v)?;
         }
         if let Some(v) = self.shutdown_grace_seconds {
             s.shutdown_grace = seconds("--shutdown-grace-seconds", v, 0.0, 86_400.0)?;
@@ -1419,6 +1447,28 @@ mod tests {
         assert_eq!(flags(0).into_settings().unwrap().worker_slice, None);
         let e = flags(7).into_settings().unwrap_err().to_string();
         assert!(e.contains("--worker-slice-microseconds"), "{e}");
+    }
+
+    /// 8 by default; 0 leaves placement to the kernel; too large names the field; the flag
+    /// overrides the file.
+    #[test]
+    fn worker_fill_defaults_to_8_connections_and_the_flag_overrides_the_file() {
+        assert_eq!(parse_str(ONE_MODEL).unwrap().worker_fill_connections, 8);
+        let file = |v: &str| format!("[server]\nworker_fill_connections = {v}\n{ONE_MODEL}");
+        assert_eq!(parse_str(&file("0")).unwrap().worker_fill_connections, 0);
+        let e = parse_str(&file("2000000")).unwrap_err().to_string();
+        assert!(
+            e.contains("server.worker_fill_connections") && e.contains("0..=1000000"),
+            "{e}"
+        );
+        let e = parse_str(&file("-1")).unwrap_err().to_string();
+        assert!(e.contains("line 2") && e.contains("-1"), "{e}");
+        let flags = ServeFlags {
+            upstreams: vec!["v1=127.0.0.1:9001".into()],
+            worker_fill_connections: Some(0),
+            ..ServeFlags::default()
+        };
+        assert_eq!(flags.into_settings().unwrap().worker_fill_connections, 0);
     }
 
     #[test]

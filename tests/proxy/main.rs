@@ -9,6 +9,7 @@ mod failover;
 mod framing;
 mod http1_conformance;
 mod idle_clients;
+mod placement;
 mod protocols;
 mod rollout;
 mod routes;
