@@ -7,28 +7,24 @@ use http::Request;
 
 use crate::support::*;
 
-/// Each worker's `switchyard_worker_client_connections`.
-fn open_per_worker(m: &str, workers: usize) -> Vec<f64> {
-    (0..workers)
-        .map(|w| {
-            let series = format!("switchyard_worker_client_connections{{worker=\"{w}\"}}");
-            sample(m, &series).unwrap_or_else(|| panic!("no gauge for worker {w}:\n{m}"))
-        })
-        .collect()
-}
-
 /// Opens a kept-alive connection and finishes one request on it, so it has been placed and
 /// served (on whichever worker) before the next one opens.
 async fn served_connection(proxy: &switchyard::server::RunningProxy) -> H1 {
     let mut c = h1(proxy.listen_addr).await;
+    let got = served(&mut c, "/x").await;
+    assert_eq!(&got.body[..], b"v1");
+    c
+}
+
+async fn served(c: &mut H1, path: &str) -> Got {
     let got = collect(
-        c.send_request(Request::get("/x").body(empty()).unwrap())
+        c.send_request(Request::get(path).body(empty()).unwrap())
             .await
             .unwrap(),
     )
     .await;
-    assert_eq!((got.status.as_u16(), &got.body[..]), (200, &b"v1"[..]));
-    c
+    assert_eq!(got.status, 200);
+    got
 }
 
 #[tokio::test]

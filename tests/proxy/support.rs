@@ -305,3 +305,13 @@ pub async fn raw_exchange(addr: SocketAddr, request: &[u8]) -> String {
         .unwrap();
     String::from_utf8_lossy(&out).into_owned()
 }
+
+/// Each worker's `switchyard_worker_client_connections` in a `/metrics` text.
+pub fn open_per_worker(m: &str, workers: usize) -> Vec<f64> {
+    (0..workers)
+        .map(|w| {
+            let series = format!("switchyard_worker_client_connections{{worker=\"{w}\"}}");
+            sample(m, &series).unwrap_or_else(|| panic!("no gauge for worker {w}:\n{m}"))
+        })
+        .collect()
+}

@@ -195,17 +195,7 @@ async fn each_worker_shows_the_client_connections_it_holds() {
     use std::time::Duration;
     let v1 = named("v1").await;
     let proxy = start(settings(spec(&[("v1", vec![v1.addr], 100)])));
-    let open = |m: &str| {
-        (0..2)
-            .map(|w| {
-                sample(
-                    m,
-                    &format!("switchyard_worker_client_connections{{worker=\"{w}\"}}"),
-                )
-                .unwrap_or_else(|| panic!("no gauge for worker {w}:\n{m}"))
-            })
-            .collect::<Vec<f64>>()
-    };
+    let open = |m: &str| open_per_worker(m, 2);
     let (_, m) = admin(proxy.admin_addr, "/metrics").await;
     assert_eq!(open(&m), [0.0, 0.0], "before any client");
 
